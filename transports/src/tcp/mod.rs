@@ -1,0 +1,189 @@
+//! `tcp`: a lean binary RPC protocol over TCP — length-prefixed frames with rkyv headers read
+//! in place, calls multiplexed over one connection by stream id.
+//!
+//! # Wire format (version 1)
+//!
+//! Everything is little-endian. A client opens a TCP connection and sends the 8-byte
+//! **preface** `WBRPC/1\n` (`57 42 52 50 43 2f 31 0a`), then frames; the server sends frames
+//! only (no preface). Both sides may write frames of different calls interleaved.
+//!
+//! ## Frame
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 4 | `payload_len`: u32, bytes of payload after the header |
+//! | 4 | 2 | `header_len`: u16, bytes of header after this 12-byte prefix |
+//! | 6 | 1 | `kind` (table below) |
+//! | 7 | 1 | `flags`: bit 0 = `END_STREAM` (MESSAGE only: the client half-closes after it) |
+//! | 8 | 4 | `stream_id`: u32, chosen by the client, non-zero, unique among the connection's open calls (0 only on GOAWAY) |
+//! | 12 | `header_len` | the header: an rkyv archive of the kind's header type |
+//! | 12 + `header_len` | `payload_len` | the payload (MESSAGE and RESPONSE only; 0 elsewhere) |
+//!
+//! | kind | name | direction | header | payload |
+//! |---|---|---|---|---|
+//! | `0x01` | OPEN | client → server | `OpenHeader` | none |
+//! | `0x02` | MESSAGE | client → server | `RequestHeader` | request payload |
+//! | `0x03` | HALF_CLOSE | client → server | none (`header_len` 0) | none |
+//! | `0x04` | CANCEL | client → server | none | none |
+//! | `0x11` | HEADERS | server → client | `MetadataHeader` | none |
+//! | `0x12` | RESPONSE | server → client | `ResponseHeader` | response payload |
+//! | `0x13` | STATUS | server → client | `StatusHeader` | none |
+//! | `0x20` | GOAWAY | either, stream 0 | `StatusHeader` | none |
+//!
+//! A call: the client sends OPEN, then MESSAGEs (the last may carry `END_STREAM`, or a
+//! HALF_CLOSE follows); the server answers with an optional HEADERS, RESPONSEs, and exactly
+//! one STATUS, which ends the call. A unary call is OPEN + MESSAGE(`END_STREAM`), answered
+//! by [HEADERS] RESPONSE STATUS (or STATUS alone on error). CANCEL ends a call from the client
+//! side; the server's handler observes it and sends nothing more for that stream id.
+//! Frames for a stream id the receiver does not know (a call already ended or cancelled) are
+//! ignored. GOAWAY says why the sender is closing the connection (its status code and
+//! message); every call still open on it fails with `UNAVAILABLE`.
+//!
+//! Errors that close the connection (after a GOAWAY with code 13 `INTERNAL` naming the
+//! problem and its byte offset): a wrong preface, an unknown kind, a header present where
+//! the kind allows none or missing where it needs one, a payload on a kind without payload,
+//! a header that fails rkyv validation, stream id 0 on a call frame, a stream id opened twice,
+//! a MESSAGE after the call's half-close, a server-only frame sent by a client (and vice
+//! versa), a frame cut off by the end of the connection.
+//!
+//! Errors that fail only the call: a MESSAGE (or RESPONSE) payload larger than the receiver's
+//! maximum message size fails that call with `RESOURCE_EXHAUSTED`; its bytes are skipped
+//! without being buffered and the connection stays usable. An unknown method fails with
+//! `UNIMPLEMENTED`; invalid metadata with `INVALID_ARGUMENT`.
+//!
+//! ## Headers (rkyv 0.8 archives, default format)
+//!
+//! A header is exactly the bytes rkyv 0.8 produces with its default features (little-endian,
+//! aligned primitives, 32-bit relative pointers): variable-length data first, the root struct
+//! last, so the root occupies the header's final `size_of` bytes. The receiver copies the
+//! header into a 16-byte-aligned buffer (reused per connection) and validates it in place;
+//! it is never deserialized into another structure. A writer in another language produces:
+//!
+//! - structs laid out as C structs (`repr(C)`: fields in order, each at a multiple of its
+//!   alignment, total size rounded up to the largest alignment);
+//! - `u8`/`bool` (bool is 0 or 1), `u32`, `u64` in little-endian at their natural alignment;
+//! - `Vec<T>` as 8 bytes, alignment 4: `i32` offset of the first element, relative to the
+//!   address of this offset field itself, then `u32` element count; the elements lie elsewhere
+//!   in the header, aligned for `T`;
+//! - `String` as 8 bytes, alignment 4: when at most 8 bytes long, the bytes inline, padded
+//!   with `0xff`; otherwise `u32` `(len & 0x3f) | 0x80 | ((len >> 6) << 8)` then `i32` offset
+//!   (relative to the start of the string field) of the UTF-8 bytes.
+//!
+//! | type | layout (offset: field) | size |
+//! |---|---|---|
+//! | `OpenHeader` | 0: `timeout_us` u64 (µs from arrival; `u64::MAX` = none), 8: `metadata` Vec<WireEntry>, 16: `method` u8 (0 Unary, 1 ServerStream, 2 ClientStream, 3 Bidi) | 24 |
+//! | `WireEntry` | 0: `key` String, 8: `value` Vec<u8> (keys ending `-bin` are binary, others printable ASCII) | 16 |
+//! | `RequestHeader` | 0: `delay_us` u64, 8: `interval_us` u64, 16: `response_size` u32 (`u32::MAX` = echo the payload), 20: `response_count` u32 (`u32::MAX` = one), 24: `fail_after` u32, 28: `response_sizes` Vec<u32>, 36: `fail_message` String, 44: `fail_code` u8 (0 = do not fail), 45: `report_deadline` bool | 48 |
+//! | `ResponseHeader` | 0: `received_messages` u64, 8: `received_bytes` u64 | 16 |
+//! | `MetadataHeader` | 0: `entries` Vec<WireEntry> | 8 |
+//! | `StatusHeader` | 0: `code` u32 (gRPC code), 4: `message` String (UTF-8), 12: `trailers` Vec<WireEntry> | 20 |
+//!
+//! The directive semantics are those of [`Directives`](crate::message::Directives); generated
+//! payloads follow [`pattern`](crate::message::pattern). An example unary exchange, byte for
+//! byte, is checked by this module's tests (`wire_example_is_documented`):
+//!
+//! ```text
+//! client: 57 42 52 50 43 2f 31 0a                            preface
+//!         00 00 00 00 18 00 01 00 01 00 00 00                OPEN, stream 1, header 24 B
+//!         ff ff ff ff ff ff ff ff 00 00 00 00 00 00 00 00    timeout none, metadata []
+//!         00 00 00 00 00 00 00 00                            method 0 (Unary) + padding
+//!         03 00 00 00 30 00 02 01 01 00 00 00                MESSAGE, END_STREAM, header 48 B, payload 3 B
+//!         00 .. (48-byte RequestHeader: no delay, response_size ff ff ff ff, ...)
+//!         61 62 63                                           payload "abc"
+//! server: 03 00 00 00 10 00 12 00 01 00 00 00 + 16-byte ResponseHeader (zeros) + 61 62 63
+//!         00 00 00 00 14 00 13 00 01 00 00 00 + 20-byte StatusHeader (code 0, "" , [])
+//! ```
+//!
+//! ## Flow control
+//!
+//! There is no per-stream window: backpressure is per connection. Each call buffers up to
+//! 64 messages per direction; when a receiver stops reading, the connection's reader waits,
+//! TCP's window fills and the peer's writer stops — every call of that connection pauses.
+//! A client that sends a whole stream before reading any response can therefore deadlock on
+//! very large volumes, as with any windowed protocol.
+
+mod client;
+pub mod codec;
+mod server;
+mod writer;
+
+use std::sync::Arc;
+
+pub use client::{TcpCancel, TcpConnection, TcpSender};
+pub use server::TcpServer;
+
+use crate::echo::Echo;
+use crate::message::Directives;
+use crate::metadata::Metadata;
+use crate::status::Status;
+use crate::transport::{
+    Capabilities, Capability, ClientConfig, ServerConfig, Transport, TransportError,
+};
+
+/// Frames queued for a connection's writer before callers wait.
+const OUT_QUEUE: usize = 1024;
+/// Messages buffered per call and direction.
+const STREAM_BUFFER: usize = 64;
+/// Read buffer growth step.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// The `tcp` transport.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tcp;
+
+/// Refuses, before anything is queued, a call whose header could not be encoded (the header
+/// is limited to 64 KiB, mostly metadata).
+fn check_header_size(metadata: &Metadata, directives: &Directives) -> Result<(), Status> {
+    let estimate = 128
+        + metadata.encoded_len()
+        + 24 * metadata.len()
+        + 4 * directives.response_sizes.len()
+        + directives.fail.as_ref().map_or(0, |f| f.message.len());
+    if estimate > codec::MAX_HEADER_LEN {
+        return Err(Status::resource_exhausted(format!(
+            "call header of about {estimate} bytes (metadata and directives) exceeds the tcp \
+             transport's {} byte header limit",
+            codec::MAX_HEADER_LEN
+        )));
+    }
+    Ok(())
+}
+
+impl Transport for Tcp {
+    type Connection = TcpConnection;
+    type Server = TcpServer;
+
+    fn name(&self) -> &'static str {
+        "tcp"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        const GAPS: &[(Capability, &str)] = &[
+            (Capability::Tls, "TLS for tcp is not built yet (issue: TLS on every transport)"),
+            (
+                Capability::MutualTls,
+                "TLS for tcp is not built yet (issue: TLS on every transport)",
+            ),
+            (Capability::Broker, "tcp is point-to-point RPC, not a message broker"),
+        ];
+        Capabilities::all_except(GAPS)
+    }
+
+    async fn serve(
+        &self,
+        config: &ServerConfig,
+        echo: Arc<Echo>,
+    ) -> Result<TcpServer, TransportError> {
+        config.options.check_known("tcp", &[])?;
+        TcpServer::bind(&config.listen, echo).await
+    }
+
+    async fn connect(
+        &self,
+        config: &ClientConfig,
+        endpoint: &str,
+    ) -> Result<TcpConnection, TransportError> {
+        config.options.check_known("tcp", &[])?;
+        TcpConnection::connect(config, endpoint).await
+    }
+}

@@ -1,0 +1,491 @@
+//! The `tcp` server: one reader per connection routes frames to calls; unary calls that need no
+//! waiting are answered inline by the reader (no task, no timer), the rest get a task each.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::codec::{
+    ArchivedOpenHeader, DecodeError, Decoded, Decoder, EncodeError, Frame, MetadataHeader,
+    OutHeader, Payload, ResponseHeader, StatusHeader, WriteBatch, metadata_from_wire,
+};
+use super::writer::{Outgoing, write_loop};
+use super::{OUT_QUEUE, READ_CHUNK, STREAM_BUFFER};
+use crate::echo::{CallHead, Echo, ServerCall, UnaryOutcome};
+use crate::message::{EchoRequest, EchoResponse, Method};
+use crate::metadata::Metadata;
+use crate::status::{Code, Status};
+use crate::transport::{Server, TransportError};
+
+/// What a server queues for its writer.
+enum Out {
+    Headers(u32, MetadataHeader),
+    Response(u32, ResponseHeader, Bytes),
+    Status(u32, StatusHeader),
+    /// A whole unary answer: HEADERS? RESPONSE? STATUS.
+    Unary {
+        id: u32,
+        headers: Option<MetadataHeader>,
+        response: Option<(ResponseHeader, Bytes)>,
+        status: StatusHeader,
+    },
+    GoAway(StatusHeader),
+}
+
+static EMPTY: Bytes = Bytes::new();
+
+impl Outgoing for Out {
+    fn encode(&self, batch: &mut WriteBatch) -> Result<(), EncodeError> {
+        match self {
+            Out::Headers(id, h) => batch.push(*id, 0, OutHeader::Headers(h), &EMPTY),
+            Out::Response(id, h, p) => batch.push(*id, 0, OutHeader::Response(h), p),
+            Out::Status(id, h) => batch.push(*id, 0, OutHeader::Status(h), &EMPTY),
+            Out::Unary {
+                id,
+                headers,
+                response,
+                status,
+            } => {
+                if let Some(h) = headers {
+                    batch.push(*id, 0, OutHeader::Headers(h), &EMPTY)?;
+                }
+                if let Some((h, p)) = response {
+                    batch.push(*id, 0, OutHeader::Response(h), p)?;
+                }
+                batch.push(*id, 0, OutHeader::Status(status), &EMPTY)
+            }
+            Out::GoAway(h) => batch.push(0, 0, OutHeader::GoAway(h), &EMPTY),
+        }
+    }
+}
+
+impl Out {
+    fn unary(id: u32, o: UnaryOutcome) -> Out {
+        Out::Unary {
+            id,
+            headers: (!o.headers.is_empty()).then(|| MetadataHeader::of(&o.headers)),
+            response: o
+                .response
+                .map(|r| (ResponseHeader::of(&r), r.payload)),
+            status: StatusHeader::of(&o.status),
+        }
+    }
+}
+
+/// A running `tcp` server.
+#[derive(Debug)]
+pub struct TcpServer {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    accept: JoinHandle<()>,
+    tracker: TaskTracker,
+}
+
+impl TcpServer {
+    pub(crate) async fn bind(listen: &str, echo: Arc<Echo>) -> Result<TcpServer, TransportError> {
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|e| TransportError::io(format!("binding {listen}"), e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| TransportError::io("reading the bound address", e))?;
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            echo,
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+        Ok(TcpServer {
+            addr,
+            shutdown,
+            accept,
+            tracker,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Server for TcpServer {
+    fn endpoint(&self) -> String {
+        self.addr.to_string()
+    }
+
+    async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.accept.await;
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    echo: Arc<Echo>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let echo = echo.clone();
+                let shutdown = shutdown.clone();
+                let conn_tracker = tracker.clone();
+                tracker.spawn(async move {
+                    serve_connection(stream, peer, echo, shutdown, conn_tracker).await;
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends: keep serving the connections we have, retry shortly.
+                tracing::warn!("tcp accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// A call the reader knows about.
+enum Entry {
+    /// A unary call waiting for its request message.
+    Opened(CallHead),
+    /// A call with a handler task: its request channel (None once half-closed) and its token.
+    Running {
+        tx: Option<mpsc::Sender<Result<EchoRequest, Status>>>,
+        cancel: CancellationToken,
+    },
+}
+
+struct Conn {
+    echo: Arc<Echo>,
+    out: mpsc::Sender<Out>,
+    calls: HashMap<u32, Entry>,
+    done_tx: mpsc::UnboundedSender<u32>,
+    done_rx: mpsc::UnboundedReceiver<u32>,
+    tracker: TaskTracker,
+    peer: SocketAddr,
+}
+
+/// Why a connection's read loop stopped.
+enum Stop {
+    Eof,
+    Shutdown,
+    Protocol(String),
+    Io(std::io::Error),
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    echo: Arc<Echo>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::warn!("tcp {peer}: cannot set TCP_NODELAY: {e}");
+    }
+    let (rd, wr) = stream.into_split();
+    let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
+    let writer = tokio::spawn(write_loop(wr, out_rx, None));
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let mut conn = Conn {
+        echo,
+        out: out_tx,
+        calls: HashMap::new(),
+        done_tx,
+        done_rx,
+        tracker,
+        peer,
+    };
+    let stop = conn.read_loop(rd, &shutdown).await;
+    let goaway = match &stop {
+        Stop::Eof => None,
+        Stop::Shutdown => Some(Status::unavailable("server shutting down")),
+        Stop::Protocol(msg) => {
+            tracing::warn!("tcp {peer}: closing connection: {msg}");
+            Some(Status::internal(format!("protocol error: {msg}")))
+        }
+        Stop::Io(e) => {
+            tracing::debug!("tcp {peer}: read failed: {e}");
+            None
+        }
+    };
+    // The client is gone or being sent away: every handler still running sees a cancel.
+    for (_, entry) in conn.calls.drain() {
+        if let Entry::Running { cancel, .. } = entry {
+            cancel.cancel();
+        }
+    }
+    if let Some(status) = goaway {
+        let _ = conn.out.send(Out::GoAway(StatusHeader::of(&status))).await;
+    }
+    drop(conn);
+    // The writer ends once every handler has dropped its sender, then shuts the socket.
+    let _ = writer.await;
+}
+
+impl Conn {
+    async fn read_loop(&mut self, mut rd: OwnedReadHalf, shutdown: &CancellationToken) -> Stop {
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let mut decoder = Decoder::server(self.echo.config().max_message_size);
+        loop {
+            let step = match decoder.decode(&mut buf) {
+                Ok(Decoded::Frame(frame)) => self.on_frame(frame),
+                Ok(Decoded::NeedMore(n)) => {
+                    buf.reserve(n.max(READ_CHUNK));
+                    let read = tokio::select! {
+                        biased;
+                        r = rd.read_buf(&mut buf) => r,
+                        _ = shutdown.cancelled() => return Stop::Shutdown,
+                    };
+                    match read {
+                        Ok(0) if buf.is_empty() => return Stop::Eof,
+                        Ok(0) => {
+                            return Stop::Protocol(format!(
+                                "connection closed in the middle of a frame ({} bytes of it \
+                                 received)",
+                                buf.len()
+                            ));
+                        }
+                        Ok(_) => continue,
+                        Err(e) => return Stop::Io(e),
+                    }
+                }
+                Err(e) => return Stop::Protocol(describe(&e)),
+            };
+            match step {
+                Ok(Step::Done) => {}
+                Ok(Step::Send(item)) => {
+                    if self.out.send(item).await.is_err() {
+                        return Stop::Eof;
+                    }
+                }
+                Ok(Step::Deliver(tx, item)) => {
+                    // Backpressure: a handler that is not reading holds back this connection.
+                    let _ = tx.send(item).await;
+                }
+                Err(msg) => return Stop::Protocol(msg),
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        while let Ok(id) = self.done_rx.try_recv() {
+            self.calls.remove(&id);
+        }
+    }
+
+    fn head(&self, open: &ArchivedOpenHeader) -> Result<CallHead, Status> {
+        let metadata = metadata_from_wire(&open.metadata)
+            .map_err(|e| Status::invalid_argument(format!("invalid request metadata: {e}")))?;
+        let method = Method::from_u8(open.method).unwrap_or(Method::Unimplemented);
+        Ok(CallHead {
+            method,
+            metadata,
+            deadline: open.timeout().map(|t| Instant::now() + t),
+            peer_identity: None,
+        })
+    }
+
+    fn on_frame(&mut self, frame: Frame<'_>) -> Result<Step, String> {
+        match frame {
+            Frame::Open(id, open) => {
+                self.reap();
+                if self.calls.contains_key(&id) {
+                    return Err(format!("stream id {id} opened twice"));
+                }
+                let head = match self.head(open) {
+                    Ok(h) => h,
+                    Err(status) => return Ok(Step::Send(Out::Status(id, StatusHeader::of(&status)))),
+                };
+                if head.method == Method::Unary {
+                    self.calls.insert(id, Entry::Opened(head));
+                } else {
+                    self.spawn_stream(id, head);
+                }
+                Ok(Step::Done)
+            }
+            Frame::Message {
+                stream_id: id,
+                header,
+                payload,
+                end,
+            } => {
+                let request = match payload {
+                    Payload::Bytes(b) => Ok(header.request(b)),
+                    Payload::TooLarge(n) => Err(Status::resource_exhausted(format!(
+                        "request message of {n} bytes exceeds the server's limit of {} bytes",
+                        self.echo.config().max_message_size
+                    ))),
+                };
+                match self.calls.get_mut(&id) {
+                    None => Ok(Step::Done),
+                    Some(Entry::Opened(_)) => {
+                        let Some(Entry::Opened(head)) = self.calls.remove(&id) else {
+                            unreachable!("entry checked above");
+                        };
+                        Ok(self.unary(id, head, request))
+                    }
+                    Some(Entry::Running { tx, .. }) => {
+                        let Some(sender) = tx.clone() else {
+                            return Err(format!("stream {id}: message after half-close"));
+                        };
+                        if end {
+                            *tx = None;
+                        }
+                        match sender.try_send(request) {
+                            Ok(()) => Ok(Step::Done),
+                            Err(mpsc::error::TrySendError::Full(item)) => {
+                                Ok(Step::Deliver(sender, item))
+                            }
+                            // The handler finished: the message is moot.
+                            Err(mpsc::error::TrySendError::Closed(_)) => Ok(Step::Done),
+                        }
+                    }
+                }
+            }
+            Frame::HalfClose(id) => {
+                match self.calls.get_mut(&id) {
+                    Some(Entry::Running { tx, .. }) => *tx = None,
+                    Some(Entry::Opened(_)) => {
+                        self.calls.remove(&id);
+                        let status =
+                            Status::invalid_argument("unary call carried no request message");
+                        return Ok(Step::Send(Out::Status(id, StatusHeader::of(&status))));
+                    }
+                    None => {}
+                }
+                Ok(Step::Done)
+            }
+            Frame::Cancel(id) => {
+                if let Some(Entry::Running { cancel, .. }) = self.calls.remove(&id) {
+                    cancel.cancel();
+                }
+                Ok(Step::Done)
+            }
+            Frame::GoAway(h) => Err(format!("client sent GOAWAY: {}", h.status())),
+            Frame::Headers(..) | Frame::Response { .. } | Frame::Status(..) => {
+                Err("client sent a server-only frame".to_owned())
+            }
+        }
+    }
+
+    fn unary(&mut self, id: u32, head: CallHead, request: Result<EchoRequest, Status>) -> Step {
+        let request = match request {
+            Ok(r) => r,
+            Err(status) => return Step::Send(Out::Status(id, StatusHeader::of(&status))),
+        };
+        match self.echo.unary_now(&head, request) {
+            Ok(outcome) => Step::Send(Out::unary(id, outcome)),
+            Err(request) => {
+                let cancel = CancellationToken::new();
+                self.calls.insert(
+                    id,
+                    Entry::Running {
+                        tx: None,
+                        cancel: cancel.clone(),
+                    },
+                );
+                let echo = self.echo.clone();
+                let out = self.out.clone();
+                let done = self.done_tx.clone();
+                self.tracker.spawn(async move {
+                    let outcome = echo.unary(&head, request, &cancel).await;
+                    if !cancel.is_cancelled() {
+                        let _ = out.send(Out::unary(id, outcome)).await;
+                    }
+                    let _ = done.send(id);
+                });
+                Step::Done
+            }
+        }
+    }
+
+    fn spawn_stream(&mut self, id: u32, head: CallHead) {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let cancel = CancellationToken::new();
+        self.calls.insert(
+            id,
+            Entry::Running {
+                tx: Some(tx),
+                cancel: cancel.clone(),
+            },
+        );
+        let echo = self.echo.clone();
+        let out = self.out.clone();
+        let done = self.done_tx.clone();
+        let peer = self.peer;
+        self.tracker.spawn(async move {
+            let mut call = TcpServerCall {
+                id,
+                rx,
+                out: out.clone(),
+            };
+            let status = echo.handle(&head, &mut call, &cancel).await;
+            if !cancel.is_cancelled()
+                && out
+                    .send(Out::Status(id, StatusHeader::of(&status)))
+                    .await
+                    .is_err()
+            {
+                tracing::debug!("tcp {peer}: stream {id} ended after its connection");
+            }
+            let _ = done.send(id);
+        });
+    }
+}
+
+enum Step {
+    Done,
+    Send(Out),
+    Deliver(mpsc::Sender<Result<EchoRequest, Status>>, Result<EchoRequest, Status>),
+}
+
+fn describe(e: &DecodeError) -> String {
+    e.to_string()
+}
+
+struct TcpServerCall {
+    id: u32,
+    rx: mpsc::Receiver<Result<EchoRequest, Status>>,
+    out: mpsc::Sender<Out>,
+}
+
+impl ServerCall for TcpServerCall {
+    async fn recv(&mut self) -> Result<Option<EchoRequest>, Status> {
+        self.rx.recv().await.transpose()
+    }
+
+    async fn send_headers(&mut self, headers: Metadata) -> Result<(), Status> {
+        self.out
+            .send(Out::Headers(self.id, MetadataHeader::of(&headers)))
+            .await
+            .map_err(|_| Status::new(Code::Cancelled, "connection closed"))
+    }
+
+    async fn send(&mut self, response: EchoResponse) -> Result<(), Status> {
+        let header = ResponseHeader::of(&response);
+        self.out
+            .send(Out::Response(self.id, header, response.payload))
+            .await
+            .map_err(|_| Status::new(Code::Cancelled, "connection closed"))
+    }
+}

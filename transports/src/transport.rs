@@ -1,0 +1,409 @@
+//! The contract every transport implements: `Transport`, `Connection`, streaming call halves,
+//! `Server`, configuration and declared `Capabilities`.
+//!
+//! Futures are returned as `impl Future + Send` (static dispatch): a call costs no boxing;
+//! runtime selection by name goes through the enums in [`crate::registry`].
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::time::Instant;
+
+use crate::echo::Echo;
+use crate::message::{EchoRequest, EchoResponse, Method};
+use crate::metadata::Metadata;
+use crate::status::Status;
+
+/// Errors setting up a transport (serving, connecting, configuring).
+#[derive(Debug, Error)]
+pub enum TransportError {
+    /// An I/O operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A configuration value or option was invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The endpoint string could not be understood by this transport.
+    #[error("invalid endpoint {endpoint:?}: {reason}")]
+    Endpoint {
+        /// The endpoint given.
+        endpoint: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// The peer broke the protocol during setup.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// Connecting or serving timed out.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// The transport cannot do what was asked (a declared limitation).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+}
+
+impl TransportError {
+    /// Wraps an I/O error with context.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> TransportError {
+        TransportError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Free-form `key = value` options for one transport (its knobs), validated by the transport.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Options(BTreeMap<String, String>);
+
+impl Options {
+    /// No options.
+    pub fn new() -> Options {
+        Options::default()
+    }
+
+    /// Sets an option.
+    pub fn set(&mut self, key: impl Into<String>, value: impl Into<String>) -> &mut Options {
+        self.0.insert(key.into(), value.into());
+        self
+    }
+
+    /// The raw value of an option.
+    pub fn raw(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    /// Parses an option, naming the key and value on error.
+    pub fn get<T: FromStr>(&self, key: &str) -> Result<Option<T>, TransportError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.0.get(key) {
+            None => Ok(None),
+            Some(v) => v.parse::<T>().map(Some).map_err(|e| {
+                TransportError::Config(format!("option {key} = {v:?}: {e}"))
+            }),
+        }
+    }
+
+    /// Fails on any option not in `known` (a typo must not be silently ignored).
+    pub fn check_known(&self, transport: &str, known: &[&str]) -> Result<(), TransportError> {
+        for key in self.0.keys() {
+            if !known.contains(&key.as_str()) {
+                return Err(TransportError::Config(format!(
+                    "unknown option {key:?} for transport {transport} (known: {})",
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Iterates over the options.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
+/// Default maximum message size (as gRPC's default receive limit): 4 MiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 << 20;
+
+/// How to serve.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Where to listen (`127.0.0.1:0` binds an ephemeral port).
+    pub listen: String,
+    /// Transport knobs.
+    pub options: Options,
+}
+
+impl ServerConfig {
+    /// Loopback on an ephemeral port, no options.
+    pub fn loopback() -> ServerConfig {
+        ServerConfig {
+            listen: "127.0.0.1:0".to_owned(),
+            options: Options::new(),
+        }
+    }
+}
+
+/// How to connect.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Largest message payload the client accepts; larger ones fail the call with
+    /// `RESOURCE_EXHAUSTED`.
+    pub max_message_size: usize,
+    /// How long connecting may take.
+    pub connect_timeout: Duration,
+    /// Transport knobs.
+    pub options: Options,
+}
+
+impl Default for ClientConfig {
+    fn default() -> ClientConfig {
+        ClientConfig {
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            connect_timeout: Duration::from_secs(5),
+            options: Options::new(),
+        }
+    }
+}
+
+/// Per-call options.
+#[derive(Clone, Debug, Default)]
+pub struct CallOptions {
+    /// Request metadata.
+    pub metadata: Metadata,
+    /// The call's deadline, relative to its start; the server sees it and honours it.
+    pub timeout: Option<Duration>,
+}
+
+impl CallOptions {
+    /// Options with a timeout.
+    pub fn with_timeout(timeout: Duration) -> CallOptions {
+        CallOptions {
+            metadata: Metadata::new(),
+            timeout: Some(timeout),
+        }
+    }
+
+    /// The absolute deadline of a call starting now.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.timeout.map(|t| Instant::now() + t)
+    }
+}
+
+/// A completed unary call.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UnaryReply {
+    /// Initial metadata from the server.
+    pub headers: Metadata,
+    /// The response.
+    pub message: EchoResponse,
+    /// Trailing metadata from the server.
+    pub trailers: Metadata,
+}
+
+/// One connection to a server; calls on it may run concurrently (`&self`).
+pub trait Connection: Send + Sync + 'static {
+    /// The sending half of a streaming call.
+    type Sender: CallSender;
+    /// The receiving half of a streaming call.
+    type Receiver: CallReceiver;
+
+    /// A unary call. Dropping the future before it completes cancels the call.
+    fn unary(
+        &self,
+        request: EchoRequest,
+        options: &CallOptions,
+    ) -> impl Future<Output = Result<UnaryReply, Status>> + Send;
+
+    /// Opens a call of any method as a pair of halves (the server sees it at once where the
+    /// wire allows). Dropping the receiver before the call ends cancels it.
+    fn open(
+        &self,
+        method: Method,
+        options: &CallOptions,
+    ) -> impl Future<Output = Result<(Self::Sender, Self::Receiver), Status>> + Send;
+
+    /// Closes the connection; calls still in flight fail with `UNAVAILABLE`.
+    fn close(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// The sending half of a call.
+pub trait CallSender: Send + 'static {
+    /// Sends one request message. Fails with the call's status when the call has ended.
+    fn send(&mut self, request: EchoRequest) -> impl Future<Output = Result<(), Status>> + Send;
+
+    /// Half-closes: no more requests. Dropping the sender half-closes too.
+    fn close_send(&mut self) -> impl Future<Output = Result<(), Status>> + Send;
+}
+
+/// The receiving half of a call.
+pub trait CallReceiver: Send + 'static {
+    /// Waits for the initial metadata (empty when the server sent none) and returns it;
+    /// responses that arrive meanwhile are kept for [`recv`](Self::recv).
+    fn headers(&mut self) -> impl Future<Output = Result<Metadata, Status>> + Send;
+
+    /// The next response; `Ok(None)` when the call ended with `OK`, `Err` with its status
+    /// (carrying the trailing metadata) when it failed.
+    fn recv(&mut self) -> impl Future<Output = Result<Option<EchoResponse>, Status>> + Send;
+
+    /// Trailing metadata, once the call has ended.
+    fn trailers(&self) -> &Metadata;
+
+    /// Cancels the call: the server is told where the wire can say so.
+    fn cancel(&mut self);
+}
+
+/// A running server.
+pub trait Server: Send + Sync + 'static {
+    /// What a client passes to `connect` to reach this server.
+    fn endpoint(&self) -> String;
+
+    /// Stops accepting and closes every connection.
+    fn shutdown(self) -> impl Future<Output = ()> + Send;
+}
+
+/// A transport: a way to serve the `Echo` service and to call it.
+pub trait Transport: Send + Sync + 'static {
+    /// A client connection.
+    type Connection: Connection;
+    /// A running server.
+    type Server: Server;
+
+    /// The transport's name (`tcp`, `grpc`, ...).
+    fn name(&self) -> &'static str;
+
+    /// What this transport can do, and why not where it cannot.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Serves `echo` as configured.
+    fn serve(
+        &self,
+        config: &ServerConfig,
+        echo: Arc<Echo>,
+    ) -> impl Future<Output = Result<Self::Server, TransportError>> + Send;
+
+    /// Connects to a server's endpoint.
+    fn connect(
+        &self,
+        config: &ClientConfig,
+        endpoint: &str,
+    ) -> impl Future<Output = Result<Self::Connection, TransportError>> + Send;
+}
+
+/// Something a conformance case may need from a transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Capability {
+    /// Unary calls.
+    Unary,
+    /// Server-streaming calls.
+    ServerStream,
+    /// Client-streaming calls.
+    ClientStream,
+    /// Bidirectional streaming calls.
+    Bidi,
+    /// The server's handler observes a client's cancellation.
+    ServerCancel,
+    /// The call's deadline reaches the server, which honours it.
+    DeadlinePropagation,
+    /// ASCII metadata, initial and trailing.
+    AsciiMetadata,
+    /// Binary (`-bin`) metadata.
+    BinaryMetadata,
+    /// A configurable maximum message size, enforced without closing the connection.
+    MaxMessageSize,
+    /// The wire is a byte stream over TCP that a raw socket can write to (fragmented and
+    /// malformed input can be fed to the server).
+    ByteStreamWire,
+    /// TLS 1.3.
+    Tls,
+    /// Mutual TLS.
+    MutualTls,
+    /// `authorization` bearer tokens checked by the server.
+    TokenAuth,
+    /// Broker semantics (fanout, queue groups, acknowledgements).
+    Broker,
+}
+
+impl Capability {
+    /// Every capability.
+    pub const ALL: [Capability; 14] = [
+        Capability::Unary,
+        Capability::ServerStream,
+        Capability::ClientStream,
+        Capability::Bidi,
+        Capability::ServerCancel,
+        Capability::DeadlinePropagation,
+        Capability::AsciiMetadata,
+        Capability::BinaryMetadata,
+        Capability::MaxMessageSize,
+        Capability::ByteStreamWire,
+        Capability::Tls,
+        Capability::MutualTls,
+        Capability::TokenAuth,
+        Capability::Broker,
+    ];
+
+    /// A short name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Capability::Unary => "unary",
+            Capability::ServerStream => "server-stream",
+            Capability::ClientStream => "client-stream",
+            Capability::Bidi => "bidi",
+            Capability::ServerCancel => "server-observed-cancel",
+            Capability::DeadlinePropagation => "deadline-propagation",
+            Capability::AsciiMetadata => "ascii-metadata",
+            Capability::BinaryMetadata => "binary-metadata",
+            Capability::MaxMessageSize => "max-message-size",
+            Capability::ByteStreamWire => "byte-stream-wire",
+            Capability::Tls => "tls",
+            Capability::MutualTls => "mtls",
+            Capability::TokenAuth => "token-auth",
+            Capability::Broker => "broker",
+        }
+    }
+}
+
+/// What a transport declares: every capability is supported except those listed with the
+/// reason they are not. A gap without a reason cannot be expressed.
+#[derive(Clone, Copy, Debug)]
+pub struct Capabilities {
+    gaps: &'static [(Capability, &'static str)],
+}
+
+impl Capabilities {
+    /// Everything except `gaps`, each with its reason.
+    pub const fn all_except(gaps: &'static [(Capability, &'static str)]) -> Capabilities {
+        Capabilities { gaps }
+    }
+
+    /// True when `cap` is declared.
+    pub fn supports(&self, cap: Capability) -> bool {
+        self.gap(cap).is_none()
+    }
+
+    /// Why `cap` is not supported, or `None` when it is.
+    pub fn gap(&self, cap: Capability) -> Option<&'static str> {
+        self.gaps.iter().find(|(c, _)| *c == cap).map(|(_, r)| *r)
+    }
+
+    /// The first capability in `needs` that is missing, with its reason.
+    pub fn first_missing(&self, needs: &[Capability]) -> Option<(Capability, &'static str)> {
+        needs
+            .iter()
+            .find_map(|c| self.gap(*c).map(|reason| (*c, reason)))
+    }
+}
+
+/// Runs `fut` until `deadline`, mapping expiry to `DEADLINE_EXCEEDED`: the client side of
+/// every transport enforces the deadline itself, so the error arrives on time even when the
+/// server or the network is stuck.
+pub async fn until_deadline<T>(
+    deadline: Option<Instant>,
+    fut: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    match deadline {
+        None => fut.await,
+        Some(d) => match tokio::time::timeout_at(d, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(Status::deadline_exceeded("deadline exceeded (client)")),
+        },
+    }
+}
