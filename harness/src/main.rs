@@ -1,1 +1,5 @@
-fn main() {}
+//! The `wirebench` binary: parses the command line and maps outcomes to exit codes.
+
+fn main() -> std::process::ExitCode {
+    wirebench::cli::main()
+}

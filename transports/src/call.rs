@@ -131,7 +131,11 @@ impl<C: CancelSignal> CallReceiver for EventReceiver<C> {
             return Ok(Some(m));
         }
         if let Some(end) = &self.end {
-            return if end.is_ok() { Ok(None) } else { Err(end.clone()) };
+            return if end.is_ok() {
+                Ok(None)
+            } else {
+                Err(end.clone())
+            };
         }
         loop {
             match self.next_event().await {

@@ -91,8 +91,10 @@ pub trait ServerCall: Send {
     /// The next request; `Ok(None)` once the client half-closed.
     fn recv(&mut self) -> impl Future<Output = Result<Option<EchoRequest>, Status>> + Send;
     /// Sends initial metadata (called at most once, before any response).
-    fn send_headers(&mut self, headers: Metadata)
-    -> impl Future<Output = Result<(), Status>> + Send;
+    fn send_headers(
+        &mut self,
+        headers: Metadata,
+    ) -> impl Future<Output = Result<(), Status>> + Send;
     /// Sends one response.
     fn send(&mut self, response: EchoResponse) -> impl Future<Output = Result<(), Status>> + Send;
 }
@@ -330,8 +332,7 @@ impl Echo {
                 status,
             };
         }
-        let (headers, mut trailers) = if head.metadata.is_empty() && head.peer_identity.is_none()
-        {
+        let (headers, mut trailers) = if head.metadata.is_empty() && head.peer_identity.is_none() {
             (Metadata::new(), Metadata::new())
         } else {
             self.echoed_metadata(head)
@@ -377,9 +378,7 @@ impl Echo {
         }
         let delay = request.directives.delay;
         if !delay.is_zero()
-            && let Err(status) = self
-                .guarded(head, cancel, tokio::time::sleep(delay))
-                .await
+            && let Err(status) = self.guarded(head, cancel, tokio::time::sleep(delay)).await
         {
             return UnaryOutcome {
                 headers: Metadata::new(),
@@ -475,7 +474,8 @@ impl Echo {
         if headers.is_empty() {
             return Ok(());
         }
-        self.guarded(head, cancel, call.send_headers(headers)).await?
+        self.guarded(head, cancel, call.send_headers(headers))
+            .await?
     }
 
     /// A unary call arriving over a streaming wire. Returns whether to report the deadline.
@@ -487,7 +487,9 @@ impl Echo {
         headers: Metadata,
     ) -> Result<bool, Status> {
         let Some(req) = self.recv(head, call, cancel).await? else {
-            return Err(Status::invalid_argument("unary call carried no request message"));
+            return Err(Status::invalid_argument(
+                "unary call carried no request message",
+            ));
         };
         self.pause(head, cancel, req.directives.delay).await?;
         self.send_headers(head, call, cancel, headers).await?;

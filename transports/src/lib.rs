@@ -22,5 +22,5 @@ pub use registry::{AnyConnection, AnyReceiver, AnySender, AnyServer, AnyTranspor
 pub use status::{Code, Status};
 pub use transport::{
     CallOptions, CallReceiver, CallSender, Capabilities, Capability, ClientConfig, Connection,
-    Server, ServerConfig, Transport, TransportError, UnaryReply,
+    Server, ServerConfig, Transport, TransportError, UnaryReply, WireBytes,
 };

@@ -180,7 +180,12 @@ pub fn pattern(len: usize) -> Bytes {
     static SHARED: OnceLock<Bytes> = OnceLock::new();
     if len <= PATTERN_LEN {
         SHARED
-            .get_or_init(|| (0..PATTERN_LEN).map(pattern_byte).collect::<Vec<u8>>().into())
+            .get_or_init(|| {
+                (0..PATTERN_LEN)
+                    .map(pattern_byte)
+                    .collect::<Vec<u8>>()
+                    .into()
+            })
             .slice(..len)
     } else {
         (0..len).map(pattern_byte).collect::<Vec<u8>>().into()

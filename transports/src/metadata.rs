@@ -21,7 +21,9 @@ pub enum MetadataError {
     #[error("metadata value for {0:?} is not printable ASCII")]
     InvalidAsciiValue(String),
     /// A binary value was given for a key without the `-bin` suffix, or the reverse.
-    #[error("metadata key {0:?}: binary values need a key ending in -bin, ASCII values one without")]
+    #[error(
+        "metadata key {0:?}: binary values need a key ending in -bin, ASCII values one without"
+    )]
     KindMismatch(String),
 }
 
@@ -227,13 +229,34 @@ mod tests {
         md.append_binary("x-b-bin", vec![0u8, 255]).unwrap();
         assert_eq!(md.get_all("x-a").count(), 2);
         assert_eq!(md.get_ascii("x-a"), Some("1"));
-        assert!(matches!(md.append_ascii("X-Up", "v"), Err(MetadataError::InvalidKey(_))));
-        assert!(matches!(md.append_ascii("", "v"), Err(MetadataError::InvalidKey(_))));
-        assert!(matches!(md.append_ascii("grpc-x", "v"), Err(MetadataError::ReservedKey(_))));
-        assert!(matches!(md.append_ascii("x-bin", "v"), Err(MetadataError::KindMismatch(_))));
-        assert!(matches!(md.append_binary("x", vec![1u8]), Err(MetadataError::KindMismatch(_))));
-        assert!(matches!(md.append_ascii("x", "\n"), Err(MetadataError::InvalidAsciiValue(_))));
-        assert!(matches!(md.append_raw("x", &[0xff]), Err(MetadataError::InvalidAsciiValue(_))));
+        assert!(matches!(
+            md.append_ascii("X-Up", "v"),
+            Err(MetadataError::InvalidKey(_))
+        ));
+        assert!(matches!(
+            md.append_ascii("", "v"),
+            Err(MetadataError::InvalidKey(_))
+        ));
+        assert!(matches!(
+            md.append_ascii("grpc-x", "v"),
+            Err(MetadataError::ReservedKey(_))
+        ));
+        assert!(matches!(
+            md.append_ascii("x-bin", "v"),
+            Err(MetadataError::KindMismatch(_))
+        ));
+        assert!(matches!(
+            md.append_binary("x", vec![1u8]),
+            Err(MetadataError::KindMismatch(_))
+        ));
+        assert!(matches!(
+            md.append_ascii("x", "\n"),
+            Err(MetadataError::InvalidAsciiValue(_))
+        ));
+        assert!(matches!(
+            md.append_raw("x", &[0xff]),
+            Err(MetadataError::InvalidAsciiValue(_))
+        ));
         assert_eq!(md.len(), 3);
     }
 }

@@ -11,7 +11,7 @@ use crate::metadata::Metadata;
 use crate::status::Status;
 use crate::transport::{
     CallOptions, CallReceiver, CallSender, Capabilities, ClientConfig, Connection, Server,
-    ServerConfig, Transport, TransportError, UnaryReply,
+    ServerConfig, Transport, TransportError, UnaryReply, WireBytes,
 };
 use crate::{inproc, tcp};
 
@@ -140,6 +140,10 @@ macro_rules! registry {
 
             async fn close(&self) {
                 match self { $(AnyConnection::$variant(c) => c.close().await,)+ }
+            }
+
+            fn wire_bytes(&self) -> Option<WireBytes> {
+                match self { $(AnyConnection::$variant(c) => c.wire_bytes(),)+ }
             }
         }
 

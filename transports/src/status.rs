@@ -231,7 +231,10 @@ mod tests {
             assert_eq!(Code::parse(c.as_str()), Some(*c));
         }
         assert_eq!(Code::from_u32(17), Code::Unknown);
-        assert_eq!(Code::parse("deadline_exceeded"), Some(Code::DeadlineExceeded));
+        assert_eq!(
+            Code::parse("deadline_exceeded"),
+            Some(Code::DeadlineExceeded)
+        );
         assert_eq!(Code::parse("14"), Some(Code::Unavailable));
         assert_eq!(Code::parse("nope"), None);
     }

@@ -90,9 +90,10 @@ impl Options {
     {
         match self.0.get(key) {
             None => Ok(None),
-            Some(v) => v.parse::<T>().map(Some).map_err(|e| {
-                TransportError::Config(format!("option {key} = {v:?}: {e}"))
-            }),
+            Some(v) => v
+                .parse::<T>()
+                .map(Some)
+                .map_err(|e| TransportError::Config(format!("option {key} = {v:?}: {e}"))),
         }
     }
 
@@ -222,6 +223,22 @@ pub trait Connection: Send + Sync + 'static {
 
     /// Closes the connection; calls still in flight fail with `UNAVAILABLE`.
     fn close(&self) -> impl Future<Output = ()> + Send;
+
+    /// Bytes this connection has written to and read from the network so far (at the
+    /// transport's socket, including framing and handshakes), or `None` when the transport
+    /// cannot see its own bytes.
+    fn wire_bytes(&self) -> Option<WireBytes> {
+        None
+    }
+}
+
+/// Bytes a connection has moved, counted at its socket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WireBytes {
+    /// Bytes written.
+    pub sent: u64,
+    /// Bytes read.
+    pub received: u64,
 }
 
 /// The sending half of a call.

@@ -48,7 +48,10 @@ async fn unary_echoes_and_sizes() {
             ..Default::default()
         };
         let r = c
-            .unary(EchoRequest::new(&b"x"[..]).with_directives(d), &CallOptions::default())
+            .unary(
+                EchoRequest::new(&b"x"[..]).with_directives(d),
+                &CallOptions::default(),
+            )
             .await
             .unwrap();
         assert_eq!(r.message.payload, pattern(100_000));
@@ -68,7 +71,10 @@ async fn failed_call_leaves_connection_usable() {
             ..Default::default()
         };
         let e = c
-            .unary(EchoRequest::new(&b""[..]).with_directives(d), &CallOptions::default())
+            .unary(
+                EchoRequest::new(&b""[..]).with_directives(d),
+                &CallOptions::default(),
+            )
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::NotFound, "{}", t.name());
@@ -84,12 +90,17 @@ async fn failed_call_leaves_connection_usable() {
 async fn streams_work() {
     each_transport(|t, c| async move {
         // Server stream: explicit sizes.
-        let (mut s, mut r) = c.open(Method::ServerStream, &CallOptions::default()).await.unwrap();
+        let (mut s, mut r) = c
+            .open(Method::ServerStream, &CallOptions::default())
+            .await
+            .unwrap();
         let d = Directives {
             response_sizes: vec![3, 1, 4],
             ..Default::default()
         };
-        s.send(EchoRequest::new(&b""[..]).with_directives(d)).await.unwrap();
+        s.send(EchoRequest::new(&b""[..]).with_directives(d))
+            .await
+            .unwrap();
         s.close_send().await.unwrap();
         let mut sizes = vec![];
         while let Some(m) = r.recv().await.unwrap() {
@@ -98,7 +109,10 @@ async fn streams_work() {
         assert_eq!(sizes, vec![3, 1, 4], "{}", t.name());
 
         // Client stream: counts.
-        let (mut s, mut r) = c.open(Method::ClientStream, &CallOptions::default()).await.unwrap();
+        let (mut s, mut r) = c
+            .open(Method::ClientStream, &CallOptions::default())
+            .await
+            .unwrap();
         for n in [10usize, 20, 30] {
             s.send(EchoRequest::new(pattern(n))).await.unwrap();
         }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 
@@ -14,8 +14,8 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::mpsc;
 
 use super::codec::{
-    Decoded, Decoder, EncodeError, FLAG_END_STREAM, Frame, OpenHeader, OutHeader, PREFACE,
-    Payload, RequestHeader, WriteBatch, metadata_from_wire,
+    Decoded, Decoder, EncodeError, FLAG_END_STREAM, Frame, OpenHeader, OutHeader, PREFACE, Payload,
+    RequestHeader, WriteBatch, metadata_from_wire,
 };
 use super::writer::{Outgoing, write_loop};
 use super::{OUT_QUEUE, READ_CHUNK, STREAM_BUFFER, check_header_size};
@@ -24,7 +24,7 @@ use crate::message::{EchoRequest, EchoResponse, Method};
 use crate::metadata::Metadata;
 use crate::status::Status;
 use crate::transport::{
-    CallOptions, CallSender, ClientConfig, Connection, TransportError, UnaryReply,
+    CallOptions, CallSender, ClientConfig, Connection, TransportError, UnaryReply, WireBytes,
     until_deadline,
 };
 
@@ -107,6 +107,8 @@ struct Pending {
 
 struct Shared {
     out: mpsc::Sender<Out>,
+    sent: AtomicU64,
+    received: AtomicU64,
     pending: Mutex<Pending>,
     next_id: AtomicU32,
     max_message_size: usize,
@@ -231,6 +233,8 @@ impl TcpConnection {
         let (tx, rx) = mpsc::channel(OUT_QUEUE);
         let shared = Arc::new(Shared {
             out: tx,
+            sent: AtomicU64::new(0),
+            received: AtomicU64::new(0),
             pending: Mutex::new(Pending {
                 calls: HashMap::new(),
                 dead: None,
@@ -240,7 +244,7 @@ impl TcpConnection {
         });
         let writer_shared = shared.clone();
         tokio::spawn(async move {
-            if let Err(e) = write_loop(wr, rx, Some(&PREFACE)).await {
+            if let Err(e) = write_loop(wr, rx, Some(&PREFACE), &writer_shared.sent).await {
                 writer_shared.fail_all(Status::unavailable(format!("tcp write failed: {e}")));
             }
         });
@@ -252,7 +256,11 @@ impl TcpConnection {
         TcpConnection { shared }
     }
 
-    fn poll_unary(&self, id: u32, cx: &mut std::task::Context<'_>) -> Poll<Result<UnaryReply, Status>> {
+    fn poll_unary(
+        &self,
+        id: u32,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Result<UnaryReply, Status>> {
         let mut p = self.shared.lock();
         let Some(Slot::Unary(slot)) = p.calls.get_mut(&id) else {
             let status = p
@@ -355,6 +363,13 @@ impl Connection for TcpConnection {
         Ok((sender, EventReceiver::new(rx, deadline, cancel)))
     }
 
+    fn wire_bytes(&self) -> Option<WireBytes> {
+        Some(WireBytes {
+            sent: self.shared.sent.load(Ordering::Relaxed),
+            received: self.shared.received.load(Ordering::Relaxed),
+        })
+    }
+
     async fn close(&self) {
         let _ = self.shared.out.send(Out::Close).await;
         self.shared
@@ -451,7 +466,10 @@ async fn read_loop(mut rd: OwnedReadHalf, shared: &Arc<Shared>) -> Status {
                             buf.len()
                         ));
                     }
-                    Ok(_) => continue,
+                    Ok(n) => {
+                        shared.received.fetch_add(n as u64, Ordering::Relaxed);
+                        continue;
+                    }
                     Err(e) => return Status::unavailable(format!("tcp read failed: {e}")),
                 }
             }
@@ -484,7 +502,9 @@ fn route(shared: &Arc<Shared>, frame: Frame<'_>) -> Routed {
             Ok(md) => (id, CallEvent::Headers(md)),
             Err(e) => (
                 id,
-                CallEvent::End(Status::internal(format!("server sent invalid metadata: {e}"))),
+                CallEvent::End(Status::internal(format!(
+                    "server sent invalid metadata: {e}"
+                ))),
             ),
         },
         Frame::Response {

@@ -208,7 +208,9 @@ pub enum EncodeError {
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum DecodeError {
     /// The connection did not start with [`PREFACE`].
-    #[error("bad connection preface {got:02x?} (expected \"WBRPC/1\\n\"): not a wirebench tcp client")]
+    #[error(
+        "bad connection preface {got:02x?} (expected \"WBRPC/1\\n\"): not a wirebench tcp client"
+    )]
     BadPreface {
         /// The bytes received.
         got: Vec<u8>,
@@ -222,7 +224,9 @@ pub enum DecodeError {
         offset: u64,
     },
     /// A frame kind that must have a header arrived without one, or the reverse.
-    #[error("{kind:?} frame at byte {offset} has a {len}-byte header, which its kind does not allow")]
+    #[error(
+        "{kind:?} frame at byte {offset} has a {len}-byte header, which its kind does not allow"
+    )]
     HeaderLength {
         /// The kind.
         kind: Kind,
@@ -232,7 +236,9 @@ pub enum DecodeError {
         offset: u64,
     },
     /// A frame that may not carry a payload carried one.
-    #[error("{kind:?} frame at byte {offset} carries a {len}-byte payload, which its kind does not allow")]
+    #[error(
+        "{kind:?} frame at byte {offset} carries a {len}-byte payload, which its kind does not allow"
+    )]
     UnexpectedPayload {
         /// The kind.
         kind: Kind,
@@ -438,8 +444,7 @@ impl Decoder {
         } else {
             Payload::Bytes(buf.split_to(payload_len as usize).freeze())
         };
-        self.offset += (PREFIX_LEN + header_len) as u64 + u64::from(payload_len)
-            - self.skipping;
+        self.offset += (PREFIX_LEN + header_len) as u64 + u64::from(payload_len) - self.skipping;
         let bytes: &'a [u8] = &self.aligned;
         let invalid = |e: rancor::Error| DecodeError::InvalidHeader {
             kind,
@@ -565,8 +570,8 @@ impl WriteBatch {
         payload: &Bytes,
     ) -> Result<(), EncodeError> {
         let kind = header.kind();
-        let payload_len =
-            u32::try_from(payload.len()).map_err(|_| EncodeError::PayloadTooLarge(payload.len()))?;
+        let payload_len = u32::try_from(payload.len())
+            .map_err(|_| EncodeError::PayloadTooLarge(payload.len()))?;
         let mut scratch = self.scratch.take().unwrap_or_default();
         scratch.clear();
         let result = match header {
@@ -584,7 +589,8 @@ impl WriteBatch {
             return Err(EncodeError::HeaderTooLarge(header_len));
         }
         self.head.extend_from_slice(&payload_len.to_le_bytes());
-        self.head.extend_from_slice(&(header_len as u16).to_le_bytes());
+        self.head
+            .extend_from_slice(&(header_len as u16).to_le_bytes());
         self.head.push(kind as u8);
         self.head.push(flags);
         self.head.extend_from_slice(&stream_id.to_le_bytes());
@@ -841,10 +847,7 @@ impl StatusHeader {
 impl ArchivedStatusHeader {
     /// The status, with trailers; invalid trailers turn the status into `INTERNAL`.
     pub fn status(&self) -> Status {
-        let status = Status::new(
-            Code::from_u32(self.code.to_native()),
-            self.message.as_str(),
-        );
+        let status = Status::new(Code::from_u32(self.code.to_native()), self.message.as_str());
         match metadata_from_wire(&self.trailers) {
             Ok(md) => status.with_metadata(md),
             Err(e) => Status::internal(format!("server sent invalid trailers: {e}")),

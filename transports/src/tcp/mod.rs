@@ -159,12 +159,18 @@ impl Transport for Tcp {
 
     fn capabilities(&self) -> Capabilities {
         const GAPS: &[(Capability, &str)] = &[
-            (Capability::Tls, "TLS for tcp is not built yet (issue: TLS on every transport)"),
+            (
+                Capability::Tls,
+                "TLS for tcp is not built yet (issue: TLS on every transport)",
+            ),
             (
                 Capability::MutualTls,
                 "TLS for tcp is not built yet (issue: TLS on every transport)",
             ),
-            (Capability::Broker, "tcp is point-to-point RPC, not a message broker"),
+            (
+                Capability::Broker,
+                "tcp is point-to-point RPC, not a message broker",
+            ),
         ];
         Capabilities::all_except(GAPS)
     }

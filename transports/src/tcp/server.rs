@@ -74,9 +74,7 @@ impl Out {
         Out::Unary {
             id,
             headers: (!o.headers.is_empty()).then(|| MetadataHeader::of(&o.headers)),
-            response: o
-                .response
-                .map(|r| (ResponseHeader::of(&r), r.payload)),
+            response: o.response.map(|r| (ResponseHeader::of(&r), r.payload)),
             status: StatusHeader::of(&o.status),
         }
     }
@@ -204,7 +202,10 @@ async fn serve_connection(
     }
     let (rd, wr) = stream.into_split();
     let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
-    let writer = tokio::spawn(write_loop(wr, out_rx, None));
+    let writer = tokio::spawn(async move {
+        let written = std::sync::atomic::AtomicU64::new(0);
+        write_loop(wr, out_rx, None, &written).await
+    });
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let mut conn = Conn {
         echo,
@@ -314,7 +315,9 @@ impl Conn {
                 }
                 let head = match self.head(open) {
                     Ok(h) => h,
-                    Err(status) => return Ok(Step::Send(Out::Status(id, StatusHeader::of(&status)))),
+                    Err(status) => {
+                        return Ok(Step::Send(Out::Status(id, StatusHeader::of(&status))));
+                    }
                 };
                 if head.method == Method::Unary {
                     self.calls.insert(id, Entry::Opened(head));
@@ -456,7 +459,10 @@ impl Conn {
 enum Step {
     Done,
     Send(Out),
-    Deliver(mpsc::Sender<Result<EchoRequest, Status>>, Result<EchoRequest, Status>),
+    Deliver(
+        mpsc::Sender<Result<EchoRequest, Status>>,
+        Result<EchoRequest, Status>,
+    ),
 }
 
 fn describe(e: &DecodeError) -> String {

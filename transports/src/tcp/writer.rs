@@ -3,6 +3,7 @@
 //! syscalls instead of each paying for one.
 
 use std::io::IoSlice;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -30,6 +31,7 @@ pub(crate) async fn write_loop<W, O>(
     mut w: W,
     mut rx: mpsc::Receiver<O>,
     preface: Option<&'static [u8]>,
+    written: &AtomicU64,
 ) -> std::io::Result<()>
 where
     W: AsyncWrite + Unpin,
@@ -53,9 +55,9 @@ where
                 Err(_) => break,
             }
         }
-        flush(&mut w, &mut batch).await?;
+        flush(&mut w, &mut batch, written).await?;
     }
-    flush(&mut w, &mut batch).await?;
+    flush(&mut w, &mut batch, written).await?;
     w.shutdown().await
 }
 
@@ -70,7 +72,11 @@ fn push<O: Outgoing>(batch: &mut WriteBatch, item: &O) -> bool {
     false
 }
 
-async fn flush<W: AsyncWrite + Unpin>(w: &mut W, batch: &mut WriteBatch) -> std::io::Result<()> {
+async fn flush<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    batch: &mut WriteBatch,
+    written: &AtomicU64,
+) -> std::io::Result<()> {
     while !batch.is_empty() {
         let n = {
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
@@ -81,6 +87,7 @@ async fn flush<W: AsyncWrite + Unpin>(w: &mut W, batch: &mut WriteBatch) -> std:
             return Err(std::io::ErrorKind::WriteZero.into());
         }
         batch.advance(n);
+        written.fetch_add(n as u64, Ordering::Relaxed);
     }
     Ok(())
 }

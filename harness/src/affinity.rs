@@ -1,0 +1,74 @@
+//! CPU placement: pinning threads to CPUs and reading which CPU a thread runs on. On small
+//! VMs placement changes a loopback round trip by 4x, so results record it.
+
+use nix::sched::{CpuSet, sched_getcpu, sched_setaffinity};
+use nix::unistd::Pid;
+
+/// Pins the calling thread to `cpu`.
+pub fn pin_current_thread(cpu: usize) -> Result<(), String> {
+    let mut set = CpuSet::new();
+    set.set(cpu)
+        .map_err(|e| format!("CPU {cpu} cannot be pinned: {e}"))?;
+    sched_setaffinity(Pid::from_raw(0), &set).map_err(|e| format!("pinning to CPU {cpu}: {e}"))
+}
+
+/// The CPU the calling thread is running on now.
+pub fn current_cpu() -> Option<usize> {
+    sched_getcpu().ok()
+}
+
+/// Number of CPUs available to this process.
+pub fn available_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Where to place the two sides of a measurement.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Pin {
+    /// Let the scheduler decide.
+    None,
+    /// Client and server on the same CPU (CPU 0).
+    Same,
+    /// Client on CPU 0, server on CPU 1.
+    Split,
+}
+
+impl Pin {
+    /// The CPUs for (client, server), or `None` when unpinned.
+    pub fn cpus(self) -> Option<(usize, usize)> {
+        match self {
+            Pin::None => None,
+            Pin::Same => Some((0, 0)),
+            Pin::Split => Some((0, 1.min(available_cpus().saturating_sub(1)))),
+        }
+    }
+}
+
+/// A set of CPU numbers seen, as a compact sorted list.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CpusSeen(pub Vec<usize>);
+
+impl CpusSeen {
+    /// Records one observation.
+    pub fn note(&mut self, cpu: Option<usize>) {
+        if let Some(c) = cpu
+            && !self.0.contains(&c)
+        {
+            self.0.push(c);
+            self.0.sort_unstable();
+        }
+    }
+}
+
+impl std::fmt::Display for CpusSeen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("?");
+        }
+        let parts: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&parts.join(","))
+    }
+}

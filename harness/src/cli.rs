@@ -1,0 +1,69 @@
+//! The command line (clap): global flags, the subcommands, and dispatch.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::cmd;
+use crate::exit;
+
+/// Compare how services talk: gRPC, QUIC, a lean binary protocol over TCP, message brokers.
+///
+/// wirebench runs interchangeable transports through the same conformance, fault-injection
+/// and load scenarios and reports what each costs.
+///
+/// Exit codes: 0 fine, 1 regression or conformance failure, 2 bad usage or input, 3 the
+/// harness itself failed.
+#[derive(Debug, Parser)]
+#[command(name = "wirebench", version, propagate_version = true)]
+pub struct Cli {
+    /// More logging on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the conformance cases against transports and print the case × transport matrix.
+    Conformance(cmd::conformance::Args),
+    /// Measure the loopback floor: a blocking TCP ping-pong, one message in flight.
+    Floor(cmd::floor::Args),
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Parses the command line, runs the command, and returns its exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let result = match cli.command {
+        Command::Conformance(a) => cmd::conformance::run(a),
+        Command::Floor(a) => cmd::floor::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            exit::code_for(&e)
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! `wirebench conformance`: every case against every chosen transport, the matrix, and exit 1
+//! on any failure.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use wirebench_reports::conformance::{CaseOutcome, Verdict, matrix_text};
+use wirebench_scenarios::conformance::{self, CaseReport, Env, Outcome};
+use wirebench_transports::Transport;
+use wirebench_transports::registry::AnyTransport;
+
+use crate::exit::{FAILED, bad_input};
+use crate::proxy::HarnessFaults;
+
+/// Arguments of `wirebench conformance`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  wirebench conformance\n  wirebench conformance --transport inproc,tcp --json conformance.json\n  wirebench conformance --case unary_large,stream_integrity"
+)]
+pub struct Args {
+    /// Transports to check, comma-separated (default: all).
+    #[arg(long)]
+    pub transport: Option<String>,
+    /// Only these cases, comma-separated (default: all).
+    #[arg(long)]
+    pub case: Option<String>,
+    /// Also write the outcomes as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Print every case as it completes.
+    #[arg(long)]
+    pub progress: bool,
+}
+
+/// Converts a case report to its saved form.
+pub fn to_outcome(r: &CaseReport) -> CaseOutcome {
+    CaseOutcome {
+        case: r.case.to_owned(),
+        group: r.group.to_owned(),
+        transport: r.transport.to_owned(),
+        verdict: match r.outcome {
+            Outcome::Pass { .. } => Verdict::Pass,
+            Outcome::Fail { .. } => Verdict::Fail,
+            Outcome::Unsupported { .. } => Verdict::Unsupported,
+        },
+        detail: r.outcome.detail().map(str::to_owned),
+        elapsed_ms: r.elapsed.as_secs_f64() * 1e3,
+    }
+}
+
+/// Runs the chosen cases against the chosen transports, one at a time.
+pub async fn run_all(
+    transports: &[AnyTransport],
+    only: Option<&[String]>,
+    mut on_done: impl FnMut(&CaseReport),
+) -> Vec<CaseReport> {
+    conformance::install_panic_counter();
+    let env = Arc::new(Env {
+        faults: Some(HarnessFaults::shared()),
+        ..Env::default()
+    });
+    let cases = conformance::cases();
+    let mut reports = Vec::new();
+    for t in transports {
+        for case in cases
+            .iter()
+            .filter(|c| only.is_none_or(|o| o.iter().any(|n| n == c.name)))
+        {
+            let r = conformance::run_case(case, *t, env.clone()).await;
+            on_done(&r);
+            reports.push(r);
+        }
+    }
+    reports
+}
+
+/// Runs `wirebench conformance`.
+pub fn run(args: Args) -> Result<ExitCode> {
+    let transports = super::parse_transports(args.transport.as_deref())?;
+    let only: Option<Vec<String>> = args
+        .case
+        .as_deref()
+        .map(|l| l.split(',').map(|s| s.trim().to_owned()).collect());
+    if let Some(only) = &only {
+        let known: Vec<&str> = conformance::cases().iter().map(|c| c.name).collect();
+        for n in only {
+            if !known.contains(&n.as_str()) {
+                return Err(bad_input(format!(
+                    "unknown case {n:?} (known: {})",
+                    known.join(", ")
+                )));
+            }
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let progress = args.progress;
+    let reports = rt.block_on(run_all(&transports, only.as_deref(), |r| {
+        if progress {
+            eprintln!(
+                "{:<8} {:<28} {:<11} {:>8.1} ms",
+                r.transport,
+                r.case,
+                r.outcome.verdict(),
+                r.elapsed.as_secs_f64() * 1e3
+            );
+        }
+    }));
+    let outcomes: Vec<CaseOutcome> = reports.iter().map(to_outcome).collect();
+    let mut out = std::io::stdout().lock();
+    write!(out, "{}", matrix_text(&outcomes))?;
+    let mut failures = 0;
+    for r in &reports {
+        match &r.outcome {
+            Outcome::Fail { reason } => {
+                failures += 1;
+                writeln!(out, "FAIL {}::{}: {reason}", r.transport, r.case)?;
+            }
+            Outcome::Unsupported { reason } => {
+                writeln!(out, "unsupported {}::{}: {reason}", r.transport, r.case)?;
+            }
+            Outcome::Pass { .. } => {}
+        }
+    }
+    let passed = reports
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Pass { .. }))
+        .count();
+    writeln!(
+        out,
+        "{passed} passed, {failures} failed, {} unsupported ({} transports: {})",
+        reports.len() - passed - failures,
+        transports.len(),
+        transports
+            .iter()
+            .map(|t| t.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )?;
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&outcomes)?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+        writeln!(out, "wrote {}", path.display())?;
+    }
+    Ok(if failures > 0 {
+        ExitCode::from(FAILED)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,21 @@
+//! One module per subcommand: its arguments (clap) and its `run`.
+
+pub mod conformance;
+pub mod floor;
+
+use wirebench_transports::registry::{self, AnyTransport};
+
+use crate::exit::bad_input;
+
+/// Parses a comma-separated transport list (`all` or empty = every transport).
+pub fn parse_transports(list: Option<&str>) -> anyhow::Result<Vec<AnyTransport>> {
+    match list {
+        None | Some("all") | Some("") => Ok(AnyTransport::all()),
+        Some(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|name| registry::transport(name).map_err(|e| bad_input(e.to_string())))
+            .collect(),
+    }
+}

@@ -1,0 +1,34 @@
+//! Exit codes, part of the interface: 0 fine, 1 regression or conformance failure, 2 bad
+//! usage or input, 3 the harness itself failed.
+
+use std::process::ExitCode;
+
+use thiserror::Error;
+
+/// Everything was fine.
+pub const OK: u8 = 0;
+/// A regression or a conformance failure was found.
+pub const FAILED: u8 = 1;
+/// Bad usage or bad input (flags, suite files, results files, targets).
+pub const BAD_INPUT: u8 = 2;
+/// The harness itself failed.
+pub const HARNESS: u8 = 3;
+
+/// An error caused by what the user gave us; reported with exit code 2.
+#[derive(Debug, Error)]
+#[error("{0}")]
+pub struct BadInput(pub String);
+
+/// Shorthand for a [`BadInput`] error.
+pub fn bad_input(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(BadInput(msg.into()))
+}
+
+/// The exit code for an error: 2 when any cause is bad input, else 3.
+pub fn code_for(e: &anyhow::Error) -> ExitCode {
+    if e.chain().any(|c| c.downcast_ref::<BadInput>().is_some()) {
+        ExitCode::from(BAD_INPUT)
+    } else {
+        ExitCode::from(HARNESS)
+    }
+}

@@ -1,0 +1,207 @@
+//! Streaming cases: each streaming method, empty streams and a 100k-message integrity check.
+
+use wirebench_transports::{
+    CallReceiver, CallSender, Capability, Connection, Directives, EchoRequest, Method, pattern,
+};
+
+use super::{INTEROP_REQUEST_SIZES, INTEROP_RESPONSE_SIZES, case, drain, noise, opts};
+use crate::conformance::{Case, CaseResult, Ctx, Failure};
+use crate::ensure;
+
+pub(super) const CASES: &[Case] = &[
+    case!(
+        server_stream,
+        "streaming",
+        &[Capability::ServerStream],
+        "4 responses of 31415, 9, 2653 and 58979 B arrive in order"
+    ),
+    case!(
+        client_stream,
+        "streaming",
+        &[Capability::ClientStream],
+        "4 requests totalling 74,922 B are all counted by the server"
+    ),
+    case!(
+        bidi_ping_pong,
+        "streaming",
+        &[Capability::Bidi],
+        "4 request/response exchanges in lockstep, sizes as requested"
+    ),
+    case!(
+        bidi_half_duplex,
+        "streaming",
+        &[Capability::Bidi],
+        "all requests first, then all responses, in order"
+    ),
+    case!(
+        empty_stream,
+        "streaming",
+        &[Capability::Bidi],
+        "a bidi call with no requests ends OK with no responses"
+    ),
+    case!(
+        stream_integrity,
+        "streaming",
+        &[Capability::Bidi],
+        "100,000 sequence-numbered messages: no gap, duplicate or reorder",
+        120,
+        false
+    ),
+];
+
+fn sized(request: usize, response: u32, seed: u64) -> EchoRequest {
+    EchoRequest::new(noise(request, seed)).with_directives(Directives {
+        response_size: Some(response),
+        ..Default::default()
+    })
+}
+
+async fn server_stream(ctx: Ctx) -> CaseResult {
+    let server = ctx.server().await?;
+    let c = ctx.connect(&server.endpoint).await?;
+    let (mut s, mut r) = c.open(Method::ServerStream, &opts()).await?;
+    let d = Directives {
+        response_sizes: INTEROP_RESPONSE_SIZES.to_vec(),
+        ..Default::default()
+    };
+    s.send(EchoRequest::new(Vec::new()).with_directives(d))
+        .await?;
+    s.close_send().await?;
+    let (got, end) = drain(&mut r).await;
+    end?;
+    let sizes: Vec<usize> = got.iter().map(|m| m.payload.len()).collect();
+    let want: Vec<usize> = INTEROP_RESPONSE_SIZES.iter().map(|s| *s as usize).collect();
+    ensure!(sizes == want, "response sizes {sizes:?}, expected {want:?}");
+    for (i, m) in got.iter().enumerate() {
+        ensure!(
+            m.payload == pattern(m.payload.len()),
+            "response {i} bytes differ from the pattern"
+        );
+    }
+    Ok(None)
+}
+
+async fn client_stream(ctx: Ctx) -> CaseResult {
+    let server = ctx.server().await?;
+    let c = ctx.connect(&server.endpoint).await?;
+    let (mut s, mut r) = c.open(Method::ClientStream, &opts()).await?;
+    for (i, n) in INTEROP_REQUEST_SIZES.iter().enumerate() {
+        s.send(EchoRequest::new(noise(*n, i as u64))).await?;
+    }
+    s.close_send().await?;
+    let (got, end) = drain(&mut r).await;
+    end?;
+    ensure!(got.len() == 1, "{} responses, expected 1", got.len());
+    let m = &got[0];
+    ensure!(
+        m.received_bytes == 74_922 && m.received_messages == 4,
+        "server counted {} messages / {} bytes, expected 4 / 74922",
+        m.received_messages,
+        m.received_bytes
+    );
+    Ok(None)
+}
+
+async fn bidi_ping_pong(ctx: Ctx) -> CaseResult {
+    let server = ctx.server().await?;
+    let c = ctx.connect(&server.endpoint).await?;
+    let (mut s, mut r) = c.open(Method::Bidi, &opts()).await?;
+    for (i, (req, resp)) in INTEROP_REQUEST_SIZES
+        .iter()
+        .zip(INTEROP_RESPONSE_SIZES)
+        .enumerate()
+    {
+        s.send(sized(*req, resp, i as u64)).await?;
+        let m = r
+            .recv()
+            .await?
+            .ok_or_else(|| Failure(format!("stream ended before response {i}")))?;
+        ensure!(
+            m.payload.len() == resp as usize,
+            "response {i}: {} bytes, expected {resp}",
+            m.payload.len()
+        );
+    }
+    s.close_send().await?;
+    let (rest, end) = drain(&mut r).await;
+    end?;
+    ensure!(rest.is_empty(), "{} unexpected extra responses", rest.len());
+    Ok(None)
+}
+
+async fn bidi_half_duplex(ctx: Ctx) -> CaseResult {
+    let server = ctx.server().await?;
+    let c = ctx.connect(&server.endpoint).await?;
+    let (mut s, mut r) = c.open(Method::Bidi, &opts()).await?;
+    for (i, (req, resp)) in INTEROP_REQUEST_SIZES
+        .iter()
+        .zip(INTEROP_RESPONSE_SIZES)
+        .enumerate()
+    {
+        s.send(sized(*req, resp, i as u64)).await?;
+    }
+    s.close_send().await?;
+    let (got, end) = drain(&mut r).await;
+    end?;
+    let sizes: Vec<u32> = got.iter().map(|m| m.payload.len() as u32).collect();
+    ensure!(
+        sizes == INTEROP_RESPONSE_SIZES,
+        "response sizes {sizes:?}, expected {INTEROP_RESPONSE_SIZES:?}"
+    );
+    Ok(None)
+}
+
+async fn empty_stream(ctx: Ctx) -> CaseResult {
+    let server = ctx.server().await?;
+    let c = ctx.connect(&server.endpoint).await?;
+    let (mut s, mut r) = c.open(Method::Bidi, &opts()).await?;
+    s.close_send().await?;
+    let (got, end) = drain(&mut r).await;
+    end?;
+    ensure!(got.is_empty(), "{} responses to an empty stream", got.len());
+    Ok(None)
+}
+
+async fn stream_integrity(ctx: Ctx) -> CaseResult {
+    const N: u64 = 100_000;
+    let server = ctx.server().await?;
+    let c = ctx.connect(&server.endpoint).await?;
+    let (mut s, mut r) = c.open(Method::Bidi, &opts()).await?;
+    let send = async move {
+        for seq in 0..N {
+            s.send(EchoRequest::new(seq.to_le_bytes().to_vec())).await?;
+        }
+        s.close_send().await
+    };
+    let check = async move {
+        let mut expected = 0u64;
+        while let Some(m) = r.recv().await? {
+            let Ok(bytes) = <[u8; 8]>::try_from(&m.payload[..]) else {
+                return Ok(Err(format!(
+                    "message {expected}: {} bytes, expected 8",
+                    m.payload.len()
+                )));
+            };
+            let seq = u64::from_le_bytes(bytes);
+            if seq != expected {
+                let what = if seq < expected {
+                    "duplicate or reorder"
+                } else {
+                    "gap"
+                };
+                return Ok(Err(format!("{what}: got #{seq} where #{expected} was due")));
+            }
+            expected += 1;
+        }
+        Ok::<_, wirebench_transports::Status>(Ok(expected))
+    };
+    let (sent, checked) = tokio::join!(send, check);
+    sent?;
+    match checked? {
+        Ok(n) => {
+            ensure!(n == N, "stream ended after {n} of {N} messages");
+            Ok(Some(format!("{N} messages in order")))
+        }
+        Err(reason) => Err(Failure(reason)),
+    }
+}

@@ -1,0 +1,3 @@
+//! wirebench scenarios: conformance cases, load profiles, fault plans and suites.
+
+pub mod conformance;
