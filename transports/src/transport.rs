@@ -336,11 +336,14 @@ pub enum Capability {
     TokenAuth,
     /// Broker semantics (fanout, queue groups, acknowledgements).
     Broker,
+    /// The server can run in another process (`wirebench serve`) and be reached through its
+    /// endpoint; load runs then account client and server CPU and memory separately.
+    OutOfProcess,
 }
 
 impl Capability {
     /// Every capability.
-    pub const ALL: [Capability; 14] = [
+    pub const ALL: [Capability; 15] = [
         Capability::Unary,
         Capability::ServerStream,
         Capability::ClientStream,
@@ -355,6 +358,7 @@ impl Capability {
         Capability::MutualTls,
         Capability::TokenAuth,
         Capability::Broker,
+        Capability::OutOfProcess,
     ];
 
     /// A short name for reports.
@@ -374,6 +378,7 @@ impl Capability {
             Capability::MutualTls => "mtls",
             Capability::TokenAuth => "token-auth",
             Capability::Broker => "broker",
+            Capability::OutOfProcess => "out-of-process",
         }
     }
 }
