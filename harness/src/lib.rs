@@ -6,4 +6,5 @@ pub mod cli;
 pub mod cmd;
 pub mod exit;
 pub mod floor;
+pub mod load;
 pub mod proxy;

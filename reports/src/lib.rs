@@ -3,3 +3,5 @@
 //! re-rendered or compared.
 
 pub mod conformance;
+pub mod histogram;
+pub mod results;

@@ -158,8 +158,7 @@ impl LoadSpec {
         if self.messages == 0 {
             return Err("messages must be at least 1".into());
         }
-        if self.payload > u32::MAX as usize || self.response_size.unwrap_or(0) > u32::MAX as usize
-        {
+        if self.payload > u32::MAX as usize || self.response_size.unwrap_or(0) > u32::MAX as usize {
             return Err("payload and response sizes must be below 4 GiB".into());
         }
         match &self.mode {

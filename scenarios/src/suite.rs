@@ -295,10 +295,11 @@ impl Suite {
             || name_or_path.ends_with(".toml")
             || Path::new(name_or_path).is_file();
         if looks_like_path {
-            let text = std::fs::read_to_string(name_or_path).map_err(|source| SuiteError::Read {
-                file: name_or_path.to_owned(),
-                source,
-            })?;
+            let text =
+                std::fs::read_to_string(name_or_path).map_err(|source| SuiteError::Read {
+                    file: name_or_path.to_owned(),
+                    source,
+                })?;
             return Suite::parse(&text, name_or_path);
         }
         match BUILTIN.iter().find(|(n, _)| *n == name_or_path) {
@@ -604,7 +605,10 @@ requests = 50
         assert!(e.contains("both rate"), "{e}");
 
         let e = err("name = \"x\"\n[[load]]\nconcurrency = 1\nconnections = 2\n");
-        assert!(e.starts_with("bad.toml:2:") && e.contains("connections"), "{e}");
+        assert!(
+            e.starts_with("bad.toml:2:") && e.contains("connections"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,0 +1,293 @@
+//! Recording: one [`Recorder`] per worker thread (no lock, no sample stored — HdrHistograms
+//! only), a 1 s interval histogram rotated as time passes, and a lossless merge of the
+//! workers' recorders once the run is over.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
+use wirebench_reports::histogram::latency_histogram;
+use wirebench_transports::Code;
+
+/// Length of one interval of the time series.
+pub const INTERVAL: Duration = Duration::from_secs(1);
+
+/// A finished interval of one worker, kept serialized (about a kilobyte) so that a long run
+/// costs no more memory than a short one beyond this series.
+#[derive(Debug)]
+pub struct SavedInterval {
+    /// Interval number (0 = the first second of the measured phase).
+    pub index: u64,
+    /// Calls completed in it.
+    pub calls: u64,
+    /// Of which failed.
+    pub errors: u64,
+    /// Its histogram, V2 deflate.
+    pub histogram: Vec<u8>,
+}
+
+/// What one worker measured.
+#[derive(Debug)]
+pub struct Recorder {
+    measure_start: Instant,
+    /// Call latency (closed: from start; open: from intended start).
+    pub latency: Histogram<u64>,
+    /// Open loop: service time.
+    pub service: Option<Histogram<u64>>,
+    /// Open loop: generator lag.
+    pub lag: Option<Histogram<u64>>,
+    /// Streams: per-message latency.
+    pub message: Option<Histogram<u64>>,
+    /// Completed calls by status code (gRPC numbering).
+    pub status: [u64; 17],
+    /// Stream messages sent.
+    pub messages_sent: u64,
+    /// Stream messages received.
+    pub messages_received: u64,
+    /// Open loop: calls that waited for a free caller.
+    pub backpressured: u64,
+    /// When the last measured call completed.
+    pub last_done: Option<Instant>,
+    current: Histogram<u64>,
+    current_index: u64,
+    current_calls: u64,
+    current_errors: u64,
+    /// Finished intervals.
+    pub intervals: Vec<SavedInterval>,
+}
+
+impl Recorder {
+    /// A recorder for a run whose measured phase starts at `measure_start`.
+    pub fn new(measure_start: Instant, open_loop: bool, streams: bool) -> Recorder {
+        Recorder {
+            measure_start,
+            latency: latency_histogram(),
+            service: open_loop.then(latency_histogram),
+            lag: open_loop.then(latency_histogram),
+            message: streams.then(latency_histogram),
+            status: [0; 17],
+            messages_sent: 0,
+            messages_received: 0,
+            backpressured: 0,
+            last_done: None,
+            current: latency_histogram(),
+            current_index: 0,
+            current_calls: 0,
+            current_errors: 0,
+            intervals: Vec::new(),
+        }
+    }
+
+    fn ns(d: Duration) -> u64 {
+        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Records a completed call.
+    pub fn call(
+        &mut self,
+        latency: Duration,
+        service: Option<Duration>,
+        code: Code,
+        done: Instant,
+    ) {
+        let index = done.saturating_duration_since(self.measure_start).as_secs();
+        if index != self.current_index {
+            self.rotate(index);
+        }
+        let ns = Self::ns(latency);
+        self.latency.saturating_record(ns);
+        self.current.saturating_record(ns);
+        if let (Some(h), Some(s)) = (&mut self.service, service) {
+            h.saturating_record(Self::ns(s));
+        }
+        self.status[code.as_u32() as usize] += 1;
+        self.current_calls += 1;
+        if code != Code::Ok {
+            self.current_errors += 1;
+        }
+        if self.last_done.is_none_or(|l| done > l) {
+            self.last_done = Some(done);
+        }
+    }
+
+    /// Records the generator's lag for one request.
+    pub fn lag(&mut self, lag: Duration) {
+        if let Some(h) = &mut self.lag {
+            h.saturating_record(Self::ns(lag));
+        }
+    }
+
+    /// Records one stream message's latency.
+    pub fn message(&mut self, latency: Duration) {
+        if let Some(h) = &mut self.message {
+            h.saturating_record(Self::ns(latency));
+        }
+    }
+
+    /// Closes the current interval and starts `index` (intervals with no completion are
+    /// simply absent from the series).
+    fn rotate(&mut self, index: u64) {
+        self.flush_current();
+        self.current_index = index;
+    }
+
+    fn flush_current(&mut self) {
+        if self.current_calls == 0 {
+            return;
+        }
+        let mut bytes = Vec::new();
+        // Serializing an in-range u64 histogram into a Vec cannot fail; if it ever did, the
+        // interval would be kept without its histogram rather than abort the run.
+        let _ = V2DeflateSerializer::new().serialize(&self.current, &mut bytes);
+        self.intervals.push(SavedInterval {
+            index: self.current_index,
+            calls: self.current_calls,
+            errors: self.current_errors,
+            histogram: bytes,
+        });
+        self.current.reset();
+        self.current_calls = 0;
+        self.current_errors = 0;
+    }
+
+    /// Ends recording: the interval in progress is saved.
+    pub fn finish(&mut self) {
+        self.flush_current();
+    }
+}
+
+/// One interval of the merged series.
+#[derive(Debug)]
+pub struct MergedInterval {
+    /// Interval number.
+    pub index: u64,
+    /// Calls completed.
+    pub calls: u64,
+    /// Of which failed.
+    pub errors: u64,
+    /// Latency histogram over every worker.
+    pub histogram: Histogram<u64>,
+}
+
+/// The workers' recorders merged.
+#[derive(Debug)]
+pub struct Merged {
+    /// Call latency.
+    pub latency: Histogram<u64>,
+    /// Service time (open loop).
+    pub service: Option<Histogram<u64>>,
+    /// Generator lag (open loop).
+    pub lag: Option<Histogram<u64>>,
+    /// Per-message latency (streams).
+    pub message: Option<Histogram<u64>>,
+    /// Completed calls by status code.
+    pub status: [u64; 17],
+    /// Stream messages sent.
+    pub messages_sent: u64,
+    /// Stream messages received.
+    pub messages_received: u64,
+    /// Calls that waited for a free caller.
+    pub backpressured: u64,
+    /// When the last call completed.
+    pub last_done: Option<Instant>,
+    /// The interval series, in order.
+    pub intervals: Vec<MergedInterval>,
+}
+
+fn add(into: &mut Option<Histogram<u64>>, from: Option<Histogram<u64>>) {
+    match (into.as_mut(), from) {
+        // Same bounds on both sides: `add` cannot fail.
+        (Some(a), Some(b)) => {
+            let _ = a.add(&b);
+        }
+        (None, Some(b)) => *into = Some(b),
+        _ => {}
+    }
+}
+
+/// Merges recorders without loss (histograms added bucket by bucket).
+pub fn merge(recorders: Vec<Recorder>) -> Merged {
+    let mut m = Merged {
+        latency: latency_histogram(),
+        service: None,
+        lag: None,
+        message: None,
+        status: [0; 17],
+        messages_sent: 0,
+        messages_received: 0,
+        backpressured: 0,
+        last_done: None,
+        intervals: Vec::new(),
+    };
+    let mut intervals: BTreeMap<u64, MergedInterval> = BTreeMap::new();
+    let mut de = Deserializer::new();
+    for mut r in recorders {
+        r.finish();
+        let _ = m.latency.add(&r.latency);
+        add(&mut m.service, r.service);
+        add(&mut m.lag, r.lag);
+        add(&mut m.message, r.message);
+        for (a, b) in m.status.iter_mut().zip(r.status) {
+            *a += b;
+        }
+        m.messages_sent += r.messages_sent;
+        m.messages_received += r.messages_received;
+        m.backpressured += r.backpressured;
+        m.last_done = m.last_done.max(r.last_done);
+        for iv in r.intervals {
+            let e = intervals.entry(iv.index).or_insert_with(|| MergedInterval {
+                index: iv.index,
+                calls: 0,
+                errors: 0,
+                histogram: latency_histogram(),
+            });
+            e.calls += iv.calls;
+            e.errors += iv.errors;
+            if let Ok(h) = de.deserialize::<u64, _>(&mut iv.histogram.as_slice()) {
+                let _ = e.histogram.add(&h);
+            }
+        }
+    }
+    m.intervals = intervals.into_values().collect();
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_is_lossless_and_intervals_line_up() {
+        let t0 = Instant::now();
+        let mut a = Recorder::new(t0, true, false);
+        let mut b = Recorder::new(t0, true, false);
+        for i in 0..3000u64 {
+            let done = t0 + Duration::from_millis(i);
+            a.call(
+                Duration::from_micros(i),
+                Some(Duration::from_micros(1)),
+                Code::Ok,
+                done,
+            );
+            b.call(Duration::from_micros(7), None, Code::Unavailable, done);
+            a.lag(Duration::from_nanos(i));
+        }
+        let m = merge(vec![a, b]);
+        assert_eq!(m.latency.len(), 6000);
+        assert_eq!(m.status[0], 3000);
+        assert_eq!(m.status[Code::Unavailable.as_u32() as usize], 3000);
+        assert_eq!(m.service.as_ref().unwrap().len(), 3000);
+        assert_eq!(m.lag.as_ref().unwrap().len(), 3000);
+        assert_eq!(m.intervals.len(), 3);
+        for (i, iv) in m.intervals.iter().enumerate() {
+            assert_eq!(iv.index, i as u64);
+            assert_eq!(iv.calls, 2000);
+            assert_eq!(iv.errors, 1000);
+            assert_eq!(iv.histogram.len(), 2000);
+        }
+        // The whole is the sum of the intervals.
+        let total: u64 = m.intervals.iter().map(|i| i.histogram.len()).sum();
+        assert_eq!(total, m.latency.len());
+    }
+}
