@@ -2,9 +2,12 @@
 //! child processes. The binary is a thin wrapper over [`cli::main`].
 
 pub mod affinity;
+pub mod child;
 pub mod cli;
 pub mod cmd;
 pub mod exit;
 pub mod floor;
 pub mod load;
+pub mod procfs;
 pub mod proxy;
+pub mod runner;
