@@ -33,6 +33,10 @@ pub enum Command {
     Conformance(cmd::conformance::Args),
     /// Measure the loopback floor: a blocking TCP ping-pong, one message in flight.
     Floor(cmd::floor::Args),
+    /// Serve the echo service over one transport (prints a JSON ready line).
+    Serve(cmd::serve::Args),
+    /// One ad-hoc load run against one transport, with a summary table.
+    Load(cmd::load::Args),
 }
 
 fn init_tracing(verbose: u8) {
@@ -58,6 +62,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Conformance(a) => cmd::conformance::run(a),
         Command::Floor(a) => cmd::floor::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
+        Command::Load(a) => cmd::load::run(a),
     };
     match result {
         Ok(code) => code,

@@ -1,5 +1,6 @@
 //! Exit codes, part of the interface: 0 fine, 1 regression or conformance failure, 2 bad
-//! usage or input, 3 the harness itself failed.
+//! usage or input, 3 the harness itself failed, 130 interrupted by Ctrl-C (results so far
+//! saved).
 
 use std::process::ExitCode;
 
@@ -13,6 +14,9 @@ pub const FAILED: u8 = 1;
 pub const BAD_INPUT: u8 = 2;
 /// The harness itself failed.
 pub const HARNESS: u8 = 3;
+/// The user interrupted the run (Ctrl-C); what finished before is saved (the shell's
+/// convention for SIGINT).
+pub const INTERRUPTED: u8 = 130;
 
 /// An error caused by what the user gave us; reported with exit code 2.
 #[derive(Debug, Error)]

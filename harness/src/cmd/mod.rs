@@ -2,6 +2,7 @@
 
 pub mod conformance;
 pub mod floor;
+pub mod load;
 pub mod serve;
 
 use wirebench_transports::registry::{self, AnyTransport};

@@ -357,7 +357,8 @@ struct Slot {
 
 struct Pool {
     slots: Vec<Slot>,
-    free: RefCell<Vec<usize>>,
+    /// Idle callers, each with the moment it became idle, longest idle first.
+    free: RefCell<std::collections::VecDeque<(usize, Instant)>>,
     freed: Notify,
 }
 
@@ -383,7 +384,7 @@ async fn open_caller(sh: Rc<Shared>, pool: Rc<Pool>, me: usize, conn: usize) {
             Some(done - start),
             done,
         );
-        pool.free.borrow_mut().push(me);
+        pool.free.borrow_mut().push_back((me, Instant::now()));
         pool.freed.notify_one();
     }
 }
@@ -400,21 +401,19 @@ async fn dispatcher(
         if !sh.admit(intended) {
             return Ok(());
         }
-        let mut ready = Instant::now();
-        let mut waited = false;
-        let slot = loop {
-            if let Some(i) = pool.free.borrow_mut().pop() {
-                break i;
+        // The caller's idle-since time tells whether the request had to wait for it
+        // (backpressure from the system under test) or was late by the generator's fault.
+        let (slot, ready) = loop {
+            if let Some(free) = pool.free.borrow_mut().pop_front() {
+                break free;
             }
             pool.freed.notified().await;
-            ready = Instant::now();
-            waited = true;
         };
         pacer.sleep_until(intended).await?;
         let measured = intended >= sh.measure_start;
         if measured {
             sh.in_flight.set(sh.in_flight.get() + 1);
-            if waited && ready > intended {
+            if ready > intended {
                 sh.rec.borrow_mut().backpressured += 1;
             }
         }
@@ -515,7 +514,7 @@ async fn drive(plan: WorkerPlan, conns: Vec<AnyConnection>, start: Start) -> Wor
                         go: Notify::new(),
                     })
                     .collect(),
-                free: RefCell::new((0..callers).rev().collect()),
+                free: RefCell::new((0..callers).map(|i| (i, start.t0)).collect()),
                 freed: Notify::new(),
             });
             for i in 0..callers {
