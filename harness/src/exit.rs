@@ -28,6 +28,11 @@ pub fn bad_input(msg: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(BadInput(msg.into()))
 }
 
+/// True when any cause of `e` is bad input.
+pub fn is_bad_input(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<BadInput>().is_some())
+}
+
 /// The exit code for an error: 2 when any cause is bad input, else 3.
 pub fn code_for(e: &anyhow::Error) -> ExitCode {
     if e.chain().any(|c| c.downcast_ref::<BadInput>().is_some()) {

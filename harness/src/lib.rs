@@ -11,5 +11,6 @@ pub mod floor;
 pub mod interrupt;
 pub mod load;
 pub mod procfs;
+pub mod progress;
 pub mod proxy;
 pub mod runner;

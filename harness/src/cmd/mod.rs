@@ -3,6 +3,8 @@
 pub mod conformance;
 pub mod floor;
 pub mod load;
+pub mod report;
+pub mod run;
 pub mod serve;
 
 use wirebench_transports::registry::{self, AnyTransport};
