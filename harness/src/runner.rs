@@ -166,7 +166,15 @@ fn start_server(
             cpu: ctx.pin.cpus().map(|(_, s)| s),
         },
     };
-    let child = ChildServer::spawn(&cmd, ctx.ready_timeout)?;
+    let child = ChildServer::spawn(&cmd, ctx.ready_timeout).map_err(|e| {
+        // A user's own server command that fails is bad input; our own server failing is
+        // the harness's failure.
+        if ctx.server_cmd.is_some() {
+            bad_input(e.to_string())
+        } else {
+            anyhow!(e)
+        }
+    })?;
     let endpoint = child.ready.endpoint.clone();
     let info = ServerInfo {
         placement: "child".into(),
