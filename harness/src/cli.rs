@@ -44,6 +44,8 @@ pub enum Command {
     Serve(cmd::serve::Args),
     /// One ad-hoc load run against one transport, with a summary table.
     Load(cmd::load::Args),
+    /// Run the fault proxy in front of any TCP or UDP service (latency, loss, resets, ...).
+    Proxy(cmd::proxy::Args),
 }
 
 fn init_tracing(verbose: u8) {
@@ -75,6 +77,7 @@ pub fn main() -> ExitCode {
         Command::Report(a) => cmd::report::run(a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Load(a) => cmd::load::run(a),
+        Command::Proxy(a) => cmd::proxy::run(a),
     };
     match result {
         Ok(code) => code,

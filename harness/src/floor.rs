@@ -115,7 +115,7 @@ pub fn measure_floor(cfg: &ProbeConfig) -> Result<Probe> {
                     return Ok(cpus);
                 }
                 s.write_all(&buf)?;
-                if n % CPU_SAMPLE_EVERY == 0 {
+                if n.is_multiple_of(CPU_SAMPLE_EVERY) {
                     cpus.note(current_cpu());
                 }
                 n += 1;
@@ -143,7 +143,7 @@ pub fn measure_floor(cfg: &ProbeConfig) -> Result<Probe> {
         s.write_all(&out)?;
         s.read_exact(&mut back)?;
         h.saturating_record(t0.elapsed().as_nanos() as u64);
-        if n % CPU_SAMPLE_EVERY == 0 {
+        if n.is_multiple_of(CPU_SAMPLE_EVERY) {
             cpus.note(current_cpu());
         }
         n += 1;
@@ -196,35 +196,42 @@ pub fn measure_transport(transport: AnyTransport, cfg: &ProbeConfig) -> Result<P
         .enable_all()
         .build()?;
     let payload = Bytes::from(vec![0x5au8; cfg.payload]);
-    let result = rt.block_on(async {
-        let conn = transport
-            .connect(&ClientConfig::default(), &endpoint)
-            .await?;
-        let options = CallOptions::default();
-        let warm_until = Instant::now() + cfg.warmup;
-        while Instant::now() < warm_until {
-            conn.unary(EchoRequest::new(payload.clone()), &options)
+    let cfg = *cfg;
+    // The calls run in a spawned task, as the load engine's callers do: a block_on future
+    // woken by another task costs the current-thread runtime an extra zero-timeout epoll_wait.
+    let result = rt.block_on(async move {
+        tokio::spawn(async move {
+            let conn = transport
+                .connect(&ClientConfig::default(), &endpoint)
                 .await?;
-        }
-        let mut h = latency_histogram();
-        let mut cpus = CpusSeen::default();
-        let end = Instant::now() + cfg.duration;
-        let mut n = 0u64;
-        loop {
-            let t0 = Instant::now();
-            if t0 >= end {
-                break;
+            let options = CallOptions::default();
+            let warm_until = Instant::now() + cfg.warmup;
+            while Instant::now() < warm_until {
+                conn.unary(EchoRequest::new(payload.clone()), &options)
+                    .await?;
             }
-            conn.unary(EchoRequest::new(payload.clone()), &options)
-                .await?;
-            h.saturating_record(t0.elapsed().as_nanos() as u64);
-            if n % CPU_SAMPLE_EVERY == 0 {
-                cpus.note(current_cpu());
+            let mut h = latency_histogram();
+            let mut cpus = CpusSeen::default();
+            let end = Instant::now() + cfg.duration;
+            let mut n = 0u64;
+            loop {
+                let t0 = Instant::now();
+                if t0 >= end {
+                    break;
+                }
+                conn.unary(EchoRequest::new(payload.clone()), &options)
+                    .await?;
+                h.saturating_record(t0.elapsed().as_nanos() as u64);
+                if n.is_multiple_of(CPU_SAMPLE_EVERY) {
+                    cpus.note(current_cpu());
+                }
+                n += 1;
             }
-            n += 1;
-        }
-        conn.close().await;
-        anyhow::Ok((h, cpus))
+            conn.close().await;
+            anyhow::Ok((h, cpus))
+        })
+        .await
+        .map_err(|e| anyhow!("{} probe task failed: {e}", transport.name()))?
     });
     stop.store(true, Ordering::Release);
     let server_cpus = server

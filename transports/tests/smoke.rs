@@ -19,15 +19,15 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     for name in NAMES {
-        let t = AnyTransport::by_name(name).unwrap();
+        let t = AnyTransport::by_name(name).expect("registered transport");
         let server = t
             .serve(&ServerConfig::loopback(), Arc::new(Echo::default()))
             .await
-            .unwrap();
+            .expect("serve");
         let conn = t
             .connect(&ClientConfig::default(), &server.endpoint())
             .await
-            .unwrap();
+            .expect("connect");
         tokio::time::timeout(LIMIT, f(t, conn))
             .await
             .unwrap_or_else(|_| panic!("{name}: timed out"));

@@ -3,6 +3,7 @@
 pub mod conformance;
 pub mod floor;
 pub mod load;
+pub mod proxy;
 pub mod report;
 pub mod run;
 pub mod serve;

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use rand::rngs::Xoshiro256PlusPlus;
-use rand::{RngExt, SeedableRng};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use wirebench_scenarios::load::Schedule;
 
 /// Yields intended start offsets for one worker.
@@ -15,7 +15,7 @@ pub struct Starts {
     gap_ns: f64,
     /// The next start, in ns from the run start.
     next_ns: f64,
-    rng: Xoshiro256PlusPlus,
+    rng: SmallRng,
 }
 
 impl Starts {
@@ -26,7 +26,7 @@ impl Starts {
     /// independent Poisson processes is Poisson at the summed rate).
     pub fn new(kind: Schedule, rate: f64, index: u32, workers: u32, seed: u64) -> Starts {
         let gap_ns = 1e9 * f64::from(workers) / rate;
-        let mut rng = Xoshiro256PlusPlus::seed_from_u64(
+        let mut rng = SmallRng::seed_from_u64(
             seed ^ u64::from(index).wrapping_mul(0x9E37_79B9_7F4A_7C15),
         );
         let first = match kind {
@@ -53,7 +53,7 @@ impl Starts {
 }
 
 /// An exponentially distributed gap with the given mean.
-fn exponential(rng: &mut Xoshiro256PlusPlus, mean: f64) -> f64 {
+fn exponential(rng: &mut SmallRng, mean: f64) -> f64 {
     // 1 - u is in (0, 1]: ln is finite.
     let u: f64 = rng.random::<f64>();
     -(1.0 - u).ln() * mean
