@@ -43,7 +43,7 @@ pub enum Command {
     /// Serve the echo service over one transport (prints a JSON ready line).
     Serve(cmd::serve::Args),
     /// One ad-hoc load run against one transport, with a summary table.
-    Load(cmd::load::Args),
+    Load(Box<cmd::load::Args>),
     /// Run the fault proxy in front of any TCP or UDP service (latency, loss, resets, ...).
     Proxy(cmd::proxy::Args),
 }
@@ -76,7 +76,7 @@ pub fn main() -> ExitCode {
         Command::Run(a) => cmd::run::run(a),
         Command::Report(a) => cmd::report::run(a),
         Command::Serve(a) => cmd::serve::run(a),
-        Command::Load(a) => cmd::load::run(a),
+        Command::Load(a) => cmd::load::run(*a),
         Command::Proxy(a) => cmd::proxy::run(a),
     };
     match result {

@@ -33,7 +33,7 @@ fn run(mut c: Command, limit: Duration) -> Output {
 fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("wb-cli-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
+    std::fs::create_dir_all(&d).expect("test setup");
     d
 }
 
@@ -66,10 +66,12 @@ fn assert_bad_input(o: &Output, what: &str) {
 
 fn validate(path: &Path) {
     let schema: serde_json::Value =
-        serde_json::from_str(include_str!("../../reports/schema/results.schema.json")).unwrap();
+        serde_json::from_str(include_str!("../../reports/schema/results.schema.json"))
+            .expect("test setup");
     let value: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let v = jsonschema::validator_for(&schema).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(path).expect("test setup"))
+            .expect("test setup");
+    let v = jsonschema::validator_for(&schema).expect("test setup");
     let errors: Vec<String> = v.iter_errors(&value).map(|e| e.to_string()).collect();
     assert!(
         errors.is_empty(),
@@ -114,7 +116,7 @@ requests = 50
 fn run_writes_valid_results_and_reports() {
     let dir = temp_dir("run");
     let suite = dir.join("tiny.toml");
-    std::fs::write(&suite, TINY_SUITE).unwrap();
+    std::fs::write(&suite, TINY_SUITE).expect("test setup");
     let out = dir.join("out");
     let mut c = bin();
     c.args(["run", "--plain", "--suite"])
@@ -129,19 +131,21 @@ fn run_writes_valid_results_and_reports() {
         assert!(stdout.contains(f), "{f} path printed: {stdout}");
     }
     validate(&out.join("results.json"));
-    let results: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let results: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("results.json")).expect("test setup"),
+    )
+    .expect("test setup");
     assert_eq!(results["complete"], true);
-    let runs = results["runs"].as_array().unwrap();
+    let runs = results["runs"].as_array().expect("test setup");
     // Every transport of this build ran every point.
-    let transports = results["transports"].as_array().unwrap().len();
+    let transports = results["transports"].as_array().expect("test setup").len();
     assert_eq!(runs.len(), 3 * transports);
     for r in runs {
         assert_eq!(
             r["summary"]["calls"],
-            300u64.min(r["params"]["requests"].as_u64().unwrap())
+            300u64.min(r["params"]["requests"].as_u64().expect("test setup"))
         );
-        let placement = r["server"]["placement"].as_str().unwrap();
+        let placement = r["server"]["placement"].as_str().expect("test setup");
         if r["transport"] == "inproc" {
             assert_eq!(placement, "in-process");
         } else {
@@ -149,7 +153,7 @@ fn run_writes_valid_results_and_reports() {
             assert!(r["summary"]["server"].is_object(), "server usage measured");
         }
     }
-    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    let html = std::fs::read_to_string(out.join("report.html")).expect("test setup");
     assert!(!html.contains("http"), "no URL in the report");
     assert!(html.contains("unary-2") && html.contains("<svg"));
 
@@ -165,7 +169,7 @@ fn run_writes_valid_results_and_reports() {
     assert!(again.join("report.html").is_file() && again.join("summary.md").is_file());
 
     // An --out that already holds results is refused and left as it was.
-    let before = std::fs::read(out.join("results.json")).unwrap();
+    let before = std::fs::read(out.join("results.json")).expect("test setup");
     let mut c = bin();
     c.args(["run", "--plain", "--suite"])
         .arg(&suite)
@@ -173,7 +177,10 @@ fn run_writes_valid_results_and_reports() {
         .arg(&out);
     let o = run(c, Duration::from_secs(30));
     assert_bad_input(&o, "already holds a results.json");
-    assert_eq!(std::fs::read(out.join("results.json")).unwrap(), before);
+    assert_eq!(
+        std::fs::read(out.join("results.json")).expect("test setup"),
+        before
+    );
 }
 
 #[test]
@@ -193,17 +200,21 @@ fn load_json_validates_and_serve_target_works() {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
-        .unwrap();
+        .expect("test setup");
     let mut line = String::new();
-    let mut stdout = std::io::BufReader::new(serve.stdout.take().unwrap());
-    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
-    let readyline: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let mut stdout = std::io::BufReader::new(serve.stdout.take().expect("test setup"));
+    std::io::BufRead::read_line(&mut stdout, &mut line).expect("test setup");
+    let readyline: serde_json::Value = serde_json::from_str(&line).expect("test setup");
     assert_eq!(readyline["transport"], "tcp");
-    let endpoint = readyline["endpoint"].as_str().unwrap().to_owned();
-    let pid = readyline["pid"].as_u64().unwrap();
+    let endpoint = readyline["endpoint"]
+        .as_str()
+        .expect("test setup")
+        .to_owned();
+    let pid = readyline["pid"].as_u64().expect("test setup");
     assert_eq!(pid, u64::from(serve.id()));
     let file: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&ready).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(&ready).expect("test setup"))
+            .expect("test setup");
     assert_eq!(file, readyline);
 
     let json = dir.join("run.json");
@@ -240,7 +251,8 @@ fn load_json_validates_and_serve_target_works() {
     }
     validate(&json);
     let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("test setup"))
+            .expect("test setup");
     assert_eq!(v["runs"][0]["server"]["placement"], "external");
     assert!(v["runs"][0]["summary"]["server"].is_object());
 
@@ -253,7 +265,7 @@ fn load_json_validates_and_serve_target_works() {
     let status = rx
         .recv_timeout(Duration::from_secs(10))
         .expect("server exits when its stdin closes")
-        .unwrap();
+        .expect("test setup");
     assert!(status.success());
 }
 
@@ -281,9 +293,9 @@ fn bad_input_is_a_one_line_error_with_exit_code_2() {
 
     // Nothing listens on a port we just released.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
+        .expect("test setup")
         .local_addr()
-        .unwrap()
+        .expect("test setup")
         .port();
     let target = format!("127.0.0.1:{port}");
     let mut c = bin();
@@ -332,7 +344,7 @@ fn bad_input_is_a_one_line_error_with_exit_code_2() {
 
     // A malformed suite names file, line and expectation.
     let suite = dir.join("bad.toml");
-    std::fs::write(&suite, "name = \"bad\"\n\n[[load]]\nrate = 0\n").unwrap();
+    std::fs::write(&suite, "name = \"bad\"\n\n[[load]]\nrate = 0\n").expect("test setup");
     let mut c = bin();
     c.args(["run", "--suite"]).arg(&suite);
     let o = run(c, t);
@@ -355,12 +367,12 @@ fn bad_input_is_a_one_line_error_with_exit_code_2() {
         &garbage,
         "{\"schema\": \"wirebench-results\",\n \"version\": ",
     )
-    .unwrap();
+    .expect("test setup");
     let mut c = bin();
     c.arg("report").arg(&garbage);
     assert_bad_input(&run(c, t), &format!("{}:2:", garbage.display()));
     let foreign = dir.join("foreign.json");
-    std::fs::write(&foreign, "[1, 2, 3]").unwrap();
+    std::fs::write(&foreign, "[1, 2, 3]").expect("test setup");
     let mut c = bin();
     c.arg("report").arg(&foreign);
     assert_bad_input(&run(c, t), "not a wirebench results file");

@@ -33,10 +33,10 @@ fn serve(name: &str) -> (Served, Target) {
         .worker_threads(1)
         .enable_all()
         .build()
-        .unwrap();
+        .expect("test setup");
     let server = rt
         .block_on(transport.serve(&ServerConfig::loopback(), Arc::new(Echo::default())))
-        .unwrap();
+        .expect("test setup");
     let endpoint = server.endpoint();
     let target = Target {
         transport,
@@ -149,7 +149,7 @@ fn open_loop_records_lag_and_service_time_per_call() {
     assert_eq!(m.lag.as_ref().map(|h| h.len()), Some(1000));
     // Latency runs from the intended start, service time from the actual start: the
     // former is never below the latter.
-    let service = m.service.as_ref().unwrap();
+    let service = m.service.as_ref().expect("test setup");
     assert!(m.latency.value_at_quantile(0.5) >= service.value_at_quantile(0.5));
     assert!(m.latency.max() >= service.max());
 }
@@ -179,7 +179,7 @@ fn open_loop_latency_includes_a_stall_that_service_time_does_not() {
         };
         let out = run_with_timeout(spec, target);
         let m = &out.merged;
-        let service = m.service.as_ref().unwrap();
+        let service = m.service.as_ref().expect("test setup");
         let ns = |d: Duration| d.as_nanos() as u64;
         // About a third of the calls were scheduled inside the stall: the worst 10% waited
         // most of it.

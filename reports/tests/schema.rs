@@ -17,7 +17,7 @@ fn full() -> Results {
     for v in 1..1000 {
         h.saturating_record(v * 1000);
     }
-    let hist = encode(&h).unwrap();
+    let hist = encode(&h).expect("test setup");
     let lat = summarize(&h);
     let mut r = Results::new(
         "wirebench test".into(),
@@ -160,14 +160,14 @@ fn check(value: &serde_json::Value) -> Result<(), String> {
 
 #[test]
 fn full_and_minimal_results_validate() {
-    check(&serde_json::to_value(full()).unwrap()).unwrap();
+    check(&serde_json::to_value(full()).expect("test setup")).expect("test setup");
     let minimal = Results::new(
         "t".into(),
         "s".into(),
         Environment::default(),
         SuiteRecord::default(),
     );
-    check(&serde_json::to_value(minimal).unwrap()).unwrap();
+    check(&serde_json::to_value(minimal).expect("test setup")).expect("test setup");
     let mut closed = full();
     let run = &mut closed.runs[0];
     run.params.mode = "closed".into();
@@ -180,18 +180,18 @@ fn full_and_minimal_results_validate() {
     run.summary.bytes = None;
     run.histograms.service_time = None;
     closed.floor = None;
-    check(&serde_json::to_value(closed).unwrap()).unwrap();
+    check(&serde_json::to_value(closed).expect("test setup")).expect("test setup");
 }
 
 #[test]
 fn schema_rejects_drift() {
-    let mut v = serde_json::to_value(full()).unwrap();
+    let mut v = serde_json::to_value(full()).expect("test setup");
     v["runs"][0]["summary"]["surprise"] = 1.into();
     assert!(check(&v).is_err(), "an unknown field must be refused");
-    let mut v = serde_json::to_value(full()).unwrap();
+    let mut v = serde_json::to_value(full()).expect("test setup");
     v["version"] = 2.into();
     assert!(check(&v).is_err());
-    let mut v = serde_json::to_value(full()).unwrap();
+    let mut v = serde_json::to_value(full()).expect("test setup");
     v["runs"][0]["params"]["mode"] = "sideways".into();
     assert!(check(&v).is_err());
 }

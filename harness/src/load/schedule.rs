@@ -26,9 +26,8 @@ impl Starts {
     /// independent Poisson processes is Poisson at the summed rate).
     pub fn new(kind: Schedule, rate: f64, index: u32, workers: u32, seed: u64) -> Starts {
         let gap_ns = 1e9 * f64::from(workers) / rate;
-        let mut rng = SmallRng::seed_from_u64(
-            seed ^ u64::from(index).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        );
+        let mut rng =
+            SmallRng::seed_from_u64(seed ^ u64::from(index).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let first = match kind {
             Schedule::Constant => 1e9 * f64::from(index) / rate,
             Schedule::Poisson => exponential(&mut rng, gap_ns),

@@ -428,6 +428,9 @@ async fn dispatcher(
     }
 }
 
+/// Wire bytes, the thread's CPU time and the wall clock at the start of the measured phase.
+type Snapshot = (Option<WireBytes>, Duration, Instant);
+
 fn wire_total(conns: &[AnyConnection]) -> Option<WireBytes> {
     let mut total = WireBytes::default();
     for c in conns {
@@ -479,7 +482,7 @@ async fn drive(plan: WorkerPlan, conns: Vec<AnyConnection>, start: Start) -> Wor
     tokio::time::sleep_until(start.t0.into()).await;
 
     // Snapshots at the start of the measured phase, and CPU placement while running.
-    let snap: Rc<Cell<Option<(Option<WireBytes>, Duration, Instant)>>> = Rc::new(Cell::new(None));
+    let snap: Rc<Cell<Option<Snapshot>>> = Rc::new(Cell::new(None));
     let cpus = Rc::new(RefCell::new(CpusSeen::default()));
     let done_flag = Rc::new(Cell::new(false));
     {
