@@ -6,15 +6,17 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
+use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use wirebench_reports::histogram::latency_histogram;
 use wirebench_transports::Code;
 
 /// Length of one interval of the time series.
 pub const INTERVAL: Duration = Duration::from_secs(1);
 
-/// A finished interval of one worker, kept serialized (about a kilobyte) so that a long run
-/// costs no more memory than a short one beyond this series.
+/// A finished interval of one worker, kept serialized (a few kilobytes) so that a long run
+/// costs no more memory than a short one beyond this series. Plain V2, not V2 deflate: a
+/// deflate compressor costs about half a millisecond per use, a stall on the worker's thread
+/// that would show in the open loop's lag; the merged series is compressed after the run.
 #[derive(Debug)]
 pub struct SavedInterval {
     /// Interval number (0 = the first second of the measured phase).
@@ -23,7 +25,7 @@ pub struct SavedInterval {
     pub calls: u64,
     /// Of which failed.
     pub errors: u64,
-    /// Its histogram, V2 deflate.
+    /// Its histogram, V2 (uncompressed).
     pub histogram: Vec<u8>,
 }
 
@@ -139,7 +141,7 @@ impl Recorder {
         let mut bytes = Vec::new();
         // Serializing an in-range u64 histogram into a Vec cannot fail; if it ever did, the
         // interval would be kept without its histogram rather than abort the run.
-        let _ = V2DeflateSerializer::new().serialize(&self.current, &mut bytes);
+        let _ = V2Serializer::new().serialize(&self.current, &mut bytes);
         self.intervals.push(SavedInterval {
             index: self.current_index,
             calls: self.current_calls,
