@@ -2,12 +2,12 @@
 //! only), a 1 s interval histogram rotated as time passes, and a lossless merge of the
 //! workers' recorders once the run is over.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
-use wirebench_reports::histogram::latency_histogram;
+use wirebench_reports::histogram::{encode, latency_histogram, summarize};
+use wirebench_reports::results::LatencySummary;
 use wirebench_transports::Code;
 
 /// Length of one interval of the time series.
@@ -159,7 +159,8 @@ impl Recorder {
     }
 }
 
-/// One interval of the merged series.
+/// One interval of the merged series, already summarized and encoded: merging holds one
+/// interval histogram at a time, so memory does not grow with the run's length.
 #[derive(Debug)]
 pub struct MergedInterval {
     /// Interval number.
@@ -168,8 +169,10 @@ pub struct MergedInterval {
     pub calls: u64,
     /// Of which failed.
     pub errors: u64,
-    /// Latency histogram over every worker.
-    pub histogram: Histogram<u64>,
+    /// Latency percentiles over every worker.
+    pub latency: LatencySummary,
+    /// The merged histogram, base64 V2 deflate (empty if it could not be encoded).
+    pub histogram: String,
 }
 
 /// The workers' recorders merged.
@@ -222,8 +225,7 @@ pub fn merge(recorders: Vec<Recorder>) -> Merged {
         last_done: None,
         intervals: Vec::new(),
     };
-    let mut intervals: BTreeMap<u64, MergedInterval> = BTreeMap::new();
-    let mut de = Deserializer::new();
+    let mut saved: Vec<SavedInterval> = Vec::new();
     for mut r in recorders {
         r.finish();
         let _ = m.latency.add(&r.latency);
@@ -237,21 +239,34 @@ pub fn merge(recorders: Vec<Recorder>) -> Merged {
         m.messages_received += r.messages_received;
         m.backpressured += r.backpressured;
         m.last_done = m.last_done.max(r.last_done);
-        for iv in r.intervals {
-            let e = intervals.entry(iv.index).or_insert_with(|| MergedInterval {
-                index: iv.index,
-                calls: 0,
-                errors: 0,
-                histogram: latency_histogram(),
-            });
-            e.calls += iv.calls;
-            e.errors += iv.errors;
-            if let Ok(h) = de.deserialize::<u64, _>(&mut iv.histogram.as_slice()) {
-                let _ = e.histogram.add(&h);
-            }
-        }
+        saved.append(&mut r.intervals);
     }
-    m.intervals = intervals.into_values().collect();
+    // One interval at a time: every worker's piece of it added into one reused histogram.
+    saved.sort_by_key(|iv| iv.index);
+    let mut de = Deserializer::new();
+    let mut current = latency_histogram();
+    let mut i = 0;
+    while i < saved.len() {
+        let index = saved[i].index;
+        let (mut calls, mut errors) = (0, 0);
+        current.reset();
+        while i < saved.len() && saved[i].index == index {
+            let iv = &saved[i];
+            calls += iv.calls;
+            errors += iv.errors;
+            if let Ok(h) = de.deserialize::<u64, _>(&mut iv.histogram.as_slice()) {
+                let _ = current.add(&h);
+            }
+            i += 1;
+        }
+        m.intervals.push(MergedInterval {
+            index,
+            calls,
+            errors,
+            latency: summarize(&current),
+            histogram: encode(&current).unwrap_or_default(),
+        });
+    }
     m
 }
 
@@ -286,10 +301,11 @@ mod tests {
             assert_eq!(iv.index, i as u64);
             assert_eq!(iv.calls, 2000);
             assert_eq!(iv.errors, 1000);
-            assert_eq!(iv.histogram.len(), 2000);
+            assert_eq!(iv.latency.count, 2000);
+            assert!(!iv.histogram.is_empty());
         }
         // The whole is the sum of the intervals.
-        let total: u64 = m.intervals.iter().map(|i| i.histogram.len()).sum();
+        let total: u64 = m.intervals.iter().map(|i| i.latency.count).sum();
         assert_eq!(total, m.latency.len());
     }
 }
