@@ -9,15 +9,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
-use bytes::Bytes;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use wirebench_transports::registry::AnyTransport;
-use wirebench_transports::{
-    CallOptions, ClientConfig, Connection, Echo, EchoRequest, Server, ServerConfig, Transport,
-};
+use wirebench_transports::{ClientConfig, Echo, Server, ServerConfig, Transport};
 
 use crate::affinity::{CpusSeen, Pin, current_cpu, pin_current_thread};
+use crate::load::{self, EngineOptions, NoHooks, Target};
+use wirebench_scenarios::load::{Length, LoadSpec};
 
 /// How to measure.
 #[derive(Clone, Copy, Debug)]
@@ -79,12 +78,7 @@ pub struct Probe {
     pub server_cpus: CpusSeen,
 }
 
-/// A histogram for nanosecond latencies from 1 ns to 60 s, 3 significant digits.
-pub fn latency_histogram() -> Histogram<u64> {
-    // The bounds are constants that hdrhistogram accepts.
-    Histogram::new_with_bounds(1, 60_000_000_000, 3)
-        .unwrap_or_else(|_| unreachable!("constant histogram bounds are valid"))
-}
+pub use wirebench_reports::histogram::latency_histogram;
 
 const CPU_SAMPLE_EVERY: u64 = 1024;
 
@@ -191,57 +185,33 @@ pub fn measure_transport(transport: AnyTransport, cfg: &ProbeConfig) -> Result<P
     let endpoint = ready_rx
         .recv_timeout(Duration::from_secs(10))
         .map_err(|_| anyhow!("{} server did not start", transport.name()))?;
-    pin(client_cpu)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let payload = Bytes::from(vec![0x5au8; cfg.payload]);
-    let cfg = *cfg;
-    // The calls run in a spawned task, as the load engine's callers do: a block_on future
-    // woken by another task costs the current-thread runtime an extra zero-timeout epoll_wait.
-    let result = rt.block_on(async move {
-        tokio::spawn(async move {
-            let conn = transport
-                .connect(&ClientConfig::default(), &endpoint)
-                .await?;
-            let options = CallOptions::default();
-            let warm_until = Instant::now() + cfg.warmup;
-            while Instant::now() < warm_until {
-                conn.unary(EchoRequest::new(payload.clone()), &options)
-                    .await?;
-            }
-            let mut h = latency_histogram();
-            let mut cpus = CpusSeen::default();
-            let end = Instant::now() + cfg.duration;
-            let mut n = 0u64;
-            loop {
-                let t0 = Instant::now();
-                if t0 >= end {
-                    break;
-                }
-                conn.unary(EchoRequest::new(payload.clone()), &options)
-                    .await?;
-                h.saturating_record(t0.elapsed().as_nanos() as u64);
-                if n.is_multiple_of(CPU_SAMPLE_EVERY) {
-                    cpus.note(current_cpu());
-                }
-                n += 1;
-            }
-            conn.close().await;
-            anyhow::Ok((h, cpus))
-        })
-        .await
-        .map_err(|e| anyhow!("{} probe task failed: {e}", transport.name()))?
-    });
+    // The client side is the load engine itself: a closed loop, one unary call in flight.
+    let spec = LoadSpec {
+        name: "probe".into(),
+        payload: cfg.payload,
+        warmup: cfg.warmup,
+        length: Length::Duration(cfg.duration),
+        ..LoadSpec::default()
+    };
+    let target = Target {
+        transport,
+        endpoint,
+        client: ClientConfig::default(),
+    };
+    let engine = EngineOptions {
+        cpus: client_cpu.map(|c| vec![c]),
+        ..EngineOptions::default()
+    };
+    let result = load::run(&spec, &target, &engine, &mut NoHooks);
     stop.store(true, Ordering::Release);
     let server_cpus = server
         .join()
         .map_err(|_| anyhow!("{} server thread panicked", transport.name()))??;
-    let (histogram, client_cpus) = result?;
+    let outcome = result.map_err(|e| anyhow!("{} probe: {e}", transport.name()))?;
     Ok(Probe {
         name: transport.name().into(),
-        histogram,
-        client_cpus,
+        histogram: outcome.merged.latency,
+        client_cpus: outcome.client_cpus,
         server_cpus,
     })
 }
