@@ -79,7 +79,7 @@ fn y_bounds(series: &[Series]) -> Option<(f64, f64)> {
 
 fn no_data(title: &str) -> String {
     format!(
-        "<svg viewBox=\"0 0 720 60\" role=\"img\"><text x=\"10\" y=\"35\" \
+        "<svg viewBox=\"0 0 640 60\" role=\"img\"><text x=\"10\" y=\"35\" \
          font-family=\"sans-serif\" font-size=\"14\">{}: no data</text></svg>",
         crate::html::escape(title)
     )
@@ -118,13 +118,13 @@ fn draw_spectrum(
     ymax: f64,
 ) -> Result<(), String> {
     {
-        let root = SVGBackend::with_string(svg, (720, 380)).into_drawing_area();
+        let root = SVGBackend::with_string(svg, (640, 400)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 16))
+            .caption(title, ("sans-serif", 19))
             .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(64)
+            .x_label_area_size(48)
+            .y_label_area_size(72)
             .build_cartesian_2d((1f64..xmax).log_scale(), (ymin..ymax).log_scale())
             .map_err(|e| e.to_string())?;
         chart
@@ -133,6 +133,8 @@ fn draw_spectrum(
             .y_desc("latency")
             .x_label_formatter(&|x| percentile_label(*x))
             .y_label_formatter(&|y| fmt_us(*y))
+            .label_style(("sans-serif", 15))
+            .axis_desc_style(("sans-serif", 15))
             .light_line_style(RGBColor(235, 235, 235))
             .draw()
             .map_err(|e| e.to_string())?;
@@ -169,13 +171,13 @@ fn draw_over_time(
     ymax: f64,
 ) -> Result<(), String> {
     {
-        let root = SVGBackend::with_string(svg, (720, 320)).into_drawing_area();
+        let root = SVGBackend::with_string(svg, (640, 340)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 16))
+            .caption(title, ("sans-serif", 19))
             .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(64)
+            .x_label_area_size(48)
+            .y_label_area_size(72)
             .build_cartesian_2d(0f64..xmax, (ymin..ymax).log_scale())
             .map_err(|e| e.to_string())?;
         chart
@@ -183,6 +185,8 @@ fn draw_over_time(
             .x_desc("seconds into the measured phase")
             .y_desc("latency")
             .y_label_formatter(&|y| fmt_us(*y))
+            .label_style(("sans-serif", 15))
+            .axis_desc_style(("sans-serif", 15))
             .light_line_style(RGBColor(235, 235, 235))
             .draw()
             .map_err(|e| e.to_string())?;
@@ -216,6 +220,7 @@ where
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)
+        .label_font(("sans-serif", 14))
         .background_style(WHITE.mix(0.85))
         .border_style(RGBColor(200, 200, 200))
         .draw()

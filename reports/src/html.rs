@@ -62,7 +62,7 @@ table { border-collapse: collapse; font-variant-numeric: tabular-nums; margin: .
 th, td { padding: 4px 8px; border-bottom: 1px solid var(--line); text-align: right; white-space: nowrap; }
 th { background: #f5f5f7; font-weight: 600; }
 td.l, th.l { text-align: left; }
-tr.group td { background: #fafafa; font-weight: 600; text-align: left; }
+tr.group td { background: #fafafa; font-weight: 600; text-align: left; white-space: normal; }
 .swatch { display: inline-block; width: .8em; height: .8em; border-radius: 2px; margin-right: .35em; vertical-align: -1px; }
 .valid { color: var(--ok); }
 .invalid { color: var(--bad); font-weight: 600; }
@@ -70,7 +70,7 @@ tr.group td { background: #fafafa; font-weight: 600; text-align: left; }
 .fail { background: #fbe9e7; color: var(--bad); font-weight: 600; }
 .unsupported { background: #f3f3f3; color: var(--muted); }
 .banner { border: 1px solid #f0c36d; background: #fff8e6; padding: 8px 12px; border-radius: 6px; margin: .6em 0; color: var(--warn); }
-.chart svg { width: 100%; height: auto; max-width: 720px; display: block; }
+.chart svg { width: 100%; height: auto; max-width: 640px; display: block; }
 .grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(320px, 1fr)); gap: 8px 24px; }
 dl { display: grid; grid-template-columns: max-content 1fr; gap: 2px 12px; margin: .4em 0; }
 dt { color: var(--muted); }
@@ -186,7 +186,12 @@ fn headline(out: &mut String, results: &Results, ts: &[String]) {
                 cpu_cell(r)
             );
             if let Some(f) = floor_p50 {
-                let _ = write!(out, "<td>{:.2}×</td>", l.p50_ns as f64 / f.max(1) as f64);
+                let ratio = l.p50_ns as f64 / f.max(1) as f64;
+                let _ = if ratio < 0.1 {
+                    write!(out, "<td>{ratio:.3}×</td>")
+                } else {
+                    write!(out, "<td>{ratio:.2}×</td>")
+                };
             }
             let _ = write!(out, "<td class=\"l\">{}</td></tr>", validity_cell(r));
         }
