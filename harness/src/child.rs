@@ -322,3 +322,67 @@ impl Drop for ChildServer {
         self.terminate();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gone(pid: u32) -> bool {
+        // Reaped: no /proc entry (a zombie would still have one).
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    }
+
+    #[test]
+    fn a_ready_server_is_killed_with_its_group_on_drop() {
+        // The shell prints a ready line, then its child (sleep) holds the group open.
+        let cmd = ServerCommand::Shell {
+            command: "echo '{\"transport\":\"tcp\",\"endpoint\":\"127.0.0.1:9\",\"pid\":0}'; \
+                      sleep 30 & wait"
+                .into(),
+            transport: "tcp".into(),
+        };
+        let server = ChildServer::spawn(&cmd, Duration::from_secs(10)).unwrap();
+        assert_eq!(server.ready.endpoint, "127.0.0.1:9");
+        let pid = server.pid();
+        assert!(!gone(pid));
+        let tasks =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        drop(server);
+        assert!(gone(pid), "the server process was reaped");
+        for child in tasks.split_whitespace() {
+            let path = format!("/proc/{child}");
+            // The group's other members got the signal too (they may linger as zombies of
+            // init for a moment; a live `sleep` would still be in state S).
+            if let Ok(stat) = std::fs::read_to_string(format!("{path}/stat")) {
+                assert!(
+                    !stat.contains(") S ") && !stat.contains(") R "),
+                    "group member still running: {stat}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn never_ready_and_early_exit_are_errors_and_reaped() {
+        let cmd = ServerCommand::Shell {
+            command: "sleep 30".into(),
+            transport: "tcp".into(),
+        };
+        let e = ChildServer::spawn(&cmd, Duration::from_millis(200)).unwrap_err();
+        assert!(matches!(e, ChildError::NotReady { .. }), "{e}");
+        let cmd = ServerCommand::Shell {
+            command: "echo broken >&2; exit 4".into(),
+            transport: "tcp".into(),
+        };
+        let e = ChildServer::spawn(&cmd, Duration::from_secs(10)).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("exited before becoming ready"), "{text}");
+        assert!(text.contains("broken"), "stderr tail is shown: {text}");
+        let cmd = ServerCommand::Shell {
+            command: "echo hello".into(),
+            transport: "tcp".into(),
+        };
+        let e = ChildServer::spawn(&cmd, Duration::from_secs(10)).unwrap_err();
+        assert!(matches!(e, ChildError::BadReady { .. }), "{e}");
+    }
+}

@@ -529,3 +529,86 @@ pub fn judge(
         notes,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wirebench_reports::results::LatencySummary;
+    use wirebench_scenarios::load::Schedule;
+
+    fn open() -> LoadSpec {
+        LoadSpec {
+            mode: Mode::Open {
+                rate: 100.0,
+                schedule: Schedule::Poisson,
+                max_in_flight: 4,
+            },
+            ..LoadSpec::default()
+        }
+    }
+
+    fn summary(lag_p99_us: u64, busy: f64) -> RunSummary {
+        RunSummary {
+            calls: 100,
+            ok: 100,
+            generator_lag: Some(LatencySummary {
+                p99_ns: lag_p99_us * 1000,
+                ..LatencySummary::default()
+            }),
+            worker_busy: vec![0.1, busy],
+            ..RunSummary::default()
+        }
+    }
+
+    fn child() -> ServerInfo {
+        ServerInfo {
+            placement: "child".into(),
+            pid: Some(1),
+            ..ServerInfo::default()
+        }
+    }
+
+    #[test]
+    fn lag_over_the_threshold_invalidates_an_open_loop() {
+        let ctx = RunContext::default();
+        let v = judge(&open(), &summary(100, 0.1), &child(), false, &ctx);
+        assert!(v.valid, "{v:?}");
+        let v = judge(&open(), &summary(5000, 0.1), &child(), false, &ctx);
+        assert!(!v.valid);
+        assert!(v.reasons[0].contains("generator lag p99"), "{v:?}");
+    }
+
+    #[test]
+    fn a_saturated_client_invalidates_a_closed_loop_only() {
+        let ctx = RunContext::default();
+        let closed = LoadSpec::default();
+        let mut s = summary(0, 0.99);
+        s.generator_lag = None;
+        let v = judge(&closed, &s, &child(), false, &ctx);
+        assert!(!v.valid);
+        assert!(v.reasons[0].contains("saturated"), "{v:?}");
+        // In-process servers share the client's threads: noted, not judged.
+        let v = judge(&closed, &s, &child(), true, &ctx);
+        assert!(v.valid && !v.notes.is_empty(), "{v:?}");
+        // Open loops are judged by their lag (busy time includes pacing).
+        let v = judge(&open(), &summary(10, 0.99), &child(), false, &ctx);
+        assert!(v.valid, "{v:?}");
+    }
+
+    #[test]
+    fn unanswered_calls_and_interruptions_invalidate() {
+        let ctx = RunContext::default();
+        let mut s = summary(10, 0.1);
+        s.incomplete = 3;
+        let v = judge(&open(), &s, &child(), false, &ctx);
+        assert!(!v.valid && v.reasons[0].contains("3 calls"), "{v:?}");
+        ctx.interrupted
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let v = judge(&open(), &summary(10, 0.1), &child(), false, &ctx);
+        assert!(!v.valid && v.reasons[0].contains("interrupted"), "{v:?}");
+        let mut s = summary(10, 0.1);
+        s.calls = 0;
+        let v = judge(&open(), &s, &child(), false, &RunContext::default());
+        assert!(!v.valid && v.reasons.iter().any(|r| r.contains("no call")));
+    }
+}
