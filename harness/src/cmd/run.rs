@@ -150,6 +150,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
             "--target drives one server: pick its transport with --transport",
         ));
     }
+    if args.target.is_some()
+        && let Some(t) = transports
+            .iter()
+            .find(|t| t.capabilities().gap(Capability::OutOfProcess).is_some())
+    {
+        return Err(bad_input(format!(
+            "{} cannot be reached in another process, so --target does not apply",
+            t.name()
+        )));
+    }
     for name in suite.options.keys() {
         if AnyTransport::by_name(name).is_none() {
             eprintln!(
@@ -331,11 +341,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
             progress.end(&format!("{name} {}: unsupported ({reason})", spec.name));
             save(&results, &results_path)?;
             continue;
-        }
-        if args.target.is_some() && t.capabilities().gap(Capability::OutOfProcess).is_some() {
-            return Err(bad_input(format!(
-                "{name} cannot be reached in another process, so --target does not apply"
-            )));
         }
         progress.begin(
             &format!("{name} {}", spec.name),
