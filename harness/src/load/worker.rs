@@ -336,6 +336,9 @@ async fn closed_caller(sh: Rc<Shared>, conn: usize) {
         let r = call(&sh, &sh.conns[conn], measured, stall).await;
         let done = Instant::now();
         finish_call(&sh, measured, &r, done - start, None, done);
+        // A call that completes without waiting (inproc) never yields: spend tokio's
+        // cooperative budget so the other callers and the snapshot task get their turn.
+        tokio::task::coop::consume_budget().await;
     }
     sh.active.set(sh.active.get() - 1);
     sh.changed.notify_waiters();
@@ -425,6 +428,8 @@ async fn dispatcher(
             stall,
         }));
         pool.slots[slot].go.notify_one();
+        // When behind schedule nothing above waits: let the callers run.
+        tokio::task::coop::consume_budget().await;
     }
 }
 
