@@ -34,34 +34,7 @@ pub struct Args {
     pub vs: Option<String>,
 }
 
-/// Parses `3s`, `250ms`, `1.5s`, `2m`, `10us`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("{s:?}: missing unit (ns, us, ms, s, m, h)"))?;
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: {num:?} is not a number"))?;
-    let secs = match unit {
-        "ns" => n / 1e9,
-        "us" | "µs" => n / 1e6,
-        "ms" => n / 1e3,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => {
-            return Err(format!(
-                "{s:?}: unknown unit {unit:?} (ns, us, ms, s, m, h)"
-            ));
-        }
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("{s:?}: must be a non-negative duration"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
+pub use wirebench_scenarios::units::parse_duration;
 
 fn us(ns: u64) -> String {
     format!("{:.1}", ns as f64 / 1000.0)
@@ -114,21 +87,4 @@ pub fn run(args: Args) -> Result<ExitCode> {
         print_row(&p, floor_p50);
     }
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("10us"), Ok(Duration::from_micros(10)));
-        assert!(parse_duration("3").is_err());
-        assert!(parse_duration("3 parsecs").is_err());
-        assert!(parse_duration("-1s").is_err());
-        assert!(parse_duration("s").is_err());
-    }
 }
