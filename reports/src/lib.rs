@@ -3,6 +3,7 @@
 //! re-rendered or compared.
 
 pub mod charts;
+pub mod compare;
 pub mod conformance;
 pub mod histogram;
 pub mod html;
