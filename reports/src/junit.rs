@@ -81,7 +81,11 @@ pub fn render(outcomes: &[CaseOutcome]) -> String {
             match o.verdict {
                 Verdict::Pass if detail.is_empty() => x.push_str("/>\n"),
                 Verdict::Pass => {
-                    let _ = writeln!(x, ">\n      <system-out>{}</system-out>\n    </testcase>", esc(detail));
+                    let _ = writeln!(
+                        x,
+                        ">\n      <system-out>{}</system-out>\n    </testcase>",
+                        esc(detail)
+                    );
                 }
                 Verdict::Fail => {
                     let first = detail.lines().next().unwrap_or("failed");
@@ -126,17 +130,27 @@ mod tests {
     fn each_case_is_a_testcase_with_its_verdict() {
         let x = render(&[
             o("a", "tcp", Verdict::Pass, None),
-            o("b", "tcp", Verdict::Fail, Some("got <1> & \"2\"\nsecond line")),
+            o(
+                "b",
+                "tcp",
+                Verdict::Fail,
+                Some("got <1> & \"2\"\nsecond line"),
+            ),
             o("c", "inproc", Verdict::Unsupported, Some("no wire")),
         ]);
         assert!(x.starts_with("<?xml"));
-        assert!(x.contains("<testsuites name=\"wirebench conformance\" tests=\"3\" failures=\"1\" skipped=\"1\""));
+        assert!(x.contains(
+            "<testsuites name=\"wirebench conformance\" tests=\"3\" failures=\"1\" skipped=\"1\""
+        ));
         assert!(x.contains("<testsuite name=\"tcp\" tests=\"2\" failures=\"1\""));
         assert!(x.contains("<testcase classname=\"tcp.g\" name=\"a\" time=\"1.500\"/>"));
         assert!(x.contains("<failure message=\"got &lt;1&gt; &amp; &quot;2&quot;\""));
         assert!(x.contains("<skipped message=\"unsupported: no wire\"/>"));
         // Balanced: every opened testcase/testsuite is closed.
-        assert_eq!(x.matches("<testsuite ").count(), x.matches("</testsuite>").count());
+        assert_eq!(
+            x.matches("<testsuite ").count(),
+            x.matches("</testsuite>").count()
+        );
         assert_eq!(
             x.matches("<testcase ").count(),
             x.matches("</testcase>").count() + x.matches("\"/>\n").count()
