@@ -13,6 +13,7 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::time::Instant;
 
+use crate::broker::BrokerError;
 use crate::echo::Echo;
 use crate::message::{EchoRequest, EchoResponse, Method};
 use crate::metadata::Metadata;
@@ -50,6 +51,10 @@ pub enum TransportError {
     /// The transport cannot do what was asked (a declared limitation).
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// The transport's broker could not be started or reached (see
+    /// [`BrokerError::is_not_installed`] for a missing broker program).
+    #[error("broker: {0}")]
+    Broker(#[from] BrokerError),
 }
 
 impl TransportError {
@@ -334,13 +339,19 @@ pub enum Capability {
     MutualTls,
     /// `authorization` bearer tokens checked by the server.
     TokenAuth,
-    /// Broker semantics (fanout, queue groups, acknowledgements).
+    /// Broker semantics (fanout, queue groups, per-publisher order, overflow reporting).
     Broker,
+    /// Acknowledged publishes to a durable log survive a broker restart (meaningful with
+    /// `Broker`; cases needing it also need `Broker`).
+    BrokerDurable,
+    /// A durable publish repeated with the same dedup id inside the window is stored once
+    /// (meaningful with `Broker`).
+    BrokerDedup,
 }
 
 impl Capability {
     /// Every capability.
-    pub const ALL: [Capability; 14] = [
+    pub const ALL: [Capability; 16] = [
         Capability::Unary,
         Capability::ServerStream,
         Capability::ClientStream,
@@ -355,6 +366,8 @@ impl Capability {
         Capability::MutualTls,
         Capability::TokenAuth,
         Capability::Broker,
+        Capability::BrokerDurable,
+        Capability::BrokerDedup,
     ];
 
     /// A short name for reports.
@@ -374,6 +387,8 @@ impl Capability {
             Capability::MutualTls => "mtls",
             Capability::TokenAuth => "token-auth",
             Capability::Broker => "broker",
+            Capability::BrokerDurable => "broker-durable",
+            Capability::BrokerDedup => "broker-dedup",
         }
     }
 }
