@@ -256,6 +256,10 @@ pub trait BrokerClient: Send + Sync + 'static {
         dedup_id: Option<&str>,
     ) -> impl Future<Output = Result<DurableAck, BrokerError>> + Send;
 
+    /// Deletes a durable log and everything in it (cases clean up after themselves on shared
+    /// brokers).
+    fn delete_durable(&self, name: &str) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
     /// Messages stored in a durable log.
     fn durable_len(&self, name: &str) -> impl Future<Output = Result<u64, BrokerError>> + Send;
 
@@ -275,6 +279,9 @@ pub trait BrokerClient: Send + Sync + 'static {
 pub trait Subscription: Send + 'static {
     /// The next message's payload; `None` once the subscription or its client closed.
     fn next(&mut self) -> impl Future<Output = Option<Bytes>> + Send;
+
+    /// A message the client has already received, without waiting; `None` when there is none.
+    fn try_next(&mut self) -> Option<Bytes>;
 }
 
 /// A consumer of a durable log.
@@ -432,6 +439,10 @@ macro_rules! brokers {
                 match self { $(AnyBrokerClient::$variant(c) => c.publish_durable(topic, payload, dedup_id).await,)+ }
             }
 
+            async fn delete_durable(&self, name: &str) -> Result<(), BrokerError> {
+                match self { $(AnyBrokerClient::$variant(c) => c.delete_durable(name).await,)+ }
+            }
+
             async fn durable_len(&self, name: &str) -> Result<u64, BrokerError> {
                 match self { $(AnyBrokerClient::$variant(c) => c.durable_len(name).await,)+ }
             }
@@ -448,6 +459,10 @@ macro_rules! brokers {
         impl Subscription for AnySubscription {
             async fn next(&mut self) -> Option<Bytes> {
                 match self { $(AnySubscription::$variant(s) => s.next().await,)+ }
+            }
+
+            fn try_next(&mut self) -> Option<Bytes> {
+                match self { $(AnySubscription::$variant(s) => s.try_next(),)+ }
             }
         }
 

@@ -217,7 +217,9 @@ impl NatsProcess {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
-            .kill_on_drop(true)
+            // Never SIGKILL the shell: it must live to reap the broker (else a zombie is left
+            // to init). Closing the lifeline makes it kill the broker and exit by itself.
+            .kill_on_drop(false)
             .spawn()
             .map_err(|e| BrokerError::io(format!("starting {}", self.program.display()), e))?;
         let (Some(lifeline), Some(out)) = (shell.stdin.take(), shell.stdout.take()) else {
@@ -268,7 +270,7 @@ impl NatsProcess {
                 ));
             }
             Err(_) => {
-                // Kill it; dropping the shell and the lifeline ends the watchdog too.
+                // Kill it; the lifeline closing ends the watchdog too.
                 if let Some(run) = running(pid, shell, lifeline) {
                     kill_now(run);
                 }
@@ -365,8 +367,8 @@ fn kill_now(run: Running) {
 
 impl Drop for NatsProcess {
     fn drop(&mut self) {
-        // Kill the broker now; dropping the lifeline and the shell (kill_on_drop) ends the
-        // watchdog too, and tokio reaps both.
+        // Kill the broker now; the lifeline closing ends the watchdog, the shell reaps the
+        // broker and exits, and tokio reaps the shell in the background.
         if let Some(run) = self.running.take() {
             kill_now(run);
         }

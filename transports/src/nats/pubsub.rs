@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, stream};
 use async_nats::{Client, Event, Subject};
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -218,6 +218,14 @@ impl BrokerClient for NatsBrokerClient {
         })
     }
 
+    async fn delete_durable(&self, name: &str) -> Result<(), BrokerError> {
+        self.js
+            .delete_stream(name)
+            .await
+            .map(|_| ())
+            .map_err(|e| op("deleting a JetStream stream")(&e))
+    }
+
     async fn durable_len(&self, name: &str) -> Result<u64, BrokerError> {
         let s = self
             .js
@@ -268,6 +276,15 @@ pub struct NatsSubscription(async_nats::Subscriber);
 impl Subscription for NatsSubscription {
     async fn next(&mut self) -> Option<Bytes> {
         self.0.next().await.map(|m| m.payload)
+    }
+
+    fn try_next(&mut self) -> Option<Bytes> {
+        // One poll of a channel the connection task has already filled; unconstrained, since
+        // tokio's cooperative budget would otherwise report "pending" after 128 messages.
+        tokio::task::unconstrained(self.0.next())
+            .now_or_never()
+            .flatten()
+            .map(|m| m.payload)
     }
 }
 
