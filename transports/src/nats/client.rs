@@ -586,7 +586,16 @@ fn route(shared: &Shared, id: u64, msg: Message) -> Option<OutboundMessage> {
     };
     if msg.status == Some(StatusCode::NO_RESPONDERS) {
         let status = Status::unavailable("no responders");
-        end_stream(&mut t, id, status);
+        match s.accept.take() {
+            // `open` fails at once: nobody serves the method.
+            Some(a) => {
+                t.calls.remove(&id);
+                let _ = a.send(Accepted::Refused(status));
+            }
+            None => {
+                end_stream(&mut t, id, status);
+            }
+        }
         return None;
     }
     let frame = match wire::frame_of(msg.headers.as_ref()) {
