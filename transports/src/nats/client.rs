@@ -411,10 +411,15 @@ struct UnaryGuard<'a> {
     id: u64,
     reply: Subject,
     sent: bool,
+    /// The reply arrived (its slot is gone already).
+    answered: bool,
 }
 
 impl Drop for UnaryGuard<'_> {
     fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
         let removed = self.shared.calls.lock().calls.remove(&self.id).is_some();
         if removed && self.sent {
             self.shared.publish_later(OutboundMessage {
@@ -448,6 +453,7 @@ impl Connection for NatsConnection {
             id,
             reply: reply.clone(),
             sent: false,
+            answered: false,
         };
         let msg = OutboundMessage {
             subject: self.shared.unary_subject.clone(),
@@ -458,7 +464,9 @@ impl Connection for NatsConnection {
         let answer = until_deadline(deadline, async {
             self.shared.publish(msg).await?;
             guard.sent = true;
-            poll_fn(|cx| self.poll_unary(id, cx)).await
+            let answer = poll_fn(|cx| self.poll_unary(id, cx)).await;
+            guard.answered = true;
+            answer
         })
         .await;
         // Answered, failed or timed out: the slot is gone or goes now (a timed-out call is

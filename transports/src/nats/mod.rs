@@ -102,6 +102,7 @@
 //! - A client that vanishes without cancelling leaves its server-side stream running until its
 //!   deadline (NATS tells a server nothing about its callers' liveness).
 
+pub mod baseline;
 pub mod broker;
 mod client;
 mod flow;

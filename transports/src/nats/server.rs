@@ -1,14 +1,20 @@
 //! The `nats` server: attaches to a broker (or starts a private one), joins the service's queue
 //! group on `<prefix>.*`, and adapts the shared `Echo`: unary requests that need no waiting are
-//! answered inline by the service loop (no task), the rest get a task each.
+//! answered inline by the request loop (no task), the rest get a task each.
+//!
+//! Two loops: the request loop reads only the service subjects, so the hot path polls one
+//! subscription per message; the control loop takes stream frames, unary cancellations and
+//! finished calls. They share the tables of running calls (locked briefly, never across an
+//! await, and never on the plain unary path).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_nats::message::OutboundMessage;
 use async_nats::{Client, HeaderMap, HeaderValue, Message, Subject};
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -26,13 +32,28 @@ use crate::metadata::Metadata;
 use crate::status::{Code, Status};
 use crate::transport::{ClientConfig, Server, TransportError};
 
+/// Requests handled per wake-up of the service loop before it looks at other subjects.
+const BATCH: usize = 64;
+
+/// The method a subject's last token names (exactly as [`Method::name`] spells it).
+fn method_of(token: &str) -> Method {
+    match token {
+        "Unary" => Method::Unary,
+        "ServerStream" => Method::ServerStream,
+        "ClientStream" => Method::ClientStream,
+        "Bidi" => Method::Bidi,
+        _ => Method::Unimplemented,
+    }
+}
+
 /// A running `nats` server: one member of its service's queue group.
 #[derive(Debug)]
 pub struct NatsServer {
     endpoint: Endpoint,
     client: Client,
     shutdown: CancellationToken,
-    main: JoinHandle<()>,
+    requests: JoinHandle<()>,
+    control: JoinHandle<()>,
     tracker: TaskTracker,
     /// The private broker this server started, stopped with it.
     broker: Option<NatsProcess>,
@@ -40,7 +61,10 @@ pub struct NatsServer {
 
 impl NatsServer {
     /// Serves `echo` as described by `listen` (see [`Target`]).
-    pub(crate) async fn start(target: Target, echo: Arc<Echo>) -> Result<NatsServer, TransportError> {
+    pub(crate) async fn start(
+        target: Target,
+        echo: Arc<Echo>,
+    ) -> Result<NatsServer, TransportError> {
         let (url, prefix, broker) = match target {
             Target::Attach(e) => (e.url, e.prefix, None),
             Target::Private(addr) => {
@@ -48,7 +72,8 @@ impl NatsServer {
                 (p.url(), None, Some(p))
             }
         };
-        let client = connect_client(&url, &ClientConfig::default(), std::sync::Weak::new()).await?;
+        let client =
+            connect_client(&url, &ClientConfig::default(), std::sync::Weak::new()).await?;
         let prefix = match prefix {
             Some(p) => p,
             // A fresh, unique token: the client library's inbox names are NUIDs.
@@ -82,18 +107,18 @@ impl NatsServer {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
-        let service = Service {
+        let service = Arc::new(Service {
             echo,
             client: client.clone(),
             method_prefix: format!("{prefix}."),
             inbox_prefix: format!("{inbox}."),
-            streams: HashMap::new(),
-            unary: HashMap::new(),
-            next_cid: 1,
+            calls: Mutex::new(Calls::default()),
+            next_cid: AtomicU64::new(1),
             done_tx,
             tracker: tracker.clone(),
-        };
-        let main = tokio::spawn(service.run(requests, frames, cancels, done_rx, shutdown.clone()));
+        });
+        let requests = tokio::spawn(service.clone().request_loop(requests, shutdown.clone()));
+        let control = tokio::spawn(service.control_loop(frames, cancels, done_rx, shutdown.clone()));
         Ok(NatsServer {
             endpoint: Endpoint {
                 url,
@@ -101,7 +126,8 @@ impl NatsServer {
             },
             client,
             shutdown,
-            main,
+            requests,
+            control,
             tracker,
             broker,
         })
@@ -115,7 +141,8 @@ impl Server for NatsServer {
 
     async fn shutdown(self) {
         self.shutdown.cancel();
-        let _ = self.main.await;
+        let _ = self.requests.await;
+        let _ = self.control.await;
         self.tracker.close();
         self.tracker.wait().await;
         let _ = self.client.flush().await;
@@ -126,7 +153,7 @@ impl Server for NatsServer {
     }
 }
 
-/// A stream call the service loop routes frames to.
+/// A stream call the control loop routes frames to.
 struct StreamEntry {
     /// Requests for the handler; `None` once the client half-closed.
     tx: Option<mpsc::Sender<Result<EchoRequest, Status>>>,
@@ -141,7 +168,15 @@ struct StreamEntry {
 
 enum Done {
     Stream(u64),
-    Unary(Subject),
+    Unary(String),
+}
+
+/// Calls running in tasks of their own.
+#[derive(Default)]
+struct Calls {
+    streams: HashMap<u64, StreamEntry>,
+    /// Unary calls that wait (a delay), by reply subject: what a cancellation names.
+    unary: HashMap<String, CancellationToken>,
 }
 
 struct Service {
@@ -151,110 +186,157 @@ struct Service {
     method_prefix: String,
     /// `<server inbox>.`: a stream's client frames arrive on `<server inbox>.<call id>`.
     inbox_prefix: String,
-    streams: HashMap<u64, StreamEntry>,
-    /// Unary calls running in a task of their own, by reply subject (what a cancel names).
-    unary: HashMap<String, CancellationToken>,
-    next_cid: u64,
+    calls: Mutex<Calls>,
+    next_cid: AtomicU64,
     done_tx: mpsc::UnboundedSender<Done>,
     tracker: TaskTracker,
 }
 
+/// What the request loop publishes for one request.
+enum Answer {
+    /// A unary reply: when the broker refuses it (too large), a bare status goes instead.
+    Reply(OutboundMessage),
+    /// A stream frame (`accept`, or a `status` refusing the call).
+    Frame(OutboundMessage),
+}
+
 impl Service {
-    async fn run(
-        mut self,
+    fn calls(&self) -> MutexGuard<'_, Calls> {
+        // A panic while holding this lock would be a bug; the tables stay usable.
+        self.calls.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn request_loop(
+        self: Arc<Self>,
         mut requests: async_nats::Subscriber,
+        shutdown: CancellationToken,
+    ) {
+        // Created once: a fresh `cancelled()` per message would register with the token
+        // every time. Biased towards requests, so under load only they are polled.
+        let stopping = shutdown.cancelled();
+        tokio::pin!(stopping);
+        loop {
+            let msg = tokio::select! {
+                biased;
+                m = requests.next() => m,
+                _ = &mut stopping => None,
+            };
+            // None: shutting down, or the client closed.
+            let Some(msg) = msg else { break };
+            self.answer(msg).await;
+            // Take what has already arrived before selecting again.
+            for _ in 0..BATCH {
+                match tokio::task::unconstrained(requests.next()).now_or_never() {
+                    Some(Some(msg)) => self.answer(msg).await,
+                    _ => break,
+                }
+            }
+        }
+        let _ = requests.unsubscribe().await;
+    }
+
+    async fn answer(&self, msg: Message) {
+        match self.on_request(msg) {
+            Some(Answer::Reply(m)) => send_reply(&self.client, m).await,
+            Some(Answer::Frame(m)) => {
+                let _ = publish(&self.client, m).await;
+            }
+            None => {}
+        }
+    }
+
+    async fn control_loop(
+        self: Arc<Self>,
         mut frames: async_nats::Subscriber,
         mut cancels: async_nats::Subscriber,
         mut done_rx: mpsc::UnboundedReceiver<Done>,
         shutdown: CancellationToken,
     ) {
+        let stopping = shutdown.cancelled();
+        tokio::pin!(stopping);
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => break,
-                Some(done) = done_rx.recv() => match done {
-                    Done::Stream(cid) => { self.streams.remove(&cid); }
-                    Done::Unary(reply) => { self.unary.remove(reply.as_str()); }
-                },
-                Some(msg) = frames.next() => self.on_frame(msg).await,
+                _ = &mut stopping => break,
+                Some(done) = done_rx.recv() => {
+                    let mut c = self.calls();
+                    match done {
+                        Done::Stream(cid) => { c.streams.remove(&cid); }
+                        Done::Unary(reply) => { c.unary.remove(&reply); }
+                    }
+                }
+                Some(msg) = frames.next() => {
+                    if let Some(out) = self.on_frame(msg) {
+                        let _ = publish(&self.client, out).await;
+                    }
+                }
                 Some(msg) = cancels.next() => self.on_cancel(&msg),
-                msg = requests.next() => match msg {
-                    Some(msg) => self.on_request(msg).await,
-                    // The client closed: nothing more will arrive.
-                    None => break,
-                },
+                else => break,
             }
         }
-        let _ = requests.unsubscribe().await;
         // Calls still running learn why they end; their handlers see a cancellation.
         let going = Status::unavailable("server shutting down");
-        for (_, e) in self.streams.drain() {
+        let (streams, unary) = {
+            let mut c = self.calls();
+            (std::mem::take(&mut c.streams), std::mem::take(&mut c.unary))
+        };
+        for (_, e) in streams {
             e.cancel.cancel();
             e.credit.close();
             let _ = publish(&self.client, status_frame(e.reply, &going, 0, true)).await;
         }
-        for (reply, token) in self.unary.drain() {
+        for (reply, token) in unary {
             token.cancel();
-            let reply = Subject::from(reply);
-            let (headers, payload) = unary_reply(UnaryOutcome {
-                headers: Metadata::new(),
-                response: None,
-                status: going.clone(),
-            });
-            let _ = publish(&self.client, reply_msg(reply, headers, payload)).await;
+            let out = unary_msg(Subject::from(reply), UnaryOutcome::failed(going.clone()));
+            let _ = publish(&self.client, out).await;
         }
     }
 
-    async fn on_request(&mut self, msg: Message) {
+    /// Decides the answer to a request; the plain unary path runs here, inline.
+    fn on_request(&self, msg: Message) -> Option<Answer> {
         let Some(reply) = msg.reply.clone() else {
             tracing::debug!("nats server: request on {} without reply subject", msg.subject);
-            return;
+            return None;
         };
         let method = msg
             .subject
             .strip_prefix(self.method_prefix.as_str())
-            .and_then(Method::parse)
-            .unwrap_or(Method::Unimplemented);
+            .map_or(Method::Unimplemented, method_of);
         match wire::frame_of(msg.headers.as_ref()) {
-            Ok(None) => self.unary(method, reply, msg).await,
-            Ok(Some(Frame::Open)) => self.open(method, reply, msg).await,
+            Ok(None) => self.unary(method, reply, msg),
+            Ok(Some(Frame::Open)) => self.open(method, reply, &msg),
             Ok(Some(f)) => {
                 let status = Status::invalid_argument(format!(
                     "frame {} sent to the service subject (only requests and open go there)",
                     f.as_str()
                 ));
-                let _ = publish(&self.client, status_frame(reply, &status, 0, false)).await;
+                Some(Answer::Frame(status_frame(reply, &status, 0, false)))
             }
-            Err(e) => {
-                let status = bad_request(e);
-                let (h, p) = unary_reply(UnaryOutcome {
-                    headers: Metadata::new(),
-                    response: None,
-                    status,
-                });
-                let _ = publish(&self.client, reply_msg(reply, h, p)).await;
-            }
+            Err(e) => Some(Answer::Reply(unary_msg(
+                reply,
+                UnaryOutcome::failed(bad_request(e)),
+            ))),
         }
     }
 
-    async fn unary(&mut self, method: Method, reply: Subject, msg: Message) {
+    fn unary(&self, method: Method, reply: Subject, msg: Message) -> Option<Answer> {
         let decoded = decode_head(method, msg.headers.as_ref()).and_then(|head| {
             let directives = match &msg.headers {
                 Some(h) => wire::get_directives(h).map_err(bad_request)?,
                 None => Default::default(),
             };
-            Ok((head, EchoRequest { payload: msg.payload, directives }))
+            Ok((
+                head,
+                EchoRequest {
+                    payload: msg.payload,
+                    directives,
+                },
+            ))
         });
         let (head, request) = match decoded {
             Ok(d) => d,
             Err(status) => {
-                let (h, p) = unary_reply(UnaryOutcome {
-                    headers: Metadata::new(),
-                    response: None,
-                    status,
-                });
-                let _ = publish(&self.client, reply_msg(reply, h, p)).await;
-                return;
+                return Some(Answer::Reply(unary_msg(reply, UnaryOutcome::failed(status))));
             }
         };
         if method != Method::Unary {
@@ -267,54 +349,47 @@ impl Service {
                     method.name()
                 ))
             };
-            let (h, p) = unary_reply(UnaryOutcome {
-                headers: Metadata::new(),
-                response: None,
-                status,
-            });
-            let _ = publish(&self.client, reply_msg(reply, h, p)).await;
-            return;
+            return Some(Answer::Reply(unary_msg(reply, UnaryOutcome::failed(status))));
         }
         match self.echo.unary_now(&head, request) {
-            Ok(outcome) => send_unary(&self.client, reply, outcome).await,
+            Ok(outcome) => Some(Answer::Reply(unary_msg(reply, outcome))),
             Err(request) => {
                 let cancel = CancellationToken::new();
-                self.unary.insert(reply.to_string(), cancel.clone());
+                let key = reply.to_string();
+                self.calls().unary.insert(key.clone(), cancel.clone());
                 let echo = self.echo.clone();
                 let client = self.client.clone();
                 let done = self.done_tx.clone();
                 self.tracker.spawn(async move {
                     let outcome = echo.unary(&head, request, &cancel).await;
                     if !cancel.is_cancelled() {
-                        send_unary(&client, reply.clone(), outcome).await;
+                        send_reply(&client, unary_msg(reply, outcome)).await;
                     }
-                    let _ = done.send(Done::Unary(reply));
+                    let _ = done.send(Done::Unary(key));
                 });
+                None
             }
         }
     }
 
-    async fn open(&mut self, method: Method, reply: Subject, msg: Message) {
+    fn open(&self, method: Method, reply: Subject, msg: &Message) -> Option<Answer> {
         let head = match decode_head(method, msg.headers.as_ref()) {
             Ok(h) => h,
-            Err(status) => {
-                let _ = publish(&self.client, status_frame(reply, &status, 0, false)).await;
-                return;
-            }
+            Err(status) => return Some(Answer::Frame(status_frame(reply, &status, 0, false))),
         };
         let peer_window = msg
             .headers
             .as_ref()
             .and_then(|h| wire::get_u64(h, &wire::WINDOW).ok().flatten())
             .unwrap_or(DEFAULT_WINDOW);
-        let cid = self.next_cid;
-        self.next_cid += 1;
+        let cid = self.next_cid.fetch_add(1, Ordering::Relaxed);
         let window = DEFAULT_WINDOW;
         // One slot more than the window: room for a failure after a full window.
         let (tx, rx) = mpsc::channel(window as usize + 1);
         let cancel = CancellationToken::new();
         let credit = Arc::new(Credit::new(peer_window));
-        self.streams.insert(
+        // Registered before the accept goes out: the client's frames can only follow it.
+        self.calls().streams.insert(
             cid,
             StreamEntry {
                 tx: Some(tx),
@@ -332,10 +407,6 @@ impl Service {
             payload: Bytes::new(),
             headers: Some(h),
         };
-        if publish(&self.client, accept).await.is_err() {
-            self.streams.remove(&cid);
-            return;
-        }
         let echo = self.echo.clone();
         let client = self.client.clone();
         let done = self.done_tx.clone();
@@ -354,33 +425,33 @@ impl Service {
                 if let Err(e) = publish(&client, end).await {
                     // Too large for the broker (trailing metadata): say so in a bare status.
                     let bare = Status::new(e.code(), e.message().to_owned());
-                    let _ = publish(&client, status_frame(call.to.clone(), &bare, call.sent, false)).await;
+                    let end = status_frame(call.to.clone(), &bare, call.sent, false);
+                    let _ = publish(&client, end).await;
                 }
             }
             let _ = done.send(Done::Stream(cid));
         });
+        Some(Answer::Frame(accept))
     }
 
-    async fn on_frame(&mut self, msg: Message) {
-        let Some(cid) = msg
+    /// Routes a client frame to its call; returns a frame to publish, if any.
+    fn on_frame(&self, msg: Message) -> Option<OutboundMessage> {
+        let cid = msg
             .subject
             .strip_prefix(self.inbox_prefix.as_str())
-            .and_then(|t| t.parse::<u64>().ok())
-        else {
-            return;
-        };
-        let Some(entry) = self.streams.get_mut(&cid) else {
-            // A call that already ended: late frames are moot.
-            return;
-        };
-        let Some(headers) = msg.headers.as_ref() else {
-            return;
-        };
+            .and_then(|t| t.parse::<u64>().ok())?;
+        let headers = msg.headers.as_ref()?;
+        let mut calls = self.calls();
+        // A call that already ended: late frames are moot.
+        let entry = calls.streams.get_mut(&cid)?;
         match wire::frame_of(Some(headers)) {
             Ok(Some(Frame::Msg)) => {
                 let Some(tx) = entry.tx.clone() else {
-                    deliver_last(entry, Err(Status::invalid_argument("message after half-close")));
-                    return;
+                    deliver_last(
+                        entry,
+                        Err(Status::invalid_argument("message after half-close")),
+                    );
+                    return None;
                 };
                 let item = match wire::get_required(headers, &wire::SEQ, "Wb-Seq") {
                     Err(e) => Err(bad_request(e)),
@@ -427,7 +498,7 @@ impl Service {
                 }
             }
             Ok(Some(Frame::Cancel)) => {
-                if let Some(e) = self.streams.remove(&cid) {
+                if let Some(e) = calls.streams.remove(&cid) {
                     e.cancel.cancel();
                     e.credit.close();
                 }
@@ -440,13 +511,14 @@ impl Service {
             Ok(_) => {}
             Err(e) => deliver_last(entry, Err(bad_request(e))),
         }
+        None
     }
 
-    fn on_cancel(&mut self, msg: &Message) {
+    fn on_cancel(&self, msg: &Message) {
         let Ok(reply) = std::str::from_utf8(&msg.payload) else {
             return;
         };
-        if let Some(token) = self.unary.remove(reply) {
+        if let Some(token) = self.calls().unary.remove(reply) {
             token.cancel();
         }
     }
@@ -478,8 +550,30 @@ fn decode_head(method: Method, headers: Option<&HeaderMap>) -> Result<CallHead, 
     })
 }
 
+/// A unary answer as a NATS message: no headers at all for a plain OK.
+fn unary_msg(reply: Subject, o: UnaryOutcome) -> OutboundMessage {
+    let (headers, payload) = unary_reply(o);
+    OutboundMessage {
+        subject: reply,
+        reply: None,
+        payload,
+        headers,
+    }
+}
+
 /// A unary answer as NATS headers and payload: no headers at all for a plain OK.
 fn unary_reply(o: UnaryOutcome) -> (Option<HeaderMap>, Bytes) {
+    if let Some(r) = &o.response
+        && o.status.is_ok()
+        && o.status.message().is_empty()
+        && o.status.metadata().is_empty()
+        && o.headers.is_empty()
+        && r.received_messages == 0
+        && r.received_bytes == 0
+    {
+        // The fast path: nothing to say beyond the payload.
+        return (None, o.response.map(|r| r.payload).unwrap_or_default());
+    }
     let mut h = HeaderMap::new();
     wire::put_metadata(&mut h, &wire::METADATA, &o.headers);
     wire::put_status(&mut h, &o.status);
@@ -493,26 +587,13 @@ fn unary_reply(o: UnaryOutcome) -> (Option<HeaderMap>, Bytes) {
     ((!h.is_empty()).then_some(h), payload)
 }
 
-fn reply_msg(reply: Subject, headers: Option<HeaderMap>, payload: Bytes) -> OutboundMessage {
-    OutboundMessage {
-        subject: reply,
-        reply: None,
-        payload,
-        headers,
-    }
-}
-
 /// Sends a unary answer; one the broker refuses (larger than its max_payload) becomes a
 /// `RESOURCE_EXHAUSTED` status, so the caller is not left waiting.
-async fn send_unary(client: &Client, reply: Subject, outcome: UnaryOutcome) {
-    let (h, p) = unary_reply(outcome);
-    if let Err(status) = publish(client, reply_msg(reply.clone(), h, p)).await {
-        let (h, p) = unary_reply(UnaryOutcome {
-            headers: Metadata::new(),
-            response: None,
-            status: Status::new(status.code(), status.message().to_owned()),
-        });
-        let _ = publish(client, reply_msg(reply, h, p)).await;
+async fn send_reply(client: &Client, msg: OutboundMessage) {
+    let reply = msg.subject.clone();
+    if let Err(status) = publish(client, msg).await {
+        let bare = Status::new(status.code(), status.message().to_owned());
+        let _ = publish(client, unary_msg(reply, UnaryOutcome::failed(bare))).await;
     }
 }
 
