@@ -569,16 +569,16 @@ async fn dispatch(shared: Arc<Shared>, mut sub: async_nats::Subscriber) {
         else {
             continue;
         };
-        if let Some(follow_up) = route(&shared, id, msg) {
-            let _ = shared.publish(follow_up).await;
+        let follow_up = route(&shared, &mut shared.calls.lock(), id, msg);
+        if let Some(f) = follow_up {
+            let _ = shared.publish(f).await;
         }
     }
 }
 
 /// Delivers `msg` to call `id`; returns a message to publish when the call must be cancelled
 /// at the server (a broken sequence, an oversized response).
-fn route(shared: &Shared, id: u64, msg: Message) -> Option<OutboundMessage> {
-    let mut t = shared.calls.lock();
+fn route(shared: &Shared, t: &mut Table, id: u64, msg: Message) -> Option<OutboundMessage> {
     let slot = t.calls.get_mut(&id)?;
     let s = match slot {
         Slot::Unary { reply, waker } => {
@@ -601,7 +601,7 @@ fn route(shared: &Shared, id: u64, msg: Message) -> Option<OutboundMessage> {
                 let _ = a.send(Accepted::Refused(status));
             }
             None => {
-                end_stream(&mut t, id, status);
+                end_stream(t, id, status);
             }
         }
         return None;
@@ -609,11 +609,11 @@ fn route(shared: &Shared, id: u64, msg: Message) -> Option<OutboundMessage> {
     let frame = match wire::frame_of(msg.headers.as_ref()) {
         Ok(Some(f)) => f,
         Ok(None) => {
-            end_stream(&mut t, id, malformed(wire::WireError::Missing("Wb-Frame")));
+            end_stream(t, id, malformed(wire::WireError::Missing("Wb-Frame")));
             return None;
         }
         Err(e) => {
-            end_stream(&mut t, id, malformed(e));
+            end_stream(t, id, malformed(e));
             return None;
         }
     };
@@ -631,7 +631,7 @@ fn route(shared: &Shared, id: u64, msg: Message) -> Option<OutboundMessage> {
                 }
                 (_, None) => {
                     end_stream(
-                        &mut t,
+                        t,
                         id,
                         Status::internal("the server accepted the call without a reply subject"),
                     );
@@ -644,7 +644,7 @@ fn route(shared: &Shared, id: u64, msg: Message) -> Option<OutboundMessage> {
             let ev = match wire::get_metadata(headers, &wire::METADATA) {
                 Ok(md) => CallEvent::Headers(md),
                 Err(e) => {
-                    end_stream(&mut t, id, malformed(e));
+                    end_stream(t, id, malformed(e));
                     return None;
                 }
             };
@@ -670,7 +670,7 @@ fn route(shared: &Shared, id: u64, msg: Message) -> Option<OutboundMessage> {
                 Ok(_) => None,
             };
             if let Some(status) = failure {
-                return end_stream(&mut t, id, status).map(cancel_frame);
+                return end_stream(t, id, status).map(cancel_frame);
             }
             s.next_seq += 1;
             match wire::get_response(Some(headers), msg.payload) {
@@ -685,7 +685,7 @@ fn route(shared: &Shared, id: u64, msg: Message) -> Option<OutboundMessage> {
                     }
                 }
                 Err(e) => {
-                    end_stream(&mut t, id, malformed(e));
+                    end_stream(t, id, malformed(e));
                 }
             }
             None
@@ -707,7 +707,7 @@ fn route(shared: &Shared, id: u64, msg: Message) -> Option<OutboundMessage> {
                 ),
                 (Err(e), _) | (_, Err(e)) => malformed(e),
             };
-            end_stream(&mut t, id, status);
+            end_stream(t, id, status);
             None
         }
         Frame::Credit => {

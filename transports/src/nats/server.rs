@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_nats::message::OutboundMessage;
 use async_nats::{Client, HeaderMap, HeaderValue, Message, Subject};
 use bytes::Bytes;
-use futures::{FutureExt as _, StreamExt};
+use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -31,9 +31,6 @@ use crate::message::{EchoRequest, EchoResponse, Method};
 use crate::metadata::Metadata;
 use crate::status::{Code, Status};
 use crate::transport::{ClientConfig, Server, TransportError};
-
-/// Requests handled per wake-up of the service loop before it looks at other subjects.
-const BATCH: usize = 64;
 
 /// The method a subject's last token names (exactly as [`Method::name`] spells it).
 fn method_of(token: &str) -> Method {
@@ -212,7 +209,7 @@ impl Service {
         shutdown: CancellationToken,
     ) {
         // Created once: a fresh `cancelled()` per message would register with the token
-        // every time. Biased towards requests, so under load only they are polled.
+        // every time. Biased towards requests: while they keep coming, only they are polled.
         let stopping = shutdown.cancelled();
         tokio::pin!(stopping);
         loop {
@@ -224,15 +221,18 @@ impl Service {
             // None: shutting down, or the client closed.
             let Some(msg) = msg else { break };
             self.answer(msg).await;
-            // Take what has already arrived before selecting again.
-            for _ in 0..BATCH {
-                match tokio::task::unconstrained(requests.next()).now_or_never() {
-                    Some(Some(msg)) => self.answer(msg).await,
-                    _ => break,
-                }
+        }
+        // Requests this server already holds would be lost to the queue group: refuse them
+        // so their callers learn at once. Unsubscribing closes the subscription once the
+        // broker stops sending.
+        let _ = requests.unsubscribe().await;
+        let going = Status::unavailable("server shutting down");
+        while let Some(msg) = requests.next().await {
+            if let Some(reply) = msg.reply {
+                let out = unary_msg(reply, UnaryOutcome::failed(going.clone()));
+                let _ = publish(&self.client, out).await;
             }
         }
-        let _ = requests.unsubscribe().await;
     }
 
     async fn answer(&self, msg: Message) {
