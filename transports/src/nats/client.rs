@@ -461,14 +461,17 @@ impl Connection for NatsConnection {
             payload: request.payload,
             headers,
         };
-        let answer = until_deadline(deadline, async {
+        let exchange = async {
             self.shared.publish(msg).await?;
             guard.sent = true;
             let answer = poll_fn(|cx| self.poll_unary(id, cx)).await;
             guard.answered = true;
             answer
-        })
-        .await;
+        };
+        let answer = match deadline {
+            None => exchange.await,
+            Some(_) => until_deadline(deadline, exchange).await,
+        };
         // Answered, failed or timed out: the slot is gone or goes now (a timed-out call is
         // cancelled at the server by the guard).
         drop(guard);

@@ -220,7 +220,14 @@ impl Service {
             };
             // None: shutting down, or the client closed.
             let Some(msg) = msg else { break };
-            self.answer(msg).await;
+            // Decided synchronously, published with one await: no nested futures to move.
+            match self.on_request(msg) {
+                Some(Answer::Reply(m)) => send_reply(&self.client, m).await,
+                Some(Answer::Frame(m)) => {
+                    let _ = publish(&self.client, m).await;
+                }
+                None => {}
+            }
         }
         // Requests this server already holds would be lost to the queue group: refuse them
         // so their callers learn at once. Unsubscribing closes the subscription once the
@@ -232,16 +239,6 @@ impl Service {
                 let out = unary_msg(reply, UnaryOutcome::failed(going.clone()));
                 let _ = publish(&self.client, out).await;
             }
-        }
-    }
-
-    async fn answer(&self, msg: Message) {
-        match self.on_request(msg) {
-            Some(Answer::Reply(m)) => send_reply(&self.client, m).await,
-            Some(Answer::Frame(m)) => {
-                let _ = publish(&self.client, m).await;
-            }
-            None => {}
         }
     }
 
@@ -590,10 +587,17 @@ fn unary_reply(o: UnaryOutcome) -> (Option<HeaderMap>, Bytes) {
 /// Sends a unary answer; one the broker refuses (larger than its max_payload) becomes a
 /// `RESOURCE_EXHAUSTED` status, so the caller is not left waiting.
 async fn send_reply(client: &Client, msg: OutboundMessage) {
+    use async_nats::client::traits::Publisher as _;
     let reply = msg.subject.clone();
-    if let Err(status) = publish(client, msg).await {
-        let bare = Status::new(status.code(), status.message().to_owned());
-        let _ = publish(client, unary_msg(reply, UnaryOutcome::failed(bare))).await;
+    if let Err(e) = client.publish_message(msg).await {
+        let status = match e.kind() {
+            async_nats::client::PublishErrorKind::MaxPayloadExceeded => Status::resource_exhausted(
+                format!("the response exceeds the NATS broker's max_payload: {e}"),
+            ),
+            // The connection is gone: nobody to tell.
+            _ => return,
+        };
+        let _ = publish(client, unary_msg(reply, UnaryOutcome::failed(status))).await;
     }
 }
 
