@@ -38,7 +38,11 @@ impl BrokerArgs {
         };
         let addrs: Vec<_> = authority
             .to_socket_addrs()
-            .map_err(|e| bad_input(format!("--nats-url {url:?}: cannot resolve {authority}: {e}")))?
+            .map_err(|e| {
+                bad_input(format!(
+                    "--nats-url {url:?}: cannot resolve {authority}: {e}"
+                ))
+            })?
             .collect();
         let reachable = addrs
             .iter()
@@ -118,9 +122,7 @@ pub fn availability(transport: &AnyTransport, brokers: &BrokerArgs) -> Availabil
         Err(e) => {
             let why = format!("{}: {e}", transport.name());
             if in_ci() {
-                Availability::Missing(format!(
-                    "{why} (CI is set: a missing broker fails the run)"
-                ))
+                Availability::Missing(format!("{why} (CI is set: a missing broker fails the run)"))
             } else {
                 Availability::Skipped(why)
             }
@@ -161,7 +163,11 @@ mod tests {
         let tcp = AnyTransport::by_name("tcp").unwrap();
         let env = args.env_for(&nats, &Env::default());
         assert_eq!(env.broker_url.as_deref(), Some("nats://127.0.0.1:4222"));
-        assert!(env.withdrawn.iter().any(|(c, _)| *c == Capability::BrokerDurable));
+        assert!(
+            env.withdrawn
+                .iter()
+                .any(|(c, _)| *c == Capability::BrokerDurable)
+        );
         assert!(args.env_for(&tcp, &Env::default()).broker_url.is_none());
         assert_eq!(availability(&tcp, &args), Availability::Ready);
         assert_eq!(availability(&nats, &args), Availability::Ready);
