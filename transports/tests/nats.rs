@@ -36,13 +36,15 @@ async fn serve(listen: &str, echo: Arc<Echo>) -> NatsServer {
         listen: listen.to_owned(),
         ..ServerConfig::loopback()
     };
-    Nats.serve(&config, echo).await.unwrap()
+    Nats.serve(&config, echo)
+        .await
+        .expect("nats server on a private broker")
 }
 
 async fn broker() -> NatsProcess {
-    NatsProcess::start("127.0.0.1:0".parse().unwrap())
+    NatsProcess::start(([127, 0, 0, 1], 0).into())
         .await
-        .unwrap()
+        .expect("a private nats-server")
 }
 
 #[tokio::test]

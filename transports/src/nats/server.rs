@@ -52,8 +52,9 @@ pub struct NatsServer {
     requests: JoinHandle<()>,
     control: JoinHandle<()>,
     tracker: TaskTracker,
-    /// The private broker this server started, stopped with it.
-    broker: Option<NatsProcess>,
+    /// The private broker this server started, stopped with it (boxed: it is large, and
+    /// servers of every transport share one enum).
+    broker: Option<Box<NatsProcess>>,
 }
 
 impl NatsServer {
@@ -66,7 +67,7 @@ impl NatsServer {
             Target::Attach(e) => (e.url, e.prefix, None),
             Target::Private(addr) => {
                 let p = NatsProcess::start(addr).await?;
-                (p.url(), None, Some(p))
+                (p.url(), None, Some(Box::new(p)))
             }
         };
         let client = connect_client(&url, &ClientConfig::default(), std::sync::Weak::new()).await?;
