@@ -259,6 +259,13 @@ pub(super) async fn connect_client(
 
 fn on_event(calls: &Weak<Calls>, event: Event) {
     let Some(calls) = calls.upgrade() else {
+        // A server's connection: nothing to fail, but dropped requests must not go unseen.
+        if let Event::SlowConsumer(sid) = event {
+            tracing::warn!(
+                "nats server: subscription {sid} overflowed: the client library dropped a \
+                 request (its caller fails only by its deadline)"
+            );
+        }
         return;
     };
     match event {
@@ -271,9 +278,17 @@ fn on_event(calls: &Weak<Calls>, event: Event) {
         }
         Event::Connected => calls.connected.store(true, Ordering::Release),
         Event::SlowConsumer(_) => {
-            // Our inbox subscription overflowed: a reply was dropped by the client library.
-            // The calls it belonged to fail by their deadline or sequence check; say so.
+            // Our inbox overflowed and the client library dropped a reply; which call it
+            // belonged to is unknown, so every call in flight fails now instead of one of
+            // them waiting forever (streams would also see a sequence gap).
             tracing::warn!("nats client: inbox subscription overflowed, a reply was dropped");
+            calls.fail_all(
+                &Status::resource_exhausted(
+                    "the client's inbox overflowed and the NATS client library dropped a \
+                     reply: every call in flight fails, as any of them may have lost it",
+                ),
+                false,
+            );
         }
         _ => {}
     }

@@ -91,6 +91,26 @@
 //! Semantics of directives and generated payloads: [`Directives`](crate::message::Directives),
 //! [`pattern`](crate::message::pattern).
 //!
+//! # Serving, and what `Transport::serve` means here
+//!
+//! A `nats` server is a client of a broker. `ServerConfig::listen` says which:
+//!
+//! - `IP:PORT` (e.g. the default `127.0.0.1:0`): start a **private** nats-server there (port 0:
+//!   any free port) with JetStream in a temporary directory; the server owns it and stops it at
+//!   shutdown. This is what conformance cases, the floor and a `serve` child process get by
+//!   default, so no broker needs to be running beforehand.
+//! - `nats://HOST:PORT`: attach to that broker as a new service (fresh prefix `wb.echo.<nuid>`).
+//! - `nats://HOST:PORT/P`: attach and **join** service `P` — pass one server's endpoint as the
+//!   next one's `listen` and the queue group shares the calls among them.
+//!
+//! At shutdown a server answers the requests it has received but not handled with
+//! `UNAVAILABLE`, and ends its running streams with a `status` frame (`UNAVAILABLE`, without
+//! `Wb-Seq`). A client whose broker connection breaks fails every call in flight with
+//! `UNAVAILABLE` at once, and new calls until it has reconnected (the client library
+//! reconnects by itself). A client whose inbox overflows (the library drops replies past
+//! 65,536 waiting) fails every call in flight with `RESOURCE_EXHAUSTED` rather than let one
+//! wait forever.
+//!
 //! # Limits and gaps
 //!
 //! - Message size: the broker's `max_payload` bounds every message with its headers (1 MiB by

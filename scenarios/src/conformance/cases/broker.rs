@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::join_all;
+use futures::{StreamExt as _, TryStreamExt as _};
 use wirebench_transports::Capability;
 use wirebench_transports::broker::{
     AnyBrokerClient, AnySubscription, BrokerClient, BrokerClientConfig, Delivery, DurableConsumer,
@@ -47,8 +48,8 @@ pub(super) const CASES: &[Case] = &[
         at_least_once,
         "broker",
         &[Capability::Broker, Capability::BrokerDurable],
-        "every acknowledged durable publish is consumed although the broker is killed and \
-         restarted mid-run; duplicates are counted, not failed",
+        "every acknowledged durable publish (32 in flight) is consumed although the broker is \
+         killed and restarted mid-run; duplicates are counted, not failed",
         90,
         false
     ),
@@ -300,6 +301,7 @@ async fn per_publisher_order(ctx: Ctx) -> CaseResult {
 async fn at_least_once(ctx: Ctx) -> CaseResult {
     const N: u64 = 2000;
     const RETRY_PAUSE: Duration = Duration::from_millis(50);
+    const IN_FLIGHT: usize = 32;
     const GIVE_UP: Duration = Duration::from_secs(30);
     let mut broker = ctx.broker().await?;
     ensure!(
@@ -336,33 +338,50 @@ async fn at_least_once(ctx: Ctx) -> CaseResult {
         Ok::<_, Failure>((duplicates, redelivered))
     });
 
-    let mut retries = 0u64;
-    let mut downtime = Duration::ZERO;
-    for seq in 0..N {
-        if seq == N / 2 {
-            let t = Instant::now();
-            broker.restart(RestartMode::Kill).await?;
-            downtime = t.elapsed();
-        }
-        let started = Instant::now();
-        loop {
-            match publisher
-                .publish_durable(&topic, seq_payload(0, seq), None)
-                .await
-            {
-                Ok(_) => break,
-                Err(e) => {
-                    ensure!(
-                        started.elapsed() < GIVE_UP,
-                        "message {seq} was never acknowledged within {GIVE_UP:?}: {e}"
-                    );
-                    retries += 1;
-                    // The broker is coming back: an at-least-once producer retries.
-                    tokio::time::sleep(RETRY_PAUSE).await;
+    // Publishes run IN_FLIGHT at a time, so the kill lands on some whose acknowledgement is
+    // lost: they are retried (an at-least-once producer), which may store them twice.
+    let retries = AtomicU64::new(0);
+    let (acked_tx, acked_rx) = tokio::sync::watch::channel(0u64);
+    let publishing = futures::stream::iter(0..N)
+        .map(|seq| {
+            let (publisher, topic, retries, acked_tx) = (&publisher, &topic, &retries, &acked_tx);
+            async move {
+                let started = Instant::now();
+                loop {
+                    match publisher
+                        .publish_durable(topic, seq_payload(0, seq), None)
+                        .await
+                    {
+                        Ok(_) => {
+                            acked_tx.send_modify(|n| *n += 1);
+                            return Ok(());
+                        }
+                        Err(e) => {
+                            ensure!(
+                                started.elapsed() < GIVE_UP,
+                                "message {seq} was never acknowledged within {GIVE_UP:?}: {e}"
+                            );
+                            retries.fetch_add(1, Ordering::Relaxed);
+                            // The broker is coming back: retry shortly.
+                            tokio::time::sleep(RETRY_PAUSE).await;
+                        }
+                    }
                 }
             }
-        }
-    }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .try_collect::<Vec<()>>();
+    let restarting = async {
+        let mut rx = acked_rx.clone();
+        let _ = rx.wait_for(|n| *n >= N / 2).await;
+        let t = Instant::now();
+        broker.restart(RestartMode::Kill).await?;
+        Ok::<_, Failure>(t.elapsed())
+    };
+    let (published, restarted) = tokio::join!(publishing, restarting);
+    published?;
+    let downtime = restarted?;
+    let retries = retries.into_inner();
     let (duplicates, redelivered) =
         match tokio::time::timeout(Duration::from_secs(60), reading).await {
             Ok(Ok(r)) => r?,
