@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use async_nats::client::traits::Publisher as _;
 use async_nats::message::OutboundMessage;
 use async_nats::{Client, HeaderMap, HeaderValue, Message, Subject};
 use bytes::Bytes;
@@ -223,7 +224,12 @@ impl Service {
             let Some(msg) = msg else { break };
             // Decided synchronously, published with one await: no nested futures to move.
             match self.on_request(msg) {
-                Some(Answer::Reply(m)) => send_reply(&self.client, m).await,
+                Some(Answer::Reply(m)) => {
+                    let reply = m.subject.clone();
+                    if let Err(e) = self.client.publish_message(m).await {
+                        refuse_reply(&self.client, reply, &e).await;
+                    }
+                }
                 Some(Answer::Frame(m)) => {
                     let _ = publish(&self.client, m).await;
                 }
@@ -291,8 +297,8 @@ impl Service {
     }
 
     /// Decides the answer to a request; the plain unary path runs here, inline.
-    fn on_request(&self, msg: Message) -> Option<Answer> {
-        let Some(reply) = msg.reply.clone() else {
+    fn on_request(&self, mut msg: Message) -> Option<Answer> {
+        let Some(reply) = msg.reply.take() else {
             tracing::debug!(
                 "nats server: request on {} without reply subject",
                 msg.subject
@@ -597,16 +603,19 @@ fn unary_reply(o: UnaryOutcome) -> (Option<HeaderMap>, Bytes) {
 /// Sends a unary answer; one the broker refuses (larger than its max_payload) becomes a
 /// `RESOURCE_EXHAUSTED` status, so the caller is not left waiting.
 async fn send_reply(client: &Client, msg: OutboundMessage) {
-    use async_nats::client::traits::Publisher as _;
     let reply = msg.subject.clone();
     if let Err(e) = client.publish_message(msg).await {
-        let status = match e.kind() {
-            async_nats::client::PublishErrorKind::MaxPayloadExceeded => Status::resource_exhausted(
-                format!("the response exceeds the NATS broker's max_payload: {e}"),
-            ),
-            // The connection is gone: nobody to tell.
-            _ => return,
-        };
+        refuse_reply(client, reply, &e).await;
+    }
+}
+
+/// After a reply could not be published: a bare `RESOURCE_EXHAUSTED` status when the broker
+/// refused its size; nothing when the connection is gone (nobody to tell).
+async fn refuse_reply(client: &Client, reply: Subject, e: &async_nats::PublishError) {
+    if let async_nats::client::PublishErrorKind::MaxPayloadExceeded = e.kind() {
+        let status = Status::resource_exhausted(format!(
+            "the response exceeds the NATS broker's max_payload: {e}"
+        ));
         let _ = publish(client, unary_msg(reply, UnaryOutcome::failed(status))).await;
     }
 }
