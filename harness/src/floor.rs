@@ -1,8 +1,9 @@
 //! The loopback floor — a blocking `std::net` TCP ping-pong with `TCP_NODELAY`, one message
 //! in flight — and the same measurement through a transport, so that every transport is shown
 //! next to the floor measured in the same run. Transports can also be probed with several
-//! calls in flight on their one connection (a simple throughput measurement), and `nats` beside
-//! its yardstick, a minimal plain async-nats request/reply pair.
+//! calls in flight on their connection (a simple throughput measurement), and `nats` beside its
+//! yardstick, a minimal plain async-nats request/reply pair, both driven by one plain client
+//! loop so that the pair is compared like for like.
 
 use std::future::Future;
 use std::io::{Read, Write};
@@ -24,6 +25,8 @@ use wirebench_transports::{
 };
 
 use crate::affinity::{CpusSeen, Pin, current_cpu, pin_current_thread};
+use crate::load::{self, EngineOptions, NoHooks, Target};
+use wirebench_scenarios::load::{Length, LoadSpec, Mode};
 
 /// How to measure.
 #[derive(Clone, Copy, Debug)]
@@ -36,8 +39,8 @@ pub struct ProbeConfig {
     pub warmup: Duration,
     /// Where the client and server threads run.
     pub pin: Pin,
-    /// Calls in flight on the client's one connection (1 = ping-pong); the floor itself is
-    /// always one.
+    /// Calls in flight on the client's connection (1 = ping-pong); the floor itself is always
+    /// one.
     pub in_flight: usize,
 }
 
@@ -90,12 +93,7 @@ pub struct Probe {
     pub server_cpus: CpusSeen,
 }
 
-/// A histogram for nanosecond latencies from 1 ns to 60 s, 3 significant digits.
-pub fn latency_histogram() -> Histogram<u64> {
-    // The bounds are constants that hdrhistogram accepts.
-    Histogram::new_with_bounds(1, 60_000_000_000, 3)
-        .unwrap_or_else(|_| unreachable!("constant histogram bounds are valid"))
-}
+pub use wirebench_reports::histogram::latency_histogram;
 
 const CPU_SAMPLE_EVERY: u64 = 1024;
 
@@ -174,8 +172,85 @@ pub fn measure_floor(cfg: &ProbeConfig) -> Result<Probe> {
     })
 }
 
-/// Something a probe can serve and call: a transport, or a yardstick.
-trait Target: Send + Sync + 'static {
+/// Measures a transport the same way: unary calls (`cfg.in_flight` at a time), the server on
+/// its own thread and single-threaded runtime, the client on another. A broker transport starts
+/// a private broker (its own process, not pinned).
+pub fn measure_transport(transport: AnyTransport, cfg: &ProbeConfig) -> Result<Probe> {
+    measure_transport_on(transport, cfg, ServerConfig::loopback())
+}
+
+/// [`measure_transport`] with the server started as `server_config` says (a broker URL, say).
+pub fn measure_transport_on(
+    transport: AnyTransport,
+    cfg: &ProbeConfig,
+    server_config: ServerConfig,
+) -> Result<Probe> {
+    let (client_cpu, server_cpu) = cfg.pin.cpus().unzip();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_server = stop.clone();
+    let server = std::thread::Builder::new()
+        .name(format!("{}-server", transport.name()))
+        .spawn(move || -> Result<CpusSeen> {
+            pin(server_cpu)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let server = transport
+                    .serve(&server_config, Arc::new(Echo::default()))
+                    .await?;
+                let _ = ready_tx.send(server.endpoint());
+                let mut cpus = CpusSeen::default();
+                while !stop_server.load(Ordering::Acquire) {
+                    cpus.note(current_cpu());
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                server.shutdown().await;
+                Ok(cpus)
+            })
+        })?;
+    // A broker transport may start its broker first (JetStream recovers its storage).
+    let endpoint = ready_rx
+        .recv_timeout(Duration::from_secs(30))
+        .map_err(|_| anyhow!("{} server did not start", transport.name()))?;
+    // The client side is the load engine itself: a closed loop, `in_flight` unary calls.
+    let spec = LoadSpec {
+        name: "probe".into(),
+        mode: Mode::Closed {
+            concurrency: u32::try_from(cfg.in_flight.max(1)).unwrap_or(u32::MAX),
+        },
+        payload: cfg.payload,
+        warmup: cfg.warmup,
+        length: Length::Duration(cfg.duration),
+        ..LoadSpec::default()
+    };
+    let target = Target {
+        transport,
+        endpoint,
+        client: ClientConfig::default(),
+    };
+    let engine = EngineOptions {
+        cpus: client_cpu.map(|c| vec![c]),
+        ..EngineOptions::default()
+    };
+    let result = load::run(&spec, &target, &engine, &mut NoHooks);
+    stop.store(true, Ordering::Release);
+    let server_cpus = server
+        .join()
+        .map_err(|_| anyhow!("{} server thread panicked", transport.name()))??;
+    let outcome = result.map_err(|e| anyhow!("{} probe: {e}", transport.name()))?;
+    Ok(Probe {
+        name: transport.name().into(),
+        histogram: outcome.merged.latency,
+        elapsed: outcome.elapsed,
+        client_cpus: outcome.client_cpus,
+        server_cpus,
+    })
+}
+
+/// Something the plain client loop can serve and call: a transport, or a yardstick.
+trait PlainTarget: Send + Sync + 'static {
     /// What keeps the server running.
     type Running;
     /// A client connection.
@@ -199,7 +274,7 @@ struct TransportTarget {
     server: ServerConfig,
 }
 
-impl Target for TransportTarget {
+impl PlainTarget for TransportTarget {
     type Running = AnyServer;
     type Conn = AnyConnection;
 
@@ -242,7 +317,7 @@ struct NatsBaseline {
 /// The subject the yardstick answers on.
 const BASELINE_SUBJECT: &str = "wb.floor.baseline";
 
-impl Target for NatsBaseline {
+impl PlainTarget for NatsBaseline {
     type Running = (BaselineServer, Option<NatsProcess>);
     type Conn = BaselineClient;
 
@@ -277,29 +352,24 @@ impl Target for NatsBaseline {
     async fn close(_conn: BaselineClient) {}
 }
 
-/// Measures a transport the same way as the floor: unary calls (`cfg.in_flight` at a time on
-/// one connection), the server on its own thread and single-threaded runtime, the client on
-/// another. A broker transport starts a private broker (its own process, not pinned).
-pub fn measure_transport(transport: AnyTransport, cfg: &ProbeConfig) -> Result<Probe> {
-    measure_transport_on(transport, cfg, ServerConfig::loopback())
+/// Measures the minimal plain async-nats request/reply pair (`nats-min*`), the yardstick for
+/// `nats`, on a private broker or the one at `url`, with the plain client loop.
+pub fn measure_nats_baseline(cfg: &ProbeConfig, url: Option<String>) -> Result<Probe> {
+    run_probe("nats-min*", NatsBaseline { url }, cfg)
 }
 
-/// [`measure_transport`] with the server started as `server` says (a broker URL, say).
-pub fn measure_transport_on(
+/// Measures a transport with the plain client loop (`<name>*`), for a like-for-like comparison
+/// with a yardstick measured by the same loop (the load engine has costs of its own).
+pub fn measure_plain(
     transport: AnyTransport,
     cfg: &ProbeConfig,
     server: ServerConfig,
 ) -> Result<Probe> {
-    run_probe(transport.name(), TransportTarget { transport, server }, cfg)
+    let name = format!("{}*", transport.name());
+    run_probe(&name, TransportTarget { transport, server }, cfg)
 }
 
-/// Measures the minimal plain async-nats request/reply pair (`nats-min`), the yardstick for
-/// `nats`, on a private broker or the one at `url`.
-pub fn measure_nats_baseline(cfg: &ProbeConfig, url: Option<String>) -> Result<Probe> {
-    run_probe("nats-min", NatsBaseline { url }, cfg)
-}
-
-fn run_probe<T: Target>(name: &str, target: T, cfg: &ProbeConfig) -> Result<Probe> {
+fn run_probe<T: PlainTarget>(name: &str, target: T, cfg: &ProbeConfig) -> Result<Probe> {
     let (client_cpu, server_cpu) = cfg.pin.cpus().unzip();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
@@ -358,7 +428,7 @@ fn run_probe<T: Target>(name: &str, target: T, cfg: &ProbeConfig) -> Result<Prob
     })
 }
 
-fn run_client<T: Target>(
+fn run_client<T: PlainTarget>(
     target: T,
     endpoint: String,
     cfg: &ProbeConfig,

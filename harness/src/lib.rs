@@ -3,8 +3,15 @@
 
 pub mod affinity;
 pub mod brokers;
+pub mod child;
 pub mod cli;
 pub mod cmd;
+pub mod environment;
 pub mod exit;
 pub mod floor;
+pub mod interrupt;
+pub mod load;
+pub mod procfs;
+pub mod progress;
 pub mod proxy;
+pub mod runner;

@@ -347,11 +347,14 @@ pub enum Capability {
     /// A durable publish repeated with the same dedup id inside the window is stored once
     /// (meaningful with `Broker`).
     BrokerDedup,
+    /// The server can run in another process (`wirebench serve`) and be reached through its
+    /// endpoint; load runs then account client and server CPU and memory separately.
+    OutOfProcess,
 }
 
 impl Capability {
     /// Every capability.
-    pub const ALL: [Capability; 16] = [
+    pub const ALL: [Capability; 17] = [
         Capability::Unary,
         Capability::ServerStream,
         Capability::ClientStream,
@@ -368,6 +371,7 @@ impl Capability {
         Capability::Broker,
         Capability::BrokerDurable,
         Capability::BrokerDedup,
+        Capability::OutOfProcess,
     ];
 
     /// A short name for reports.
@@ -389,6 +393,7 @@ impl Capability {
             Capability::Broker => "broker",
             Capability::BrokerDurable => "broker-durable",
             Capability::BrokerDedup => "broker-dedup",
+            Capability::OutOfProcess => "out-of-process",
         }
     }
 }

@@ -6,20 +6,20 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use wirebench_transports::Transport;
 use wirebench_transports::registry::AnyTransport;
 
 use crate::affinity::Pin;
 use crate::brokers::{Availability, BrokerArgs, availability};
 use crate::exit::bad_input;
 use crate::floor::{
-    LatencySummary, Probe, ProbeConfig, measure_floor, measure_nats_baseline, measure_transport_on,
+    LatencySummary, Probe, ProbeConfig, measure_floor, measure_nats_baseline, measure_plain,
+    measure_transport_on,
 };
 
 /// Arguments of `wirebench floor`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  wirebench floor\n  wirebench floor --vs tcp,inproc --pin same --duration 5s\n  wirebench floor --vs nats,tcp --in-flight 64\n\nWith nats, the row nats-min is the yardstick: a minimal plain async-nats\nrequest/reply pair on its own private broker. Brokers run as their own process,\nunpinned."
+    after_help = "Examples:\n  wirebench floor\n  wirebench floor --vs tcp,inproc --pin same --duration 5s\n  wirebench floor --vs nats,tcp --in-flight 64\n\nWith nats, two more rows compare it with its yardstick through one plain client\nloop: nats* (our transport) and nats-min* (a minimal plain async-nats\nrequest/reply pair on its own private broker). Brokers run as their own\nprocess, unpinned."
 )]
 pub struct Args {
     /// Measured time per probe (e.g. 3s, 500ms).
@@ -47,34 +47,7 @@ pub struct Args {
     pub brokers: BrokerArgs,
 }
 
-/// Parses `3s`, `250ms`, `1.5s`, `2m`, `10us`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("{s:?}: missing unit (ns, us, ms, s, m, h)"))?;
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: {num:?} is not a number"))?;
-    let secs = match unit {
-        "ns" => n / 1e9,
-        "us" | "µs" => n / 1e6,
-        "ms" => n / 1e3,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => {
-            return Err(format!(
-                "{s:?}: unknown unit {unit:?} (ns, us, ms, s, m, h)"
-            ));
-        }
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("{s:?}: must be a non-negative duration"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
+pub use wirebench_scenarios::units::parse_duration;
 
 fn us(ns: u64) -> String {
     format!("{:.1}", ns as f64 / 1000.0)
@@ -156,19 +129,24 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let p = measure_transport_on(t, &cfg, args.brokers.server_config(&t))?;
         print_row(&p, floor_p50);
         if let AnyTransport::Nats(_) = t {
+            // The like-for-like pair: ours and the yardstick through the same plain loop.
             let url = args.brokers.url_for(&t).map(str::to_owned);
-            let b = measure_nats_baseline(&cfg, url)?;
-            print_row(&b, floor_p50);
-            let (ours, theirs) = (
-                LatencySummary::of(&p.histogram),
-                LatencySummary::of(&b.histogram),
+            let ours = measure_plain(t, &cfg, args.brokers.server_config(&t))?;
+            print_row(&ours, floor_p50);
+            let min = measure_nats_baseline(&cfg, url)?;
+            print_row(&min, floor_p50);
+            let (o, m) = (
+                LatencySummary::of(&ours.histogram),
+                LatencySummary::of(&min.histogram),
             );
             println!(
-                "          {} vs nats-min: p50 {:.2}x, calls/s {:.2}x",
-                t.name(),
-                ours.p50_ns as f64 / theirs.p50_ns.max(1) as f64,
-                (ours.count as f64 / p.elapsed.as_secs_f64())
-                    / (theirs.count as f64 / b.elapsed.as_secs_f64()).max(1e-9),
+                "          {} vs {}: p50 {:.2}x, calls/s {:.2}x   (* = plain client loop, \
+                 not the load engine)",
+                ours.name,
+                min.name,
+                o.p50_ns as f64 / m.p50_ns.max(1) as f64,
+                (o.count as f64 / ours.elapsed.as_secs_f64())
+                    / (m.count as f64 / min.elapsed.as_secs_f64()).max(1e-9),
             );
         }
     }
@@ -177,21 +155,4 @@ pub fn run(args: Args) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("10us"), Ok(Duration::from_micros(10)));
-        assert!(parse_duration("3").is_err());
-        assert!(parse_duration("3 parsecs").is_err());
-        assert!(parse_duration("-1s").is_err());
-        assert!(parse_duration("s").is_err());
-    }
 }

@@ -44,18 +44,21 @@ fn method_of(token: &str) -> Method {
     }
 }
 
-/// A running `nats` server: one member of its service's queue group.
+/// A running `nats` server: one member of its service's queue group. Boxed inside: servers of
+/// every transport share one enum, and a broker client (plus maybe a broker) is large.
 #[derive(Debug)]
-pub struct NatsServer {
+pub struct NatsServer(Box<Running>);
+
+#[derive(Debug)]
+struct Running {
     endpoint: Endpoint,
     client: Client,
     shutdown: CancellationToken,
     requests: JoinHandle<()>,
     control: JoinHandle<()>,
     tracker: TaskTracker,
-    /// The private broker this server started, stopped with it (boxed: it is large, and
-    /// servers of every transport share one enum).
-    broker: Option<Box<NatsProcess>>,
+    /// The private broker this server started, stopped with it.
+    broker: Option<NatsProcess>,
 }
 
 impl NatsServer {
@@ -68,7 +71,7 @@ impl NatsServer {
             Target::Attach(e) => (e.url, e.prefix, None),
             Target::Private(addr) => {
                 let p = NatsProcess::start(addr).await?;
-                (p.url(), None, Some(Box::new(p)))
+                (p.url(), None, Some(p))
             }
         };
         let client = connect_client(&url, &ClientConfig::default(), std::sync::Weak::new()).await?;
@@ -118,7 +121,7 @@ impl NatsServer {
         let requests = tokio::spawn(service.clone().request_loop(requests, shutdown.clone()));
         let control =
             tokio::spawn(service.control_loop(frames, cancels, done_rx, shutdown.clone()));
-        Ok(NatsServer {
+        Ok(NatsServer(Box::new(Running {
             endpoint: Endpoint {
                 url,
                 prefix: Some(prefix),
@@ -129,24 +132,25 @@ impl NatsServer {
             control,
             tracker,
             broker,
-        })
+        })))
     }
 }
 
 impl Server for NatsServer {
     fn endpoint(&self) -> String {
-        self.endpoint.to_string()
+        self.0.endpoint.to_string()
     }
 
     async fn shutdown(self) {
-        self.shutdown.cancel();
-        let _ = self.requests.await;
-        let _ = self.control.await;
-        self.tracker.close();
-        self.tracker.wait().await;
-        let _ = self.client.flush().await;
-        drop(self.client);
-        if let Some(b) = self.broker {
+        let r = *self.0;
+        r.shutdown.cancel();
+        let _ = r.requests.await;
+        let _ = r.control.await;
+        r.tracker.close();
+        r.tracker.wait().await;
+        let _ = r.client.flush().await;
+        drop(r.client);
+        if let Some(b) = r.broker {
             b.stop().await;
         }
     }
