@@ -91,6 +91,38 @@ pub fn locate() -> Result<PathBuf, BrokerError> {
         })
 }
 
+/// Prefix of the brokers' temporary directories.
+const DIR_PREFIX: &str = "wirebench-nats-";
+/// The file in a broker directory naming the pid of the process that owns it.
+const OWNER_FILE: &str = "owner.pid";
+
+/// Removes broker directories left by processes that died without cleaning up (best effort;
+/// a directory whose owner is alive, or unknown, is left alone).
+fn sweep_stale_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let is_ours = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(DIR_PREFIX));
+        if !is_ours {
+            continue;
+        }
+        let owner = std::fs::read_to_string(path.join(OWNER_FILE))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok());
+        // ESRCH: no such process. Anything else (alive, or not ours to signal) keeps it.
+        if let Some(pid) = owner
+            && kill(Pid::from_raw(pid), None) == Err(nix::errno::Errno::ESRCH)
+        {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}
+
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -139,10 +171,14 @@ impl NatsProcess {
     /// and returns once it accepts connections.
     pub async fn start(bind: SocketAddr) -> Result<NatsProcess, BrokerError> {
         let program = locate()?;
+        sweep_stale_dirs();
         let dir = tempfile::Builder::new()
-            .prefix("wirebench-nats-")
+            .prefix(DIR_PREFIX)
             .tempdir()
             .map_err(|e| BrokerError::io("creating the broker's temporary directory", e))?;
+        // Names the owner, so a later start can remove the directory if this process dies
+        // without dropping the handle (SIGKILL leaves it behind).
+        let _ = std::fs::write(dir.path().join(OWNER_FILE), std::process::id().to_string());
         let mut p = NatsProcess {
             program,
             dir,
@@ -504,6 +540,29 @@ mod tests {
 
         drop(p);
         assert!(gone(third).await, "dropping the handle kills the broker");
+    }
+
+    #[test]
+    fn directories_of_dead_owners_are_swept_and_live_ones_kept() {
+        let dead = {
+            let mut c = std::process::Command::new("true").spawn().unwrap();
+            let pid = c.id();
+            c.wait().unwrap();
+            pid
+        };
+        let orphan = tempfile::Builder::new()
+            .prefix(DIR_PREFIX)
+            .tempdir()
+            .unwrap();
+        std::fs::write(orphan.path().join(OWNER_FILE), dead.to_string()).unwrap();
+        let live = tempfile::Builder::new()
+            .prefix(DIR_PREFIX)
+            .tempdir()
+            .unwrap();
+        std::fs::write(live.path().join(OWNER_FILE), std::process::id().to_string()).unwrap();
+        sweep_stale_dirs();
+        assert!(!orphan.path().exists(), "the dead owner's directory stayed");
+        assert!(live.path().exists(), "a live owner's directory was removed");
     }
 
     #[tokio::test]

@@ -15,7 +15,7 @@ use async_nats::client::traits::Publisher as _;
 use async_nats::message::OutboundMessage;
 use async_nats::{Client, HeaderMap, HeaderValue, Message, Subject};
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -32,6 +32,9 @@ use crate::message::{EchoRequest, EchoResponse, Method};
 use crate::metadata::Metadata;
 use crate::status::{Code, Status};
 use crate::transport::{ClientConfig, Server, TransportError};
+
+/// How long a shutdown step may wait on the broker (which may be gone).
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The method a subject's last token names (exactly as [`Method::name`] spells it).
 fn method_of(token: &str) -> Method {
@@ -147,8 +150,10 @@ impl Server for NatsServer {
         let _ = r.requests.await;
         let _ = r.control.await;
         r.tracker.close();
-        r.tracker.wait().await;
-        let _ = r.client.flush().await;
+        // Handlers were cancelled; each ends promptly unless stuck publishing to a broker that
+        // is gone. Bounded like the flush: a dead broker must not hold up a shutdown.
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, r.tracker.wait()).await;
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, r.client.flush()).await;
         drop(r.client);
         if let Some(b) = r.broker {
             b.stop().await;
@@ -243,14 +248,20 @@ impl Service {
         // Requests this server already holds would be lost to the queue group: refuse them
         // so their callers learn at once. Unsubscribing closes the subscription once the
         // broker stops sending.
+        // Requests already delivered to us would be lost to the queue group: refuse them so
+        // their callers learn at once. Only what is buffered: with the broker gone, the
+        // subscription would never close. Bounded, so a dead broker cannot hold us here.
         let _ = requests.unsubscribe().await;
         let going = Status::unavailable("server shutting down");
-        while let Some(msg) = requests.next().await {
-            if let Some(reply) = msg.reply {
-                let out = unary_msg(reply, UnaryOutcome::failed(going.clone()));
-                let _ = publish(&self.client, out).await;
+        let refuse = async {
+            while let Some(Some(msg)) = tokio::task::unconstrained(requests.next()).now_or_never() {
+                if let Some(reply) = msg.reply {
+                    let out = unary_msg(reply, UnaryOutcome::failed(going.clone()));
+                    let _ = publish(&self.client, out).await;
+                }
             }
-        }
+        };
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, refuse).await;
     }
 
     async fn control_loop(
@@ -288,16 +299,26 @@ impl Service {
             let mut c = self.calls();
             (std::mem::take(&mut c.streams), std::mem::take(&mut c.unary))
         };
+        let mut goodbyes = Vec::new();
         for (_, e) in streams {
             e.cancel.cancel();
             e.credit.close();
-            let _ = publish(&self.client, status_frame(e.reply, &going, 0, true)).await;
+            goodbyes.push(status_frame(e.reply, &going, 0, true));
         }
         for (reply, token) in unary {
             token.cancel();
-            let out = unary_msg(Subject::from(reply), UnaryOutcome::failed(going.clone()));
-            let _ = publish(&self.client, out).await;
+            goodbyes.push(unary_msg(
+                Subject::from(reply),
+                UnaryOutcome::failed(going.clone()),
+            ));
         }
+        // Bounded: with the broker gone, publishing could wait for a reconnect forever.
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            for m in goodbyes {
+                let _ = publish(&self.client, m).await;
+            }
+        })
+        .await;
     }
 
     /// Decides the answer to a request; the plain unary path runs here, inline.
