@@ -18,9 +18,15 @@ use crate::proxy::HarnessFaults;
 
 /// Arguments of `wirebench conformance`.
 #[derive(Debug, clap::Args)]
-#[command(
-    after_help = "Examples:\n  wirebench conformance\n  wirebench conformance --transport inproc,tcp --json conformance.json\n  wirebench conformance --case unary_large,stream_integrity\n  wirebench conformance --transport nats --nats-url nats://127.0.0.1:4222\n\nBroker transports (nats) start a private nats-server per case from PATH or\nWIREBENCH_NATS_SERVER; without one they are skipped with an install hint, except\nwhen CI is set, where that is a failure."
-)]
+#[command(after_help = "Examples:
+  wirebench conformance
+  wirebench conformance --transport inproc,tcp --json conformance.json --junit junit.xml
+  wirebench conformance --case unary_large,stream_integrity
+  wirebench conformance --transport nats --nats-url nats://127.0.0.1:4222
+
+Broker transports (nats) start a private nats-server per case from PATH or
+WIREBENCH_NATS_SERVER; without one they are skipped with an install hint, except
+when CI is set, where that is a failure.")]
 pub struct Args {
     /// Transports to check, comma-separated (default: all).
     #[arg(long)]
@@ -31,6 +37,10 @@ pub struct Args {
     /// Also write the outcomes as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Also write the outcomes as JUnit XML to this file (one testcase per case × transport;
+    /// unsupported cases are `skipped` with their reason).
+    #[arg(long)]
+    pub junit: Option<PathBuf>,
     /// Print every case as it completes.
     #[arg(long)]
     pub progress: bool,
@@ -183,7 +193,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
     )?;
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&outcomes)?;
-        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, json)
+            .map_err(|e| bad_input(format!("cannot write {}: {e}", path.display())))?;
+        writeln!(out, "wrote {}", path.display())?;
+    }
+    if let Some(path) = &args.junit {
+        std::fs::write(path, wirebench_reports::junit::render(&outcomes))
+            .map_err(|e| bad_input(format!("cannot write {}: {e}", path.display())))?;
         writeln!(out, "wrote {}", path.display())?;
     }
     Ok(if failures > 0 {
