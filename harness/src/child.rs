@@ -79,6 +79,8 @@ pub enum ServerCommand {
     Serve {
         /// The transport.
         transport: String,
+        /// Where it listens (`--listen`; `127.0.0.1:0` picks a free port).
+        listen: String,
         /// Server options (`--option KEY=VALUE`).
         options: BTreeMap<String, String>,
         /// Runtime threads (`--threads`).
@@ -101,13 +103,14 @@ impl ServerCommand {
         match self {
             ServerCommand::Serve {
                 transport,
+                listen,
                 options,
                 threads,
                 cpu,
             } => {
                 let exe = std::env::current_exe()?;
                 let mut c = Command::new(&exe);
-                c.args(["serve", "--transport", transport, "--listen", "127.0.0.1:0"]);
+                c.args(["serve", "--transport", transport, "--listen", listen]);
                 c.arg("--watch-stdin");
                 for (k, v) in options {
                     c.arg("--option").arg(format!("{k}={v}"));

@@ -1,7 +1,11 @@
 //! The loopback floor — a blocking `std::net` TCP ping-pong with `TCP_NODELAY`, one message
 //! in flight — and the same measurement through a transport, so that every transport is shown
-//! next to the floor measured in the same run.
+//! next to the floor measured in the same run. Transports can also be probed with several
+//! calls in flight on their connection (a simple throughput measurement), and `nats` beside its
+//! yardstick, a minimal plain async-nats request/reply pair, both driven by one plain client
+//! loop so that the pair is compared like for like.
 
+use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
@@ -9,14 +13,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
+use bytes::Bytes;
+use futures::future::join_all;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use wirebench_transports::registry::AnyTransport;
-use wirebench_transports::{ClientConfig, Echo, Server, ServerConfig, Transport};
+use wirebench_transports::nats::baseline::{BaselineClient, BaselineServer};
+use wirebench_transports::nats::broker::NatsProcess;
+use wirebench_transports::registry::{AnyConnection, AnyServer, AnyTransport};
+use wirebench_transports::{
+    CallOptions, ClientConfig, Connection, Echo, EchoRequest, Server, ServerConfig, Transport,
+};
 
 use crate::affinity::{CpusSeen, Pin, current_cpu, pin_current_thread};
 use crate::load::{self, EngineOptions, NoHooks, Target};
-use wirebench_scenarios::load::{Length, LoadSpec};
+use wirebench_scenarios::load::{Length, LoadSpec, Mode};
 
 /// How to measure.
 #[derive(Clone, Copy, Debug)]
@@ -29,6 +39,9 @@ pub struct ProbeConfig {
     pub warmup: Duration,
     /// Where the client and server threads run.
     pub pin: Pin,
+    /// Calls in flight on the client's connection (1 = ping-pong); the floor itself is always
+    /// one.
+    pub in_flight: usize,
 }
 
 /// Latency percentiles of a run, in nanoseconds.
@@ -72,6 +85,8 @@ pub struct Probe {
     pub name: String,
     /// Round-trip times, ns.
     pub histogram: Histogram<u64>,
+    /// How long the measured phase ran.
+    pub elapsed: Duration,
     /// CPUs the client thread ran on.
     pub client_cpus: CpusSeen,
     /// CPUs the server thread ran on.
@@ -127,7 +142,8 @@ pub fn measure_floor(cfg: &ProbeConfig) -> Result<Probe> {
         s.write_all(&out)?;
         s.read_exact(&mut back)?;
     }
-    let end = Instant::now() + cfg.duration;
+    let started = Instant::now();
+    let end = started + cfg.duration;
     let mut n = 0u64;
     loop {
         let t0 = Instant::now();
@@ -142,6 +158,7 @@ pub fn measure_floor(cfg: &ProbeConfig) -> Result<Probe> {
         }
         n += 1;
     }
+    let elapsed = started.elapsed();
     drop(s);
     let server_cpus = server
         .join()
@@ -149,14 +166,25 @@ pub fn measure_floor(cfg: &ProbeConfig) -> Result<Probe> {
     Ok(Probe {
         name: "floor".into(),
         histogram: h,
+        elapsed,
         client_cpus: cpus,
         server_cpus,
     })
 }
 
-/// Measures a transport the same way: unary calls, one in flight, the server on its own
-/// thread and single-threaded runtime, the client on another.
+/// Measures a transport the same way: unary calls (`cfg.in_flight` at a time), the server on
+/// its own thread and single-threaded runtime, the client on another. A broker transport starts
+/// a private broker (its own process, not pinned).
 pub fn measure_transport(transport: AnyTransport, cfg: &ProbeConfig) -> Result<Probe> {
+    measure_transport_on(transport, cfg, ServerConfig::loopback())
+}
+
+/// [`measure_transport`] with the server started as `server_config` says (a broker URL, say).
+pub fn measure_transport_on(
+    transport: AnyTransport,
+    cfg: &ProbeConfig,
+    server_config: ServerConfig,
+) -> Result<Probe> {
     let (client_cpu, server_cpu) = cfg.pin.cpus().unzip();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
@@ -170,7 +198,7 @@ pub fn measure_transport(transport: AnyTransport, cfg: &ProbeConfig) -> Result<P
                 .build()?;
             rt.block_on(async move {
                 let server = transport
-                    .serve(&ServerConfig::loopback(), Arc::new(Echo::default()))
+                    .serve(&server_config, Arc::new(Echo::default()))
                     .await?;
                 let _ = ready_tx.send(server.endpoint());
                 let mut cpus = CpusSeen::default();
@@ -182,12 +210,16 @@ pub fn measure_transport(transport: AnyTransport, cfg: &ProbeConfig) -> Result<P
                 Ok(cpus)
             })
         })?;
+    // A broker transport may start its broker first (JetStream recovers its storage).
     let endpoint = ready_rx
-        .recv_timeout(Duration::from_secs(10))
+        .recv_timeout(Duration::from_secs(30))
         .map_err(|_| anyhow!("{} server did not start", transport.name()))?;
-    // The client side is the load engine itself: a closed loop, one unary call in flight.
+    // The client side is the load engine itself: a closed loop, `in_flight` unary calls.
     let spec = LoadSpec {
         name: "probe".into(),
+        mode: Mode::Closed {
+            concurrency: u32::try_from(cfg.in_flight.max(1)).unwrap_or(u32::MAX),
+        },
         payload: cfg.payload,
         warmup: cfg.warmup,
         length: Length::Duration(cfg.duration),
@@ -211,7 +243,259 @@ pub fn measure_transport(transport: AnyTransport, cfg: &ProbeConfig) -> Result<P
     Ok(Probe {
         name: transport.name().into(),
         histogram: outcome.merged.latency,
+        elapsed: outcome.elapsed,
         client_cpus: outcome.client_cpus,
         server_cpus,
+    })
+}
+
+/// Something the plain client loop can serve and call: a transport, or a yardstick.
+trait PlainTarget: Send + Sync + 'static {
+    /// What keeps the server running.
+    type Running;
+    /// A client connection.
+    type Conn: Send + Sync;
+
+    /// Starts the server side; returns it and where to connect.
+    async fn serve(&self) -> Result<(Self::Running, String)>;
+    /// Stops it.
+    async fn stop(running: Self::Running);
+    /// Connects a client (the client side runs in a spawned task: `Send` futures).
+    fn connect(&self, endpoint: &str) -> impl Future<Output = Result<Self::Conn>> + Send;
+    /// One call.
+    fn call(conn: &Self::Conn, payload: Bytes) -> impl Future<Output = Result<()>> + Send;
+    /// Closes the client.
+    fn close(conn: Self::Conn) -> impl Future<Output = ()> + Send;
+}
+
+/// A transport, served as `server` says.
+struct TransportTarget {
+    transport: AnyTransport,
+    server: ServerConfig,
+}
+
+impl PlainTarget for TransportTarget {
+    type Running = AnyServer;
+    type Conn = AnyConnection;
+
+    async fn serve(&self) -> Result<(AnyServer, String)> {
+        let s = self
+            .transport
+            .serve(&self.server, Arc::new(Echo::default()))
+            .await?;
+        let endpoint = s.endpoint();
+        Ok((s, endpoint))
+    }
+
+    async fn stop(running: AnyServer) {
+        running.shutdown().await;
+    }
+
+    async fn connect(&self, endpoint: &str) -> Result<AnyConnection> {
+        Ok(self
+            .transport
+            .connect(&ClientConfig::default(), endpoint)
+            .await?)
+    }
+
+    async fn call(conn: &AnyConnection, payload: Bytes) -> Result<()> {
+        conn.unary(EchoRequest::new(payload), &CallOptions::default())
+            .await?;
+        Ok(())
+    }
+
+    async fn close(conn: AnyConnection) {
+        conn.close().await;
+    }
+}
+
+/// The minimal plain async-nats request/reply pair, on a private broker or `url`.
+struct NatsBaseline {
+    url: Option<String>,
+}
+
+/// The subject the yardstick answers on.
+const BASELINE_SUBJECT: &str = "wb.floor.baseline";
+
+impl PlainTarget for NatsBaseline {
+    type Running = (BaselineServer, Option<NatsProcess>);
+    type Conn = BaselineClient;
+
+    async fn serve(&self) -> Result<(Self::Running, String)> {
+        let (url, broker) = match &self.url {
+            Some(u) => (u.clone(), None),
+            None => {
+                let b = NatsProcess::start(([127, 0, 0, 1], 0).into()).await?;
+                (b.url(), Some(b))
+            }
+        };
+        let server = BaselineServer::start(&url, BASELINE_SUBJECT).await?;
+        Ok(((server, broker), url))
+    }
+
+    async fn stop((server, broker): Self::Running) {
+        server.stop();
+        if let Some(b) = broker {
+            b.stop().await;
+        }
+    }
+
+    async fn connect(&self, endpoint: &str) -> Result<BaselineClient> {
+        Ok(BaselineClient::connect(endpoint, BASELINE_SUBJECT).await?)
+    }
+
+    async fn call(conn: &BaselineClient, payload: Bytes) -> Result<()> {
+        conn.call(payload).await?;
+        Ok(())
+    }
+
+    async fn close(_conn: BaselineClient) {}
+}
+
+/// Measures the minimal plain async-nats request/reply pair (`nats-min*`), the yardstick for
+/// `nats`, on a private broker or the one at `url`, with the plain client loop.
+pub fn measure_nats_baseline(cfg: &ProbeConfig, url: Option<String>) -> Result<Probe> {
+    run_probe("nats-min*", NatsBaseline { url }, cfg)
+}
+
+/// Measures a transport with the plain client loop (`<name>*`), for a like-for-like comparison
+/// with a yardstick measured by the same loop (the load engine has costs of its own).
+pub fn measure_plain(
+    transport: AnyTransport,
+    cfg: &ProbeConfig,
+    server: ServerConfig,
+) -> Result<Probe> {
+    let name = format!("{}*", transport.name());
+    run_probe(&name, TransportTarget { transport, server }, cfg)
+}
+
+fn run_probe<T: PlainTarget>(name: &str, target: T, cfg: &ProbeConfig) -> Result<Probe> {
+    let (client_cpu, server_cpu) = cfg.pin.cpus().unzip();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_server = stop.clone();
+    let server = std::thread::Builder::new()
+        .name(format!("{name}-server"))
+        .spawn(move || -> Result<CpusSeen> {
+            pin(server_cpu)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let (running, endpoint) = match target.serve().await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return Ok(CpusSeen::default());
+                    }
+                };
+                let _ = ready_tx.send(Ok((endpoint, target)));
+                let mut cpus = CpusSeen::default();
+                while !stop_server.load(Ordering::Acquire) {
+                    cpus.note(current_cpu());
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                T::stop(running).await;
+                Ok(cpus)
+            })
+        })?;
+    let ready = ready_rx
+        .recv_timeout(Duration::from_secs(30))
+        .map_err(|_| anyhow!("{name} server did not start within 30 s"));
+    let (endpoint, target) = match ready {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            let _ = server.join();
+            return Err(e.context(format!("starting the {name} server")));
+        }
+        Err(e) => {
+            stop.store(true, Ordering::Release);
+            return Err(e);
+        }
+    };
+    let result = run_client(target, endpoint, cfg, client_cpu);
+    stop.store(true, Ordering::Release);
+    let server_cpus = server
+        .join()
+        .map_err(|_| anyhow!("{name} server thread panicked"))??;
+    let (histogram, client_cpus, elapsed) = result?;
+    Ok(Probe {
+        name: name.into(),
+        histogram,
+        elapsed,
+        client_cpus,
+        server_cpus,
+    })
+}
+
+fn run_client<T: PlainTarget>(
+    target: T,
+    endpoint: String,
+    cfg: &ProbeConfig,
+    client_cpu: Option<usize>,
+) -> Result<(Histogram<u64>, CpusSeen, Duration)> {
+    pin(client_cpu)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let payload = Bytes::from(vec![0x5au8; cfg.payload]);
+    let cfg = *cfg;
+    // The calls run in a spawned task, as the load engine's callers do: a block_on future
+    // woken by another task costs the current-thread runtime an extra zero-timeout epoll_wait.
+    rt.block_on(async move {
+        tokio::spawn(async move {
+            let conn = target.connect(&endpoint).await?;
+            let callers = cfg.in_flight.max(1);
+            let warm_until = Instant::now() + cfg.warmup;
+            join_all((0..callers).map(|_| async {
+                while Instant::now() < warm_until {
+                    T::call(&conn, payload.clone()).await?;
+                }
+                anyhow::Ok(())
+            }))
+            .await
+            .into_iter()
+            .collect::<Result<Vec<()>>>()?;
+            let started = Instant::now();
+            let end = started + cfg.duration;
+            let per_caller = join_all((0..callers).map(|i| {
+                let (conn, payload) = (&conn, &payload);
+                async move {
+                    let mut h = latency_histogram();
+                    let mut cpus = CpusSeen::default();
+                    let mut n = 0u64;
+                    loop {
+                        let t0 = Instant::now();
+                        if t0 >= end {
+                            break;
+                        }
+                        T::call(conn, payload.clone()).await?;
+                        h.saturating_record(t0.elapsed().as_nanos() as u64);
+                        if i == 0 && n.is_multiple_of(CPU_SAMPLE_EVERY) {
+                            cpus.note(current_cpu());
+                        }
+                        n += 1;
+                    }
+                    anyhow::Ok((h, cpus))
+                }
+            }))
+            .await;
+            let elapsed = started.elapsed();
+            T::close(conn).await;
+            let mut merged = latency_histogram();
+            let mut cpus = CpusSeen::default();
+            for r in per_caller {
+                let (h, c) = r?;
+                merged
+                    .add(&h)
+                    .map_err(|e| anyhow!("merging histograms: {e}"))?;
+                for cpu in c.0 {
+                    cpus.note(Some(cpu));
+                }
+            }
+            Ok((merged, cpus, elapsed))
+        })
+        .await
+        .map_err(|e| anyhow!("probe task failed: {e}"))?
     })
 }

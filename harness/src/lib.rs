@@ -2,6 +2,7 @@
 //! child processes. The binary is a thin wrapper over [`cli::main`].
 
 pub mod affinity;
+pub mod brokers;
 pub mod child;
 pub mod cli;
 pub mod cmd;

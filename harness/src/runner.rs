@@ -51,6 +51,9 @@ pub struct RunContext {
     pub client_options: BTreeMap<String, BTreeMap<String, String>>,
     /// Server options per transport.
     pub server_options: BTreeMap<String, BTreeMap<String, String>>,
+    /// Where a transport's server listens, when not on loopback port 0 (a broker transport
+    /// given an external broker: `nats://HOST:PORT`).
+    pub server_listen: BTreeMap<String, String>,
 }
 
 impl Default for RunContext {
@@ -66,6 +69,7 @@ impl Default for RunContext {
             server_threads: None,
             client_options: BTreeMap::new(),
             server_options: BTreeMap::new(),
+            server_listen: BTreeMap::new(),
         }
     }
 }
@@ -99,6 +103,14 @@ fn options(map: Option<&BTreeMap<String, String>>) -> Options {
     o
 }
 
+/// Where `transport`'s server listens: its override, else loopback port 0.
+fn listen_for(ctx: &RunContext, transport: &str) -> String {
+    ctx.server_listen
+        .get(transport)
+        .cloned()
+        .unwrap_or_else(|| "127.0.0.1:0".into())
+}
+
 fn start_server(
     transport: AnyTransport,
     ctx: &RunContext,
@@ -128,7 +140,7 @@ fn start_server(
             .build()
             .context("starting the in-process server runtime")?;
         let config = ServerConfig {
-            listen: "127.0.0.1:0".into(),
+            listen: listen_for(ctx, name),
             options: options(ctx.server_options.get(name)),
         };
         let server = rt
@@ -161,6 +173,7 @@ fn start_server(
         },
         None => ServerCommand::Serve {
             transport: name.to_owned(),
+            listen: listen_for(ctx, name),
             options: ctx.server_options.get(name).cloned().unwrap_or_default(),
             threads: ctx.server_threads,
             cpu: ctx.pin.cpus().map(|(_, s)| s),

@@ -1,10 +1,16 @@
 //! Every conformance case against every transport, each a separate test named
 //! `<transport>::<case>` (so `cargo test -- tcp::unary_large` runs one). Cases a transport
 //! does not support are listed as ignored.
+//!
+//! Broker transports start a private broker per case (nats: `nats-server` from PATH or
+//! `WIREBENCH_NATS_SERVER`), or attach to `WIREBENCH_NATS_URL` when set. Without a broker
+//! program their cases are ignored, with the install hint on stderr — except under CI (`CI`
+//! set), where a single failing test `<transport>::broker_available` says what is missing.
 
 use std::sync::Arc;
 
 use libtest_mimic::{Arguments, Failed, Trial};
+use wirebench::brokers::{Availability, BrokerArgs, availability};
 use wirebench::proxy::HarnessFaults;
 use wirebench_scenarios::conformance::{self, Env, Outcome};
 use wirebench_transports::Transport;
@@ -13,12 +19,35 @@ use wirebench_transports::registry::AnyTransport;
 fn main() {
     let args = Arguments::from_args();
     conformance::install_panic_counter();
-    let env = Arc::new(Env {
+    let base = Env {
         faults: Some(HarnessFaults::shared()),
         ..Env::default()
-    });
+    };
+    let brokers = BrokerArgs {
+        nats_url: std::env::var("WIREBENCH_NATS_URL")
+            .ok()
+            .filter(|u| !u.is_empty()),
+    };
     let mut trials = Vec::new();
     for transport in AnyTransport::all() {
+        let skip = match availability(&transport, &brokers) {
+            Availability::Ready => false,
+            Availability::Skipped(why) => {
+                eprintln!("skipping {} cases: {why}", transport.name());
+                true
+            }
+            Availability::Missing(why) => {
+                trials.push(
+                    Trial::test(
+                        format!("{}::broker_available", transport.name()),
+                        move || Err(Failed::from(why)),
+                    )
+                    .with_kind("broker"),
+                );
+                continue;
+            }
+        };
+        let env = Arc::new(brokers.env_for(&transport, &base));
         for case in conformance::cases() {
             let name = format!("{}::{}", transport.name(), case.name);
             let unsupported = conformance::precheck(&case, &transport, &env).is_some();
@@ -40,7 +69,7 @@ fn main() {
                     }
                 })
                 .with_kind(case.group)
-                .with_ignored_flag(unsupported),
+                .with_ignored_flag(unsupported || skip),
             );
         }
     }

@@ -110,6 +110,17 @@ pub struct UnaryOutcome {
     pub status: Status,
 }
 
+impl UnaryOutcome {
+    /// A failed call: no metadata, no response.
+    pub fn failed(status: Status) -> UnaryOutcome {
+        UnaryOutcome {
+            headers: Metadata::new(),
+            response: None,
+            status,
+        }
+    }
+}
+
 /// The shared echo service.
 #[derive(Debug)]
 pub struct Echo {

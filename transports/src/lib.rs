@@ -5,11 +5,13 @@
 //! [`transport::Connection`] contract, so a comparison measures the transport alone.
 //! [`registry`] selects a transport by name at run time without boxing a call.
 
+pub mod broker;
 pub mod call;
 pub mod echo;
 pub mod inproc;
 pub mod message;
 pub mod metadata;
+pub mod nats;
 pub mod registry;
 pub mod status;
 pub mod tcp;

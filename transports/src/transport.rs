@@ -13,6 +13,7 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::time::Instant;
 
+use crate::broker::BrokerError;
 use crate::echo::Echo;
 use crate::message::{EchoRequest, EchoResponse, Method};
 use crate::metadata::Metadata;
@@ -50,6 +51,10 @@ pub enum TransportError {
     /// The transport cannot do what was asked (a declared limitation).
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// The transport's broker could not be started or reached (see
+    /// [`BrokerError::is_not_installed`] for a missing broker program).
+    #[error("broker: {0}")]
+    Broker(#[from] BrokerError),
 }
 
 impl TransportError {
@@ -334,8 +339,14 @@ pub enum Capability {
     MutualTls,
     /// `authorization` bearer tokens checked by the server.
     TokenAuth,
-    /// Broker semantics (fanout, queue groups, acknowledgements).
+    /// Broker semantics (fanout, queue groups, per-publisher order, overflow reporting).
     Broker,
+    /// Acknowledged publishes to a durable log survive a broker restart (meaningful with
+    /// `Broker`; cases needing it also need `Broker`).
+    BrokerDurable,
+    /// A durable publish repeated with the same dedup id inside the window is stored once
+    /// (meaningful with `Broker`).
+    BrokerDedup,
     /// The server can run in another process (`wirebench serve`) and be reached through its
     /// endpoint; load runs then account client and server CPU and memory separately.
     OutOfProcess,
@@ -343,7 +354,7 @@ pub enum Capability {
 
 impl Capability {
     /// Every capability.
-    pub const ALL: [Capability; 15] = [
+    pub const ALL: [Capability; 17] = [
         Capability::Unary,
         Capability::ServerStream,
         Capability::ClientStream,
@@ -358,6 +369,8 @@ impl Capability {
         Capability::MutualTls,
         Capability::TokenAuth,
         Capability::Broker,
+        Capability::BrokerDurable,
+        Capability::BrokerDedup,
         Capability::OutOfProcess,
     ];
 
@@ -378,6 +391,8 @@ impl Capability {
             Capability::MutualTls => "mtls",
             Capability::TokenAuth => "token-auth",
             Capability::Broker => "broker",
+            Capability::BrokerDurable => "broker-durable",
+            Capability::BrokerDedup => "broker-dedup",
             Capability::OutOfProcess => "out-of-process",
         }
     }

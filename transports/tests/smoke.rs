@@ -1,10 +1,12 @@
 //! Smoke tests of every transport through the registry: unary, each streaming method, and a
 //! connection that survives a failed call. The full behaviour is checked by the conformance
-//! cases in `wirebench-scenarios`.
+//! cases in `wirebench-scenarios`. Broker transports start a private broker per test (skipped
+//! with a message when its program is missing, failed when `CI` is set).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use wirebench_transports::broker::Broker;
 use wirebench_transports::registry::{AnyTransport, NAMES};
 use wirebench_transports::{
     CallOptions, CallReceiver, CallSender, ClientConfig, Code, Connection, Directives, Echo,
@@ -20,6 +22,14 @@ where
 {
     for name in NAMES {
         let t = AnyTransport::by_name(name).expect("registered transport");
+        if let Some(b) = t.broker()
+            && let Err(e) = b.check_available()
+        {
+            // Broker transports need their broker program; CI must have it.
+            assert!(std::env::var_os("CI").is_none(), "CI is set: {name}: {e}");
+            eprintln!("skipping {name}: {e}");
+            continue;
+        }
         let server = t
             .serve(&ServerConfig::loopback(), Arc::new(Echo::default()))
             .await

@@ -12,14 +12,21 @@ use wirebench_scenarios::conformance::{self, CaseReport, Env, Outcome};
 use wirebench_transports::Transport;
 use wirebench_transports::registry::AnyTransport;
 
+use crate::brokers::{Availability, BrokerArgs, availability};
 use crate::exit::{FAILED, bad_input};
 use crate::proxy::HarnessFaults;
 
 /// Arguments of `wirebench conformance`.
 #[derive(Debug, clap::Args)]
-#[command(
-    after_help = "Examples:\n  wirebench conformance\n  wirebench conformance --transport inproc,tcp --json conformance.json --junit junit.xml\n  wirebench conformance --case unary_large,stream_integrity"
-)]
+#[command(after_help = "Examples:
+  wirebench conformance
+  wirebench conformance --transport inproc,tcp --json conformance.json --junit junit.xml
+  wirebench conformance --case unary_large,stream_integrity
+  wirebench conformance --transport nats --nats-url nats://127.0.0.1:4222
+
+Broker transports (nats) start a private nats-server per case from PATH or
+WIREBENCH_NATS_SERVER; without one they are skipped with an install hint, except
+when CI is set, where that is a failure.")]
 pub struct Args {
     /// Transports to check, comma-separated (default: all).
     #[arg(long)]
@@ -37,6 +44,9 @@ pub struct Args {
     /// Print every case as it completes.
     #[arg(long)]
     pub progress: bool,
+    /// Brokers for broker transports.
+    #[command(flatten)]
+    pub brokers: BrokerArgs,
 }
 
 /// Converts a case report to its saved form.
@@ -55,20 +65,23 @@ pub fn to_outcome(r: &CaseReport) -> CaseOutcome {
     }
 }
 
-/// Runs the chosen cases against the chosen transports, one at a time.
+/// Runs the chosen cases against the chosen transports, one at a time (broker transports on
+/// the brokers `brokers` names, else on private ones).
 pub async fn run_all(
     transports: &[AnyTransport],
     only: Option<&[String]>,
+    brokers: &BrokerArgs,
     mut on_done: impl FnMut(&CaseReport),
 ) -> Vec<CaseReport> {
     conformance::install_panic_counter();
-    let env = Arc::new(Env {
+    let base = Env {
         faults: Some(HarnessFaults::shared()),
         ..Env::default()
-    });
+    };
     let cases = conformance::cases();
     let mut reports = Vec::new();
     for t in transports {
+        let env = Arc::new(brokers.env_for(t, &base));
         for case in cases
             .iter()
             .filter(|c| only.is_none_or(|o| o.iter().any(|n| n == c.name)))
@@ -84,6 +97,7 @@ pub async fn run_all(
 /// Runs `wirebench conformance`.
 pub fn run(args: Args) -> Result<ExitCode> {
     let transports = super::parse_transports(args.transport.as_deref())?;
+    args.brokers.validate()?;
     let only: Option<Vec<String>> = args
         .case
         .as_deref()
@@ -103,8 +117,26 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    // A broker transport whose broker is missing is skipped (or, under CI, failed) as a
+    // whole, with one line saying how to fix it, rather than failing case by case.
+    let mut skipped = Vec::new();
+    let mut missing = Vec::new();
+    let transports: Vec<AnyTransport> = transports
+        .into_iter()
+        .filter(|t| match availability(t, &args.brokers) {
+            Availability::Ready => true,
+            Availability::Skipped(why) => {
+                skipped.push(why);
+                false
+            }
+            Availability::Missing(why) => {
+                missing.push(why);
+                false
+            }
+        })
+        .collect();
     let progress = args.progress;
-    let reports = rt.block_on(run_all(&transports, only.as_deref(), |r| {
+    let reports = rt.block_on(run_all(&transports, only.as_deref(), &args.brokers, |r| {
         if progress {
             eprintln!(
                 "{:<8} {:<28} {:<11} {:>8.1} ms",
@@ -131,20 +163,33 @@ pub fn run(args: Args) -> Result<ExitCode> {
             Outcome::Pass { .. } => {}
         }
     }
+    for why in &skipped {
+        writeln!(out, "skipped {why}")?;
+    }
+    for why in &missing {
+        failures += 1;
+        writeln!(out, "FAIL {why}")?;
+    }
     let passed = reports
         .iter()
         .filter(|r| matches!(r.outcome, Outcome::Pass { .. }))
         .count();
+    let failed_cases = failures - missing.len();
     writeln!(
         out,
-        "{passed} passed, {failures} failed, {} unsupported ({} transports: {})",
-        reports.len() - passed - failures,
+        "{passed} passed, {failures} failed, {} unsupported ({} transports: {}){}",
+        reports.len() - passed - failed_cases,
         transports.len(),
         transports
             .iter()
             .map(|t| t.name())
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        if !skipped.is_empty() {
+            format!("; {} skipped", skipped.len())
+        } else {
+            String::new()
+        }
     )?;
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&outcomes)?;

@@ -6,13 +6,20 @@ use std::time::Duration;
 
 use anyhow::Result;
 
+use wirebench_transports::registry::AnyTransport;
+
 use crate::affinity::Pin;
-use crate::floor::{LatencySummary, Probe, ProbeConfig, measure_floor, measure_transport};
+use crate::brokers::{Availability, BrokerArgs, availability};
+use crate::exit::bad_input;
+use crate::floor::{
+    LatencySummary, Probe, ProbeConfig, measure_floor, measure_nats_baseline, measure_plain,
+    measure_transport_on,
+};
 
 /// Arguments of `wirebench floor`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  wirebench floor\n  wirebench floor --vs tcp,inproc --pin same --duration 5s"
+    after_help = "Examples:\n  wirebench floor\n  wirebench floor --vs tcp,inproc --pin same --duration 5s\n  wirebench floor --vs nats,tcp --in-flight 64\n\nWith nats, two more rows compare it with its yardstick through one plain client\nloop: nats* (our transport) and nats-min* (a minimal plain async-nats\nrequest/reply pair on its own private broker). Brokers run as their own\nprocess, unpinned."
 )]
 pub struct Args {
     /// Measured time per probe (e.g. 3s, 500ms).
@@ -32,6 +39,12 @@ pub struct Args {
     /// flight, server on its own thread.
     #[arg(long)]
     pub vs: Option<String>,
+    /// Calls in flight on each transport's one connection (the floor stays at one).
+    #[arg(long, default_value_t = 1)]
+    pub in_flight: usize,
+    /// Brokers for broker transports.
+    #[command(flatten)]
+    pub brokers: BrokerArgs,
 }
 
 pub use wirebench_scenarios::units::parse_duration;
@@ -42,10 +55,12 @@ fn us(ns: u64) -> String {
 
 fn print_row(p: &Probe, floor_p50: u64) {
     let s = LatencySummary::of(&p.histogram);
+    let rate = s.count as f64 / p.elapsed.as_secs_f64().max(1e-9);
     println!(
-        "{:<8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7.2}x  client {} / server {}",
+        "{:<9} {:>9} {:>10.0} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7.2}x  client {} / server {}",
         p.name,
         s.count,
+        rate,
         us(s.p50_ns),
         us(s.p90_ns),
         us(s.p99_ns),
@@ -59,32 +74,85 @@ fn print_row(p: &Probe, floor_p50: u64) {
 
 /// Runs `wirebench floor`.
 pub fn run(args: Args) -> Result<ExitCode> {
-    let transports = super::parse_transports(args.vs.as_deref().or(Some("")))?;
-    let transports = if args.vs.is_some() {
-        transports
-    } else {
-        Vec::new()
+    let transports = match args.vs.as_deref() {
+        Some(list) => super::parse_transports(Some(list))?,
+        None => Vec::new(),
     };
+    if args.in_flight == 0 {
+        return Err(bad_input("--in-flight must be at least 1"));
+    }
+    args.brokers.validate()?;
     let cfg = ProbeConfig {
         payload: args.payload,
         duration: args.duration,
         warmup: args.warmup,
         pin: args.pin,
+        in_flight: args.in_flight,
     };
-    let floor = measure_floor(&cfg)?;
+    let floor = measure_floor(&ProbeConfig {
+        in_flight: 1,
+        ..cfg
+    })?;
     let floor_p50 = floor.histogram.value_at_quantile(0.5);
     println!(
-        "one message in flight, {} B each way, {:?} per probe, pin {:?}",
-        args.payload, args.duration, args.pin
+        "{} B each way, {:?} per probe, pin {:?}; floor: 1 in flight, transports: {} in flight \
+         on one connection",
+        args.payload, args.duration, args.pin, args.in_flight
     );
     println!(
-        "{:<8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}  cpus",
-        "probe", "calls", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs", "p50/floor"
+        "{:<9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}  cpus",
+        "probe",
+        "calls",
+        "calls/s",
+        "p50 µs",
+        "p90 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "max µs",
+        "p50/floor"
     );
     print_row(&floor, floor_p50);
+    let mut failed = false;
     for t in transports {
-        let p = measure_transport(t, &cfg)?;
+        match availability(&t, &args.brokers) {
+            Availability::Ready => {}
+            Availability::Skipped(why) => {
+                println!("skipped {why}");
+                continue;
+            }
+            Availability::Missing(why) => {
+                println!("FAIL {why}");
+                failed = true;
+                continue;
+            }
+        }
+        let p = measure_transport_on(t, &cfg, args.brokers.server_config(&t))?;
         print_row(&p, floor_p50);
+        if let AnyTransport::Nats(_) = t {
+            // The like-for-like pair: ours and the yardstick through the same plain loop.
+            let url = args.brokers.url_for(&t).map(str::to_owned);
+            let ours = measure_plain(t, &cfg, args.brokers.server_config(&t))?;
+            print_row(&ours, floor_p50);
+            let min = measure_nats_baseline(&cfg, url)?;
+            print_row(&min, floor_p50);
+            let (o, m) = (
+                LatencySummary::of(&ours.histogram),
+                LatencySummary::of(&min.histogram),
+            );
+            println!(
+                "          {} vs {}: p50 {:.2}x, calls/s {:.2}x   (* = plain client loop, \
+                 not the load engine)",
+                ours.name,
+                min.name,
+                o.p50_ns as f64 / m.p50_ns.max(1) as f64,
+                (o.count as f64 / ours.elapsed.as_secs_f64())
+                    / (m.count as f64 / min.elapsed.as_secs_f64()).max(1e-9),
+            );
+        }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if failed {
+        ExitCode::from(crate::exit::FAILED)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

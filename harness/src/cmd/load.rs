@@ -14,6 +14,7 @@ use wirebench_scenarios::units::{parse_duration, parse_rate, parse_size};
 use wirebench_transports::{Capability, Method, Transport};
 
 use crate::affinity::Pin;
+use crate::brokers::{Availability, BrokerArgs, availability};
 use crate::cmd::serve::parse_options;
 use crate::exit::bad_input;
 use crate::runner::{RunContext, run_point};
@@ -144,6 +145,9 @@ pub struct Args {
     /// Write the full record (a results file with this one run) here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Brokers for broker transports (without one, the server starts a private broker).
+    #[command(flatten)]
+    pub brokers: BrokerArgs,
 }
 
 impl Args {
@@ -302,6 +306,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .map_err(|e| bad_input(e.to_string()))?;
     let spec = args.spec();
     spec.validate().map_err(bad_input)?;
+    args.brokers.validate()?;
+    match availability(&transport, &args.brokers) {
+        Availability::Ready => {}
+        // One explicit transport that cannot run here: say why and how to fix it.
+        Availability::Skipped(why) | Availability::Missing(why) => {
+            return Err(anyhow::anyhow!("cannot load {why}"));
+        }
+    }
     let cap = wirebench_scenarios::load::method_capability(spec.method);
     if let Some(reason) = transport.capabilities().gap(cap) {
         return Err(bad_input(format!(
@@ -346,6 +358,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
         server_threads: args.server_threads,
         client_options: BTreeMap::from([(name.clone(), parse_options(&args.options)?)]),
         server_options: BTreeMap::from([(name.clone(), parse_options(&args.server_options)?)]),
+        server_listen: args
+            .brokers
+            .url_for(&transport)
+            .map(|u| BTreeMap::from([(name.clone(), u.to_owned())]))
+            .unwrap_or_default(),
     };
     let started = environment::now_rfc3339();
     eprintln!("{name}: {} ...", spec.describe());

@@ -18,6 +18,7 @@ use wirebench_transports::registry::AnyTransport;
 use wirebench_transports::{Capability, Transport};
 
 use crate::affinity::Pin;
+use crate::brokers::{Availability, BrokerArgs, availability};
 use crate::cmd::conformance::{run_all, to_outcome};
 use crate::exit::{FAILED, HARNESS, INTERRUPTED, bad_input};
 use crate::floor::{ProbeConfig, measure_floor};
@@ -77,6 +78,9 @@ pub struct Args {
     /// Plain progress lines even on a terminal.
     #[arg(long)]
     pub plain: bool,
+    /// Brokers for broker transports (without one, a private broker is started per server).
+    #[command(flatten)]
+    pub brokers: BrokerArgs,
 }
 
 fn default_out() -> Result<PathBuf> {
@@ -145,6 +149,26 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if transports.is_empty() {
         return Err(bad_input("no transport selected"));
     }
+    args.brokers.validate()?;
+    // A broker transport whose broker program is missing is skipped with the install hint
+    // (recorded in the results), or, under CI, counted as a failure.
+    let mut unavailable = Vec::new();
+    let transports: Vec<AnyTransport> = transports
+        .into_iter()
+        .filter(|t| match availability(t, &args.brokers) {
+            Availability::Ready => true,
+            Availability::Skipped(why) => {
+                eprintln!("skipped {why}");
+                unavailable.push((*t, why, false));
+                false
+            }
+            Availability::Missing(why) => {
+                eprintln!("FAIL {why}");
+                unavailable.push((*t, why, true));
+                false
+            }
+        })
+        .collect();
     if args.target.is_some() && transports.len() != 1 {
         return Err(bad_input(
             "--target drives one server: pick its transport with --transport",
@@ -184,6 +208,21 @@ pub fn run(args: Args) -> Result<ExitCode> {
         },
     );
     results.transports = transports.iter().map(|t| t.name().to_owned()).collect();
+    for (t, why, missing) in &unavailable {
+        if *missing {
+            results.errors.push(RunFailure {
+                transport: t.name().into(),
+                point: "broker".into(),
+                error: why.clone(),
+            });
+        } else {
+            results.skipped.push(Skipped {
+                transport: t.name().into(),
+                point: "all".into(),
+                reason: why.clone(),
+            });
+        }
+    }
     save(&results, &results_path)?;
 
     let ctx = RunContext {
@@ -205,6 +244,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .iter()
             .map(|(k, v)| (k.clone(), v.server.clone()))
             .collect::<BTreeMap<_, _>>(),
+        server_listen: transports
+            .iter()
+            .filter_map(|t| {
+                args.brokers
+                    .url_for(t)
+                    .map(|u| (t.name().to_owned(), u.to_owned()))
+            })
+            .collect(),
     };
 
     // The plan, for progress and its ETA.
@@ -253,6 +300,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             duration: suite.floor.duration,
             warmup: suite.floor.warmup,
             pin: args.pin,
+            in_flight: 1,
         };
         match measure_floor(&cfg) {
             Ok(p) => {
@@ -297,6 +345,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             let reports = rt.block_on(run_all(
                 std::slice::from_ref(t),
                 suite.conformance.cases.as_deref(),
+                &args.brokers,
                 |_| {},
             ));
             let outcomes: Vec<_> = reports.iter().map(to_outcome).collect();

@@ -16,6 +16,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
+use wirebench_transports::broker::{
+    AnyBroker, AnyBrokerClient, AnyBrokerHandle, Broker, BrokerClientConfig, BrokerError,
+    BrokerHandle, BrokerTarget, RestartMode,
+};
 use wirebench_transports::registry::{AnyConnection, AnyServer, AnyTransport};
 use wirebench_transports::{
     Capability, ClientConfig, Echo, EchoConfig, Server, ServerConfig, Status, Transport,
@@ -49,6 +53,12 @@ impl From<Status> for Failure {
 impl From<TransportError> for Failure {
     fn from(e: TransportError) -> Failure {
         Failure(format!("transport error: {e}"))
+    }
+}
+
+impl From<BrokerError> for Failure {
+    fn from(e: BrokerError) -> Failure {
+        Failure(format!("broker error: {e}"))
     }
 }
 
@@ -174,6 +184,13 @@ pub struct Env {
     pub echo: EchoConfig,
     /// The fault proxy, when the harness provides one.
     pub faults: Option<Arc<dyn FaultInjector>>,
+    /// For a broker transport: the URL of an existing broker that every case attaches to
+    /// (its servers and its broker cases); `None` starts a private broker for each case.
+    pub broker_url: Option<String>,
+    /// Capabilities this environment withdraws from the transport, with the reason (an
+    /// external broker, say, cannot be restarted by the harness). Cases needing them are
+    /// `unsupported`.
+    pub withdrawn: Vec<(Capability, String)>,
 }
 
 impl fmt::Debug for Env {
@@ -183,6 +200,8 @@ impl fmt::Debug for Env {
             .field("server", &self.server)
             .field("echo", &self.echo)
             .field("faults", &self.faults.is_some())
+            .field("broker_url", &self.broker_url)
+            .field("withdrawn", &self.withdrawn)
             .finish()
     }
 }
@@ -231,14 +250,18 @@ impl Ctx {
         self.server_with(self.env.echo.clone()).await
     }
 
-    /// A server with a specific echo policy.
+    /// A server with a specific echo policy. A broker transport's server attaches to the
+    /// environment's broker when it names one (else the transport starts a private broker).
     pub async fn server_with(&self, echo: EchoConfig) -> Result<TestServer, Failure> {
         let echo = Arc::new(Echo::new(echo));
-        let config = self
-            .env
-            .server
-            .clone()
-            .unwrap_or_else(ServerConfig::loopback);
+        let config = match (&self.env.server, &self.env.broker_url) {
+            (Some(c), _) => c.clone(),
+            (None, Some(url)) if self.transport.broker().is_some() => ServerConfig {
+                listen: url.clone(),
+                ..ServerConfig::loopback()
+            },
+            (None, _) => ServerConfig::loopback(),
+        };
         let server = self.transport.serve(&config, echo.clone()).await?;
         Ok(TestServer {
             endpoint: server.endpoint(),
@@ -266,12 +289,88 @@ impl Ctx {
         self.transport.capabilities()
     }
 
+    /// A broker for a broker case: the environment's external broker, or a private one
+    /// started for this case (stopped when the returned handle drops).
+    pub async fn broker(&self) -> Result<TestBroker, Failure> {
+        let broker = self
+            .transport
+            .broker()
+            .ok_or_else(|| Failure(format!("{} has no broker API", self.transport.name())))?;
+        let target = match &self.env.broker_url {
+            Some(url) => BrokerTarget::External(url.clone()),
+            None => BrokerTarget::Private,
+        };
+        let handle = broker.start(&target).await?;
+        Ok(TestBroker {
+            broker,
+            handle: Some(handle),
+        })
+    }
+
     /// The harness's fault proxy, or an `unsupported`-worthy reason.
     pub fn faults(&self) -> Result<&dyn FaultInjector, Failure> {
         self.env
             .faults
             .as_deref()
             .ok_or_else(|| Failure("needs the harness's fault proxy".into()))
+    }
+}
+
+/// A broker started (or attached to) for one case.
+#[derive(Debug)]
+pub struct TestBroker {
+    broker: AnyBroker,
+    handle: Option<AnyBrokerHandle>,
+}
+
+impl TestBroker {
+    fn handle(&self) -> Result<&AnyBrokerHandle, Failure> {
+        self.handle
+            .as_ref()
+            .ok_or_else(|| Failure("the case's broker was stopped".into()))
+    }
+
+    /// Where clients connect.
+    pub fn url(&self) -> String {
+        self.handle
+            .as_ref()
+            .map(BrokerHandle::url)
+            .unwrap_or_default()
+    }
+
+    /// A client with default settings.
+    pub async fn client(&self) -> Result<AnyBrokerClient, Failure> {
+        self.client_with(&BrokerClientConfig::default()).await
+    }
+
+    /// A client with specific settings.
+    pub async fn client_with(
+        &self,
+        config: &BrokerClientConfig,
+    ) -> Result<AnyBrokerClient, Failure> {
+        let url = self.handle()?.url();
+        Ok(self.broker.connect(&url, config).await?)
+    }
+
+    /// Whether the harness can restart this broker.
+    pub fn can_restart(&self) -> bool {
+        self.handle.as_ref().is_some_and(BrokerHandle::can_restart)
+    }
+
+    /// Restarts the broker in place; returns once it accepts connections again.
+    pub async fn restart(&mut self, mode: RestartMode) -> Result<(), Failure> {
+        let h = self
+            .handle
+            .as_mut()
+            .ok_or_else(|| Failure("the case's broker was stopped".into()))?;
+        Ok(h.restart(mode).await?)
+    }
+
+    /// Stops a private broker (an external one is left alone).
+    pub async fn stop(mut self) {
+        if let Some(h) = self.handle.take() {
+            h.stop().await;
+        }
     }
 }
 
@@ -299,6 +398,15 @@ pub fn precheck(case: &Case, transport: &AnyTransport, env: &Env) -> Option<Outc
                 transport.name(),
                 cap.name()
             ),
+        });
+    }
+    if let Some((cap, reason)) = env
+        .withdrawn
+        .iter()
+        .find(|(cap, _)| case.needs.contains(cap))
+    {
+        return Some(Outcome::Unsupported {
+            reason: format!("{} is not available here: {reason}", cap.name()),
         });
     }
     if case.needs_faults && env.faults.is_none() {

@@ -1,6 +1,7 @@
 //! The conformance cases, one module per group, sizes from gRPC's interop suite where it has
 //! them.
 
+mod broker;
 mod deadline;
 mod errors;
 mod streaming;
@@ -21,6 +22,7 @@ pub fn all() -> Vec<Case> {
     v.extend_from_slice(deadline::CASES);
     v.extend_from_slice(errors::CASES);
     v.extend_from_slice(wire::CASES);
+    v.extend_from_slice(broker::CASES);
     v
 }
 
