@@ -13,6 +13,7 @@ pub mod metadata;
 pub mod registry;
 pub mod status;
 pub mod tcp;
+pub mod tls;
 pub mod transport;
 
 pub use echo::{CallHead, Echo, EchoConfig, Observed, ServerCall};

@@ -94,6 +94,15 @@
 //!         00 00 00 00 14 00 13 00 01 00 00 00 + 20-byte StatusHeader (code 0, "" , [])
 //! ```
 //!
+//! ## TLS
+//!
+//! With TLS the connection is TLS 1.3 (`rustls`) from its first byte, ALPN `wbrpc/1`; the
+//! preface and frames above are the TLS application data, unchanged. Under mutual TLS the
+//! server requires a client certificate signed by its configured CA and hands the
+//! certificate's identity (subject common name, else first DNS name) to the handler. A client
+//! that fails the handshake (wrong CA, wrong name, no client certificate) gets the TLS alert
+//! and the connection is closed; nothing of the protocol is exchanged.
+//!
 //! ## Flow control
 //!
 //! There is no per-stream window: backpressure is per connection. Each call buffers up to
@@ -126,6 +135,8 @@ const OUT_QUEUE: usize = 1024;
 const STREAM_BUFFER: usize = 64;
 /// Read buffer growth step.
 const READ_CHUNK: usize = 64 * 1024;
+/// The ALPN protocol of `tcp` over TLS.
+const ALPN: &[u8] = b"wbrpc/1";
 
 /// The `tcp` transport.
 #[derive(Clone, Copy, Debug, Default)]
@@ -160,12 +171,9 @@ impl Transport for Tcp {
     fn capabilities(&self) -> Capabilities {
         const GAPS: &[(Capability, &str)] = &[
             (
-                Capability::Tls,
-                "TLS for tcp is not built yet (issue: TLS on every transport)",
-            ),
-            (
-                Capability::MutualTls,
-                "TLS for tcp is not built yet (issue: TLS on every transport)",
+                Capability::MaxConcurrentStreams,
+                "tcp has no per-connection call limit: every OPEN is admitted (backpressure is \
+                 per connection, see the wire docs)",
             ),
             (
                 Capability::Broker,
@@ -181,7 +189,7 @@ impl Transport for Tcp {
         echo: Arc<Echo>,
     ) -> Result<TcpServer, TransportError> {
         config.options.check_known("tcp", &[])?;
-        TcpServer::bind(&config.listen, echo).await
+        TcpServer::bind(&config.listen, echo, config.tls.as_ref()).await
     }
 
     async fn connect(
