@@ -115,7 +115,7 @@ pub fn measure_floor(cfg: &ProbeConfig) -> Result<Probe> {
                     return Ok(cpus);
                 }
                 s.write_all(&buf)?;
-                if n % CPU_SAMPLE_EVERY == 0 {
+                if n.is_multiple_of(CPU_SAMPLE_EVERY) {
                     cpus.note(current_cpu());
                 }
                 n += 1;
@@ -143,7 +143,7 @@ pub fn measure_floor(cfg: &ProbeConfig) -> Result<Probe> {
         s.write_all(&out)?;
         s.read_exact(&mut back)?;
         h.saturating_record(t0.elapsed().as_nanos() as u64);
-        if n % CPU_SAMPLE_EVERY == 0 {
+        if n.is_multiple_of(CPU_SAMPLE_EVERY) {
             cpus.note(current_cpu());
         }
         n += 1;
@@ -218,7 +218,7 @@ pub fn measure_transport(transport: AnyTransport, cfg: &ProbeConfig) -> Result<P
             conn.unary(EchoRequest::new(payload.clone()), &options)
                 .await?;
             h.saturating_record(t0.elapsed().as_nanos() as u64);
-            if n % CPU_SAMPLE_EVERY == 0 {
+            if n.is_multiple_of(CPU_SAMPLE_EVERY) {
                 cpus.note(current_cpu());
             }
             n += 1;

@@ -7,6 +7,7 @@
 
 pub mod call;
 pub mod echo;
+pub mod grpc;
 pub mod inproc;
 pub mod message;
 pub mod metadata;

@@ -13,7 +13,7 @@ use crate::transport::{
     CallOptions, CallReceiver, CallSender, Capabilities, ClientConfig, Connection, Server,
     ServerConfig, Transport, TransportError, UnaryReply, WireBytes,
 };
-use crate::{inproc, tcp};
+use crate::{grpc, inproc, tcp};
 
 macro_rules! registry {
     ($($variant:ident => $ty:path = $name:literal),+ $(,)?) => {
@@ -190,6 +190,7 @@ macro_rules! registry {
 registry! {
     Inproc => inproc::Inproc = "inproc",
     Tcp => tcp::Tcp = "tcp",
+    Grpc => grpc::Grpc = "grpc",
 }
 
 /// The transport called `name`, or an error listing the known ones.

@@ -19,15 +19,15 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     for name in NAMES {
-        let t = AnyTransport::by_name(name).unwrap();
+        let t = AnyTransport::by_name(name).expect("a registered name");
         let server = t
             .serve(&ServerConfig::loopback(), Arc::new(Echo::default()))
             .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("{name}: serve: {e}"));
         let conn = t
             .connect(&ClientConfig::default(), &server.endpoint())
             .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("{name}: connect: {e}"));
         tokio::time::timeout(LIMIT, f(t, conn))
             .await
             .unwrap_or_else(|_| panic!("{name}: timed out"));
