@@ -3,6 +3,9 @@
 //! gRPC client would see — `:status`, `content-type`, the message bytes, `grpc-status` and
 //! `grpc-message` trailers, metadata as headers and trailers.
 
+// Test helpers: a failed unwrap is the test failing, with its location.
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
