@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod inproc;
 pub mod message;
 pub mod metadata;
+pub mod quic;
 pub mod registry;
 pub mod status;
 pub mod tcp;

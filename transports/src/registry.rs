@@ -13,7 +13,7 @@ use crate::transport::{
     CallOptions, CallReceiver, CallSender, Capabilities, ClientConfig, Connection, Server,
     ServerConfig, Transport, TransportError, UnaryReply, WireBytes,
 };
-use crate::{grpc, inproc, tcp};
+use crate::{grpc, inproc, quic, tcp};
 
 macro_rules! registry {
     ($($variant:ident => $ty:path = $name:literal),+ $(,)?) => {
@@ -191,6 +191,7 @@ registry! {
     Inproc => inproc::Inproc = "inproc",
     Tcp => tcp::Tcp = "tcp",
     Grpc => grpc::Grpc = "grpc",
+    Quic => quic::Quic = "quic",
 }
 
 /// The transport called `name`, or an error listing the known ones.

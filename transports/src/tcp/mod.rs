@@ -144,7 +144,10 @@ pub struct Tcp;
 
 /// Refuses, before anything is queued, a call whose header could not be encoded (the header
 /// is limited to 64 KiB, mostly metadata).
-fn check_header_size(metadata: &Metadata, directives: &Directives) -> Result<(), Status> {
+pub(crate) fn check_header_size(
+    metadata: &Metadata,
+    directives: &Directives,
+) -> Result<(), Status> {
     let estimate = 128
         + metadata.encoded_len()
         + 24 * metadata.len()
