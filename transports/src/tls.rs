@@ -167,9 +167,12 @@ impl TlsMaterial {
     pub fn generate_for(client_identity: &str) -> Result<TlsMaterial, TlsError> {
         let ca_key = KeyPair::generate()?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        // A name of its own per CA: a client trusting another throwaway CA then fails with
+        // "unknown issuer", not with a confusing signature error against a namesake.
+        let tag = to_hex(&sha256(ca_key.public_key_raw())[..8]);
         ca_params
             .distinguished_name
-            .push(DnType::CommonName, "wirebench throwaway CA");
+            .push(DnType::CommonName, format!("wirebench throwaway CA {tag}"));
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -252,6 +255,43 @@ impl TlsMaterial {
         )
     }
 
+    /// Writes the material as PEM files into `dir` (created if needed), in the layout
+    /// [`from_pem_dir`](Self::from_pem_dir) reads: so external clients (grpcurl, a browser,
+    /// another language) can use the certificates of a run.
+    pub fn write_pem_dir(&self, dir: &Path) -> Result<(), TlsError> {
+        let io = |path: &Path, e: std::io::Error| TlsError::Pem {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let write = |name: &str, text: String| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).map_err(|e| io(&path, e))
+        };
+        let certs = |chain: &[CertificateDer<'static>]| {
+            chain
+                .iter()
+                .map(|c| pem_block("CERTIFICATE", c))
+                .collect::<String>()
+        };
+        let key = |k: &SharedKey| {
+            let label = match &*k.0 {
+                PrivateKeyDer::Pkcs1(_) => "RSA PRIVATE KEY",
+                PrivateKeyDer::Sec1(_) => "EC PRIVATE KEY",
+                _ => "PRIVATE KEY",
+            };
+            pem_block(label, k.0.secret_der())
+        };
+        write("ca.pem", certs(&self.ca))?;
+        write("server.pem", certs(&self.server_chain))?;
+        write("server.key", key(&self.server_key))?;
+        if let Some((chain, k)) = &self.client {
+            write("client.pem", certs(chain))?;
+            write("client.key", key(k))?;
+        }
+        Ok(())
+    }
+
     /// The name clients check the server certificate against.
     pub fn server_name(&self) -> &str {
         &self.server_name
@@ -300,6 +340,19 @@ impl TlsMaterial {
     pub fn has_client_cert(&self) -> bool {
         self.client.is_some()
     }
+}
+
+/// One PEM block: base64 in 64-character lines between BEGIN/END markers.
+fn pem_block(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -715,6 +768,26 @@ mod tests {
         assert!("ssl".parse::<TlsMode>().is_err());
         assert_eq!(sha256_from_hex("zz"), None);
         assert_eq!(sha256_from_hex(&"g".repeat(64)), None);
+    }
+
+    #[test]
+    fn pem_files_round_trip() {
+        let dir = std::env::temp_dir().join(format!("wb-tls-pem-{}", std::process::id()));
+        let m = TlsMaterial::generate().unwrap();
+        m.write_pem_dir(&dir).unwrap();
+        let back = TlsMaterial::from_pem_dir(&dir, DEFAULT_SERVER_NAME).unwrap();
+        assert_eq!(back.client_identity(), m.client_identity());
+        assert_eq!(back.ca[..], m.ca[..]);
+        assert_eq!(back.server_key.0.secret_der(), m.server_key.0.secret_der());
+        back.server(TlsMode::Mutual)
+            .unwrap()
+            .rustls_config(&[b"h2"])
+            .unwrap();
+        back.client(TlsMode::Mutual)
+            .unwrap()
+            .rustls_config(&[b"h2"], false)
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use wirebench_reports::conformance::{CaseOutcome, Verdict, matrix_text};
 use wirebench_scenarios::conformance::{self, CaseReport, Env, Outcome};
 use wirebench_transports::Transport;
 use wirebench_transports::registry::AnyTransport;
+use wirebench_transports::tls::{DEFAULT_SERVER_NAME, TlsMaterial, TlsMode};
 
 use crate::exit::{FAILED, bad_input};
 use crate::proxy::HarnessFaults;
@@ -18,7 +19,7 @@ use crate::proxy::HarnessFaults;
 /// Arguments of `wirebench conformance`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  wirebench conformance\n  wirebench conformance --transport inproc,tcp --json conformance.json\n  wirebench conformance --case unary_large,stream_integrity"
+    after_help = "Examples:\n  wirebench conformance\n  wirebench conformance --transport inproc,tcp --json conformance.json\n  wirebench conformance --case unary_large,stream_integrity\n  wirebench conformance --transport tcp,grpc,quic --tls mtls\n  wirebench conformance --tls tls --tls-dir ./certs --tls-server-name api.example"
 )]
 pub struct Args {
     /// Transports to check, comma-separated (default: all).
@@ -33,6 +34,48 @@ pub struct Args {
     /// Print every case as it completes.
     #[arg(long)]
     pub progress: bool,
+    /// Run every case over TLS 1.3 (`tls`) or mutual TLS (`mtls`); transports without TLS
+    /// report every case unsupported. The `tls` group sets up its own TLS either way.
+    #[arg(long, default_value_t = TlsMode::None, value_parser = parse_tls_mode)]
+    pub tls: TlsMode,
+    /// Certificates from this directory (`ca.pem`, `server.pem`, `server.key`, and for mtls
+    /// `client.pem`, `client.key`) instead of a throwaway CA generated for the run.
+    #[arg(long)]
+    pub tls_dir: Option<PathBuf>,
+    /// The name clients check the server certificate against (with --tls-dir).
+    #[arg(long, default_value = DEFAULT_SERVER_NAME)]
+    pub tls_server_name: String,
+}
+
+fn parse_tls_mode(s: &str) -> Result<TlsMode, String> {
+    s.parse()
+}
+
+/// The environment a run uses: the harness's fault proxy, and TLS material (loaded from
+/// `--tls-dir` or generated) applied to every case when `--tls` asks for it.
+pub fn env_for(args: &Args) -> Result<Env> {
+    let material = match &args.tls_dir {
+        Some(dir) => TlsMaterial::from_pem_dir(dir, &args.tls_server_name)
+            .map_err(|e| bad_input(format!("--tls-dir: {e}")))?,
+        None => TlsMaterial::generate().context("generating throwaway TLS certificates")?,
+    };
+    if args.tls == TlsMode::Mutual && !material.has_client_cert() {
+        return Err(bad_input(
+            "--tls mtls needs a client certificate: --tls-dir has no client.pem/client.key",
+        ));
+    }
+    let env = Env {
+        faults: Some(HarnessFaults::shared()),
+        ..Env::default()
+    };
+    let material = Arc::new(material);
+    Ok(match args.tls {
+        TlsMode::None => Env {
+            tls: Some(material),
+            ..env
+        },
+        mode => env.with_tls(mode, material),
+    })
 }
 
 /// Converts a case report to its saved form.
@@ -55,13 +98,11 @@ pub fn to_outcome(r: &CaseReport) -> CaseOutcome {
 pub async fn run_all(
     transports: &[AnyTransport],
     only: Option<&[String]>,
+    env: Env,
     mut on_done: impl FnMut(&CaseReport),
 ) -> Vec<CaseReport> {
     conformance::install_panic_counter();
-    let env = Arc::new(Env {
-        faults: Some(HarnessFaults::shared()),
-        ..Env::default()
-    });
+    let env = Arc::new(env);
     let cases = conformance::cases();
     let mut reports = Vec::new();
     for t in transports {
@@ -95,12 +136,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }
         }
     }
+    let env = env_for(&args)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
     let progress = args.progress;
-    let reports = rt.block_on(run_all(&transports, only.as_deref(), |r| {
+    let reports = rt.block_on(run_all(&transports, only.as_deref(), env, |r| {
         if progress {
             eprintln!(
                 "{:<8} {:<28} {:<11} {:>8.1} ms",
@@ -133,8 +175,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .count();
     writeln!(
         out,
-        "{passed} passed, {failures} failed, {} unsupported ({} transports: {})",
+        "{passed} passed, {failures} failed, {} unsupported (TLS: {}; {} transports: {})",
         reports.len() - passed - failures,
+        args.tls,
         transports.len(),
         transports
             .iter()

@@ -4,8 +4,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use http::uri::PathAndQuery;
@@ -35,7 +35,11 @@ use crate::transport::{
 
 /// One HTTP/2 connection as the tower service tonic's client calls.
 #[derive(Clone, Debug)]
-struct H2(SendRequest<Body>);
+struct H2 {
+    send: SendRequest<Body>,
+    /// Why the connection ended, once it has (hyper only tells its requests "canceled").
+    ended: Arc<OnceLock<String>>,
+}
 
 impl tower::Service<http::Request<Body>> for H2 {
     type Response = http::Response<Incoming>;
@@ -44,17 +48,24 @@ impl tower::Service<http::Request<Body>> for H2 {
         Pin<Box<dyn Future<Output = Result<http::Response<Incoming>, tonic::Status>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), tonic::Status>> {
-        self.0.poll_ready(cx).map_err(connection_lost)
+        let ended = &self.ended;
+        self.send
+            .poll_ready(cx)
+            .map_err(|e| connection_lost(&e, ended))
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let sent = self.0.send_request(req);
-        Box::pin(async move { sent.await.map_err(connection_lost) })
+        let sent = self.send.send_request(req);
+        let ended = self.ended.clone();
+        Box::pin(async move { sent.await.map_err(|e| connection_lost(&e, &ended)) })
     }
 }
 
-fn connection_lost(e: hyper::Error) -> tonic::Status {
-    tonic::Status::unavailable(format!("grpc connection: {e}"))
+fn connection_lost(e: &hyper::Error, ended: &OnceLock<String>) -> tonic::Status {
+    match ended.get() {
+        Some(why) => tonic::Status::unavailable(format!("grpc connection closed: {why}")),
+        None => tonic::Status::unavailable(format!("grpc connection: {e}")),
+    }
 }
 
 type Client = tonic::client::Grpc<H2>;
@@ -219,9 +230,9 @@ impl GrpcConnection {
             let mut clients = Vec::with_capacity(n);
             let mut tasks = Vec::with_capacity(n);
             for _ in 0..n {
-                let (send, task) = open(config, endpoint, &options, &counters).await?;
+                let (h2, task) = open(config, endpoint, &options, &counters).await?;
                 clients.push(
-                    tonic::client::Grpc::with_origin(H2(send), origin.clone())
+                    tonic::client::Grpc::with_origin(h2, origin.clone())
                         .max_decoding_message_size(decode_limit),
                 );
                 tasks.push(task);
@@ -260,7 +271,7 @@ async fn open(
     endpoint: &str,
     options: &GrpcOptions,
     counters: &Arc<Counters>,
-) -> Result<(SendRequest<Body>, AbortHandle), TransportError> {
+) -> Result<(H2, AbortHandle), TransportError> {
     let stream = TcpStream::connect(endpoint)
         .await
         .map_err(|e| TransportError::io(format!("connecting to {endpoint}"), e))?;
@@ -303,13 +314,17 @@ async fn handshake<I>(
     io: I,
     options: &GrpcOptions,
     endpoint: &str,
-) -> Result<(SendRequest<Body>, AbortHandle), TransportError>
+) -> Result<(H2, AbortHandle), TransportError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
+        // Until the server's SETTINGS arrive its stream limit is unknown: open one stream at
+        // a time rather than have streams over its limit refused (gRPC clients wait for the
+        // server's preface the same way).
+        .initial_max_send_streams(1)
         .initial_stream_window_size(options.stream_window)
         .initial_connection_window_size(options.connection_window);
     if options.adaptive_window {
@@ -320,12 +335,23 @@ where
         .await
         .map_err(|e| TransportError::Protocol(format!("HTTP/2 handshake with {endpoint}: {e}")))?;
     let endpoint = endpoint.to_owned();
+    let ended = Arc::new(OnceLock::new());
+    let reason = ended.clone();
     let task = tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!("grpc connection to {endpoint} ended: {e}");
-        }
+        // The reason is recorded before the connection (and with it the requests' dispatch)
+        // is dropped, so the failing requests can name it.
+        let why = match conn.await {
+            Ok(()) => "by the server".to_owned(),
+            Err(e) => {
+                let why = std::error::Error::source(&e)
+                    .map_or_else(|| e.to_string(), |s| format!("{e}: {s}"));
+                tracing::debug!("grpc connection to {endpoint} ended: {why}");
+                why
+            }
+        };
+        let _ = reason.set(why);
     });
-    Ok((send, task.abort_handle()))
+    Ok((H2 { send, ended }, task.abort_handle()))
 }
 
 fn request<T>(message: T, options: &CallOptions) -> Result<tonic::Request<T>, Status> {

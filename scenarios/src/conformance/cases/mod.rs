@@ -4,6 +4,7 @@
 mod deadline;
 mod errors;
 mod streaming;
+mod tls;
 mod unary;
 mod wire;
 
@@ -21,6 +22,7 @@ pub fn all() -> Vec<Case> {
     v.extend_from_slice(deadline::CASES);
     v.extend_from_slice(errors::CASES);
     v.extend_from_slice(wire::CASES);
+    v.extend_from_slice(tls::CASES);
     v
 }
 
