@@ -513,15 +513,20 @@ enum Trust {
     Pinned([u8; 32]),
 }
 
+/// rustls configs built from one [`ClientTls`], by (ALPN protocols, early data).
+type BuiltConfigs = Arc<Mutex<Vec<(Vec<Vec<u8>>, bool, Arc<rustls::ClientConfig>)>>>;
+
 /// A client's TLS settings (transport-neutral): whom to trust, the name to check, and under
-/// mutual TLS the certificate to present. Clones share one TLS session cache, so a
-/// reconnection can resume (and QUIC can send 0-RTT data).
+/// mutual TLS the certificate to present. Clones share one TLS session cache and the rustls
+/// configs built from them, so a reconnection can resume (and QUIC can send 0-RTT data):
+/// rustls only resumes a session under the very config that made it.
 #[derive(Clone)]
 pub struct ClientTls {
     trust: Trust,
     server_name: String,
     identity: Option<(Arc<[CertificateDer<'static>]>, SharedKey)>,
     sessions: Arc<ClientSessionMemoryCache>,
+    built: BuiltConfigs,
 }
 
 impl fmt::Debug for ClientTls {
@@ -540,20 +545,25 @@ const SESSION_CACHE: usize = 64;
 impl ClientTls {
     /// Trusts certificates chaining to `roots` and valid for `server_name`.
     pub fn new(roots: Vec<CertificateDer<'static>>, server_name: &str) -> ClientTls {
+        ClientTls::with_trust(Trust::Roots(Arc::from(roots)), server_name)
+    }
+
+    fn with_trust(trust: Trust, server_name: &str) -> ClientTls {
         ClientTls {
-            trust: Trust::Roots(Arc::from(roots)),
+            trust,
             server_name: server_name.to_owned(),
             identity: None,
             sessions: Arc::new(ClientSessionMemoryCache::new(SESSION_CACHE)),
+            built: Arc::default(),
         }
     }
 
     /// Trusts exactly the certificate whose SHA-256 is `sha256`, whatever its name or issuer.
-    /// Connections made with the same pin share one session cache.
+    /// Connections made with the same pin share one session cache (and so can resume).
     pub fn pinned(sha256: [u8; 32]) -> ClientTls {
-        static CACHES: OnceLock<Mutex<HashMap<[u8; 32], Arc<ClientSessionMemoryCache>>>> =
-            OnceLock::new();
-        let sessions = CACHES
+        static PINNED: OnceLock<Mutex<HashMap<[u8; 32], ClientTls>>> = OnceLock::new();
+        let fresh = || ClientTls::with_trust(Trust::Pinned(sha256), DEFAULT_SERVER_NAME);
+        PINNED
             .get_or_init(Default::default)
             .lock()
             .map(|mut m| {
@@ -561,17 +571,9 @@ impl ClientTls {
                     // A process that pins many short-lived servers must not grow without bound.
                     m.clear();
                 }
-                m.entry(sha256)
-                    .or_insert_with(|| Arc::new(ClientSessionMemoryCache::new(SESSION_CACHE)))
-                    .clone()
+                m.entry(sha256).or_insert_with(fresh).clone()
             })
-            .unwrap_or_else(|_| Arc::new(ClientSessionMemoryCache::new(SESSION_CACHE)));
-        ClientTls {
-            trust: Trust::Pinned(sha256),
-            server_name: DEFAULT_SERVER_NAME.to_owned(),
-            identity: None,
-            sessions,
-        }
+            .unwrap_or_else(|_| fresh())
     }
 
     /// Presents this certificate chain and key (mutual TLS).
@@ -581,6 +583,9 @@ impl ClientTls {
         key: PrivateKeyDer<'static>,
     ) -> ClientTls {
         self.identity = Some((Arc::from(chain), SharedKey(Arc::new(key))));
+        // Sessions and configs of other credentials are not this client's.
+        self.sessions = Arc::new(ClientSessionMemoryCache::new(SESSION_CACHE));
+        self.built = Arc::default();
         self
     }
 
@@ -606,9 +611,33 @@ impl ClientTls {
         self.identity.is_some()
     }
 
-    /// A rustls client config: TLS 1.3 only, these ALPN protocols, 0-RTT early data when
-    /// `early_data` (QUIC only; tickets come from this settings' session cache).
+    /// The rustls client config for these settings: TLS 1.3 only, these ALPN protocols, 0-RTT
+    /// early data when `early_data` (QUIC only). Built once per (ALPN, early data) and shared
+    /// by every clone, with the session cache.
     pub fn rustls_config(
+        &self,
+        alpn: &[&[u8]],
+        early_data: bool,
+    ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        let mut built = self
+            .built
+            .lock()
+            .map_err(|_| TlsError::Config("TLS config cache poisoned".into()))?;
+        if let Some((_, _, c)) = built.iter().find(|(a, e, _)| {
+            *e == early_data && a.iter().map(Vec::as_slice).eq(alpn.iter().copied())
+        }) {
+            return Ok(c.clone());
+        }
+        let config = Arc::new(self.build_config(alpn, early_data)?);
+        built.push((
+            alpn.iter().map(|p| p.to_vec()).collect(),
+            early_data,
+            config.clone(),
+        ));
+        Ok(config)
+    }
+
+    fn build_config(
         &self,
         alpn: &[&[u8]],
         early_data: bool,

@@ -12,7 +12,7 @@ use crate::floor::{LatencySummary, Probe, ProbeConfig, measure_floor, measure_tr
 /// Arguments of `wirebench floor`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  wirebench floor\n  wirebench floor --vs tcp,inproc --pin same --duration 5s"
+    after_help = "Examples:\n  wirebench floor\n  wirebench floor --vs tcp,inproc --pin same --duration 5s\n  wirebench floor --vs tcp,grpc,quic --inflight 64"
 )]
 pub struct Args {
     /// Measured time per probe (e.g. 3s, 500ms).
@@ -28,10 +28,14 @@ pub struct Args {
     /// split (client CPU 0, server CPU 1).
     #[arg(long, value_enum, default_value_t = Pin::None)]
     pub pin: Pin,
-    /// Also measure these transports (comma-separated) the same way: unary calls, one in
-    /// flight, server on its own thread.
+    /// Also measure these transports (comma-separated) the same way: unary calls, server on
+    /// its own thread.
     #[arg(long)]
     pub vs: Option<String>,
+    /// Unary calls in flight at once on the transports' one connection (the floor stays at
+    /// one message in flight); above 1 the p50/floor ratio compares unlike things.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub inflight: u64,
 }
 
 /// Parses `3s`, `250ms`, `1.5s`, `2m`, `10us`.
@@ -69,8 +73,12 @@ fn us(ns: u64) -> String {
 
 fn print_row(p: &Probe, floor_p50: u64) {
     let s = LatencySummary::of(&p.histogram);
+    let cpu = match p.cpu_us_per_call() {
+        Some((c, sv)) => format!("{c:>8.1} {sv:>8.1}"),
+        None => format!("{:>8} {:>8}", "-", "-"),
+    };
     println!(
-        "{:<8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7.2}x  client {} / server {}",
+        "{:<8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7.2}x {:>10.0} {cpu}  client {} / server {}",
         p.name,
         s.count,
         us(s.p50_ns),
@@ -79,6 +87,7 @@ fn print_row(p: &Probe, floor_p50: u64) {
         us(s.p999_ns),
         us(s.max_ns),
         s.p50_ns as f64 / floor_p50.max(1) as f64,
+        p.throughput(),
         p.client_cpus,
         p.server_cpus,
     );
@@ -97,16 +106,28 @@ pub fn run(args: Args) -> Result<ExitCode> {
         duration: args.duration,
         warmup: args.warmup,
         pin: args.pin,
+        inflight: usize::try_from(args.inflight).unwrap_or(usize::MAX),
     };
     let floor = measure_floor(&cfg)?;
     let floor_p50 = floor.histogram.value_at_quantile(0.5);
     println!(
-        "one message in flight, {} B each way, {:?} per probe, pin {:?}",
-        args.payload, args.duration, args.pin
+        "floor: one message in flight; transports: {} in flight on one connection; {} B each \
+         way, {:?} per probe, pin {:?}",
+        args.inflight, args.payload, args.duration, args.pin
     );
     println!(
-        "{:<8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}  cpus",
-        "probe", "calls", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs", "p50/floor"
+        "{:<8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>10} {:>8} {:>8}  cpus",
+        "probe",
+        "calls",
+        "p50 µs",
+        "p90 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "max µs",
+        "p50/floor",
+        "calls/s",
+        "cli µs/c",
+        "srv µs/c"
     );
     print_row(&floor, floor_p50);
     for t in transports {

@@ -1,6 +1,6 @@
-//! The `grpc` client: tonic's codec over hyper HTTP/2 connections driven directly (one task
-//! per connection, no tower buffer). A unary call runs in the caller's task; a streaming call
-//! gets a task that pumps the response into the shared [`EventReceiver`].
+//! The `grpc` client: tonic's codec over h2 connections driven directly (one task per
+//! connection, no tower buffer, no dispatch channel). A unary call runs in the caller's task;
+//! a streaming call gets a task that pumps the response into the shared [`EventReceiver`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -8,10 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use http::uri::PathAndQuery;
-use hyper::body::Incoming;
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -33,42 +32,217 @@ use crate::transport::{
     until_deadline,
 };
 
-/// One HTTP/2 connection as the tower service tonic's client calls.
+/// One HTTP/2 connection as the tower service tonic's client calls, on h2 directly: a
+/// request's HEADERS and the body frames ready at once (a unary request's one message) are
+/// queued together, so a unary call costs one write and no task of its own.
 #[derive(Clone, Debug)]
 struct H2 {
-    send: SendRequest<Body>,
-    /// Why the connection ended, once it has (hyper only tells its requests "canceled").
+    send: h2::client::SendRequest<Bytes>,
+    /// Why the connection ended, once it has (the streams only see a generic error).
     ended: Arc<OnceLock<String>>,
 }
 
 impl tower::Service<http::Request<Body>> for H2 {
-    type Response = http::Response<Incoming>;
+    type Response = http::Response<H2Body>;
     type Error = tonic::Status;
     type Future =
-        Pin<Box<dyn Future<Output = Result<http::Response<Incoming>, tonic::Status>> + Send>>;
+        Pin<Box<dyn Future<Output = Result<http::Response<H2Body>, tonic::Status>> + Send>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), tonic::Status>> {
-        let ended = &self.ended;
-        self.send
-            .poll_ready(cx)
-            .map_err(|e| connection_lost(&e, ended))
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), tonic::Status>> {
+        // Each call waits for its own stream slot (h2 queues calls beyond the server's
+        // SETTINGS_MAX_CONCURRENT_STREAMS per handle): nothing to wait for here.
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let sent = self.send.send_request(req);
+        let send = self.send.clone();
         let ended = self.ended.clone();
-        Box::pin(async move { sent.await.map_err(|e| connection_lost(&e, &ended)) })
+        Box::pin(async move {
+            let lost = |e: h2::Error| connection_lost(&e, &ended);
+            let mut send = send.ready().await.map_err(lost)?;
+            let (parts, body) = req.into_parts();
+            let eos = http_body::Body::is_end_stream(&body);
+            let (response, tx) = send
+                .send_request(http::Request::from_parts(parts, ()), eos)
+                .map_err(lost)?;
+            if !eos {
+                send_body(body, tx).await;
+            }
+            let response = response.await.map_err(|e| stream_failed(e, &ended))?;
+            Ok(response.map(|recv| H2Body {
+                recv,
+                data_done: false,
+            }))
+        })
     }
 }
 
-fn connection_lost(e: &hyper::Error, ended: &OnceLock<String>) -> tonic::Status {
+fn connection_lost(e: &h2::Error, ended: &OnceLock<String>) -> tonic::Status {
     match ended.get() {
         Some(why) => tonic::Status::unavailable(format!("grpc connection closed: {why}")),
         None => tonic::Status::unavailable(format!("grpc connection: {e}")),
     }
 }
 
+/// A stream reset by the server maps by its reason (gRPC's table); anything else is the
+/// connection going.
+fn stream_failed(e: h2::Error, ended: &OnceLock<String>) -> tonic::Status {
+    if e.is_reset() {
+        let mut s = tonic::Status::from_error(Box::new(e));
+        if s.code() == tonic::Code::Unknown {
+            s = tonic::Status::unavailable(s.message().to_owned());
+        }
+        s
+    } else {
+        connection_lost(&e, ended)
+    }
+}
+
+/// The HTTP/2 reason to reset a stream with for a request body that failed: tonic marks a
+/// client cancellation with `CANCEL` in the error's sources.
+fn reset_reason(e: &tonic::Status) -> h2::Reason {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(reason) = err.downcast_ref::<h2::Error>().and_then(h2::Error::reason) {
+            return reason;
+        }
+        source = err.source();
+    }
+    h2::Reason::INTERNAL_ERROR
+}
+
+/// Sends the request body: the frames ready now inline (with the HEADERS), the rest from a
+/// task of its own that respects the stream's flow-control window.
+async fn send_body(mut body: Body, mut tx: h2::SendStream<Bytes>) {
+    // One frame is held back, so the last one can carry END_STREAM.
+    let mut held: Option<Bytes> = None;
+    loop {
+        let polled =
+            std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await;
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                // gRPC request bodies have no trailers; data is all there is.
+                if let Ok(data) = frame.into_data()
+                    && let Some(prev) = held.replace(data)
+                    && tx.send_data(prev, false).is_err()
+                {
+                    return;
+                }
+            }
+            Poll::Ready(None) => {
+                let _ = tx.send_data(held.take().unwrap_or_default(), true);
+                return;
+            }
+            Poll::Ready(Some(Err(e))) => {
+                tx.send_reset(reset_reason(&e));
+                return;
+            }
+            Poll::Pending => break,
+        }
+    }
+    if let Some(prev) = held.take()
+        && tx.send_data(prev, false).is_err()
+    {
+        return;
+    }
+    tokio::spawn(pipe_body(body, tx));
+}
+
+/// What the request-body pipe waits for.
+enum PipeEvent {
+    Frame(Option<Result<http_body::Frame<Bytes>, tonic::Status>>),
+    /// The server reset the stream: nothing more to send.
+    Reset,
+}
+
+async fn pipe_body(mut body: Body, mut tx: h2::SendStream<Bytes>) {
+    loop {
+        let event = std::future::poll_fn(|cx| {
+            if tx.poll_reset(cx).is_ready() {
+                return Poll::Ready(PipeEvent::Reset);
+            }
+            Pin::new(&mut body).poll_frame(cx).map(PipeEvent::Frame)
+        })
+        .await;
+        match event {
+            PipeEvent::Reset => return,
+            PipeEvent::Frame(None) => {
+                let _ = tx.send_data(Bytes::new(), true);
+                return;
+            }
+            PipeEvent::Frame(Some(Err(e))) => {
+                tx.send_reset(reset_reason(&e));
+                return;
+            }
+            PipeEvent::Frame(Some(Ok(frame))) => {
+                if let Ok(mut data) = frame.into_data() {
+                    // Backpressure: send no more than the peer's window allows.
+                    while !data.is_empty() {
+                        tx.reserve_capacity(data.len());
+                        let granted = match std::future::poll_fn(|cx| tx.poll_capacity(cx)).await {
+                            Some(Ok(n)) => n,
+                            Some(Err(_)) | None => return,
+                        };
+                        if granted == 0 {
+                            continue;
+                        }
+                        let chunk = data.split_to(granted.min(data.len()));
+                        if tx.send_data(chunk, false).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A response body over an h2 receive stream, releasing flow-control capacity as it is read.
+struct H2Body {
+    recv: h2::RecvStream,
+    data_done: bool,
+}
+
+impl http_body::Body for H2Body {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, h2::Error>>> {
+        if !self.data_done {
+            match std::task::ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(http_body::Frame::data(data))));
+                }
+                // RST_STREAM(NO_ERROR) ends the body without failing it (RFC 9113 8.1).
+                Some(Err(e)) if e.reason() == Some(h2::Reason::NO_ERROR) => {
+                    return Poll::Ready(None);
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => self.data_done = true,
+            }
+        }
+        match std::task::ready!(self.recv.poll_trailers(cx)) {
+            Ok(t) => Poll::Ready(t.map(|t| Ok(http_body::Frame::trailers(t)))),
+            Err(e) if e.reason() == Some(h2::Reason::NO_ERROR) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+}
+
 type Client = tonic::client::Grpc<H2>;
+
+/// The client's stream window unless `stream_window` says otherwise (hyper's default).
+const DEFAULT_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+/// The client's connection window unless `connection_window` says otherwise (hyper's).
+const DEFAULT_CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 
 /// Bytes moved by a connection, counted below TLS.
 #[derive(Debug, Default)]
@@ -295,7 +469,7 @@ async fn open(
     let name = tls
         .rustls_server_name()
         .map_err(|e| tls_err(e.to_string()))?;
-    let stream = tokio_rustls::TlsConnector::from(Arc::new(rustls))
+    let stream = tokio_rustls::TlsConnector::from(rustls)
         .connect(name, counted)
         .await
         .map_err(|e| tls_err(describe_handshake_error(&e)))?;
@@ -318,35 +492,35 @@ async fn handshake<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        // Until the server's SETTINGS arrive its stream limit is unknown: open one stream at
-        // a time rather than have streams over its limit refused (gRPC clients wait for the
-        // server's preface the same way).
-        .initial_max_send_streams(1)
-        .initial_stream_window_size(options.stream_window)
-        .initial_connection_window_size(options.connection_window);
-    if options.adaptive_window {
-        builder.adaptive_window(true);
-    }
+    let mut builder = h2::client::Builder::new();
+    // Until the server's SETTINGS arrive its stream limit is unknown: open one stream at a
+    // time rather than have streams over its limit refused (gRPC clients wait for the
+    // server's preface the same way).
+    builder.initial_max_send_streams(1);
+    // h2's own defaults (64 KiB windows) throttle large messages and leave little room for
+    // responses buffered before their callers read them: default to hyper's windows, as the
+    // server does.
+    builder.initial_window_size(options.stream_window.unwrap_or(DEFAULT_STREAM_WINDOW));
+    builder.initial_connection_window_size(
+        options
+            .connection_window
+            .unwrap_or(DEFAULT_CONNECTION_WINDOW),
+    );
     let (send, conn) = builder
-        .handshake(TokioIo::new(io))
+        .handshake::<_, Bytes>(io)
         .await
         .map_err(|e| TransportError::Protocol(format!("HTTP/2 handshake with {endpoint}: {e}")))?;
     let endpoint = endpoint.to_owned();
     let ended = Arc::new(OnceLock::new());
     let reason = ended.clone();
     let task = tokio::spawn(async move {
-        // The reason is recorded before the connection (and with it the requests' dispatch)
-        // is dropped, so the failing requests can name it.
+        // The reason is recorded before the connection (and with it the streams) is dropped,
+        // so the failing calls can name it.
         let why = match conn.await {
             Ok(()) => "by the server".to_owned(),
             Err(e) => {
-                let why = std::error::Error::source(&e)
-                    .map_or_else(|| e.to_string(), |s| format!("{e}: {s}"));
-                tracing::debug!("grpc connection to {endpoint} ended: {why}");
-                why
+                tracing::debug!("grpc connection to {endpoint} ended: {e}");
+                e.to_string()
             }
         };
         let _ = reason.set(why);

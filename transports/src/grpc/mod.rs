@@ -1,5 +1,6 @@
 //! `grpc`: the `Echo` service as plain gRPC over HTTP/2 — tonic's codec and status handling
-//! on hyper/h2 connections the transport drives itself (no tower buffer, no tonic channel).
+//! on HTTP/2 connections the transport drives itself: hyper's server, an h2 client (no tower
+//! buffer, no tonic channel).
 //!
 //! # Wire
 //!
@@ -44,10 +45,11 @@
 //! | `connections` | client | HTTP/2 connections per [`GrpcConnection`], calls spread round-robin (default 1, at most 64) |
 //! | `stream_window` | both | initial HTTP/2 stream flow-control window, bytes (SETTINGS_INITIAL_WINDOW_SIZE) |
 //! | `connection_window` | both | initial HTTP/2 connection flow-control window, bytes |
-//! | `adaptive_window` | both | `true`: size windows from measured bandwidth-delay (overrides the two above) |
+//! | `adaptive_window` | server | `true`: size windows from measured bandwidth-delay (overrides the two above) |
 //! | `max_concurrent_streams` | server | SETTINGS_MAX_CONCURRENT_STREAMS; clients queue calls beyond it |
 //!
-//! Unset keys keep hyper's defaults. The maximum message size is the transport-neutral
+//! Unset keys keep hyper's defaults (the client's windows: 2 MiB per stream, 5 MiB per
+//! connection). The maximum message size is the transport-neutral
 //! `ClientConfig::max_message_size` / `EchoConfig::max_message_size`.
 //!
 //! [PROTOCOL-HTTP2]: https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md
@@ -369,7 +371,7 @@ fn from_tonic_status(s: &tonic::Status) -> Status {
 fn is_transport_error(s: &tonic::Status) -> bool {
     let mut source = std::error::Error::source(s);
     while let Some(e) = source {
-        if e.downcast_ref::<hyper::Error>().is_some() {
+        if e.downcast_ref::<hyper::Error>().is_some() || e.downcast_ref::<h2::Error>().is_some() {
             return true;
         }
         source = e.source();

@@ -36,9 +36,9 @@ pub struct QuicConnection {
     /// Keeps the UDP socket and its driver alive.
     _endpoint: quinn::Endpoint,
     max_message_size: usize,
-    /// While a 0-RTT connection is still handshaking: flips to true once the handshake is
-    /// done (early data accepted or not). `None` when the connection never used 0-RTT.
-    handshake: Option<watch::Receiver<bool>>,
+    /// A connection made in 0-RTT: `None` while it is still handshaking, then whether the
+    /// server accepted the early data. `None` outside when the connection never used 0-RTT.
+    handshake: Option<watch::Receiver<Option<bool>>>,
 }
 
 impl Drop for QuicConnection {
@@ -195,10 +195,10 @@ impl QuicConnection {
             let (conn, handshake) = if options.zero_rtt {
                 match connecting.into_0rtt() {
                     Ok((conn, accepted)) => {
-                        let (tx, rx) = watch::channel(false);
+                        let (tx, rx) = watch::channel(None);
                         tokio::spawn(async move {
-                            let _ = accepted.await;
-                            let _ = tx.send(true);
+                            let accepted = accepted.await;
+                            let _ = tx.send(Some(accepted));
                         });
                         (conn, Some(rx))
                     }
@@ -222,16 +222,24 @@ impl QuicConnection {
         })
     }
 
+    /// `None` when the connection was made with a full handshake; with 0-RTT, whether the
+    /// server has accepted the early data (false while the handshake is still running).
+    pub fn zero_rtt(&self) -> Option<bool> {
+        self.handshake.as_ref().map(|h| h.borrow().unwrap_or(false))
+    }
+
     /// True when the connection was made in 0-RTT and its handshake is still running.
     fn early(&self) -> bool {
-        self.handshake.as_ref().is_some_and(|h| !*h.borrow())
+        self.handshake
+            .as_ref()
+            .is_some_and(|h| h.borrow().is_none())
     }
 
     /// Waits until the handshake is complete (immediately unless connected in 0-RTT).
     async fn handshake_done(&self) -> Result<(), Status> {
         if let Some(h) = &self.handshake {
             let mut h = h.clone();
-            h.wait_for(|done| *done)
+            h.wait_for(Option::is_some)
                 .await
                 .map_err(|_| Status::unavailable("quic handshake did not complete"))?;
         }

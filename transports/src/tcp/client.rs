@@ -239,7 +239,7 @@ impl TcpConnection {
             let name = tls
                 .rustls_server_name()
                 .map_err(|e| tls_err(e.to_string()))?;
-            let stream = tokio_rustls::TlsConnector::from(Arc::new(rustls))
+            let stream = tokio_rustls::TlsConnector::from(rustls)
                 .connect(name, stream)
                 .await
                 .map_err(|e| tls_err(describe_handshake_error(&e)))?;
