@@ -21,7 +21,7 @@
 //!   and means the same as a stream reset.
 //!
 //! A unary call is one stream carrying OPEN + MESSAGE(`END_STREAM`) + FIN, answered by
-//! [HEADERS] RESPONSE STATUS FIN (or STATUS FIN alone on error). A MESSAGE payload over the
+//! \[HEADERS\] RESPONSE STATUS FIN (or STATUS FIN alone on error). A MESSAGE payload over the
 //! receiver's maximum message size fails the call with `RESOURCE_EXHAUSTED`; its bytes are
 //! skipped, the stream and the connection stay usable.
 //!

@@ -33,7 +33,7 @@
 //! A call: the client sends OPEN, then MESSAGEs (the last may carry `END_STREAM`, or a
 //! HALF_CLOSE follows); the server answers with an optional HEADERS, RESPONSEs, and exactly
 //! one STATUS, which ends the call. A unary call is OPEN + MESSAGE(`END_STREAM`), answered
-//! by [HEADERS] RESPONSE STATUS (or STATUS alone on error). CANCEL ends a call from the client
+//! by \[HEADERS\] RESPONSE STATUS (or STATUS alone on error). CANCEL ends a call from the client
 //! side; the server's handler observes it and sends nothing more for that stream id.
 //! Frames for a stream id the receiver does not know (a call already ended or cancelled) are
 //! ignored. GOAWAY says why the sender is closing the connection (its status code and
