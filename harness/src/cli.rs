@@ -13,7 +13,9 @@ use crate::exit;
 /// and load scenarios and reports what each costs.
 ///
 /// Exit codes: 0 fine, 1 regression or conformance failure, 2 bad usage or input, 3 the
-/// harness itself failed.
+/// harness itself failed, 130 interrupted (results so far are saved).
+///
+/// Start with `wirebench run` (add `--help` to any command for its flags and examples).
 #[derive(Debug, Parser)]
 #[command(name = "wirebench", version, propagate_version = true)]
 pub struct Cli {
@@ -29,15 +31,28 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run a suite (default: quick): the floor, conformance and load points against every
+    /// transport; writes results.json, report.html and summary.md.
+    Run(cmd::run::Args),
+    /// Re-render report.html and summary.md from a saved results.json.
+    Report(cmd::report::Args),
     /// Run the conformance cases against transports and print the case × transport matrix.
     Conformance(cmd::conformance::Args),
     /// Measure the loopback floor: a blocking TCP ping-pong, one message in flight.
     Floor(cmd::floor::Args),
+    /// Serve the echo service over one transport (prints a JSON ready line).
+    Serve(cmd::serve::Args),
+    /// One ad-hoc load run against one transport, with a summary table.
+    Load(Box<cmd::load::Args>),
+    /// Run the fault proxy in front of any TCP or UDP service (latency, loss, resets, ...).
+    Proxy(cmd::proxy::Args),
 }
 
 fn init_tracing(verbose: u8) {
     let default = match verbose {
-        0 => "warn",
+        // Servers log the protocol errors that conformance cases provoke on purpose; the
+        // harness reports outcomes itself, so those logs show from -v on.
+        0 => "warn,wirebench_transports=error",
         1 => "info",
         2 => "debug",
         _ => "trace",
@@ -58,6 +73,11 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Conformance(a) => cmd::conformance::run(a),
         Command::Floor(a) => cmd::floor::run(a),
+        Command::Run(a) => cmd::run::run(a),
+        Command::Report(a) => cmd::report::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
+        Command::Load(a) => cmd::load::run(*a),
+        Command::Proxy(a) => cmd::proxy::run(a),
     };
     match result {
         Ok(code) => code,

@@ -1,5 +1,6 @@
 //! Exit codes, part of the interface: 0 fine, 1 regression or conformance failure, 2 bad
-//! usage or input, 3 the harness itself failed.
+//! usage or input, 3 the harness itself failed, 130 interrupted by Ctrl-C (results so far
+//! saved).
 
 use std::process::ExitCode;
 
@@ -13,6 +14,9 @@ pub const FAILED: u8 = 1;
 pub const BAD_INPUT: u8 = 2;
 /// The harness itself failed.
 pub const HARNESS: u8 = 3;
+/// The user interrupted the run (Ctrl-C); what finished before is saved (the shell's
+/// convention for SIGINT).
+pub const INTERRUPTED: u8 = 130;
 
 /// An error caused by what the user gave us; reported with exit code 2.
 #[derive(Debug, Error)]
@@ -22,6 +26,11 @@ pub struct BadInput(pub String);
 /// Shorthand for a [`BadInput`] error.
 pub fn bad_input(msg: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(BadInput(msg.into()))
+}
+
+/// True when any cause of `e` is bad input.
+pub fn is_bad_input(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<BadInput>().is_some())
 }
 
 /// The exit code for an error: 2 when any cause is bad input, else 3.

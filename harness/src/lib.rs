@@ -2,8 +2,15 @@
 //! child processes. The binary is a thin wrapper over [`cli::main`].
 
 pub mod affinity;
+pub mod child;
 pub mod cli;
 pub mod cmd;
+pub mod environment;
 pub mod exit;
 pub mod floor;
+pub mod interrupt;
+pub mod load;
+pub mod procfs;
+pub mod progress;
 pub mod proxy;
+pub mod runner;

@@ -1,3 +1,6 @@
 //! wirebench scenarios: conformance cases, load profiles, fault plans and suites.
 
 pub mod conformance;
+pub mod load;
+pub mod suite;
+pub mod units;

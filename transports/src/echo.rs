@@ -304,8 +304,7 @@ impl Echo {
     /// Answers a unary call at once when it needs no waiting (no delay): the transport's
     /// fast path, with no task, timer or cancellation token. Returns the request back when
     /// the call must wait; then use [`Echo::unary`].
-    // The request is handed back by value so the fast path never boxes or clones it; the
-    // large `Err` only moves on the slow path, which waits anyway.
+    // The request goes back by value (a move, not an allocation): the slow path needs it.
     #[allow(clippy::result_large_err)]
     pub fn unary_now(
         &self,

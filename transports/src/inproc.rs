@@ -100,6 +100,11 @@ impl Transport for Inproc {
                 Capability::Broker,
                 "inproc is point-to-point RPC, not a message broker",
             ),
+            (
+                Capability::OutOfProcess,
+                "inproc passes calls through channels inside one process: its server runs in \
+                 the client's process",
+            ),
         ];
         Capabilities::all_except(GAPS)
     }

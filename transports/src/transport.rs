@@ -363,11 +363,14 @@ pub enum Capability {
     MaxConcurrentStreams,
     /// Broker semantics (fanout, queue groups, acknowledgements).
     Broker,
+    /// The server can run in another process (`wirebench serve`) and be reached through its
+    /// endpoint; load runs then account client and server CPU and memory separately.
+    OutOfProcess,
 }
 
 impl Capability {
     /// Every capability.
-    pub const ALL: [Capability; 16] = [
+    pub const ALL: [Capability; 17] = [
         Capability::Unary,
         Capability::ServerStream,
         Capability::ClientStream,
@@ -384,6 +387,7 @@ impl Capability {
         Capability::Plaintext,
         Capability::MaxConcurrentStreams,
         Capability::Broker,
+        Capability::OutOfProcess,
     ];
 
     /// A short name for reports.
@@ -405,6 +409,7 @@ impl Capability {
             Capability::Plaintext => "plaintext",
             Capability::MaxConcurrentStreams => "max-concurrent-streams",
             Capability::Broker => "broker",
+            Capability::OutOfProcess => "out-of-process",
         }
     }
 }

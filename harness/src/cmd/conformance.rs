@@ -51,6 +51,15 @@ fn parse_tls_mode(s: &str) -> Result<TlsMode, String> {
     s.parse()
 }
 
+/// The environment of a plaintext run: the harness's fault proxy; the `tls` group makes its
+/// own throwaway certificates.
+pub fn conformance_env() -> Env {
+    Env {
+        faults: Some(HarnessFaults::shared()),
+        ..Env::default()
+    }
+}
+
 /// The environment a run uses: the harness's fault proxy, and TLS material (loaded from
 /// `--tls-dir` or generated) applied to every case when `--tls` asks for it.
 pub fn env_for(args: &Args) -> Result<Env> {
@@ -64,10 +73,7 @@ pub fn env_for(args: &Args) -> Result<Env> {
             "--tls mtls needs a client certificate: --tls-dir has no client.pem/client.key",
         ));
     }
-    let env = Env {
-        faults: Some(HarnessFaults::shared()),
-        ..Env::default()
-    };
+    let env = conformance_env();
     let material = Arc::new(material);
     Ok(match args.tls {
         TlsMode::None => Env {

@@ -2,6 +2,11 @@
 
 pub mod conformance;
 pub mod floor;
+pub mod load;
+pub mod proxy;
+pub mod report;
+pub mod run;
+pub mod serve;
 
 use wirebench_transports::registry::{self, AnyTransport};
 

@@ -1,0 +1,377 @@
+//! `wirebench load`: one ad-hoc load run against one transport, a summary on the terminal,
+//! and optionally the full record as a results file (`--json`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use wirebench_reports::results::{Results, RunRecord, SuiteRecord};
+use wirebench_scenarios::load::{Length, LoadSpec, Mode, Schedule, Stall};
+use wirebench_scenarios::suite::ValiditySpec;
+use wirebench_scenarios::units::{parse_duration, parse_rate, parse_size};
+use wirebench_transports::{Capability, Method, Transport};
+
+use crate::affinity::Pin;
+use crate::cmd::serve::parse_options;
+use crate::exit::bad_input;
+use crate::runner::{RunContext, run_point};
+use crate::{environment, interrupt};
+
+fn method(s: &str) -> Result<Method, String> {
+    Method::parse(s)
+        .ok_or_else(|| format!("{s:?}: expected unary, server-stream, client-stream or bidi"))
+}
+
+fn schedule(s: &str) -> Result<Schedule, String> {
+    Schedule::parse(s).ok_or_else(|| format!("{s:?}: expected constant or poisson"))
+}
+
+fn positive(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(0) | Err(_) => Err(format!("{s:?}: expected a whole number of at least 1")),
+        Ok(n) => Ok(n),
+    }
+}
+
+fn positive_u64(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(0) | Err(_) => Err(format!("{s:?}: expected a whole number of at least 1")),
+        Ok(n) => Ok(n),
+    }
+}
+
+/// Arguments of `wirebench load`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  \
+    wirebench load --transport tcp --concurrency 1 --duration 5s\n  \
+    wirebench load --transport tcp --rate 20k --schedule poisson --connections 4 --duration 10s\n  \
+    wirebench load --transport tcp --method bidi --messages 100 --concurrency 4 --duration 5s\n  \
+    wirebench load --transport tcp --rate 500 --max-in-flight 1 --stall-at 1s --stall-for 500ms --duration 3s\n  \
+    wirebench serve --transport tcp --listen 127.0.0.1:7000 &\n  \
+    wirebench load --transport tcp --target 127.0.0.1:7000 --rate 5000 --duration 10s --json run.json")]
+#[command(group(clap::ArgGroup::new("loop").required(true).args(["rate", "concurrency"])))]
+pub struct Args {
+    /// The transport to load.
+    #[arg(long)]
+    pub transport: String,
+    /// Open loop: requests per second in total (e.g. 5000, 2.5k). Latency is measured from
+    /// each request's intended start.
+    #[arg(long, value_parser = parse_rate)]
+    pub rate: Option<f64>,
+    /// Closed loop: calls in flight in total, each waiting for its answer.
+    #[arg(long, value_parser = positive)]
+    pub concurrency: Option<u32>,
+    /// Measured time (e.g. 10s, 500ms); the default when --requests is not given is 5s.
+    #[arg(long, value_parser = parse_duration, conflicts_with = "requests")]
+    pub duration: Option<Duration>,
+    /// Measure this many calls instead of a duration.
+    #[arg(long, value_parser = positive_u64)]
+    pub requests: Option<u64>,
+    /// Request payload size (e.g. 64, 16KiB, 1MiB).
+    #[arg(long, default_value = "64", value_parser = parse_size)]
+    pub payload: usize,
+    /// Response payload size (default: echo the request's).
+    #[arg(long, value_parser = parse_size)]
+    pub response_size: Option<usize>,
+    /// The method: unary, server-stream, client-stream or bidi.
+    #[arg(long, default_value = "unary", value_parser = method)]
+    pub method: Method,
+    /// Messages per stream call: responses (server-stream), requests (client-stream) or
+    /// round trips (bidi).
+    #[arg(long, default_value_t = 10, value_parser = positive)]
+    pub messages: u32,
+    /// Connections in total (spread over the workers).
+    #[arg(long, default_value_t = 1, value_parser = positive)]
+    pub connections: u32,
+    /// Client worker threads, each with its own single-threaded runtime.
+    #[arg(long, default_value_t = 1, value_parser = positive)]
+    pub workers: u32,
+    /// Open loop: how starts are spaced, constant or poisson.
+    #[arg(long, default_value = "poisson", value_parser = schedule)]
+    pub schedule: Schedule,
+    /// Open loop: calls in flight at most; a due request waits for a free caller and the
+    /// wait counts in its latency.
+    #[arg(long, default_value_t = 1024, value_parser = positive)]
+    pub max_in_flight: u32,
+    /// Run first and discard.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Seed of the Poisson schedule.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Per-call deadline (default: none).
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Make the server stall once: the call started this long into the measured phase asks
+    /// the server to wait --stall-for before answering.
+    #[arg(long, value_parser = parse_duration, requires = "stall_for")]
+    pub stall_at: Option<Duration>,
+    /// How long the injected stall lasts.
+    #[arg(long, value_parser = parse_duration, requires = "stall_at")]
+    pub stall_for: Option<Duration>,
+    /// CPU placement: none (the scheduler decides), same (client and server on CPU 0),
+    /// split (client CPU 0, server CPU 1).
+    #[arg(long, value_enum, default_value_t = Pin::None)]
+    pub pin: Pin,
+    /// Drive this already-running server instead of starting `wirebench serve` (bring your
+    /// own implementation of the documented wire format).
+    #[arg(long)]
+    pub target: Option<String>,
+    /// With --target: the server's process id, to read its CPU and memory from /proc.
+    #[arg(long, requires = "target")]
+    pub target_pid: Option<u32>,
+    /// Start the server with this shell command instead of `wirebench serve`; it must print
+    /// the ready line (see `wirebench serve --help`) and gets WIREBENCH_LISTEN.
+    #[arg(long, conflicts_with = "target")]
+    pub server_cmd: Option<String>,
+    /// How long a started server may take to print its ready line.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub ready_timeout: Duration,
+    /// Server runtime threads (default: one per CPU).
+    #[arg(long)]
+    pub server_threads: Option<u32>,
+    /// A client option KEY=VALUE for the transport (repeatable).
+    #[arg(long = "option", value_name = "KEY=VALUE")]
+    pub options: Vec<String>,
+    /// A server option KEY=VALUE for the transport (repeatable).
+    #[arg(long = "server-option", value_name = "KEY=VALUE")]
+    pub server_options: Vec<String>,
+    /// Mark the run invalid when the generator's lag p99 exceeds this.
+    #[arg(long, default_value = "1ms", value_parser = parse_duration)]
+    pub max_lag: Duration,
+    /// Write the full record (a results file with this one run) here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+impl Args {
+    fn spec(&self) -> LoadSpec {
+        let mode = match (self.rate, self.concurrency) {
+            (Some(rate), _) => Mode::Open {
+                rate,
+                schedule: self.schedule,
+                max_in_flight: self.max_in_flight,
+            },
+            (None, c) => Mode::Closed {
+                concurrency: c.unwrap_or(1),
+            },
+        };
+        LoadSpec {
+            name: "load".into(),
+            method: self.method,
+            mode,
+            connections: self.connections,
+            workers: self.workers,
+            payload: self.payload,
+            response_size: self.response_size,
+            messages: self.messages,
+            warmup: self.warmup,
+            length: match (self.requests, self.duration) {
+                (Some(n), _) => Length::Requests(n),
+                (None, d) => Length::Duration(d.unwrap_or(Duration::from_secs(5))),
+            },
+            seed: self.seed,
+            timeout: self.timeout,
+            stall: match (self.stall_at, self.stall_for) {
+                (Some(at), Some(duration)) => Some(Stall { at, duration }),
+                _ => None,
+            },
+        }
+    }
+}
+
+fn us(ns: u64) -> String {
+    if ns >= 10_000_000 {
+        format!("{:.1} ms", ns as f64 / 1e6)
+    } else {
+        format!("{:.1} µs", ns as f64 / 1e3)
+    }
+}
+
+/// The terminal summary of one run.
+pub fn summary_text(r: &RunRecord) -> String {
+    let s = &r.summary;
+    let mut out = String::new();
+    let p = &r.params;
+    out.push_str(&format!(
+        "{} {} — {} {} loop, {} B, server {} ({})\n",
+        r.transport,
+        r.point,
+        p.method,
+        p.mode,
+        p.payload_bytes,
+        r.server.placement,
+        r.server.endpoint
+    ));
+    out.push_str(&format!(
+        "  calls {} in {:.2} s: {:.0} calls/s",
+        s.calls, s.elapsed_s, s.throughput_per_s
+    ));
+    if s.messages_sent + s.messages_received > 0 {
+        out.push_str(&format!(", {:.0} msgs/s", s.messages_per_s));
+    }
+    out.push('\n');
+    let row = |name: &str, l: &wirebench_reports::results::LatencySummary| {
+        format!(
+            "  {name:<14} p50 {:>10}  p90 {:>10}  p99 {:>10}  p99.9 {:>10}  p99.99 {:>10}  max {:>10}\n",
+            us(l.p50_ns),
+            us(l.p90_ns),
+            us(l.p99_ns),
+            us(l.p999_ns),
+            us(l.p9999_ns),
+            us(l.max_ns)
+        )
+    };
+    let label = if p.mode == "open" {
+        "latency*"
+    } else {
+        "latency"
+    };
+    out.push_str(&row(label, &s.latency));
+    if let Some(l) = &s.service_time {
+        out.push_str(&row("service time", l));
+    }
+    if let Some(l) = &s.generator_lag {
+        out.push_str(&row("generator lag", l));
+    }
+    if let Some(l) = &s.message_latency {
+        out.push_str(&row("per message", l));
+    }
+    if p.mode == "open" {
+        out.push_str("  * from each request's intended start (coordinated omission corrected)\n");
+    }
+    let codes: Vec<String> = s
+        .status_counts
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    out.push_str(&format!("  status: {}", codes.join(", ")));
+    if s.incomplete > 0 {
+        out.push_str(&format!(", {} unanswered", s.incomplete));
+    }
+    out.push('\n');
+    let server_cpu = s
+        .server
+        .as_ref()
+        .map_or("n/a".to_owned(), |u| format!("{:.1}", u.cpu_us_per_call));
+    out.push_str(&format!(
+        "  CPU µs/call: client {:.1}, server {server_cpu}; client CPUs [{}]",
+        s.client.cpu_us_per_call,
+        s.client
+            .cpus
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    ));
+    if let Some(srv) = &s.server {
+        out.push_str(&format!(
+            ", server CPUs [{}]",
+            srv.cpus
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+    }
+    out.push('\n');
+    if let Some(b) = &s.bytes {
+        out.push_str(&format!(
+            "  wire bytes/call: sent {:.0}, received {:.0}\n",
+            b.sent_per_call, b.received_per_call
+        ));
+    }
+    if r.validity.valid {
+        out.push_str("  valid\n");
+    } else {
+        for reason in &r.validity.reasons {
+            out.push_str(&format!("  INVALID: {reason}\n"));
+        }
+    }
+    for note in &r.validity.notes {
+        out.push_str(&format!("  note: {note}\n"));
+    }
+    out
+}
+
+/// Runs `wirebench load`.
+pub fn run(args: Args) -> Result<ExitCode> {
+    let transport = wirebench_transports::registry::transport(&args.transport)
+        .map_err(|e| bad_input(e.to_string()))?;
+    let spec = args.spec();
+    spec.validate().map_err(bad_input)?;
+    let cap = wirebench_scenarios::load::method_capability(spec.method);
+    if let Some(reason) = transport.capabilities().gap(cap) {
+        return Err(bad_input(format!(
+            "{} does not support {}: {reason}",
+            transport.name(),
+            cap.name()
+        )));
+    }
+    if args.target.is_some()
+        && transport
+            .capabilities()
+            .gap(Capability::OutOfProcess)
+            .is_some()
+    {
+        return Err(bad_input(format!(
+            "{} cannot be reached in another process, so --target does not apply",
+            transport.name()
+        )));
+    }
+    if let Some(path) = &args.json
+        && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.is_dir()
+    {
+        return Err(bad_input(format!(
+            "--json {}: directory {} does not exist",
+            path.display(),
+            dir.display()
+        )));
+    }
+    let name = transport.name().to_owned();
+    let ctx = RunContext {
+        pin: args.pin,
+        validity: ValiditySpec {
+            max_lag_p99: args.max_lag,
+            ..ValiditySpec::default()
+        },
+        interrupted: interrupt::install(),
+        ready_timeout: args.ready_timeout,
+        target: args.target.clone(),
+        target_pid: args.target_pid,
+        server_cmd: args.server_cmd.clone(),
+        server_threads: args.server_threads,
+        client_options: BTreeMap::from([(name.clone(), parse_options(&args.options)?)]),
+        server_options: BTreeMap::from([(name.clone(), parse_options(&args.server_options)?)]),
+    };
+    let started = environment::now_rfc3339();
+    eprintln!("{name}: {} ...", spec.describe());
+    let record = run_point(transport, &spec, &ctx)?;
+    print!("{}", summary_text(&record));
+    if let Some(path) = &args.json {
+        let mut results = Results::new(
+            format!("wirebench {}", env!("CARGO_PKG_VERSION")),
+            started,
+            environment::collect(),
+            SuiteRecord {
+                name: "load".into(),
+                description: spec.describe(),
+                source: "command line".into(),
+                toml: String::new(),
+            },
+        );
+        results.transports = vec![name];
+        results.runs.push(record);
+        results.finished_at = Some(environment::now_rfc3339());
+        results.complete = true;
+        results.save(path)?;
+        println!("wrote {}", path.display());
+    }
+    if ctx.interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(ExitCode::from(crate::exit::INTERRUPTED));
+    }
+    Ok(ExitCode::SUCCESS)
+}

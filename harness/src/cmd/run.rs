@@ -1,0 +1,426 @@
+//! `wirebench run`: the product's main job. Runs a suite — the floor, conformance, and every
+//! load point against every selected transport — saving `results.json` after each step, then
+//! renders `report.html` and `summary.md` beside it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use wirebench_reports::histogram::{encode, summarize};
+use wirebench_reports::results::{FloorRecord, Results, RunFailure, Skipped, SuiteRecord};
+use wirebench_scenarios::load::method_capability;
+use wirebench_scenarios::suite::Suite;
+use wirebench_scenarios::units::parse_duration;
+use wirebench_transports::registry::AnyTransport;
+use wirebench_transports::{Capability, Transport};
+
+use crate::affinity::Pin;
+use crate::cmd::conformance::{conformance_env, run_all, to_outcome};
+use crate::exit::{FAILED, HARNESS, INTERRUPTED, bad_input};
+use crate::floor::{ProbeConfig, measure_floor};
+use crate::progress::Progress;
+use crate::runner::{RunContext, run_point};
+use crate::{environment, interrupt};
+
+/// Arguments of `wirebench run`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Writes results.json, report.html and summary.md into the output \
+    folder and prints their paths. results.json is saved after every step, so an error or \
+    Ctrl-C keeps what finished.\n\n\
+    Examples:\n  cargo run --release -- run\n  \
+    wirebench run --suite ci --transport tcp\n  \
+    wirebench run --suite ./my-suite.toml --out /tmp/wb\n  \
+    wirebench run --transport tcp --target 127.0.0.1:7000 --target-pid 4242"
+)]
+pub struct Args {
+    /// A built-in suite (quick, ci) or a suite file (see scenarios/suites/README.md).
+    #[arg(long, default_value = "quick")]
+    pub suite: String,
+    /// Transports to run, comma-separated (default: the suite's list, else every transport).
+    #[arg(long)]
+    pub transport: Option<String>,
+    /// Output folder (default: a fresh timestamped folder under target/wirebench/). It must
+    /// not already hold a results.json.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// CPU placement: none (the scheduler decides), same (client and server on CPU 0),
+    /// split (client CPU 0, server CPU 1).
+    #[arg(long, value_enum, default_value_t = Pin::None)]
+    pub pin: Pin,
+    /// Drive this already-running server instead of starting one (needs exactly one
+    /// transport; conformance still runs in-process).
+    #[arg(long)]
+    pub target: Option<String>,
+    /// With --target: the server's process id, to read its CPU and memory.
+    #[arg(long, requires = "target")]
+    pub target_pid: Option<u32>,
+    /// Start servers with this shell command instead of `wirebench serve` (it must print the
+    /// ready line; see `wirebench serve --help`).
+    #[arg(long, conflicts_with = "target")]
+    pub server_cmd: Option<String>,
+    /// How long a started server may take to become ready.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub ready_timeout: Duration,
+    /// Server runtime threads (default: one per CPU).
+    #[arg(long)]
+    pub server_threads: Option<u32>,
+    /// Skip conformance.
+    #[arg(long)]
+    pub no_conformance: bool,
+    /// Skip the floor.
+    #[arg(long)]
+    pub no_floor: bool,
+    /// Plain progress lines even on a terminal.
+    #[arg(long)]
+    pub plain: bool,
+}
+
+fn default_out() -> Result<PathBuf> {
+    let root = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| PathBuf::from("target"), PathBuf::from)
+        .join("wirebench");
+    let stamp = environment::now_rfc3339().replace(':', "-");
+    for n in 1..1000 {
+        let dir = if n == 1 {
+            root.join(&stamp)
+        } else {
+            root.join(format!("{stamp}-{n}"))
+        };
+        if !dir.exists() {
+            return Ok(dir);
+        }
+    }
+    anyhow::bail!("no free output folder name under {}", root.display())
+}
+
+fn prepare_out(out: Option<PathBuf>) -> Result<PathBuf> {
+    let dir = match out {
+        Some(d) => {
+            if d.join("results.json").exists() {
+                return Err(bad_input(format!(
+                    "{} already holds a results.json; choose another --out (nothing was \
+                     overwritten)",
+                    d.display()
+                )));
+            }
+            if d.exists() && !d.is_dir() {
+                return Err(bad_input(format!("--out {} is not a folder", d.display())));
+            }
+            d
+        }
+        None => default_out()?,
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| {
+        bad_input(format!(
+            "cannot create output folder {}: {e}",
+            dir.display()
+        ))
+    })?;
+    Ok(dir)
+}
+
+fn select_transports(args: &Args, suite: &Suite) -> Result<Vec<AnyTransport>> {
+    let list = match (&args.transport, &suite.transports) {
+        (Some(l), _) => Some(l.clone()),
+        (None, Some(v)) => Some(v.join(",")),
+        (None, None) => None,
+    };
+    super::parse_transports(list.as_deref())
+}
+
+fn save(results: &Results, path: &Path) -> Result<()> {
+    results
+        .save(path)
+        .with_context(|| format!("saving {}", path.display()))
+}
+
+/// Runs `wirebench run`.
+pub fn run(args: Args) -> Result<ExitCode> {
+    let suite = Suite::load(&args.suite).map_err(|e| bad_input(e.to_string()))?;
+    let transports = select_transports(&args, &suite)?;
+    if transports.is_empty() {
+        return Err(bad_input("no transport selected"));
+    }
+    if args.target.is_some() && transports.len() != 1 {
+        return Err(bad_input(
+            "--target drives one server: pick its transport with --transport",
+        ));
+    }
+    if args.target.is_some()
+        && let Some(t) = transports
+            .iter()
+            .find(|t| t.capabilities().gap(Capability::OutOfProcess).is_some())
+    {
+        return Err(bad_input(format!(
+            "{} cannot be reached in another process, so --target does not apply",
+            t.name()
+        )));
+    }
+    for name in suite.options.keys() {
+        if AnyTransport::by_name(name).is_none() {
+            eprintln!(
+                "warning: {}: options for transport {name:?}, which this build does not have",
+                suite.source
+            );
+        }
+    }
+    let dir = prepare_out(args.out.clone())?;
+    let results_path = dir.join("results.json");
+    let interrupted = interrupt::install();
+
+    let mut results = Results::new(
+        format!("wirebench {}", env!("CARGO_PKG_VERSION")),
+        environment::now_rfc3339(),
+        environment::collect(),
+        SuiteRecord {
+            name: suite.name.clone(),
+            description: suite.description.clone(),
+            source: suite.source.clone(),
+            toml: suite.text.clone(),
+        },
+    );
+    results.transports = transports.iter().map(|t| t.name().to_owned()).collect();
+    save(&results, &results_path)?;
+
+    let ctx = RunContext {
+        pin: args.pin,
+        validity: suite.validity,
+        interrupted: interrupted.clone(),
+        ready_timeout: args.ready_timeout,
+        target: args.target.clone(),
+        target_pid: args.target_pid,
+        server_cmd: args.server_cmd.clone(),
+        server_threads: args.server_threads,
+        client_options: suite
+            .options
+            .iter()
+            .map(|(k, v)| (k.clone(), v.client.clone()))
+            .collect::<BTreeMap<_, _>>(),
+        server_options: suite
+            .options
+            .iter()
+            .map(|(k, v)| (k.clone(), v.server.clone()))
+            .collect::<BTreeMap<_, _>>(),
+    };
+
+    // The plan, for progress and its ETA.
+    let do_floor = suite.floor.enabled && !args.no_floor;
+    let do_conformance = suite.conformance.enabled && !args.no_conformance;
+    let conformance_estimate = Duration::from_secs(4);
+    let mut steps = usize::from(do_floor);
+    let mut total = if do_floor {
+        suite.floor.duration + suite.floor.warmup
+    } else {
+        Duration::ZERO
+    };
+    let mut plan = Vec::new();
+    for t in &transports {
+        if do_conformance {
+            steps += 1;
+            total += conformance_estimate;
+        }
+        for p in &suite.load {
+            if p.transports
+                .as_ref()
+                .is_some_and(|l| !l.iter().any(|n| n == t.name()))
+            {
+                continue;
+            }
+            plan.push((*t, p.spec.clone()));
+            steps += 1;
+            total += p.spec.estimate() + Duration::from_millis(300);
+        }
+    }
+    eprintln!(
+        "wirebench run: suite {} ({}), transports {}, about {} s; output in {}",
+        suite.name,
+        suite.source,
+        results.transports.join(", "),
+        total.as_secs(),
+        dir.display()
+    );
+    let mut progress = Progress::new(total, steps, args.plain);
+    let mut conformance_failures = 0usize;
+
+    if do_floor && !interrupted.load(Ordering::SeqCst) {
+        progress.begin("floor", suite.floor.duration + suite.floor.warmup);
+        let cfg = ProbeConfig {
+            payload: suite.floor.payload,
+            duration: suite.floor.duration,
+            warmup: suite.floor.warmup,
+            pin: args.pin,
+        };
+        match measure_floor(&cfg) {
+            Ok(p) => {
+                let latency = summarize(&p.histogram);
+                progress.end(&format!(
+                    "floor: p50 {:.1} µs, p99 {:.1} µs",
+                    latency.p50_ns as f64 / 1e3,
+                    latency.p99_ns as f64 / 1e3
+                ));
+                results.floor = Some(FloorRecord {
+                    payload_bytes: suite.floor.payload as u64,
+                    duration_s: suite.floor.duration.as_secs_f64(),
+                    pin: format!("{:?}", args.pin).to_lowercase(),
+                    latency,
+                    histogram: encode(&p.histogram).map_err(|e| anyhow::anyhow!(e))?,
+                    client_cpus: p.client_cpus.0,
+                    server_cpus: p.server_cpus.0,
+                });
+            }
+            Err(e) => {
+                progress.end(&format!("floor failed: {e:#}"));
+                results.errors.push(RunFailure {
+                    transport: "-".into(),
+                    point: "floor".into(),
+                    error: format!("{e:#}"),
+                });
+            }
+        }
+        save(&results, &results_path)?;
+    }
+
+    if do_conformance {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the conformance runtime")?;
+        for t in &transports {
+            if interrupted.load(Ordering::SeqCst) {
+                break;
+            }
+            progress.begin(&format!("{} conformance", t.name()), conformance_estimate);
+            let reports = rt.block_on(run_all(
+                std::slice::from_ref(t),
+                suite.conformance.cases.as_deref(),
+                conformance_env(),
+                |_| {},
+            ));
+            let outcomes: Vec<_> = reports.iter().map(to_outcome).collect();
+            let failed: Vec<_> = reports.iter().filter(|r| r.outcome.is_fail()).collect();
+            conformance_failures += failed.len();
+            let passed = reports
+                .iter()
+                .filter(|r| r.outcome.verdict() == "pass")
+                .count();
+            progress.end(&format!(
+                "{} conformance: {passed} pass, {} fail, {} unsupported{}",
+                t.name(),
+                failed.len(),
+                reports.len() - passed - failed.len(),
+                failed
+                    .iter()
+                    .map(|r| format!(
+                        "\n    FAIL {}: {}",
+                        r.case,
+                        r.outcome.detail().unwrap_or("")
+                    ))
+                    .collect::<String>()
+            ));
+            results.conformance.extend(outcomes);
+            save(&results, &results_path)?;
+        }
+    }
+
+    for (t, spec) in &plan {
+        if interrupted.load(Ordering::SeqCst) {
+            break;
+        }
+        let name = t.name();
+        let cap = method_capability(spec.method);
+        if let Some(reason) = t.capabilities().gap(cap) {
+            results.skipped.push(Skipped {
+                transport: name.into(),
+                point: spec.name.clone(),
+                reason: format!("{name} does not support {}: {reason}", cap.name()),
+            });
+            progress.begin(&format!("{name} {}", spec.name), Duration::ZERO);
+            progress.end(&format!("{name} {}: unsupported ({reason})", spec.name));
+            save(&results, &results_path)?;
+            continue;
+        }
+        progress.begin(
+            &format!("{name} {}", spec.name),
+            spec.estimate() + Duration::from_millis(300),
+        );
+        match run_point(*t, spec, &ctx) {
+            Ok(r) => {
+                let s = &r.summary;
+                progress.end(&format!(
+                    "{name} {}: {:.0} calls/s, p50 {:.1} µs, p99 {:.1} µs{}",
+                    spec.name,
+                    s.throughput_per_s,
+                    s.latency.p50_ns as f64 / 1e3,
+                    s.latency.p99_ns as f64 / 1e3,
+                    if r.validity.valid {
+                        String::new()
+                    } else {
+                        format!(" — INVALID: {}", r.validity.reasons.join("; "))
+                    }
+                ));
+                results.runs.push(r);
+            }
+            Err(e) => {
+                // Bad input about the whole run (an unreachable --target) stops it; anything
+                // else is recorded and the run goes on.
+                if args.target.is_some() && crate::exit::is_bad_input(&e) {
+                    progress.end(&format!("{name} {}: {e:#}", spec.name));
+                    finish(&mut results, &results_path, &dir, false, false)?;
+                    return Err(e);
+                }
+                progress.end(&format!("{name} {}: FAILED: {e:#}", spec.name));
+                results.errors.push(RunFailure {
+                    transport: name.into(),
+                    point: spec.name.clone(),
+                    error: format!("{e:#}"),
+                });
+            }
+        }
+        save(&results, &results_path)?;
+    }
+    progress.finish();
+    let was_interrupted = interrupted.load(Ordering::SeqCst);
+    let (html, md) = finish(
+        &mut results,
+        &results_path,
+        &dir,
+        !was_interrupted,
+        was_interrupted,
+    )?;
+    println!("results: {}", results_path.display());
+    println!("report:  {}", html.display());
+    println!("summary: {}", md.display());
+    Ok(if was_interrupted {
+        ExitCode::from(INTERRUPTED)
+    } else if !results.errors.is_empty() {
+        eprintln!(
+            "error: {} step(s) failed to run (see the report's \"Not run\" section)",
+            results.errors.len()
+        );
+        ExitCode::from(HARNESS)
+    } else if conformance_failures > 0 {
+        eprintln!("{conformance_failures} conformance case(s) failed");
+        ExitCode::from(FAILED)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Marks the results finished (or not), saves them and renders the reports.
+fn finish(
+    results: &mut Results,
+    path: &Path,
+    dir: &Path,
+    complete: bool,
+    interrupted: bool,
+) -> Result<(PathBuf, PathBuf)> {
+    results.finished_at = Some(environment::now_rfc3339());
+    results.complete = complete;
+    results.interrupted = interrupted;
+    save(results, path)?;
+    wirebench_reports::render_all(results, dir).context("rendering the reports")
+}

@@ -1,0 +1,177 @@
+//! `wirebench serve`: serves the echo service over one transport until told to stop, and
+//! reports where it listens as one JSON line on stdout (and in `--ready-file`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tokio::io::AsyncReadExt;
+use wirebench_reports::results::write_atomic;
+use wirebench_transports::transport::Options;
+use wirebench_transports::{Capability, Echo, Server, ServerConfig, Transport};
+
+use crate::affinity::pin_current_thread;
+use crate::child::ReadyLine;
+use crate::exit::bad_input;
+
+/// Arguments of `wirebench serve`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "The ready line, printed once the server accepts connections:\n  \
+    {\"transport\":\"tcp\",\"endpoint\":\"127.0.0.1:40123\",\"pid\":4242}\n\n\
+    Examples:\n  wirebench serve --transport tcp --listen 127.0.0.1:7000\n  \
+    wirebench serve --transport tcp --ready-file /tmp/tcp.ready &\n  \
+    wirebench load --transport tcp --target 127.0.0.1:7000 --rate 5000 --duration 10s"
+)]
+pub struct Args {
+    /// The transport to serve (see `wirebench conformance` for the list).
+    #[arg(long)]
+    pub transport: String,
+    /// Address to listen on; port 0 picks a free port (the ready line says which).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: String,
+    /// Also write the ready line to this file (atomically) once ready.
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+    /// Runtime worker threads (default: one per available CPU).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Pin the server to these CPUs (comma-separated, e.g. `1` or `0,1`).
+    #[arg(long)]
+    pub cpus: Option<String>,
+    /// A transport option KEY=VALUE (repeatable); the transport rejects keys it does not know.
+    #[arg(long = "option", value_name = "KEY=VALUE")]
+    pub options: Vec<String>,
+    /// Exit when standard input closes (the harness uses this so that a server never
+    /// outlives it).
+    #[arg(long)]
+    pub watch_stdin: bool,
+}
+
+/// Parses `KEY=VALUE` options.
+pub fn parse_options(list: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for o in list {
+        let (k, v) = o
+            .split_once('=')
+            .ok_or_else(|| bad_input(format!("option {o:?}: expected KEY=VALUE")))?;
+        out.insert(k.trim().to_owned(), v.trim().to_owned());
+    }
+    Ok(out)
+}
+
+/// Parses a CPU list (`1`, `0,1`).
+pub fn parse_cpus(list: &str) -> Result<Vec<usize>> {
+    list.split(',')
+        .map(|c| {
+            c.trim()
+                .parse::<usize>()
+                .map_err(|_| bad_input(format!("CPU list {list:?}: {c:?} is not a CPU number")))
+        })
+        .collect()
+}
+
+/// Runs `wirebench serve`.
+pub fn run(args: Args) -> Result<ExitCode> {
+    let transport = wirebench_transports::registry::transport(&args.transport)
+        .map_err(|e| bad_input(e.to_string()))?;
+    if let Some(reason) = transport.capabilities().gap(Capability::OutOfProcess) {
+        return Err(bad_input(format!(
+            "{} cannot be served to other processes: {reason}",
+            transport.name()
+        )));
+    }
+    let mut options = Options::new();
+    for (k, v) in parse_options(&args.options)? {
+        options.set(k, v);
+    }
+    if let Some(list) = &args.cpus {
+        // Threads inherit the affinity of the thread that creates them: pin before the
+        // runtime starts its workers.
+        let cpus = parse_cpus(list)?;
+        let mut set = nix::sched::CpuSet::new();
+        for c in &cpus {
+            set.set(*c)
+                .map_err(|e| bad_input(format!("CPU {c} cannot be pinned: {e}")))?;
+        }
+        if cpus.len() == 1 {
+            pin_current_thread(cpus[0]).map_err(bad_input)?;
+        } else {
+            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+                .map_err(|e| bad_input(format!("pinning to CPUs {list}: {e}")))?;
+        }
+    }
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Some(t) = args.threads {
+        if t == 0 {
+            return Err(bad_input("--threads must be at least 1"));
+        }
+        rt.worker_threads(t);
+    }
+    let rt = rt.build().context("starting the server runtime")?;
+    rt.block_on(async move {
+        let config = ServerConfig {
+            listen: args.listen.clone(),
+            options,
+            tls: None,
+        };
+        let server = transport
+            .serve(&config, Arc::new(Echo::default()))
+            .await
+            .map_err(|e| {
+                bad_input(format!(
+                    "cannot serve {} on {}: {e}",
+                    transport.name(),
+                    args.listen
+                ))
+            })?;
+        let ready = ReadyLine {
+            transport: transport.name().to_owned(),
+            endpoint: server.endpoint(),
+            pid: std::process::id(),
+        };
+        let line = serde_json::to_string(&ready)?;
+        if let Some(path) = &args.ready_file {
+            write_atomic(path, format!("{line}\n").as_bytes())
+                .with_context(|| format!("writing the ready file {}", path.display()))?;
+        }
+        println!("{line}");
+        wait_for_stop(args.watch_stdin).await;
+        server.shutdown().await;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Waits for Ctrl-C, SIGTERM, or (with `watch_stdin`) the end of standard input.
+async fn wait_for_stop(watch_stdin: bool) {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let stdin_closed = async {
+        if !watch_stdin {
+            return std::future::pending().await;
+        }
+        let mut stdin = tokio::io::stdin();
+        let mut buf = [0u8; 64];
+        loop {
+            match stdin.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+        _ = stdin_closed => {}
+    }
+}

@@ -1,0 +1,245 @@
+//! The load engine: runs a [`LoadSpec`] against an endpoint with worker threads (each a
+//! single-threaded runtime), then merges what they measured.
+//!
+//! The coordinator connects every worker first (so a bad target fails before anything is
+//! measured), starts them on a common clock, calls the caller's hooks at the start and end of
+//! the measured phase (to snapshot process CPU and memory), and merges the recorders.
+
+pub mod pacer;
+pub mod recorder;
+pub mod schedule;
+pub mod worker;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use wirebench_scenarios::load::{Length, LoadSpec};
+use wirebench_transports::{AnyTransport, ClientConfig, WireBytes};
+
+use crate::affinity::CpusSeen;
+use recorder::{Merged, merge};
+use worker::{Start, WorkerPlan, run_worker};
+
+/// Why a load run could not run.
+#[derive(Debug, Error)]
+pub enum LoadError {
+    /// The parameters are invalid.
+    #[error("invalid load parameters: {0}")]
+    Invalid(String),
+    /// A worker could not connect to the endpoint.
+    #[error("{0}")]
+    Connect(String),
+    /// A worker failed or panicked.
+    #[error("load worker failed: {0}")]
+    Worker(String),
+}
+
+/// What to load.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The transport.
+    pub transport: AnyTransport,
+    /// The server's endpoint.
+    pub endpoint: String,
+    /// Client configuration (options from the suite or the command line).
+    pub client: ClientConfig,
+}
+
+/// How to run the engine.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// CPUs to pin worker threads to, round-robin (`None`: unpinned).
+    pub cpus: Option<Vec<usize>>,
+    /// Set on Ctrl-C: stop starting calls, finish, report.
+    pub interrupted: Arc<AtomicBool>,
+    /// How long to wait for calls still in flight after the run ends.
+    pub drain: Duration,
+}
+
+impl Default for EngineOptions {
+    fn default() -> EngineOptions {
+        EngineOptions {
+            cpus: None,
+            interrupted: Arc::new(AtomicBool::new(false)),
+            drain: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Called by the coordinator at the edges of the measured phase.
+pub trait Hooks {
+    /// The measured phase starts now (warm-up over).
+    fn measure_start(&mut self) {}
+    /// Every worker finished.
+    fn measure_end(&mut self) {}
+}
+
+/// No hooks.
+#[derive(Debug, Default)]
+pub struct NoHooks;
+
+impl Hooks for NoHooks {}
+
+/// What a load run measured.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Merged recorders.
+    pub merged: Merged,
+    /// Measured calls left unanswered.
+    pub incomplete: u64,
+    /// Bytes on the wire during the measured phase (when every connection counts them).
+    pub wire: Option<WireBytes>,
+    /// Busy fraction of each worker thread.
+    pub worker_busy: Vec<f64>,
+    /// CPUs the workers ran on.
+    pub client_cpus: CpusSeen,
+    /// The measured time: from the start of the measured phase to the last answer (at least
+    /// the asked duration in a duration run).
+    pub elapsed: Duration,
+}
+
+fn split(total: u64, parts: u32, i: u32) -> u64 {
+    let parts = u64::from(parts);
+    total / parts + u64::from(u64::from(i) < total % parts)
+}
+
+/// Runs `spec` against `target`.
+pub fn run(
+    spec: &LoadSpec,
+    target: &Target,
+    opts: &EngineOptions,
+    hooks: &mut dyn Hooks,
+) -> Result<Outcome, LoadError> {
+    spec.validate().map_err(LoadError::Invalid)?;
+    let spec_arc = Arc::new(spec.clone());
+    let workers = spec.workers;
+    let mut handles = Vec::new();
+    let mut starts = Vec::new();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    for i in 0..workers {
+        let plan = WorkerPlan {
+            index: i,
+            workers,
+            spec: spec_arc.clone(),
+            transport: target.transport,
+            endpoint: target.endpoint.clone(),
+            client: target.client.clone(),
+            connections: split(u64::from(spec.connections), workers, i) as u32,
+            callers: split(u64::from(spec.in_flight()), workers, i) as u32,
+            requests: match spec.length {
+                Length::Requests(n) => Some(split(n, workers, i)),
+                Length::Duration(_) => None,
+            },
+            pin: opts
+                .cpus
+                .as_ref()
+                .filter(|c| !c.is_empty())
+                .map(|c| c[i as usize % c.len()]),
+            interrupted: opts.interrupted.clone(),
+            drain: opts.drain,
+        };
+        let (start_tx, start_rx) = std::sync::mpsc::channel();
+        let ready = ready_tx.clone();
+        let h = std::thread::Builder::new()
+            .name(format!("wb-load-{i}"))
+            .spawn(move || run_worker(plan, ready, start_rx))
+            .map_err(|e| LoadError::Worker(format!("spawning worker thread: {e}")))?;
+        handles.push(h);
+        starts.push(start_tx);
+    }
+    drop(ready_tx);
+    let mut failure = None;
+    for _ in 0..workers {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                failure.get_or_insert(e);
+            }
+            Err(_) => {
+                failure.get_or_insert("a load worker exited before connecting".into());
+            }
+        }
+    }
+    if let Some(e) = failure {
+        for s in &starts {
+            let _ = s.send(None);
+        }
+        for h in handles {
+            let _ = h.join();
+        }
+        return Err(LoadError::Connect(e));
+    }
+    // Give every worker a moment to be waiting before the common start.
+    let t0 = Instant::now() + Duration::from_millis(5);
+    let measure_start = t0 + spec.warmup;
+    let end = match spec.length {
+        Length::Duration(d) => Some(measure_start + d),
+        Length::Requests(_) => None,
+    };
+    let start = Start {
+        t0,
+        measure_start,
+        end,
+    };
+    for s in &starts {
+        let _ = s.send(Some(start));
+    }
+    let now = Instant::now();
+    if measure_start > now {
+        std::thread::sleep(measure_start - now);
+    }
+    hooks.measure_start();
+    let mut outputs = Vec::new();
+    let mut worker_error = None;
+    for h in handles {
+        match h.join() {
+            Ok(Ok(o)) => outputs.push(o),
+            Ok(Err(e)) => {
+                worker_error.get_or_insert(e);
+            }
+            Err(_) => {
+                worker_error.get_or_insert("a load worker panicked".to_owned());
+            }
+        }
+    }
+    hooks.measure_end();
+    if let Some(e) = worker_error {
+        return Err(LoadError::Worker(e));
+    }
+    let mut incomplete = 0;
+    let mut wire = Some(WireBytes::default());
+    let mut worker_busy = Vec::new();
+    let mut client_cpus = CpusSeen::default();
+    let mut recorders = Vec::new();
+    for o in outputs {
+        incomplete += o.incomplete;
+        wire = match (wire, o.wire) {
+            (Some(a), Some(b)) => Some(WireBytes {
+                sent: a.sent + b.sent,
+                received: a.received + b.received,
+            }),
+            _ => None,
+        };
+        worker_busy.push(o.busy);
+        for c in o.cpus.0 {
+            client_cpus.note(Some(c));
+        }
+        recorders.push(o.recorder);
+    }
+    let merged = merge(recorders);
+    let last = merged.last_done.unwrap_or(measure_start);
+    let last = match end {
+        Some(e) => last.max(e),
+        None => last,
+    };
+    Ok(Outcome {
+        elapsed: last.saturating_duration_since(measure_start),
+        merged,
+        incomplete,
+        wire,
+        worker_busy,
+        client_cpus,
+    })
+}

@@ -1,0 +1,311 @@
+//! Recording: one [`Recorder`] per worker thread (no lock, no sample stored — HdrHistograms
+//! only), a 1 s interval histogram rotated as time passes, and a lossless merge of the
+//! workers' recorders once the run is over.
+
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
+use wirebench_reports::histogram::{encode, latency_histogram, summarize};
+use wirebench_reports::results::LatencySummary;
+use wirebench_transports::Code;
+
+/// Length of one interval of the time series.
+pub const INTERVAL: Duration = Duration::from_secs(1);
+
+/// A finished interval of one worker, kept serialized (a few kilobytes) so that a long run
+/// costs no more memory than a short one beyond this series. Plain V2, not V2 deflate: a
+/// deflate compressor costs about half a millisecond per use, a stall on the worker's thread
+/// that would show in the open loop's lag; the merged series is compressed after the run.
+#[derive(Debug)]
+pub struct SavedInterval {
+    /// Interval number (0 = the first second of the measured phase).
+    pub index: u64,
+    /// Calls completed in it.
+    pub calls: u64,
+    /// Of which failed.
+    pub errors: u64,
+    /// Its histogram, V2 (uncompressed).
+    pub histogram: Vec<u8>,
+}
+
+/// What one worker measured.
+#[derive(Debug)]
+pub struct Recorder {
+    measure_start: Instant,
+    /// Call latency (closed: from start; open: from intended start).
+    pub latency: Histogram<u64>,
+    /// Open loop: service time.
+    pub service: Option<Histogram<u64>>,
+    /// Open loop: generator lag.
+    pub lag: Option<Histogram<u64>>,
+    /// Streams: per-message latency.
+    pub message: Option<Histogram<u64>>,
+    /// Completed calls by status code (gRPC numbering).
+    pub status: [u64; 17],
+    /// Stream messages sent.
+    pub messages_sent: u64,
+    /// Stream messages received.
+    pub messages_received: u64,
+    /// Open loop: calls that waited for a free caller.
+    pub backpressured: u64,
+    /// When the last measured call completed.
+    pub last_done: Option<Instant>,
+    current: Histogram<u64>,
+    current_index: u64,
+    current_calls: u64,
+    current_errors: u64,
+    /// Finished intervals.
+    pub intervals: Vec<SavedInterval>,
+}
+
+impl Recorder {
+    /// A recorder for a run whose measured phase starts at `measure_start`.
+    pub fn new(measure_start: Instant, open_loop: bool, streams: bool) -> Recorder {
+        Recorder {
+            measure_start,
+            latency: latency_histogram(),
+            service: open_loop.then(latency_histogram),
+            lag: open_loop.then(latency_histogram),
+            message: streams.then(latency_histogram),
+            status: [0; 17],
+            messages_sent: 0,
+            messages_received: 0,
+            backpressured: 0,
+            last_done: None,
+            current: latency_histogram(),
+            current_index: 0,
+            current_calls: 0,
+            current_errors: 0,
+            intervals: Vec::new(),
+        }
+    }
+
+    fn ns(d: Duration) -> u64 {
+        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Records a completed call.
+    pub fn call(
+        &mut self,
+        latency: Duration,
+        service: Option<Duration>,
+        code: Code,
+        done: Instant,
+    ) {
+        let index = done.saturating_duration_since(self.measure_start).as_secs();
+        if index != self.current_index {
+            self.rotate(index);
+        }
+        let ns = Self::ns(latency);
+        self.latency.saturating_record(ns);
+        self.current.saturating_record(ns);
+        if let (Some(h), Some(s)) = (&mut self.service, service) {
+            h.saturating_record(Self::ns(s));
+        }
+        self.status[code.as_u32() as usize] += 1;
+        self.current_calls += 1;
+        if code != Code::Ok {
+            self.current_errors += 1;
+        }
+        if self.last_done.is_none_or(|l| done > l) {
+            self.last_done = Some(done);
+        }
+    }
+
+    /// Records the generator's lag for one request.
+    pub fn lag(&mut self, lag: Duration) {
+        if let Some(h) = &mut self.lag {
+            h.saturating_record(Self::ns(lag));
+        }
+    }
+
+    /// Records one stream message's latency.
+    pub fn message(&mut self, latency: Duration) {
+        if let Some(h) = &mut self.message {
+            h.saturating_record(Self::ns(latency));
+        }
+    }
+
+    /// Closes the current interval and starts `index` (intervals with no completion are
+    /// simply absent from the series).
+    fn rotate(&mut self, index: u64) {
+        self.flush_current();
+        self.current_index = index;
+    }
+
+    fn flush_current(&mut self) {
+        if self.current_calls == 0 {
+            return;
+        }
+        let mut bytes = Vec::new();
+        // Serializing an in-range u64 histogram into a Vec cannot fail; if it ever did, the
+        // interval would be kept without its histogram rather than abort the run.
+        let _ = V2Serializer::new().serialize(&self.current, &mut bytes);
+        self.intervals.push(SavedInterval {
+            index: self.current_index,
+            calls: self.current_calls,
+            errors: self.current_errors,
+            histogram: bytes,
+        });
+        self.current.reset();
+        self.current_calls = 0;
+        self.current_errors = 0;
+    }
+
+    /// Ends recording: the interval in progress is saved.
+    pub fn finish(&mut self) {
+        self.flush_current();
+    }
+}
+
+/// One interval of the merged series, already summarized and encoded: merging holds one
+/// interval histogram at a time, so memory does not grow with the run's length.
+#[derive(Debug)]
+pub struct MergedInterval {
+    /// Interval number.
+    pub index: u64,
+    /// Calls completed.
+    pub calls: u64,
+    /// Of which failed.
+    pub errors: u64,
+    /// Latency percentiles over every worker.
+    pub latency: LatencySummary,
+    /// The merged histogram, base64 V2 deflate (empty if it could not be encoded).
+    pub histogram: String,
+}
+
+/// The workers' recorders merged.
+#[derive(Debug)]
+pub struct Merged {
+    /// Call latency.
+    pub latency: Histogram<u64>,
+    /// Service time (open loop).
+    pub service: Option<Histogram<u64>>,
+    /// Generator lag (open loop).
+    pub lag: Option<Histogram<u64>>,
+    /// Per-message latency (streams).
+    pub message: Option<Histogram<u64>>,
+    /// Completed calls by status code.
+    pub status: [u64; 17],
+    /// Stream messages sent.
+    pub messages_sent: u64,
+    /// Stream messages received.
+    pub messages_received: u64,
+    /// Calls that waited for a free caller.
+    pub backpressured: u64,
+    /// When the last call completed.
+    pub last_done: Option<Instant>,
+    /// The interval series, in order.
+    pub intervals: Vec<MergedInterval>,
+}
+
+fn add(into: &mut Option<Histogram<u64>>, from: Option<Histogram<u64>>) {
+    match (into.as_mut(), from) {
+        // Same bounds on both sides: `add` cannot fail.
+        (Some(a), Some(b)) => {
+            let _ = a.add(&b);
+        }
+        (None, Some(b)) => *into = Some(b),
+        _ => {}
+    }
+}
+
+/// Merges recorders without loss (histograms added bucket by bucket).
+pub fn merge(recorders: Vec<Recorder>) -> Merged {
+    let mut m = Merged {
+        latency: latency_histogram(),
+        service: None,
+        lag: None,
+        message: None,
+        status: [0; 17],
+        messages_sent: 0,
+        messages_received: 0,
+        backpressured: 0,
+        last_done: None,
+        intervals: Vec::new(),
+    };
+    let mut saved: Vec<SavedInterval> = Vec::new();
+    for mut r in recorders {
+        r.finish();
+        let _ = m.latency.add(&r.latency);
+        add(&mut m.service, r.service);
+        add(&mut m.lag, r.lag);
+        add(&mut m.message, r.message);
+        for (a, b) in m.status.iter_mut().zip(r.status) {
+            *a += b;
+        }
+        m.messages_sent += r.messages_sent;
+        m.messages_received += r.messages_received;
+        m.backpressured += r.backpressured;
+        m.last_done = m.last_done.max(r.last_done);
+        saved.append(&mut r.intervals);
+    }
+    // One interval at a time: every worker's piece of it added into one reused histogram.
+    saved.sort_by_key(|iv| iv.index);
+    let mut de = Deserializer::new();
+    let mut current = latency_histogram();
+    let mut i = 0;
+    while i < saved.len() {
+        let index = saved[i].index;
+        let (mut calls, mut errors) = (0, 0);
+        current.reset();
+        while i < saved.len() && saved[i].index == index {
+            let iv = &saved[i];
+            calls += iv.calls;
+            errors += iv.errors;
+            if let Ok(h) = de.deserialize::<u64, _>(&mut iv.histogram.as_slice()) {
+                let _ = current.add(&h);
+            }
+            i += 1;
+        }
+        m.intervals.push(MergedInterval {
+            index,
+            calls,
+            errors,
+            latency: summarize(&current),
+            histogram: encode(&current).unwrap_or_default(),
+        });
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_is_lossless_and_intervals_line_up() {
+        let t0 = Instant::now();
+        let mut a = Recorder::new(t0, true, false);
+        let mut b = Recorder::new(t0, true, false);
+        for i in 0..3000u64 {
+            let done = t0 + Duration::from_millis(i);
+            a.call(
+                Duration::from_micros(i),
+                Some(Duration::from_micros(1)),
+                Code::Ok,
+                done,
+            );
+            b.call(Duration::from_micros(7), None, Code::Unavailable, done);
+            a.lag(Duration::from_nanos(i));
+        }
+        let m = merge(vec![a, b]);
+        assert_eq!(m.latency.len(), 6000);
+        assert_eq!(m.status[0], 3000);
+        assert_eq!(m.status[Code::Unavailable.as_u32() as usize], 3000);
+        assert_eq!(m.service.as_ref().unwrap().len(), 3000);
+        assert_eq!(m.lag.as_ref().unwrap().len(), 3000);
+        assert_eq!(m.intervals.len(), 3);
+        for (i, iv) in m.intervals.iter().enumerate() {
+            assert_eq!(iv.index, i as u64);
+            assert_eq!(iv.calls, 2000);
+            assert_eq!(iv.errors, 1000);
+            assert_eq!(iv.latency.count, 2000);
+            assert!(!iv.histogram.is_empty());
+        }
+        // The whole is the sum of the intervals.
+        let total: u64 = m.intervals.iter().map(|i| i.latency.count).sum();
+        assert_eq!(total, m.latency.len());
+    }
+}

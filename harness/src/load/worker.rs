@@ -1,0 +1,624 @@
+//! One load worker: an OS thread with a single-threaded tokio runtime (no cross-thread
+//! wake-ups), its share of the connections and callers, and its own [`Recorder`].
+//!
+//! Closed loop: each caller calls, waits, records, calls again. Open loop: a dispatcher walks
+//! the schedule and hands each due request to an idle caller; latency runs from the
+//! intended start, service time from the actual start, and the generator's lag (actual start
+//! minus the later of the intended start and the moment a caller was free) is recorded
+//! beside them.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::time::{ClockId, clock_gettime};
+use tokio::sync::Notify;
+use wirebench_scenarios::load::{LoadSpec, Mode};
+use wirebench_transports::registry::AnyConnection;
+use wirebench_transports::{
+    AnyTransport, CallOptions, CallReceiver, CallSender, ClientConfig, Code, Connection,
+    EchoRequest, Method, Transport, WireBytes, pattern,
+};
+
+use super::pacer::Pacer;
+use super::recorder::Recorder;
+use super::schedule::Starts;
+use crate::affinity::{CpusSeen, current_cpu, pin_current_thread};
+
+/// What one worker is asked to do.
+#[derive(Debug)]
+pub struct WorkerPlan {
+    /// Worker number.
+    pub index: u32,
+    /// Workers in total.
+    pub workers: u32,
+    /// The run.
+    pub spec: Arc<LoadSpec>,
+    /// The transport.
+    pub transport: AnyTransport,
+    /// Where to connect.
+    pub endpoint: String,
+    /// Client configuration.
+    pub client: ClientConfig,
+    /// Connections of this worker.
+    pub connections: u32,
+    /// Callers (calls in flight at most) of this worker.
+    pub callers: u32,
+    /// Calls this worker measures in a request-count run.
+    pub requests: Option<u64>,
+    /// CPU to pin this worker's thread to.
+    pub pin: Option<usize>,
+    /// Set on Ctrl-C: stop starting calls.
+    pub interrupted: Arc<AtomicBool>,
+    /// How long to wait for calls still in flight once the run ends.
+    pub drain: Duration,
+}
+
+/// When to run, sent once every worker is connected.
+#[derive(Clone, Copy, Debug)]
+pub struct Start {
+    /// Start of the warm-up.
+    pub t0: Instant,
+    /// Start of the measured phase.
+    pub measure_start: Instant,
+    /// End of the measured phase in a duration run.
+    pub end: Option<Instant>,
+}
+
+/// What one worker measured.
+#[derive(Debug)]
+pub struct WorkerOutput {
+    /// Its recorder.
+    pub recorder: Recorder,
+    /// Measured calls still unanswered when the worker gave up waiting.
+    pub incomplete: u64,
+    /// Bytes its connections moved during the measured phase.
+    pub wire: Option<WireBytes>,
+    /// Fraction of the measured phase its thread was on a CPU.
+    pub busy: f64,
+    /// CPUs its thread ran on.
+    pub cpus: CpusSeen,
+}
+
+/// A worker's failure.
+pub type WorkerError = String;
+
+fn thread_cpu() -> Duration {
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).map_or(Duration::ZERO, Duration::from)
+}
+
+/// Runs a worker on the current thread: connects, reports readiness on `ready`, waits for
+/// `start`, runs, returns what it measured.
+pub fn run_worker(
+    plan: WorkerPlan,
+    ready: std::sync::mpsc::Sender<Result<(), WorkerError>>,
+    start: std::sync::mpsc::Receiver<Option<Start>>,
+) -> Result<WorkerOutput, WorkerError> {
+    if let Some(cpu) = plan.pin {
+        pin_current_thread(cpu)?;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting worker runtime: {e}"))?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let mut conns = Vec::with_capacity(plan.connections as usize);
+        for _ in 0..plan.connections {
+            match plan.transport.connect(&plan.client, &plan.endpoint).await {
+                Ok(c) => conns.push(c),
+                Err(e) => {
+                    let msg = format!(
+                        "cannot connect to {} endpoint {}: {e}",
+                        plan.transport.name(),
+                        plan.endpoint
+                    );
+                    let _ = ready.send(Err(msg.clone()));
+                    return Err(msg);
+                }
+            }
+        }
+        let _ = ready.send(Ok(()));
+        // The coordinator answers once every worker is connected (None: abort).
+        let start = tokio::task::spawn_blocking(move || start.recv().ok().flatten())
+            .await
+            .ok()
+            .flatten();
+        let Some(start) = start else {
+            for c in &conns {
+                c.close().await;
+            }
+            return Err("aborted before start".to_owned());
+        };
+        let out = drive(plan, conns, start).await;
+        Ok(out)
+    })
+}
+
+struct Shared {
+    spec: Arc<LoadSpec>,
+    conns: Vec<AnyConnection>,
+    request: EchoRequest,
+    stalled_request: EchoRequest,
+    options: CallOptions,
+    rec: RefCell<Recorder>,
+    measure_start: Instant,
+    end: Option<Instant>,
+    /// Measured calls still to start (request-count runs).
+    remaining: Cell<Option<u64>>,
+    /// When the stall is due (taken by the first call at or after it).
+    stall_at: Cell<Option<Instant>>,
+    /// When admission closed (the run's nominal end).
+    closed_at: Cell<Option<Instant>>,
+    interrupted: Arc<AtomicBool>,
+    /// Measured calls in flight.
+    in_flight: Cell<u64>,
+    /// Callers still running (closed loop).
+    active: Cell<u32>,
+    changed: Notify,
+}
+
+impl Shared {
+    /// May a call intended (or starting) at `t` start?
+    fn admit(&self, t: Instant) -> bool {
+        if self.closed_at.get().is_some() {
+            return false;
+        }
+        let ok = !self.interrupted.load(Ordering::Relaxed)
+            && self.end.is_none_or(|e| t < e)
+            && (t < self.measure_start
+                || match self.remaining.get() {
+                    None => true,
+                    Some(0) => false,
+                    Some(n) => {
+                        self.remaining.set(Some(n - 1));
+                        true
+                    }
+                });
+        if !ok {
+            self.closed_at.set(Some(Instant::now()));
+            self.changed.notify_waiters();
+        }
+        ok
+    }
+
+    /// Closes admission once the nominal end passed or the user interrupted, even while every
+    /// caller is stuck in a call (so the drain timer starts).
+    fn check_close(&self) {
+        if self.closed_at.get().is_none() {
+            let now = Instant::now();
+            if self.interrupted.load(Ordering::Relaxed) {
+                self.closed_at.set(Some(now));
+            } else if let Some(e) = self.end
+                && now >= e
+            {
+                self.closed_at.set(Some(e));
+            }
+        }
+    }
+
+    fn take_stall(&self, t: Instant) -> bool {
+        match self.stall_at.get() {
+            Some(at) if t >= at => {
+                self.stall_at.set(None);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+struct CallResult {
+    code: Code,
+    sent: u64,
+    received: u64,
+}
+
+/// One call of the run's method, recording per-message latency when `measured`.
+async fn call(sh: &Shared, conn: &AnyConnection, measured: bool, stall: bool) -> CallResult {
+    let req = if stall {
+        sh.stalled_request.clone()
+    } else {
+        sh.request.clone()
+    };
+    let method = sh.spec.method;
+    let messages = u64::from(sh.spec.messages);
+    if method == Method::Unary {
+        let code = match conn.unary(req, &sh.options).await {
+            Ok(_) => Code::Ok,
+            Err(s) => s.code(),
+        };
+        return CallResult {
+            code,
+            sent: 0,
+            received: 0,
+        };
+    }
+    let mut r = CallResult {
+        code: Code::Ok,
+        sent: 0,
+        received: 0,
+    };
+    let (mut tx, mut rx) = match conn.open(method, &sh.options).await {
+        Ok(halves) => halves,
+        Err(s) => {
+            r.code = s.code();
+            return r;
+        }
+    };
+    let note = |d: Duration| {
+        if measured {
+            sh.rec.borrow_mut().message(d);
+        }
+    };
+    let outcome: Result<(), wirebench_transports::Status> = async {
+        match method {
+            Method::ServerStream => {
+                let mut last = Instant::now();
+                tx.send(req).await?;
+                r.sent += 1;
+                tx.close_send().await?;
+                while rx.recv().await?.is_some() {
+                    let now = Instant::now();
+                    note(now - last);
+                    last = now;
+                    r.received += 1;
+                }
+            }
+            Method::ClientStream => {
+                for _ in 0..messages {
+                    tx.send(req.clone()).await?;
+                    r.sent += 1;
+                }
+                tx.close_send().await?;
+                while rx.recv().await?.is_some() {
+                    r.received += 1;
+                }
+            }
+            _ => {
+                for _ in 0..messages {
+                    let t = Instant::now();
+                    tx.send(req.clone()).await?;
+                    r.sent += 1;
+                    if rx.recv().await?.is_none() {
+                        return Err(wirebench_transports::Status::internal(
+                            "bidi call ended before answering a request",
+                        ));
+                    }
+                    note(t.elapsed());
+                    r.received += 1;
+                }
+                tx.close_send().await?;
+                while rx.recv().await?.is_some() {
+                    r.received += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(s) = outcome {
+        r.code = s.code();
+    }
+    r
+}
+
+fn finish_call(
+    sh: &Shared,
+    measured: bool,
+    r: &CallResult,
+    latency: Duration,
+    service: Option<Duration>,
+    done: Instant,
+) {
+    if measured {
+        let mut rec = sh.rec.borrow_mut();
+        rec.call(latency, service, r.code, done);
+        rec.messages_sent += r.sent;
+        rec.messages_received += r.received;
+        sh.in_flight.set(sh.in_flight.get() - 1);
+    }
+}
+
+async fn closed_caller(sh: Rc<Shared>, conn: usize) {
+    loop {
+        let start = Instant::now();
+        if !sh.admit(start) {
+            break;
+        }
+        let measured = start >= sh.measure_start;
+        if measured {
+            sh.in_flight.set(sh.in_flight.get() + 1);
+        }
+        let stall = measured && sh.take_stall(start);
+        let r = call(&sh, &sh.conns[conn], measured, stall).await;
+        let done = Instant::now();
+        finish_call(&sh, measured, &r, done - start, None, done);
+        // A call that completes without waiting (inproc) never yields: spend tokio's
+        // cooperative budget so the other callers and the snapshot task get their turn.
+        tokio::task::coop::consume_budget().await;
+    }
+    sh.active.set(sh.active.get() - 1);
+    sh.changed.notify_waiters();
+}
+
+#[derive(Clone, Copy)]
+struct Ticket {
+    intended: Instant,
+    /// When a caller was free for it (the later of this and `intended` starts the lag).
+    ready: Instant,
+    measured: bool,
+    stall: bool,
+}
+
+struct Slot {
+    ticket: Cell<Option<Ticket>>,
+    go: Notify,
+}
+
+struct Pool {
+    slots: Vec<Slot>,
+    /// Idle callers, each with the moment it became idle, longest idle first.
+    free: RefCell<std::collections::VecDeque<(usize, Instant)>>,
+    freed: Notify,
+}
+
+async fn open_caller(sh: Rc<Shared>, pool: Rc<Pool>, me: usize, conn: usize) {
+    loop {
+        pool.slots[me].go.notified().await;
+        let Some(t) = pool.slots[me].ticket.take() else {
+            return;
+        };
+        let start = Instant::now();
+        if t.measured {
+            sh.rec
+                .borrow_mut()
+                .lag(start.saturating_duration_since(t.intended.max(t.ready)));
+        }
+        let r = call(&sh, &sh.conns[conn], t.measured, t.stall).await;
+        let done = Instant::now();
+        finish_call(
+            &sh,
+            t.measured,
+            &r,
+            done - t.intended,
+            Some(done - start),
+            done,
+        );
+        pool.free.borrow_mut().push_back((me, Instant::now()));
+        pool.freed.notify_one();
+    }
+}
+
+async fn dispatcher(
+    sh: Rc<Shared>,
+    pool: Rc<Pool>,
+    mut starts: Starts,
+    t0: Instant,
+) -> std::io::Result<()> {
+    let pacer = Pacer::new()?;
+    loop {
+        let intended = t0 + starts.next_offset();
+        if !sh.admit(intended) {
+            return Ok(());
+        }
+        // The caller's idle-since time tells whether the request had to wait for it
+        // (backpressure from the system under test) or was late by the generator's fault.
+        let (slot, ready) = loop {
+            if let Some(free) = pool.free.borrow_mut().pop_front() {
+                break free;
+            }
+            pool.freed.notified().await;
+        };
+        pacer.sleep_until(intended).await?;
+        let measured = intended >= sh.measure_start;
+        if measured {
+            sh.in_flight.set(sh.in_flight.get() + 1);
+            if ready > intended {
+                sh.rec.borrow_mut().backpressured += 1;
+            }
+        }
+        let stall = measured && sh.take_stall(intended);
+        pool.slots[slot].ticket.set(Some(Ticket {
+            intended,
+            ready,
+            measured,
+            stall,
+        }));
+        pool.slots[slot].go.notify_one();
+        // When behind schedule nothing above waits: let the callers run.
+        tokio::task::coop::consume_budget().await;
+    }
+}
+
+/// Wire bytes, the thread's CPU time and the wall clock at the start of the measured phase.
+type Snapshot = (Option<WireBytes>, Duration, Instant);
+
+fn wire_total(conns: &[AnyConnection]) -> Option<WireBytes> {
+    let mut total = WireBytes::default();
+    for c in conns {
+        let w = c.wire_bytes()?;
+        total.sent += w.sent;
+        total.received += w.received;
+    }
+    Some(total)
+}
+
+async fn drive(plan: WorkerPlan, conns: Vec<AnyConnection>, start: Start) -> WorkerOutput {
+    let spec = plan.spec.clone();
+    let streams = spec.method != Method::Unary;
+    let open_loop = matches!(spec.mode, Mode::Open { .. });
+    let mut request = EchoRequest::new(pattern(spec.payload));
+    request.directives.response_size = spec.response_size.map(|s| s as u32);
+    if spec.method == Method::ServerStream {
+        request.directives.response_count = Some(spec.messages);
+    }
+    let mut stalled_request = request.clone();
+    if let Some(s) = spec.stall {
+        stalled_request.directives.delay = s.duration;
+    }
+    let sh = Rc::new(Shared {
+        spec: spec.clone(),
+        conns,
+        request,
+        stalled_request,
+        options: CallOptions {
+            timeout: spec.timeout,
+            ..CallOptions::default()
+        },
+        rec: RefCell::new(Recorder::new(start.measure_start, open_loop, streams)),
+        measure_start: start.measure_start,
+        end: start.end,
+        remaining: Cell::new(plan.requests),
+        // Only worker 0 stalls, so a run stalls exactly once.
+        stall_at: Cell::new(
+            spec.stall
+                .filter(|_| plan.index == 0)
+                .map(|s| start.measure_start + s.at),
+        ),
+        closed_at: Cell::new(None),
+        interrupted: plan.interrupted.clone(),
+        in_flight: Cell::new(0),
+        active: Cell::new(0),
+        changed: Notify::new(),
+    });
+    tokio::time::sleep_until(start.t0.into()).await;
+
+    // Snapshots at the start of the measured phase, and CPU placement while running.
+    let snap: Rc<Cell<Option<Snapshot>>> = Rc::new(Cell::new(None));
+    let cpus = Rc::new(RefCell::new(CpusSeen::default()));
+    let done_flag = Rc::new(Cell::new(false));
+    {
+        let (sh, snap, cpus, done_flag) =
+            (sh.clone(), snap.clone(), cpus.clone(), done_flag.clone());
+        tokio::task::spawn_local(async move {
+            tokio::time::sleep_until(sh.measure_start.into()).await;
+            snap.set(Some((wire_total(&sh.conns), thread_cpu(), Instant::now())));
+            while !done_flag.get() {
+                cpus.borrow_mut().note(current_cpu());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
+
+    let callers = plan.callers.max(1) as usize;
+    let nconn = sh.conns.len().max(1);
+    let mut incomplete = 0;
+    match &spec.mode {
+        Mode::Closed { .. } => {
+            sh.active.set(callers as u32);
+            for i in 0..callers {
+                tokio::task::spawn_local(closed_caller(sh.clone(), i % nconn));
+            }
+            incomplete = wait_drained(&sh, plan.drain, || sh.active.get() == 0).await;
+        }
+        Mode::Open { rate, schedule, .. } => {
+            let pool = Rc::new(Pool {
+                slots: (0..callers)
+                    .map(|_| Slot {
+                        ticket: Cell::new(None),
+                        go: Notify::new(),
+                    })
+                    .collect(),
+                free: RefCell::new((0..callers).map(|i| (i, start.t0)).collect()),
+                freed: Notify::new(),
+            });
+            for i in 0..callers {
+                tokio::task::spawn_local(open_caller(sh.clone(), pool.clone(), i, i % nconn));
+            }
+            let starts = Starts::new(*schedule, *rate, plan.index, plan.workers, spec.seed);
+            if let Err(e) = dispatcher(sh.clone(), pool.clone(), starts, start.t0).await {
+                tracing::error!("open-loop pacer failed: {e}");
+                sh.closed_at.set(Some(Instant::now()));
+            }
+            let pool2 = pool.clone();
+            let drained = wait_until(&sh, &pool.freed, plan.drain, move || {
+                pool2.free.borrow().len() == callers
+            })
+            .await;
+            if !drained {
+                incomplete = sh.in_flight.get();
+            }
+            // Wake every caller with no ticket: they return.
+            for s in &pool.slots {
+                s.ticket.set(None);
+                s.go.notify_one();
+            }
+        }
+    }
+    done_flag.set(true);
+    let end_wall = Instant::now();
+    let end_cpu = thread_cpu();
+    let end_wire = wire_total(&sh.conns);
+    let (busy, wire) = match snap.take() {
+        Some((w0, c0, t0)) => {
+            let wall = end_wall.saturating_duration_since(t0).as_secs_f64();
+            let busy = if wall > 0.0 {
+                (end_cpu.saturating_sub(c0)).as_secs_f64() / wall
+            } else {
+                0.0
+            };
+            let wire = match (w0, end_wire) {
+                (Some(a), Some(b)) => Some(WireBytes {
+                    sent: b.sent.saturating_sub(a.sent),
+                    received: b.received.saturating_sub(a.received),
+                }),
+                _ => None,
+            };
+            (busy, wire)
+        }
+        None => (0.0, None),
+    };
+    for c in &sh.conns {
+        c.close().await;
+    }
+    let cpus = cpus.borrow().clone();
+    let recorder = std::mem::replace(
+        &mut *sh.rec.borrow_mut(),
+        Recorder::new(start.measure_start, false, false),
+    );
+    WorkerOutput {
+        recorder,
+        incomplete,
+        wire,
+        busy,
+        cpus,
+    }
+}
+
+/// Closed loop: waits until every caller returned, giving up `drain` after admission closed;
+/// returns the measured calls left unanswered.
+async fn wait_drained(sh: &Rc<Shared>, drain: Duration, done: impl Fn() -> bool) -> u64 {
+    if wait_until(sh, &sh.changed, drain, done).await {
+        0
+    } else {
+        sh.in_flight.get()
+    }
+}
+
+/// Waits until `done()` holds, woken by `notify`; gives up `drain` after admission closed.
+async fn wait_until(
+    sh: &Rc<Shared>,
+    notify: &Notify,
+    drain: Duration,
+    done: impl Fn() -> bool,
+) -> bool {
+    loop {
+        if done() {
+            return true;
+        }
+        sh.check_close();
+        let limit = match sh.closed_at.get() {
+            Some(c) => c + drain,
+            // Admission still open: check again at least every 100 ms (the nominal end or
+            // an interruption closes it without a notification to this waiter).
+            None => Instant::now() + Duration::from_millis(100),
+        };
+        if sh.closed_at.get().is_some() && Instant::now() >= limit {
+            return done();
+        }
+        let _ = tokio::time::timeout_at(limit.into(), notify.notified()).await;
+    }
+}

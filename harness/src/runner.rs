@@ -1,0 +1,615 @@
+//! One load point against one transport, start to finish: place the server (a child
+//! process, in-process when the transport cannot leave the process, or an external
+//! `--target`), run the engine, account CPU and memory on both sides from `/proc`, judge
+//! validity, and build the saved [`RunRecord`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use wirebench_reports::histogram::{encode, summarize};
+use wirebench_reports::results::{
+    IntervalRecord, ProcessUsage, RunHistograms, RunParams, RunRecord, RunSummary, ServerInfo,
+    Validity, WireTotals,
+};
+use wirebench_scenarios::load::{Length, LoadSpec, Mode};
+use wirebench_scenarios::suite::ValiditySpec;
+use wirebench_transports::registry::AnyServer;
+use wirebench_transports::transport::Options;
+use wirebench_transports::{
+    AnyTransport, Capability, ClientConfig, Code, Echo, Server, ServerConfig, Transport,
+};
+
+use crate::affinity::{CpusSeen, Pin};
+use crate::child::{ChildServer, ServerCommand};
+use crate::exit::bad_input;
+use crate::load::{self, EngineOptions, Hooks, LoadError, Target};
+use crate::procfs::{self, CpuTimes, CpuWatcher};
+
+/// Everything about how to run a load point besides the point itself.
+#[derive(Clone, Debug)]
+pub struct RunContext {
+    /// CPU placement.
+    pub pin: Pin,
+    /// Validity thresholds.
+    pub validity: ValiditySpec,
+    /// Set on Ctrl-C.
+    pub interrupted: Arc<AtomicBool>,
+    /// How long a server child may take to become ready.
+    pub ready_timeout: Duration,
+    /// Drive this already-running server instead of starting one.
+    pub target: Option<String>,
+    /// The external server's pid, to read its CPU and memory.
+    pub target_pid: Option<u32>,
+    /// Start the server with this shell command instead of `wirebench serve`.
+    pub server_cmd: Option<String>,
+    /// Server runtime threads (`wirebench serve --threads`).
+    pub server_threads: Option<u32>,
+    /// Client options per transport.
+    pub client_options: BTreeMap<String, BTreeMap<String, String>>,
+    /// Server options per transport.
+    pub server_options: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl Default for RunContext {
+    fn default() -> RunContext {
+        RunContext {
+            pin: Pin::None,
+            validity: ValiditySpec::default(),
+            interrupted: Arc::new(AtomicBool::new(false)),
+            ready_timeout: Duration::from_secs(10),
+            target: None,
+            target_pid: None,
+            server_cmd: None,
+            server_threads: None,
+            client_options: BTreeMap::new(),
+            server_options: BTreeMap::new(),
+        }
+    }
+}
+
+/// Where the server of a run lives while it runs.
+enum Placement {
+    Child(ChildServer),
+    InProcess {
+        rt: tokio::runtime::Runtime,
+        server: Option<AnyServer>,
+        reason: String,
+    },
+    External,
+}
+
+impl Drop for Placement {
+    fn drop(&mut self) {
+        if let Placement::InProcess { rt, server, .. } = self
+            && let Some(s) = server.take()
+        {
+            rt.block_on(s.shutdown());
+        }
+    }
+}
+
+fn options(map: Option<&BTreeMap<String, String>>) -> Options {
+    let mut o = Options::new();
+    for (k, v) in map.into_iter().flatten() {
+        o.set(k.clone(), v.clone());
+    }
+    o
+}
+
+fn start_server(
+    transport: AnyTransport,
+    ctx: &RunContext,
+) -> Result<(Placement, ServerInfo, String)> {
+    let name = transport.name();
+    if let Some(target) = &ctx.target {
+        let info = ServerInfo {
+            placement: "external".into(),
+            endpoint: target.clone(),
+            pid: ctx.target_pid,
+            note: Some(match ctx.target_pid {
+                Some(_) => "an already-running server (--target); CPU and memory read from \
+                            --target-pid"
+                    .into(),
+                None => "an already-running server (--target): its CPU and memory are not \
+                         measured (pass --target-pid to read them)"
+                    .into(),
+            }),
+        };
+        return Ok((Placement::External, info, target.clone()));
+    }
+    if let Some(reason) = transport.capabilities().gap(Capability::OutOfProcess) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(format!("{name}-server"))
+            .enable_all()
+            .build()
+            .context("starting the in-process server runtime")?;
+        let config = ServerConfig {
+            listen: "127.0.0.1:0".into(),
+            options: options(ctx.server_options.get(name)),
+            tls: None,
+        };
+        let server = rt
+            .block_on(transport.serve(&config, Arc::new(Echo::default())))
+            .map_err(|e| bad_input(format!("cannot serve {name}: {e}")))?;
+        let endpoint = server.endpoint();
+        let info = ServerInfo {
+            placement: "in-process".into(),
+            endpoint: endpoint.clone(),
+            pid: Some(std::process::id()),
+            note: Some(format!(
+                "the server runs inside the load generator ({reason}); client CPU and memory \
+                 include the server's"
+            )),
+        };
+        return Ok((
+            Placement::InProcess {
+                rt,
+                server: Some(server),
+                reason: reason.to_owned(),
+            },
+            info,
+            endpoint,
+        ));
+    }
+    let cmd = match &ctx.server_cmd {
+        Some(c) => ServerCommand::Shell {
+            command: c.clone(),
+            transport: name.to_owned(),
+        },
+        None => ServerCommand::Serve {
+            transport: name.to_owned(),
+            options: ctx.server_options.get(name).cloned().unwrap_or_default(),
+            threads: ctx.server_threads,
+            cpu: ctx.pin.cpus().map(|(_, s)| s),
+        },
+    };
+    let child = ChildServer::spawn(&cmd, ctx.ready_timeout).map_err(|e| {
+        // A user's own server command that fails is bad input; our own server failing is
+        // the harness's failure.
+        if ctx.server_cmd.is_some() {
+            bad_input(e.to_string())
+        } else {
+            anyhow!(e)
+        }
+    })?;
+    let endpoint = child.ready.endpoint.clone();
+    let info = ServerInfo {
+        placement: "child".into(),
+        endpoint: endpoint.clone(),
+        pid: Some(child.pid()),
+        note: Some(format!("`{}`", child.command())),
+    };
+    Ok((Placement::Child(child), info, endpoint))
+}
+
+/// Snapshots of both processes at the edges of the measured phase.
+struct Accounting {
+    client_pid: u32,
+    server_pid: Option<u32>,
+    client_start: Option<CpuTimes>,
+    server_start: Option<CpuTimes>,
+    client_end: Option<CpuTimes>,
+    server_end: Option<CpuTimes>,
+}
+
+impl Hooks for Accounting {
+    fn measure_start(&mut self) {
+        self.client_start = procfs::cpu_times(self.client_pid).ok();
+        self.server_start = self.server_pid.and_then(|p| procfs::cpu_times(p).ok());
+    }
+
+    fn measure_end(&mut self) {
+        self.client_end = procfs::cpu_times(self.client_pid).ok();
+        self.server_end = self.server_pid.and_then(|p| procfs::cpu_times(p).ok());
+    }
+}
+
+fn usage(
+    start: Option<CpuTimes>,
+    end: Option<CpuTimes>,
+    calls: u64,
+    peak: Option<u64>,
+    cpus: &CpusSeen,
+    note: Option<String>,
+) -> Option<ProcessUsage> {
+    let used = end?.since(start?);
+    Some(ProcessUsage {
+        user_s: used.user.as_secs_f64(),
+        system_s: used.system.as_secs_f64(),
+        cpu_us_per_call: if calls > 0 {
+            used.total().as_secs_f64() * 1e6 / calls as f64
+        } else {
+            0.0
+        },
+        peak_rss_bytes: peak,
+        cpus: cpus.0.clone(),
+        note,
+    })
+}
+
+/// The saved parameters of a run.
+pub fn params(spec: &LoadSpec, pin: Pin, transport: &str, ctx: &RunContext) -> RunParams {
+    let (concurrency, rate, schedule, max_in_flight) = match &spec.mode {
+        Mode::Closed { concurrency } => (Some(*concurrency), None, None, None),
+        Mode::Open {
+            rate,
+            schedule,
+            max_in_flight,
+        } => (
+            None,
+            Some(*rate),
+            Some(schedule.name().to_owned()),
+            Some(*max_in_flight),
+        ),
+    };
+    RunParams {
+        method: spec.method.name().into(),
+        mode: if concurrency.is_some() {
+            "closed"
+        } else {
+            "open"
+        }
+        .into(),
+        concurrency,
+        rate,
+        schedule,
+        max_in_flight,
+        connections: spec.connections,
+        workers: spec.workers,
+        payload_bytes: spec.payload as u64,
+        response_bytes: spec.response_size.map(|s| s as u64),
+        messages_per_call: spec.messages,
+        warmup_s: spec.warmup.as_secs_f64(),
+        duration_s: match spec.length {
+            Length::Duration(d) => Some(d.as_secs_f64()),
+            Length::Requests(_) => None,
+        },
+        requests: match spec.length {
+            Length::Requests(n) => Some(n),
+            Length::Duration(_) => None,
+        },
+        seed: spec.seed,
+        timeout_s: spec.timeout.map(|t| t.as_secs_f64()),
+        stall_at_s: spec.stall.map(|s| s.at.as_secs_f64()),
+        stall_for_s: spec.stall.map(|s| s.duration.as_secs_f64()),
+        pin: format!("{pin:?}").to_lowercase(),
+        client_options: ctx
+            .client_options
+            .get(transport)
+            .cloned()
+            .unwrap_or_default(),
+        server_options: ctx
+            .server_options
+            .get(transport)
+            .cloned()
+            .unwrap_or_default(),
+    }
+}
+
+/// Runs one load point against one transport and returns its record.
+pub fn run_point(transport: AnyTransport, spec: &LoadSpec, ctx: &RunContext) -> Result<RunRecord> {
+    spec.validate()
+        .map_err(|e| bad_input(format!("load point {:?}: {e}", spec.name)))?;
+    let name = transport.name();
+    let me = std::process::id();
+    let peak_reset = procfs::reset_peak_rss(me);
+    let (placement, server_info, endpoint) = start_server(transport, ctx)?;
+    let server_pid = match &placement {
+        Placement::Child(c) => Some(c.pid()),
+        Placement::External => ctx.target_pid,
+        Placement::InProcess { .. } => None,
+    };
+    let target = Target {
+        transport,
+        endpoint: endpoint.clone(),
+        client: ClientConfig {
+            options: options(ctx.client_options.get(name)),
+            ..ClientConfig::default()
+        },
+    };
+    let engine = EngineOptions {
+        cpus: ctx.pin.cpus().map(|(c, _)| vec![c]),
+        interrupted: ctx.interrupted.clone(),
+        ..EngineOptions::default()
+    };
+    let mut acct = Accounting {
+        client_pid: me,
+        server_pid,
+        client_start: None,
+        server_start: None,
+        client_end: None,
+        server_end: None,
+    };
+    let watcher = CpuWatcher::start(server_pid.into_iter().collect());
+    let outcome = load::run(spec, &target, &engine, &mut acct);
+    let server_cpus = watcher.stop().into_iter().next().unwrap_or_default();
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(LoadError::Connect(e)) if ctx.target.is_some() => {
+            return Err(bad_input(format!("{e} (is the --target server running?)")));
+        }
+        Err(LoadError::Invalid(e)) => return Err(bad_input(e)),
+        Err(e) => return Err(anyhow!(e)),
+    };
+    let client_peak = procfs::peak_rss(me);
+    let server_peak = server_pid.and_then(procfs::peak_rss);
+    let in_process_reason = match &placement {
+        Placement::InProcess { reason, .. } => Some(reason.clone()),
+        _ => None,
+    };
+    drop(placement);
+
+    let m = &outcome.merged;
+    let calls = m.latency.len();
+    let ok = m.status[Code::Ok.as_u32() as usize];
+    let mut status_counts = BTreeMap::new();
+    for code in Code::ALL {
+        let n = m.status[code.as_u32() as usize];
+        if n > 0 {
+            status_counts.insert(code.as_str().to_owned(), n);
+        }
+    }
+    let elapsed = outcome.elapsed.as_secs_f64().max(1e-9);
+    let client = usage(
+        acct.client_start,
+        acct.client_end,
+        calls,
+        client_peak,
+        &outcome.client_cpus,
+        match (&in_process_reason, peak_reset) {
+            (Some(_), _) => Some("includes the in-process server".into()),
+            (None, false) => Some("peak RSS is the process's lifetime peak".into()),
+            (None, true) => None,
+        },
+    )
+    .unwrap_or_default();
+    let server = usage(
+        acct.server_start,
+        acct.server_end,
+        calls,
+        server_peak,
+        &server_cpus,
+        None,
+    );
+    let summary = RunSummary {
+        elapsed_s: elapsed,
+        calls,
+        ok,
+        errors: calls - ok,
+        incomplete: outcome.incomplete,
+        status_counts,
+        throughput_per_s: calls as f64 / elapsed,
+        messages_sent: m.messages_sent,
+        messages_received: m.messages_received,
+        messages_per_s: (m.messages_sent + m.messages_received) as f64 / elapsed,
+        latency: summarize(&m.latency),
+        service_time: m.service.as_ref().map(summarize),
+        generator_lag: m.lag.as_ref().map(summarize),
+        message_latency: m.message.as_ref().filter(|h| !h.is_empty()).map(summarize),
+        backpressured: m.backpressured,
+        bytes: outcome.wire.map(|w| WireTotals {
+            sent: w.sent,
+            received: w.received,
+            sent_per_call: w.sent as f64 / calls.max(1) as f64,
+            received_per_call: w.received as f64 / calls.max(1) as f64,
+        }),
+        client,
+        server,
+        worker_busy: outcome.worker_busy.clone(),
+    };
+    let validity = judge(
+        spec,
+        &summary,
+        &server_info,
+        in_process_reason.is_some(),
+        ctx,
+    );
+    let enc = |h: &hdrhistogram::Histogram<u64>| encode(h).map_err(|e| anyhow!(e));
+    let histograms = RunHistograms {
+        latency: enc(&m.latency)?,
+        service_time: m.service.as_ref().map(enc).transpose()?,
+        generator_lag: m.lag.as_ref().map(enc).transpose()?,
+        message_latency: m
+            .message
+            .as_ref()
+            .filter(|h| !h.is_empty())
+            .map(enc)
+            .transpose()?,
+    };
+    let intervals = m
+        .intervals
+        .iter()
+        .map(|iv| IntervalRecord {
+            start_s: iv.index as f64,
+            calls: iv.calls,
+            errors: iv.errors,
+            latency: iv.latency,
+            histogram: iv.histogram.clone(),
+        })
+        .collect();
+    Ok(RunRecord {
+        transport: name.to_owned(),
+        point: spec.name.clone(),
+        params: params(spec, ctx.pin, name, ctx),
+        server: server_info,
+        summary,
+        validity,
+        histograms,
+        intervals,
+    })
+}
+
+fn us(ns: u64) -> String {
+    format!("{:.1} µs", ns as f64 / 1e3)
+}
+
+/// Decides whether a run's numbers measure the transport, and says why not.
+pub fn judge(
+    spec: &LoadSpec,
+    s: &RunSummary,
+    server: &ServerInfo,
+    in_process: bool,
+    ctx: &RunContext,
+) -> Validity {
+    let mut reasons = Vec::new();
+    let mut notes = Vec::new();
+    if ctx.interrupted.load(std::sync::atomic::Ordering::Relaxed) {
+        reasons.push("interrupted by the user before the run completed".to_owned());
+    }
+    if s.calls == 0 {
+        reasons.push("no call completed".to_owned());
+    }
+    if let Some(lag) = &s.generator_lag {
+        let limit = ctx.validity.max_lag_p99;
+        if lag.p99_ns > limit.as_nanos() as u64 {
+            reasons.push(format!(
+                "generator lag p99 {} exceeds {}: the load generator fell behind its schedule",
+                us(lag.p99_ns),
+                us(limit.as_nanos() as u64)
+            ));
+        }
+    }
+    let busiest = s.worker_busy.iter().copied().fold(0.0f64, f64::max);
+    let open_loop = matches!(spec.mode, Mode::Open { .. });
+    if busiest >= ctx.validity.max_client_busy {
+        if in_process {
+            notes.push(format!(
+                "a client worker was on CPU {:.0}% of the time, but the server runs in the \
+                 same process and threads, so saturation is not judged",
+                busiest * 100.0
+            ));
+        } else if open_loop {
+            // The open-loop pacer yields through the last microseconds before each start,
+            // so busy time includes deliberate waiting; falling behind shows in the lag.
+            notes.push(format!(
+                "a client worker was on CPU {:.0}% of the time, pacing included; an open loop \
+                 is judged by its generator lag",
+                busiest * 100.0
+            ));
+        } else {
+            reasons.push(format!(
+                "a client worker thread was on CPU {:.0}% of the time (limit {:.0}%): the load \
+                 generator saturated its CPU",
+                busiest * 100.0,
+                ctx.validity.max_client_busy * 100.0
+            ));
+        }
+    }
+    if s.incomplete > 0 {
+        reasons.push(format!(
+            "{} calls were still unanswered when the run stopped waiting; they are missing \
+             from the histograms",
+            s.incomplete
+        ));
+    }
+    if s.errors > 0 {
+        notes.push(format!("{} of {} calls failed", s.errors, s.calls));
+    }
+    if s.backpressured > 0
+        && let Mode::Open { max_in_flight, .. } = spec.mode
+    {
+        notes.push(format!(
+            "{} calls waited for a free caller (max_in_flight {max_in_flight} reached); the \
+             wait is in their latency",
+            s.backpressured
+        ));
+    }
+    if cfg!(debug_assertions) {
+        notes.push("debug build: numbers are not representative".to_owned());
+    }
+    if server.placement == "external" && server.pid.is_none() {
+        notes.push("external server: its CPU and memory are not measured".to_owned());
+    }
+    Validity {
+        valid: reasons.is_empty(),
+        reasons,
+        notes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wirebench_reports::results::LatencySummary;
+    use wirebench_scenarios::load::Schedule;
+
+    fn open() -> LoadSpec {
+        LoadSpec {
+            mode: Mode::Open {
+                rate: 100.0,
+                schedule: Schedule::Poisson,
+                max_in_flight: 4,
+            },
+            ..LoadSpec::default()
+        }
+    }
+
+    fn summary(lag_p99_us: u64, busy: f64) -> RunSummary {
+        RunSummary {
+            calls: 100,
+            ok: 100,
+            generator_lag: Some(LatencySummary {
+                p99_ns: lag_p99_us * 1000,
+                ..LatencySummary::default()
+            }),
+            worker_busy: vec![0.1, busy],
+            ..RunSummary::default()
+        }
+    }
+
+    fn child() -> ServerInfo {
+        ServerInfo {
+            placement: "child".into(),
+            pid: Some(1),
+            ..ServerInfo::default()
+        }
+    }
+
+    #[test]
+    fn lag_over_the_threshold_invalidates_an_open_loop() {
+        let ctx = RunContext::default();
+        let v = judge(&open(), &summary(100, 0.1), &child(), false, &ctx);
+        assert!(v.valid, "{v:?}");
+        let v = judge(&open(), &summary(5000, 0.1), &child(), false, &ctx);
+        assert!(!v.valid);
+        assert!(v.reasons[0].contains("generator lag p99"), "{v:?}");
+    }
+
+    #[test]
+    fn a_saturated_client_invalidates_a_closed_loop_only() {
+        let ctx = RunContext::default();
+        let closed = LoadSpec::default();
+        let mut s = summary(0, 0.99);
+        s.generator_lag = None;
+        let v = judge(&closed, &s, &child(), false, &ctx);
+        assert!(!v.valid);
+        assert!(v.reasons[0].contains("saturated"), "{v:?}");
+        // In-process servers share the client's threads: noted, not judged.
+        let v = judge(&closed, &s, &child(), true, &ctx);
+        assert!(v.valid && !v.notes.is_empty(), "{v:?}");
+        // Open loops are judged by their lag (busy time includes pacing).
+        let v = judge(&open(), &summary(10, 0.99), &child(), false, &ctx);
+        assert!(v.valid, "{v:?}");
+    }
+
+    #[test]
+    fn unanswered_calls_and_interruptions_invalidate() {
+        let ctx = RunContext::default();
+        let mut s = summary(10, 0.1);
+        s.incomplete = 3;
+        let v = judge(&open(), &s, &child(), false, &ctx);
+        assert!(!v.valid && v.reasons[0].contains("3 calls"), "{v:?}");
+        ctx.interrupted
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let v = judge(&open(), &summary(10, 0.1), &child(), false, &ctx);
+        assert!(!v.valid && v.reasons[0].contains("interrupted"), "{v:?}");
+        let mut s = summary(10, 0.1);
+        s.calls = 0;
+        let v = judge(&open(), &s, &child(), false, &RunContext::default());
+        assert!(!v.valid && v.reasons.iter().any(|r| r.contains("no call")));
+    }
+}

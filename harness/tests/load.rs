@@ -1,0 +1,204 @@
+//! The load engine against in-process servers: counts add up, streams count messages, and
+//! open-loop latency is corrected for a stalled server while service time is not. Nothing
+//! here asserts on the machine's speed: the stall test's bounds derive from the injected
+//! stall alone.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wirebench::load::{self, EngineOptions, NoHooks, Target};
+use wirebench_scenarios::load::{Length, LoadSpec, Mode, Schedule, Stall};
+use wirebench_transports::registry::AnyServer;
+use wirebench_transports::{
+    AnyTransport, ClientConfig, Code, Echo, Server, ServerConfig, Transport,
+};
+
+/// A server on its own runtime, for the test's lifetime.
+struct Served {
+    rt: tokio::runtime::Runtime,
+    server: Option<AnyServer>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            self.rt.block_on(s.shutdown());
+        }
+    }
+}
+
+fn serve(name: &str) -> (Served, Target) {
+    let transport = AnyTransport::by_name(name).expect("known transport");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("test setup");
+    let server = rt
+        .block_on(transport.serve(&ServerConfig::loopback(), Arc::new(Echo::default())))
+        .expect("test setup");
+    let endpoint = server.endpoint();
+    let target = Target {
+        transport,
+        endpoint,
+        client: ClientConfig::default(),
+    };
+    (
+        Served {
+            rt,
+            server: Some(server),
+        },
+        target,
+    )
+}
+
+fn run_with_timeout(spec: LoadSpec, target: Target) -> load::Outcome {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(load::run(
+            &spec,
+            &target,
+            &EngineOptions::default(),
+            &mut NoHooks,
+        ));
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("load run finished within 60 s")
+        .expect("load run succeeded")
+}
+
+#[test]
+fn closed_loop_counts_add_up() {
+    for name in ["inproc", "tcp"] {
+        let (served, target) = serve(name);
+        let spec = LoadSpec {
+            mode: Mode::Closed { concurrency: 8 },
+            connections: 4,
+            workers: 2,
+            warmup: Duration::from_millis(50),
+            length: Length::Requests(3000),
+            ..LoadSpec::default()
+        };
+        let out = run_with_timeout(spec, target);
+        let m = &out.merged;
+        assert_eq!(m.latency.len(), 3000, "{name}");
+        assert_eq!(m.status[Code::Ok.as_u32() as usize], 3000, "{name}");
+        assert_eq!(out.incomplete, 0);
+        assert_eq!(out.worker_busy.len(), 2);
+        let interval_total: u64 = m.intervals.iter().map(|i| i.calls).sum();
+        assert_eq!(interval_total, 3000);
+        if name == "tcp" {
+            let wire = out.wire.expect("tcp counts its bytes");
+            // Each call carries at least its 64-byte payload each way.
+            assert!(
+                wire.sent >= 3000 * 64 && wire.received >= 3000 * 64,
+                "{wire:?}"
+            );
+        }
+        drop(served);
+    }
+}
+
+#[test]
+fn streams_count_messages() {
+    let (_served, target) = serve("tcp");
+    for (method, sent, received) in [
+        (wirebench_transports::Method::Bidi, 5, 5),
+        (wirebench_transports::Method::ServerStream, 1, 5),
+        (wirebench_transports::Method::ClientStream, 5, 1),
+    ] {
+        let spec = LoadSpec {
+            method,
+            messages: 5,
+            mode: Mode::Closed { concurrency: 2 },
+            warmup: Duration::ZERO,
+            length: Length::Requests(200),
+            ..LoadSpec::default()
+        };
+        let out = run_with_timeout(spec, target.clone());
+        let m = &out.merged;
+        assert_eq!(m.latency.len(), 200, "{method:?}");
+        assert_eq!(m.status[0], 200, "{method:?}");
+        assert_eq!(m.messages_sent, 200 * sent, "{method:?}");
+        assert_eq!(m.messages_received, 200 * received, "{method:?}");
+        let per_message = m.message.as_ref().map_or(0, |h| h.len());
+        match method {
+            wirebench_transports::Method::ClientStream => assert_eq!(per_message, 0),
+            _ => assert_eq!(per_message, 200 * 5, "{method:?}"),
+        }
+    }
+}
+
+#[test]
+fn open_loop_records_lag_and_service_time_per_call() {
+    let (_served, target) = serve("tcp");
+    let spec = LoadSpec {
+        mode: Mode::Open {
+            rate: 2000.0,
+            schedule: Schedule::Poisson,
+            max_in_flight: 64,
+        },
+        warmup: Duration::from_millis(100),
+        length: Length::Requests(1000),
+        ..LoadSpec::default()
+    };
+    let out = run_with_timeout(spec, target);
+    let m = &out.merged;
+    assert_eq!(m.latency.len(), 1000);
+    assert_eq!(m.service.as_ref().map(|h| h.len()), Some(1000));
+    assert_eq!(m.lag.as_ref().map(|h| h.len()), Some(1000));
+    // Latency runs from the intended start, service time from the actual start: the
+    // former is never below the latter.
+    let service = m.service.as_ref().expect("test setup");
+    assert!(m.latency.value_at_quantile(0.5) >= service.value_at_quantile(0.5));
+    assert!(m.latency.max() >= service.max());
+}
+
+/// The acceptance test for coordinated-omission correction: one caller (as wrk2 with one
+/// connection), a steady 500/s, and one call that the server holds for a second. The calls
+/// scheduled during that second cannot start until it ends; measured from their intended
+/// starts they carry the stall, measured from their actual starts they do not.
+#[test]
+fn open_loop_latency_includes_a_stall_that_service_time_does_not() {
+    let stall = Duration::from_secs(1);
+    for name in ["inproc", "tcp"] {
+        let (_served, target) = serve(name);
+        let spec = LoadSpec {
+            mode: Mode::Open {
+                rate: 500.0,
+                schedule: Schedule::Constant,
+                max_in_flight: 1,
+            },
+            warmup: Duration::from_millis(100),
+            length: Length::Duration(Duration::from_secs(3)),
+            stall: Some(Stall {
+                at: Duration::from_millis(500),
+                duration: stall,
+            }),
+            ..LoadSpec::default()
+        };
+        let out = run_with_timeout(spec, target);
+        let m = &out.merged;
+        let service = m.service.as_ref().expect("test setup");
+        let ns = |d: Duration| d.as_nanos() as u64;
+        // About a third of the calls were scheduled inside the stall: the worst 10% waited
+        // most of it.
+        assert!(
+            m.latency.value_at_quantile(0.90) >= ns(stall / 2),
+            "{name}: corrected p90 {} ns should include the {stall:?} stall",
+            m.latency.value_at_quantile(0.90)
+        );
+        // Only the stalled call itself was slow once started.
+        assert!(
+            service.value_at_quantile(0.99) < ns(stall / 2),
+            "{name}: service p99 {} ns should not include the stall",
+            service.value_at_quantile(0.99)
+        );
+        assert!(
+            service.max() >= ns(stall),
+            "{name}: the stalled call is the max"
+        );
+        // The waits were for the busy caller, not the generator's own lag.
+        assert!(m.backpressured > 0, "{name}");
+    }
+}

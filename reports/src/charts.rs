@@ -1,0 +1,260 @@
+//! Inline SVG charts drawn with plotters (SVG backend only, no font libraries): the latency
+//! percentile spectrum on a log axis and latency over time.
+
+use plotters::prelude::*;
+
+/// A line to draw: its label, colour index and (x, y) points.
+#[derive(Clone, Debug)]
+pub struct Series {
+    /// Legend label.
+    pub label: String,
+    /// Index into the palette (one per transport, stable across charts).
+    pub color: usize,
+    /// Points in chart units.
+    pub points: Vec<(f64, f64)>,
+    /// Drawn thin and light (a secondary line such as a median).
+    pub secondary: bool,
+}
+
+/// Distinguishable colours, one per transport.
+const PALETTE: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(23, 190, 207),
+    RGBColor(140, 86, 75),
+    RGBColor(127, 127, 127),
+];
+
+/// The palette colour `i` as a CSS hex string (for tables next to the charts).
+pub fn css_color(i: usize) -> String {
+    let c = PALETTE[i % PALETTE.len()];
+    format!("#{:02x}{:02x}{:02x}", c.0, c.1, c.2)
+}
+
+/// Formats microseconds compactly for axis labels.
+fn fmt_us(us: f64) -> String {
+    if us >= 1000.0 {
+        format!("{}ms", trim(us / 1000.0))
+    } else {
+        format!("{}µs", trim(us))
+    }
+}
+
+fn trim(v: f64) -> String {
+    let s = if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    };
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        s
+    }
+}
+
+/// Labels the x axis of a spectrum: x = 1/(1-q) shown as the percentile q.
+pub fn percentile_label(x: f64) -> String {
+    if x <= 1.0 {
+        return "0%".into();
+    }
+    let q = 100.0 * (1.0 - 1.0 / x);
+    let digits = (x.log10().round() as usize).saturating_sub(2);
+    format!("{q:.digits$}%")
+}
+
+fn y_bounds(series: &[Series]) -> Option<(f64, f64)> {
+    let ys = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .filter(|y| *y > 0.0 && y.is_finite());
+    let (lo, hi) = ys.fold((f64::MAX, f64::MIN), |(lo, hi), y| (lo.min(y), hi.max(y)));
+    (lo <= hi).then(|| (lo / 1.5, hi * 1.5))
+}
+
+fn no_data(title: &str) -> String {
+    format!(
+        "<svg viewBox=\"0 0 640 60\" role=\"img\"><text x=\"10\" y=\"35\" \
+         font-family=\"sans-serif\" font-size=\"14\">{}: no data</text></svg>",
+        crate::html::escape(title)
+    )
+}
+
+/// Removes the SVG namespace URL plotters writes: inline SVG in HTML needs none, and the
+/// report contains no URL of any kind.
+fn inline(svg: String) -> String {
+    svg.replace(" xmlns=\"http://www.w3.org/2000/svg\"", "")
+}
+
+/// A percentile spectrum: latency (µs, log) against 1/(1-q) (log, labelled as percentiles).
+pub fn spectrum(title: &str, series: &[Series]) -> String {
+    let Some((ymin, ymax)) = y_bounds(series) else {
+        return no_data(title);
+    };
+    let xmax = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.0))
+        .fold(10.0f64, f64::max)
+        * 1.2;
+    let mut svg = String::new();
+    let drawn = draw_spectrum(&mut svg, title, series, xmax, ymin, ymax);
+    match drawn {
+        Ok(()) => inline(svg),
+        Err(_) => no_data(title),
+    }
+}
+
+fn draw_spectrum(
+    svg: &mut String,
+    title: &str,
+    series: &[Series],
+    xmax: f64,
+    ymin: f64,
+    ymax: f64,
+) -> Result<(), String> {
+    {
+        let root = SVGBackend::with_string(svg, (640, 400)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 19))
+            .margin(12)
+            .x_label_area_size(48)
+            .y_label_area_size(72)
+            .build_cartesian_2d((1f64..xmax).log_scale(), (ymin..ymax).log_scale())
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc("percentile")
+            .y_desc("latency")
+            .x_label_formatter(&|x| percentile_label(*x))
+            .y_label_formatter(&|y| fmt_us(*y))
+            .label_style(("sans-serif", 15))
+            .axis_desc_style(("sans-serif", 15))
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        draw_lines(&mut chart, series)?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Latency over time: one line per series, x in seconds, y in µs (log).
+pub fn over_time(title: &str, series: &[Series]) -> String {
+    let Some((ymin, ymax)) = y_bounds(series) else {
+        return no_data(title);
+    };
+    let xmax = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.0))
+        .fold(1.0f64, f64::max)
+        + 1.0;
+    let mut svg = String::new();
+    let drawn = draw_over_time(&mut svg, title, series, xmax, ymin, ymax);
+    match drawn {
+        Ok(()) => inline(svg),
+        Err(_) => no_data(title),
+    }
+}
+
+fn draw_over_time(
+    svg: &mut String,
+    title: &str,
+    series: &[Series],
+    xmax: f64,
+    ymin: f64,
+    ymax: f64,
+) -> Result<(), String> {
+    {
+        let root = SVGBackend::with_string(svg, (640, 340)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 19))
+            .margin(12)
+            .x_label_area_size(48)
+            .y_label_area_size(72)
+            .build_cartesian_2d(0f64..xmax, (ymin..ymax).log_scale())
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds into the measured phase")
+            .y_desc("latency")
+            .y_label_formatter(&|y| fmt_us(*y))
+            .label_style(("sans-serif", 15))
+            .axis_desc_style(("sans-serif", 15))
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        draw_lines(&mut chart, series)?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn draw_lines<'a, X, Y>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+    series: &[Series],
+) -> Result<(), String>
+where
+    X: plotters::coord::ranged1d::Ranged<ValueType = f64>,
+    Y: plotters::coord::ranged1d::Ranged<ValueType = f64>,
+{
+    for s in series {
+        let color = PALETTE[s.color % PALETTE.len()];
+        let style = if s.secondary {
+            color.mix(0.45).stroke_width(1)
+        } else {
+            color.stroke_width(2)
+        };
+        chart
+            .draw_series(LineSeries::new(s.points.iter().copied(), style))
+            .map_err(|e| e.to_string())?
+            .label(s.label.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .label_font(("sans-serif", 14))
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(200, 200, 200))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_labels() {
+        assert_eq!(percentile_label(1.0), "0%");
+        assert_eq!(percentile_label(10.0), "90%");
+        assert_eq!(percentile_label(100.0), "99%");
+        assert_eq!(percentile_label(1000.0), "99.9%");
+        assert_eq!(percentile_label(10000.0), "99.99%");
+    }
+
+    #[test]
+    fn charts_are_inline_svg_without_urls() {
+        let s = Series {
+            label: "tcp".into(),
+            color: 0,
+            points: vec![(1.0, 10.0), (10.0, 20.0), (100.0, 80.0)],
+            secondary: false,
+        };
+        let svg = spectrum("t", std::slice::from_ref(&s));
+        assert!(svg.starts_with("<svg"), "{}", &svg[..40.min(svg.len())]);
+        assert!(!svg.contains("http"));
+        assert!(svg.contains("99%"));
+        let svg = over_time("t", &[s]);
+        assert!(svg.starts_with("<svg") && !svg.contains("http"));
+        assert!(spectrum("empty", &[]).contains("no data"));
+    }
+}

@@ -1,0 +1,695 @@
+//! `report.html`: one self-contained page (inline CSS and SVG, no URL of any kind) rendered
+//! from saved results: headline table, the floor, a percentile spectrum and latency over
+//! time per load point, and the conformance matrix. Readable on a laptop and on a phone.
+
+use std::fmt::Write;
+
+use crate::charts::{self, Series, css_color};
+use crate::conformance::Verdict;
+use crate::histogram::decode;
+use crate::results::{LatencySummary, Results, RunRecord};
+
+/// Escapes text for HTML.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// Nanoseconds as a short human string (`12.3 µs`, `4.56 ms`).
+pub fn dur(ns: u64) -> String {
+    let ns = ns as f64;
+    if ns >= 1e9 {
+        format!("{:.2} s", ns / 1e9)
+    } else if ns >= 1e6 {
+        format!("{:.2} ms", ns / 1e6)
+    } else {
+        format!("{:.1} µs", ns / 1e3)
+    }
+}
+
+/// A rate as a short string (`12.3k/s`).
+pub fn rate(r: f64) -> String {
+    if r >= 1e6 {
+        format!("{:.2}M/s", r / 1e6)
+    } else if r >= 1e4 {
+        format!("{:.1}k/s", r / 1e3)
+    } else {
+        format!("{r:.0}/s")
+    }
+}
+
+const CSS: &str = r#"
+:root { --fg:#1d1d1f; --muted:#6e6e73; --line:#e3e3e8; --bg:#fff; --bad:#b3261e; --ok:#1e7d32; --warn:#8a5a00; }
+* { box-sizing: border-box; }
+body { font: 15px/1.45 -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; color: var(--fg); background: var(--bg); margin: 0 auto; max-width: 1100px; padding: 12px; }
+h1 { font-size: 1.5em; margin: .4em 0 .2em; }
+h2 { font-size: 1.2em; margin: 1.6em 0 .4em; border-bottom: 1px solid var(--line); padding-bottom: .2em; }
+h3 { font-size: 1.05em; margin: 1.2em 0 .3em; }
+p, li { max-width: 80ch; }
+.muted { color: var(--muted); }
+.scroll { overflow-x: auto; -webkit-overflow-scrolling: touch; }
+table { border-collapse: collapse; font-variant-numeric: tabular-nums; margin: .4em 0; }
+th, td { padding: 4px 8px; border-bottom: 1px solid var(--line); text-align: right; white-space: nowrap; }
+th { background: #f5f5f7; font-weight: 600; }
+td.l, th.l { text-align: left; }
+tr.group td { background: #fafafa; font-weight: 600; text-align: left; white-space: normal; }
+.swatch { display: inline-block; width: .8em; height: .8em; border-radius: 2px; margin-right: .35em; vertical-align: -1px; }
+.valid { color: var(--ok); }
+.invalid { color: var(--bad); font-weight: 600; }
+.pass { background: #e7f5e9; color: var(--ok); }
+.fail { background: #fbe9e7; color: var(--bad); font-weight: 600; }
+.unsupported { background: #f3f3f3; color: var(--muted); }
+.banner { border: 1px solid #f0c36d; background: #fff8e6; padding: 8px 12px; border-radius: 6px; margin: .6em 0; color: var(--warn); }
+.chart svg { width: 100%; height: auto; max-width: 640px; display: block; }
+.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(320px, 1fr)); gap: 8px 24px; }
+dl { display: grid; grid-template-columns: max-content 1fr; gap: 2px 12px; margin: .4em 0; }
+dt { color: var(--muted); }
+dd { margin: 0; word-break: break-word; }
+details { margin: .4em 0; }
+summary { cursor: pointer; }
+@media (max-width: 600px) { body { font-size: 14px; padding: 8px; } th, td { padding: 3px 5px; } }
+"#;
+
+fn points(results: &Results) -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    for r in &results.runs {
+        if !v.contains(&r.point) {
+            v.push(r.point.clone());
+        }
+    }
+    v
+}
+
+fn transports(results: &Results) -> Vec<String> {
+    let mut v = results.transports.clone();
+    for r in &results.runs {
+        if !v.contains(&r.transport) {
+            v.push(r.transport.clone());
+        }
+    }
+    for c in &results.conformance {
+        if !v.contains(&c.transport) {
+            v.push(c.transport.clone());
+        }
+    }
+    v
+}
+
+fn color_of(transports: &[String], t: &str) -> usize {
+    transports.iter().position(|x| x == t).unwrap_or(0)
+}
+
+fn swatch(transports: &[String], t: &str) -> String {
+    format!(
+        "<span class=\"swatch\" style=\"background:{}\"></span>{}",
+        css_color(color_of(transports, t)),
+        escape(t)
+    )
+}
+
+/// Quantiles for a spectrum: x = 1/(1-q) from 1 to `count` in tenths of a decade.
+fn spectrum_points(h: &hdrhistogram::Histogram<u64>) -> Vec<(f64, f64)> {
+    let mut pts = Vec::new();
+    if h.is_empty() {
+        return pts;
+    }
+    let limit = (h.len() as f64).max(10.0);
+    for k in 0..=70 {
+        let x = 10f64.powf(f64::from(k) / 10.0);
+        if x > limit {
+            break;
+        }
+        let q = 1.0 - 1.0 / x;
+        pts.push((x, h.value_at_quantile(q) as f64 / 1e3));
+    }
+    pts.push((limit, h.max() as f64 / 1e3));
+    pts
+}
+
+fn validity_cell(r: &RunRecord) -> String {
+    if r.validity.valid {
+        "<span class=\"valid\">valid</span>".into()
+    } else {
+        format!(
+            "<span class=\"invalid\" title=\"{}\">INVALID</span>",
+            escape(&r.validity.reasons.join("; "))
+        )
+    }
+}
+
+fn cpu_cell(r: &RunRecord) -> String {
+    let s = &r.summary;
+    let server = s
+        .server
+        .as_ref()
+        .map_or("–".to_owned(), |u| format!("{:.1}", u.cpu_us_per_call));
+    format!("{:.1} / {server}", s.client.cpu_us_per_call)
+}
+
+fn headline(out: &mut String, results: &Results, ts: &[String]) {
+    let floor_p50 = results.floor.as_ref().map(|f| f.latency.p50_ns);
+    out.push_str("<div class=\"scroll\"><table><thead><tr><th class=\"l\">load point</th><th class=\"l\">transport</th><th>throughput</th><th>p50</th><th>p99</th><th>p99.9</th><th>CPU µs/call<br>client / server</th>");
+    if floor_p50.is_some() {
+        out.push_str("<th>p50 ÷ floor</th>");
+    }
+    out.push_str("<th class=\"l\">validity</th></tr></thead><tbody>");
+    for p in points(results) {
+        let runs: Vec<&RunRecord> = results.runs.iter().filter(|r| r.point == p).collect();
+        let desc = runs.first().map(|r| describe(r)).unwrap_or_default();
+        let _ = write!(
+            out,
+            "<tr class=\"group\"><td colspan=\"9\"><a href=\"#p-{}\">{}</a> <span class=\"muted\">{}</span></td></tr>",
+            escape(&p),
+            escape(&p),
+            escape(&desc)
+        );
+        for r in runs {
+            let l = &r.summary.latency;
+            let _ = write!(
+                out,
+                "<tr><td></td><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
+                swatch(ts, &r.transport),
+                rate(r.summary.throughput_per_s),
+                dur(l.p50_ns),
+                dur(l.p99_ns),
+                dur(l.p999_ns),
+                cpu_cell(r)
+            );
+            if let Some(f) = floor_p50 {
+                let ratio = l.p50_ns as f64 / f.max(1) as f64;
+                let _ = if ratio < 0.1 {
+                    write!(out, "<td>{ratio:.3}×</td>")
+                } else {
+                    write!(out, "<td>{ratio:.2}×</td>")
+                };
+            }
+            let _ = write!(out, "<td class=\"l\">{}</td></tr>", validity_cell(r));
+        }
+    }
+    out.push_str("</tbody></table></div>");
+}
+
+/// A one-line description of a run's parameters.
+pub fn describe(r: &RunRecord) -> String {
+    let p = &r.params;
+    let mut s = match p.mode.as_str() {
+        "open" => format!(
+            "{} open loop, {} {}, ≤{} in flight",
+            p.method,
+            p.schedule.as_deref().unwrap_or(""),
+            rate(p.rate.unwrap_or(0.0)),
+            p.max_in_flight.unwrap_or(0)
+        ),
+        _ => format!(
+            "{} closed loop, {} in flight",
+            p.method,
+            p.concurrency.unwrap_or(0)
+        ),
+    };
+    let _ = write!(s, ", {} conn, {} B", p.connections, p.payload_bytes);
+    if let Some(rsz) = p.response_bytes {
+        let _ = write!(s, " → {rsz} B");
+    }
+    if p.method != "Unary" {
+        let _ = write!(s, ", {} msgs/call", p.messages_per_call);
+    }
+    match (p.duration_s, p.requests) {
+        (Some(d), _) => {
+            let _ = write!(s, ", {d} s");
+        }
+        (None, Some(n)) => {
+            let _ = write!(s, ", {n} calls");
+        }
+        _ => {}
+    }
+    s
+}
+
+fn latency_row(out: &mut String, label: &str, l: &LatencySummary) {
+    let _ = write!(
+        out,
+        "<tr><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+        escape(label),
+        l.count,
+        dur(l.p50_ns),
+        dur(l.p90_ns),
+        dur(l.p99_ns),
+        dur(l.p999_ns),
+        dur(l.p9999_ns),
+        dur(l.max_ns)
+    );
+}
+
+fn cpus(v: &[usize]) -> String {
+    if v.is_empty() {
+        "?".into()
+    } else {
+        v.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+fn mib(b: Option<u64>) -> String {
+    b.map_or("?".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0))
+}
+
+fn run_details(out: &mut String, r: &RunRecord, ts: &[String]) {
+    let s = &r.summary;
+    let _ = write!(
+        out,
+        "<details><summary>{} details</summary>",
+        swatch(ts, &r.transport)
+    );
+    out.push_str("<div class=\"scroll\"><table><thead><tr><th class=\"l\"></th><th>count</th><th>p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>p99.99</th><th>max</th></tr></thead><tbody>");
+    let label = if r.params.mode == "open" {
+        "latency (from intended start)"
+    } else {
+        "latency"
+    };
+    latency_row(out, label, &s.latency);
+    if let Some(l) = &s.service_time {
+        latency_row(out, "service time (from actual start)", l);
+    }
+    if let Some(l) = &s.generator_lag {
+        latency_row(out, "generator lag", l);
+    }
+    if let Some(l) = &s.message_latency {
+        latency_row(out, "per message", l);
+    }
+    out.push_str("</tbody></table></div><dl>");
+    let mut dd = |k: &str, v: String| {
+        let _ = write!(out, "<dt>{}</dt><dd>{}</dd>", escape(k), v);
+    };
+    dd(
+        "calls",
+        format!(
+            "{} in {:.2} s ({}), {} failed, {} unanswered",
+            s.calls,
+            s.elapsed_s,
+            rate(s.throughput_per_s),
+            s.errors,
+            s.incomplete
+        ),
+    );
+    if s.messages_sent + s.messages_received > 0 {
+        dd(
+            "stream messages",
+            format!(
+                "{} sent, {} received ({})",
+                s.messages_sent,
+                s.messages_received,
+                rate(s.messages_per_s)
+            ),
+        );
+    }
+    dd(
+        "status codes",
+        escape(
+            &s.status_counts
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+    );
+    if let Some(b) = &s.bytes {
+        dd(
+            "wire bytes per call",
+            format!(
+                "{:.0} sent, {:.0} received",
+                b.sent_per_call, b.received_per_call
+            ),
+        );
+    }
+    dd(
+        "client",
+        format!(
+            "{:.1} µs CPU/call (user {:.2} s, sys {:.2} s), peak RSS {}, CPUs {}, worker busy {}",
+            s.client.cpu_us_per_call,
+            s.client.user_s,
+            s.client.system_s,
+            mib(s.client.peak_rss_bytes),
+            cpus(&s.client.cpus),
+            s.worker_busy
+                .iter()
+                .map(|b| format!("{:.0}%", b * 100.0))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+    dd(
+        "server",
+        match &s.server {
+            Some(u) => format!(
+                "{} — {:.1} µs CPU/call (user {:.2} s, sys {:.2} s), peak RSS {}, CPUs {}",
+                escape(&r.server.placement),
+                u.cpu_us_per_call,
+                u.user_s,
+                u.system_s,
+                mib(u.peak_rss_bytes),
+                cpus(&u.cpus)
+            ),
+            None => escape(&format!(
+                "{} ({})",
+                r.server.placement,
+                r.server.note.as_deref().unwrap_or("not measured")
+            )),
+        },
+    );
+    dd("pinning", escape(&r.params.pin));
+    for reason in &r.validity.reasons {
+        dd(
+            "invalid",
+            format!("<span class=\"invalid\">{}</span>", escape(reason)),
+        );
+    }
+    for note in &r.validity.notes {
+        dd("note", escape(note));
+    }
+    out.push_str("</dl></details>");
+}
+
+fn point_section(out: &mut String, results: &Results, p: &str, ts: &[String]) {
+    let runs: Vec<&RunRecord> = results.runs.iter().filter(|r| r.point == p).collect();
+    let Some(first) = runs.first() else { return };
+    let _ = write!(
+        out,
+        "<h3 id=\"p-{}\">{}</h3><p class=\"muted\">{}</p>",
+        escape(p),
+        escape(p),
+        escape(&describe(first))
+    );
+    let mut spectrum = Vec::new();
+    let mut timeline = Vec::new();
+    for r in &runs {
+        let c = color_of(ts, &r.transport);
+        if let Ok(h) = decode(&r.histograms.latency) {
+            spectrum.push(Series {
+                label: r.transport.clone(),
+                color: c,
+                points: spectrum_points(&h),
+                secondary: false,
+            });
+        }
+        if let Some(Ok(h)) = r.histograms.service_time.as_deref().map(decode) {
+            spectrum.push(Series {
+                label: format!("{} service time", r.transport),
+                color: c,
+                points: spectrum_points(&h),
+                secondary: true,
+            });
+        }
+        let p99: Vec<(f64, f64)> = r
+            .intervals
+            .iter()
+            .map(|i| (i.start_s + 0.5, i.latency.p99_ns as f64 / 1e3))
+            .collect();
+        let p50: Vec<(f64, f64)> = r
+            .intervals
+            .iter()
+            .map(|i| (i.start_s + 0.5, i.latency.p50_ns as f64 / 1e3))
+            .collect();
+        timeline.push(Series {
+            label: format!("{} p99", r.transport),
+            color: c,
+            points: p99,
+            secondary: false,
+        });
+        timeline.push(Series {
+            label: format!("{} p50", r.transport),
+            color: c,
+            points: p50,
+            secondary: true,
+        });
+    }
+    if p == "floor" {
+        return;
+    }
+    out.push_str("<div class=\"grid\"><div class=\"chart\">");
+    out.push_str(&charts::spectrum(
+        &format!("{p}: latency by percentile"),
+        &spectrum,
+    ));
+    out.push_str("</div><div class=\"chart\">");
+    out.push_str(&charts::over_time(
+        &format!("{p}: latency over time (1 s intervals)"),
+        &timeline,
+    ));
+    out.push_str("</div></div>");
+    for r in runs {
+        run_details(out, r, ts);
+    }
+}
+
+fn conformance(out: &mut String, results: &Results, ts: &[String]) {
+    if results.conformance.is_empty() {
+        out.push_str("<p class=\"muted\">Conformance was not run.</p>");
+        return;
+    }
+    let cols: Vec<&String> = ts
+        .iter()
+        .filter(|t| results.conformance.iter().any(|c| &c.transport == *t))
+        .collect();
+    let mut cases: Vec<(&str, &str)> = Vec::new();
+    for c in &results.conformance {
+        if !cases.iter().any(|(n, _)| *n == c.case) {
+            cases.push((&c.case, &c.group));
+        }
+    }
+    for t in &cols {
+        let (mut p, mut f, mut u) = (0, 0, 0);
+        for c in results.conformance.iter().filter(|c| &c.transport == *t) {
+            match c.verdict {
+                Verdict::Pass => p += 1,
+                Verdict::Fail => f += 1,
+                Verdict::Unsupported => u += 1,
+            }
+        }
+        let _ = write!(
+            out,
+            "<p>{}: {p} pass, {} fail, {u} unsupported</p>",
+            swatch(ts, t),
+            if f > 0 {
+                format!("<span class=\"invalid\">{f}</span>")
+            } else {
+                "0".into()
+            }
+        );
+    }
+    out.push_str("<div class=\"scroll\"><table><thead><tr><th class=\"l\">group</th><th class=\"l\">case</th>");
+    for t in &cols {
+        let _ = write!(out, "<th>{}</th>", escape(t));
+    }
+    out.push_str("</tr></thead><tbody>");
+    for (case, group) in cases {
+        let _ = write!(
+            out,
+            "<tr><td class=\"l\">{}</td><td class=\"l\">{}</td>",
+            escape(group),
+            escape(case)
+        );
+        for t in &cols {
+            match results
+                .conformance
+                .iter()
+                .find(|c| c.case == case && &c.transport == *t)
+            {
+                Some(c) => {
+                    let _ = write!(
+                        out,
+                        "<td class=\"{}\" title=\"{}\">{}</td>",
+                        c.verdict.as_str(),
+                        escape(c.detail.as_deref().unwrap_or("")),
+                        c.verdict.as_str()
+                    );
+                }
+                None => out.push_str("<td>–</td>"),
+            }
+        }
+        out.push_str("</tr>");
+    }
+    out.push_str("</tbody></table></div>");
+    let reasons: Vec<_> = results
+        .conformance
+        .iter()
+        .filter(|c| c.verdict != Verdict::Pass && c.detail.is_some())
+        .collect();
+    if !reasons.is_empty() {
+        out.push_str("<details><summary>failures and unsupported reasons</summary><ul>");
+        for c in reasons {
+            let _ = write!(
+                out,
+                "<li><b>{}</b> {} — {}: {}</li>",
+                escape(&c.transport),
+                escape(&c.case),
+                c.verdict.as_str(),
+                escape(c.detail.as_deref().unwrap_or(""))
+            );
+        }
+        out.push_str("</ul></details>");
+    }
+}
+
+/// Renders the whole report.
+pub fn render(results: &Results) -> String {
+    let ts = transports(results);
+    let mut out = String::with_capacity(256 * 1024);
+    let _ = write!(
+        out,
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>wirebench — {}</title><style>{CSS}</style></head><body>",
+        escape(&results.suite.name)
+    );
+    let e = &results.environment;
+    let _ = write!(
+        out,
+        "<h1>wirebench: {}</h1><p class=\"muted\">{} · started {} · {} · {} cores · {} · git {}{}</p>",
+        escape(&results.suite.name),
+        escape(&results.suite.description),
+        escape(&results.started_at),
+        escape(&e.cpu_model),
+        e.cores,
+        escape(&e.build_profile),
+        escape(e.git_sha.as_deref().map_or("?", |s| &s[..s.len().min(12)])),
+        if e.git_dirty == Some(true) {
+            " (dirty)"
+        } else {
+            ""
+        }
+    );
+    if e.build_profile != "release" {
+        out.push_str("<div class=\"banner\">This is a debug build: its numbers are not representative. Use <code>cargo run --release</code>.</div>");
+    }
+    if results.interrupted || !results.complete {
+        out.push_str("<div class=\"banner\">This run did not complete (interrupted or still running): the report shows what finished.</div>");
+    }
+    let invalid = results.runs.iter().filter(|r| !r.validity.valid).count();
+    if invalid > 0 {
+        let _ = write!(
+            out,
+            "<div class=\"banner\">{invalid} of {} runs are marked INVALID: their numbers measure the load generator, not the transport. The reasons are in each run's details.</div>",
+            results.runs.len()
+        );
+    }
+
+    out.push_str("<h2>Headline</h2>");
+    if results.runs.is_empty() {
+        out.push_str("<p class=\"muted\">No load runs.</p>");
+    } else {
+        headline(&mut out, results, &ts);
+        out.push_str("<p class=\"muted\">Open-loop latency is measured from each request's intended start (coordinated omission corrected). CPU is user + system time of each process over the measured phase divided by calls. Scheduler ticks (4 ms on these machines) show up as p99.9 tails under load: a tail near 4 ms is the kernel's, not the transport's.</p>");
+    }
+
+    out.push_str("<h2>The floor</h2>");
+    match &results.floor {
+        Some(f) => {
+            let _ = write!(
+                out,
+                "<p>A blocking TCP ping-pong between two threads, {} B each way, one message in flight: what the kernel's loopback alone costs. Measured in this run for {:.1} s (pin {}; client CPUs {}, server CPUs {}).</p>",
+                f.payload_bytes,
+                f.duration_s,
+                escape(&f.pin),
+                cpus(&f.client_cpus),
+                cpus(&f.server_cpus)
+            );
+            out.push_str("<div class=\"scroll\"><table><thead><tr><th class=\"l\"></th><th>count</th><th>p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>p99.99</th><th>max</th></tr></thead><tbody>");
+            latency_row(&mut out, "round trip", &f.latency);
+            out.push_str("</tbody></table></div>");
+        }
+        None => out.push_str("<p class=\"muted\">The floor was not measured in this run.</p>"),
+    }
+
+    if !results.runs.is_empty() {
+        out.push_str("<h2>Load points</h2>");
+        for p in points(results) {
+            point_section(&mut out, results, &p, &ts);
+        }
+    }
+    if !results.skipped.is_empty() || !results.errors.is_empty() {
+        out.push_str("<h2>Not run</h2><ul>");
+        for s in &results.skipped {
+            let _ = write!(
+                out,
+                "<li>{} × {}: unsupported — {}</li>",
+                escape(&s.transport),
+                escape(&s.point),
+                escape(&s.reason)
+            );
+        }
+        for e in &results.errors {
+            let _ = write!(
+                out,
+                "<li class=\"invalid\">{} × {}: failed — {}</li>",
+                escape(&e.transport),
+                escape(&e.point),
+                escape(&e.error)
+            );
+        }
+        out.push_str("</ul>");
+    }
+
+    out.push_str("<h2>Conformance</h2>");
+    conformance(&mut out, results, &ts);
+
+    out.push_str("<h2>Environment</h2><dl>");
+    let mem = e.memory_bytes.map_or("?".into(), |b| {
+        format!("{:.1} GiB", b as f64 / 1073741824.0)
+    });
+    for (k, v) in [
+        ("tool", results.tool.clone()),
+        (
+            "suite",
+            format!("{} ({})", results.suite.name, results.suite.source),
+        ),
+        ("started", results.started_at.clone()),
+        (
+            "finished",
+            results.finished_at.clone().unwrap_or_else(|| "—".into()),
+        ),
+        (
+            "git",
+            format!(
+                "{}{}",
+                e.git_sha.clone().unwrap_or_else(|| "?".into()),
+                if e.git_dirty == Some(true) {
+                    " (uncommitted changes)"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        ("rustc", e.rustc.clone()),
+        ("build", e.build_profile.clone()),
+        ("kernel", e.kernel.clone()),
+        ("os", e.os.clone()),
+        ("cpu", format!("{} × {}", e.cores, e.cpu_model)),
+        ("memory", mem),
+        ("host", e.hostname.clone().unwrap_or_else(|| "?".into())),
+        ("command", e.command.join(" ")),
+    ] {
+        let _ = write!(out, "<dt>{}</dt><dd>{}</dd>", escape(k), escape(&v));
+    }
+    out.push_str("</dl>");
+    if !results.suite.toml.is_empty() {
+        let _ = write!(
+            out,
+            "<details><summary>the suite as run</summary><pre>{}</pre></details>",
+            escape(&results.suite.toml)
+        );
+    }
+    out.push_str("</body></html>\n");
+    out
+}

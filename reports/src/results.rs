@@ -1,0 +1,552 @@
+//! `results.json`: the product's one artifact. A versioned schema (`schema` + `version`),
+//! documented field by field here and checked in as `reports/schema/results.schema.json`.
+//!
+//! Everything a report shows is derived from these records, so any saved file can be
+//! re-rendered (`wirebench report`) or compared later.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::conformance::CaseOutcome;
+
+/// The `schema` field of every results file.
+pub const SCHEMA: &str = "wirebench-results";
+/// The schema version this build writes and reads.
+pub const VERSION: u32 = 1;
+
+/// Why a results file could not be read or written.
+#[derive(Debug, Error)]
+pub enum ResultsError {
+    /// The file could not be read.
+    #[error("cannot read results file {file}: {source}")]
+    Read {
+        /// The path.
+        file: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not JSON of the expected shape.
+    #[error("{file}:{line}:{column}: not a wirebench results file: {message}")]
+    Parse {
+        /// The path.
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What serde said.
+        message: String,
+    },
+    /// The file is a results file of another schema or version.
+    #[error("{file}: {message}")]
+    Version {
+        /// The path.
+        file: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The file could not be written.
+    #[error("cannot write {file}: {source}")]
+    Write {
+        /// The path.
+        file: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A whole `results.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Results {
+    /// Always [`SCHEMA`].
+    pub schema: String,
+    /// The schema version ([`VERSION`]).
+    pub version: u32,
+    /// The tool that wrote it (`wirebench 0.1.0`).
+    pub tool: String,
+    /// When the run started (RFC 3339, UTC).
+    pub started_at: String,
+    /// When it ended; `None` while it runs or when it was interrupted.
+    pub finished_at: Option<String>,
+    /// True once every planned step ran.
+    pub complete: bool,
+    /// True when the user interrupted the run (the file holds what finished before).
+    pub interrupted: bool,
+    /// Where it ran.
+    pub environment: Environment,
+    /// The suite as run.
+    pub suite: SuiteRecord,
+    /// Transports selected for the run.
+    pub transports: Vec<String>,
+    /// The loopback floor measured in this run.
+    pub floor: Option<FloorRecord>,
+    /// Conformance outcomes (case × transport).
+    pub conformance: Vec<CaseOutcome>,
+    /// Load runs, in the order they ran.
+    pub runs: Vec<RunRecord>,
+    /// Load points not run against a transport, with the declared reason.
+    pub skipped: Vec<Skipped>,
+    /// Load points that failed to run, with the error.
+    pub errors: Vec<RunFailure>,
+}
+
+impl Results {
+    /// An empty results record.
+    pub fn new(
+        tool: String,
+        started_at: String,
+        environment: Environment,
+        suite: SuiteRecord,
+    ) -> Results {
+        Results {
+            schema: SCHEMA.into(),
+            version: VERSION,
+            tool,
+            started_at,
+            finished_at: None,
+            complete: false,
+            interrupted: false,
+            environment,
+            suite,
+            transports: Vec::new(),
+            floor: None,
+            conformance: Vec::new(),
+            runs: Vec::new(),
+            skipped: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// Reads and checks a results file.
+    pub fn load(path: &Path) -> Result<Results, ResultsError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ResultsError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Results::parse(&text, &file)
+    }
+
+    /// Parses results JSON; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Results, ResultsError> {
+        // Check the schema and version first so a newer or foreign file gets a clear message
+        // rather than a field-level complaint.
+        let head: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| ResultsError::Parse {
+                file: file.to_owned(),
+                line: e.line(),
+                column: e.column(),
+                message: e.to_string(),
+            })?;
+        let schema = head.get("schema").and_then(|s| s.as_str());
+        if schema != Some(SCHEMA) {
+            return Err(ResultsError::Version {
+                file: file.to_owned(),
+                message: format!(
+                    "not a wirebench results file (expected \"schema\": \"{SCHEMA}\", found {})",
+                    schema.map_or("none".to_owned(), |s| format!("{s:?}"))
+                ),
+            });
+        }
+        let version = head.get("version").and_then(serde_json::Value::as_u64);
+        if version != Some(u64::from(VERSION)) {
+            return Err(ResultsError::Version {
+                file: file.to_owned(),
+                message: format!(
+                    "results schema version {} is not supported by this build (it reads \
+                     version {VERSION})",
+                    version.map_or("missing".to_owned(), |v| v.to_string())
+                ),
+            });
+        }
+        serde_json::from_str(text).map_err(|e| ResultsError::Parse {
+            file: file.to_owned(),
+            line: e.line(),
+            column: e.column(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Writes the file atomically (a temporary file renamed over it), so a reader or a crash
+    /// never sees half a file and the previous version survives a failed write.
+    pub fn save(&self, path: &Path) -> Result<(), ResultsError> {
+        let file = path.display().to_string();
+        let err = |source| ResultsError::Write {
+            file: file.clone(),
+            source,
+        };
+        let json = serde_json::to_vec_pretty(self).map_err(|e| err(std::io::Error::other(e)))?;
+        write_atomic(path, &json).map_err(err)
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+/// The machine and build a run happened on.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Environment {
+    /// `git rev-parse HEAD` of the working directory, if it is a git checkout.
+    pub git_sha: Option<String>,
+    /// Whether the checkout had uncommitted changes.
+    pub git_dirty: Option<bool>,
+    /// `rustc --version` of the compiler that built the tool.
+    pub rustc: String,
+    /// Build profile: `release` or `debug` (debug numbers are not representative).
+    pub build_profile: String,
+    /// Kernel release (`/proc/sys/kernel/osrelease`).
+    pub kernel: String,
+    /// OS and architecture (`linux x86_64`).
+    pub os: String,
+    /// CPU model (`/proc/cpuinfo`).
+    pub cpu_model: String,
+    /// CPUs available to the process.
+    pub cores: u32,
+    /// Total memory in bytes.
+    pub memory_bytes: Option<u64>,
+    /// Host name.
+    pub hostname: Option<String>,
+    /// The command line that produced the file.
+    pub command: Vec<String>,
+}
+
+/// The suite as run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SuiteRecord {
+    /// Its name.
+    pub name: String,
+    /// Its description.
+    pub description: String,
+    /// A path, `built-in:NAME`, or `command line` for `wirebench load`.
+    pub source: String,
+    /// The TOML text (empty for `wirebench load`).
+    pub toml: String,
+}
+
+/// Latency percentiles in nanoseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatencySummary {
+    /// Values recorded.
+    pub count: u64,
+    /// Smallest.
+    pub min_ns: u64,
+    /// Mean.
+    pub mean_ns: f64,
+    /// Standard deviation.
+    pub stdev_ns: f64,
+    /// Median.
+    pub p50_ns: u64,
+    /// 90th percentile.
+    pub p90_ns: u64,
+    /// 99th percentile.
+    pub p99_ns: u64,
+    /// 99.9th percentile.
+    pub p999_ns: u64,
+    /// 99.99th percentile.
+    pub p9999_ns: u64,
+    /// Largest.
+    pub max_ns: u64,
+}
+
+/// The loopback floor: a blocking TCP ping-pong, one message in flight.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FloorRecord {
+    /// Bytes each way.
+    pub payload_bytes: u64,
+    /// Measured seconds.
+    pub duration_s: f64,
+    /// CPU placement asked for (`none`, `same`, `split`).
+    pub pin: String,
+    /// Round-trip percentiles.
+    pub latency: LatencySummary,
+    /// The round-trip histogram (base64 of HdrHistogram V2 deflate, ns).
+    pub histogram: String,
+    /// CPUs the client thread ran on.
+    pub client_cpus: Vec<usize>,
+    /// CPUs the server thread ran on.
+    pub server_cpus: Vec<usize>,
+}
+
+/// A load run's parameters, as run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunParams {
+    /// `Unary`, `ServerStream`, `ClientStream` or `Bidi`.
+    pub method: String,
+    /// `closed` or `open`.
+    pub mode: String,
+    /// Closed loop: calls in flight.
+    pub concurrency: Option<u32>,
+    /// Open loop: requests per second offered.
+    pub rate: Option<f64>,
+    /// Open loop: `constant` or `poisson`.
+    pub schedule: Option<String>,
+    /// Open loop: calls in flight at most.
+    pub max_in_flight: Option<u32>,
+    /// Connections in total.
+    pub connections: u32,
+    /// Client worker threads.
+    pub workers: u32,
+    /// Request payload bytes.
+    pub payload_bytes: u64,
+    /// Response payload bytes (`None`: echoed).
+    pub response_bytes: Option<u64>,
+    /// Messages per stream call.
+    pub messages_per_call: u32,
+    /// Warm-up seconds (discarded).
+    pub warmup_s: f64,
+    /// Measured seconds asked for (or `None` when a request count was asked for).
+    pub duration_s: Option<f64>,
+    /// Calls asked for (or `None` when a duration was asked for).
+    pub requests: Option<u64>,
+    /// Seed.
+    pub seed: u64,
+    /// Per-call deadline in seconds.
+    pub timeout_s: Option<f64>,
+    /// Injected stall: when (s after the warm-up) and how long (s).
+    pub stall_at_s: Option<f64>,
+    /// Injected stall duration (s).
+    pub stall_for_s: Option<f64>,
+    /// CPU placement (`none`, `same`, `split`).
+    pub pin: String,
+    /// Client options given to the transport.
+    pub client_options: BTreeMap<String, String>,
+    /// Server options given to the transport.
+    pub server_options: BTreeMap<String, String>,
+}
+
+/// Where the server of a run was.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    /// `child` (spawned `wirebench serve`), `in-process` or `external` (`--target`).
+    pub placement: String,
+    /// The endpoint called.
+    pub endpoint: String,
+    /// Its process id, when known.
+    pub pid: Option<u32>,
+    /// Why it was placed so, or anything else worth saying.
+    pub note: Option<String>,
+}
+
+/// CPU and memory of one process over a run's measured phase.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessUsage {
+    /// User CPU seconds.
+    pub user_s: f64,
+    /// System CPU seconds.
+    pub system_s: f64,
+    /// (user + system) CPU microseconds per completed call.
+    pub cpu_us_per_call: f64,
+    /// Peak resident set size in bytes (`VmHWM`), when known.
+    pub peak_rss_bytes: Option<u64>,
+    /// CPUs its threads were seen on.
+    pub cpus: Vec<usize>,
+    /// Caveats (e.g. the server ran inside the client process).
+    pub note: Option<String>,
+}
+
+/// Bytes on the wire, counted at the client's sockets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WireTotals {
+    /// Bytes the client wrote.
+    pub sent: u64,
+    /// Bytes the client read.
+    pub received: u64,
+    /// Sent per completed call.
+    pub sent_per_call: f64,
+    /// Received per completed call.
+    pub received_per_call: f64,
+}
+
+/// What a run measured.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// Measured seconds (from the start of the measured phase to the last answer).
+    pub elapsed_s: f64,
+    /// Calls completed (any status).
+    pub calls: u64,
+    /// Calls that ended `OK`.
+    pub ok: u64,
+    /// Calls that ended with another status.
+    pub errors: u64,
+    /// Calls still unanswered when the run gave up waiting (not in the histograms).
+    pub incomplete: u64,
+    /// Completed calls by status code name (`OK`, `UNAVAILABLE`, ...).
+    pub status_counts: BTreeMap<String, u64>,
+    /// Completed calls per second.
+    pub throughput_per_s: f64,
+    /// Stream messages sent by the client.
+    pub messages_sent: u64,
+    /// Stream messages received by the client.
+    pub messages_received: u64,
+    /// Messages (sent + received) per second.
+    pub messages_per_s: f64,
+    /// Call latency: closed loop from the call's start, open loop from its intended start
+    /// (coordinated omission corrected). Every completed call, whatever its status.
+    pub latency: LatencySummary,
+    /// Open loop: from the actual start of the call (uncorrected service time).
+    pub service_time: Option<LatencySummary>,
+    /// Open loop: the generator's lag, actual minus intended send, not counting waits for
+    /// a free caller.
+    pub generator_lag: Option<LatencySummary>,
+    /// Streams: per-message latency (bidi: round trip; server stream: gap between
+    /// responses, the first from the call's start).
+    pub message_latency: Option<LatencySummary>,
+    /// Open loop: calls that had to wait for a free caller (`max_in_flight` reached).
+    pub backpressured: u64,
+    /// Bytes on the wire, when the transport counts them.
+    pub bytes: Option<WireTotals>,
+    /// The client (load generator) process.
+    pub client: ProcessUsage,
+    /// The server process, when it is a separate process we can see.
+    pub server: Option<ProcessUsage>,
+    /// Fraction of the measured time each client worker thread was on a CPU.
+    pub worker_busy: Vec<f64>,
+}
+
+/// Whether a run's numbers measure the transport.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Validity {
+    /// False when any reason applies.
+    pub valid: bool,
+    /// Why the run is invalid.
+    pub reasons: Vec<String>,
+    /// Caveats that do not invalidate it.
+    pub notes: Vec<String>,
+}
+
+/// A run's full histograms (base64 of HdrHistogram V2 deflate, ns).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunHistograms {
+    /// Call latency (as [`RunSummary::latency`]).
+    pub latency: String,
+    /// Open loop: service time.
+    pub service_time: Option<String>,
+    /// Open loop: generator lag.
+    pub generator_lag: Option<String>,
+    /// Streams: per-message latency.
+    pub message_latency: Option<String>,
+}
+
+/// One second of a run (by completion time).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct IntervalRecord {
+    /// Start of the interval, seconds after the measured phase began.
+    pub start_s: f64,
+    /// Calls completed in it.
+    pub calls: u64,
+    /// Of which ended with an error status.
+    pub errors: u64,
+    /// Latency percentiles of its calls.
+    pub latency: LatencySummary,
+    /// Its latency histogram (base64 V2 deflate, ns).
+    pub histogram: String,
+}
+
+/// One load point against one transport.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// The transport.
+    pub transport: String,
+    /// The load point's name.
+    pub point: String,
+    /// Parameters as run.
+    pub params: RunParams,
+    /// Where the server was.
+    pub server: ServerInfo,
+    /// What was measured.
+    pub summary: RunSummary,
+    /// Whether the numbers measure the transport.
+    pub validity: Validity,
+    /// Full histograms.
+    pub histograms: RunHistograms,
+    /// Per-second series.
+    pub intervals: Vec<IntervalRecord>,
+}
+
+/// A load point not run against a transport.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Skipped {
+    /// The transport.
+    pub transport: String,
+    /// The load point.
+    pub point: String,
+    /// The transport's declared reason.
+    pub reason: String,
+}
+
+/// A load point that failed to run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunFailure {
+    /// The transport.
+    pub transport: String,
+    /// The load point (or `floor`, `conformance`).
+    pub point: String,
+    /// The error.
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Results {
+        Results::new(
+            "wirebench test".into(),
+            "2026-01-01T00:00:00Z".into(),
+            Environment::default(),
+            SuiteRecord::default(),
+        )
+    }
+
+    #[test]
+    fn round_trips() {
+        let r = sample();
+        let text = serde_json::to_string(&r).unwrap();
+        assert_eq!(Results::parse(&text, "x").unwrap(), r);
+    }
+
+    #[test]
+    fn foreign_and_future_files_are_refused_clearly() {
+        let e = Results::parse("{\"a\": 1}", "f.json")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a wirebench results file"), "{e}");
+        let mut v = serde_json::to_value(sample()).unwrap();
+        v["version"] = 99.into();
+        let e = Results::parse(&v.to_string(), "f.json")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("version 99"), "{e}");
+        let e = Results::parse("{\n  \"schema\": ", "f.json")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("f.json:2:"), "{e}");
+    }
+
+    #[test]
+    fn save_is_atomic_and_readable() {
+        let dir = std::env::temp_dir().join(format!("wb-results-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("results.json");
+        sample().save(&path).unwrap();
+        assert_eq!(Results::load(&path).unwrap(), sample());
+        assert!(!dir.join("results.json.tmp").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,212 @@
+//! The checked-in JSON Schema accepts what this build writes (with every optional field set
+//! and with none), and rejects what it must.
+
+use std::collections::BTreeMap;
+
+use wirebench_reports::conformance::{CaseOutcome, Verdict};
+use wirebench_reports::histogram::{encode, latency_histogram, summarize};
+use wirebench_reports::results::*;
+
+fn schema() -> serde_json::Value {
+    let text = include_str!("../schema/results.schema.json");
+    serde_json::from_str(text).expect("the schema is JSON")
+}
+
+fn full() -> Results {
+    let mut h = latency_histogram();
+    for v in 1..1000 {
+        h.saturating_record(v * 1000);
+    }
+    let hist = encode(&h).expect("test setup");
+    let lat = summarize(&h);
+    let mut r = Results::new(
+        "wirebench test".into(),
+        "2026-01-01T00:00:00Z".into(),
+        Environment {
+            git_sha: Some("abc".into()),
+            git_dirty: Some(false),
+            memory_bytes: Some(1),
+            hostname: Some("h".into()),
+            ..Environment::default()
+        },
+        SuiteRecord::default(),
+    );
+    r.transports = vec!["tcp".into()];
+    r.floor = Some(FloorRecord {
+        payload_bytes: 64,
+        duration_s: 1.0,
+        pin: "none".into(),
+        latency: lat,
+        histogram: hist.clone(),
+        client_cpus: vec![0],
+        server_cpus: vec![1],
+    });
+    r.conformance = vec![
+        CaseOutcome {
+            case: "a".into(),
+            group: "g".into(),
+            transport: "tcp".into(),
+            verdict: Verdict::Pass,
+            detail: None,
+            elapsed_ms: 1.0,
+        },
+        CaseOutcome {
+            case: "b".into(),
+            group: "g".into(),
+            transport: "tcp".into(),
+            verdict: Verdict::Unsupported,
+            detail: Some("why".into()),
+            elapsed_ms: 1.0,
+        },
+    ];
+    let usage = ProcessUsage {
+        user_s: 1.0,
+        system_s: 1.0,
+        cpu_us_per_call: 2.0,
+        peak_rss_bytes: Some(10),
+        cpus: vec![0],
+        note: Some("n".into()),
+    };
+    r.runs.push(RunRecord {
+        transport: "tcp".into(),
+        point: "p".into(),
+        params: RunParams {
+            method: "Unary".into(),
+            mode: "open".into(),
+            concurrency: None,
+            rate: Some(100.0),
+            schedule: Some("poisson".into()),
+            max_in_flight: Some(8),
+            connections: 1,
+            workers: 1,
+            payload_bytes: 64,
+            response_bytes: Some(10),
+            messages_per_call: 1,
+            warmup_s: 1.0,
+            duration_s: Some(1.0),
+            requests: None,
+            seed: 1,
+            timeout_s: Some(1.0),
+            stall_at_s: Some(0.5),
+            stall_for_s: Some(0.1),
+            pin: "split".into(),
+            client_options: BTreeMap::from([("k".into(), "v".into())]),
+            server_options: BTreeMap::new(),
+        },
+        server: ServerInfo {
+            placement: "child".into(),
+            endpoint: "127.0.0.1:1".into(),
+            pid: Some(1),
+            note: None,
+        },
+        summary: RunSummary {
+            calls: 999,
+            status_counts: BTreeMap::from([("OK".into(), 999)]),
+            latency: lat,
+            service_time: Some(lat),
+            generator_lag: Some(lat),
+            message_latency: Some(lat),
+            bytes: Some(WireTotals::default()),
+            client: usage.clone(),
+            server: Some(usage),
+            worker_busy: vec![0.5],
+            ..RunSummary::default()
+        },
+        validity: Validity {
+            valid: false,
+            reasons: vec!["r".into()],
+            notes: vec!["n".into()],
+        },
+        histograms: RunHistograms {
+            latency: hist.clone(),
+            service_time: Some(hist.clone()),
+            generator_lag: Some(hist.clone()),
+            message_latency: Some(hist.clone()),
+        },
+        intervals: vec![IntervalRecord {
+            start_s: 0.0,
+            calls: 999,
+            errors: 0,
+            latency: lat,
+            histogram: hist,
+        }],
+    });
+    r.skipped.push(Skipped {
+        transport: "x".into(),
+        point: "p".into(),
+        reason: "r".into(),
+    });
+    r.errors.push(RunFailure {
+        transport: "x".into(),
+        point: "p".into(),
+        error: "e".into(),
+    });
+    r
+}
+
+fn check(value: &serde_json::Value) -> Result<(), String> {
+    let schema = schema();
+    let v = jsonschema::validator_for(&schema).map_err(|e| format!("schema: {e}"))?;
+    let errors: Vec<String> = v
+        .iter_errors(value)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("\n"))
+    }
+}
+
+#[test]
+fn full_and_minimal_results_validate() {
+    check(&serde_json::to_value(full()).expect("test setup")).expect("test setup");
+    let minimal = Results::new(
+        "t".into(),
+        "s".into(),
+        Environment::default(),
+        SuiteRecord::default(),
+    );
+    check(&serde_json::to_value(minimal).expect("test setup")).expect("test setup");
+    let mut closed = full();
+    let run = &mut closed.runs[0];
+    run.params.mode = "closed".into();
+    run.params.rate = None;
+    run.params.schedule = None;
+    run.params.max_in_flight = None;
+    run.params.concurrency = Some(4);
+    run.summary.service_time = None;
+    run.summary.server = None;
+    run.summary.bytes = None;
+    run.histograms.service_time = None;
+    closed.floor = None;
+    check(&serde_json::to_value(closed).expect("test setup")).expect("test setup");
+}
+
+#[test]
+fn schema_rejects_drift() {
+    let mut v = serde_json::to_value(full()).expect("test setup");
+    v["runs"][0]["summary"]["surprise"] = 1.into();
+    assert!(check(&v).is_err(), "an unknown field must be refused");
+    let mut v = serde_json::to_value(full()).expect("test setup");
+    v["version"] = 2.into();
+    assert!(check(&v).is_err());
+    let mut v = serde_json::to_value(full()).expect("test setup");
+    v["runs"][0]["params"]["mode"] = "sideways".into();
+    assert!(check(&v).is_err());
+}
+
+#[test]
+fn html_report_is_self_contained() {
+    let r = full();
+    let html = wirebench_reports::html::render(&r);
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    for needle in ["http:", "https:", "src=", "<link", "@import", "url("] {
+        assert!(!html.contains(needle), "report contains {needle:?}");
+    }
+    assert!(html.contains("<svg"), "charts are inline SVG");
+    assert!(html.contains("INVALID"));
+    assert!(html.contains("name=\"viewport\""));
+    let md = wirebench_reports::markdown::render(&r);
+    assert!(md.contains("| p | tcp |"), "{md}");
+}

@@ -1,0 +1,295 @@
+//! Load profiles: what one load run does (method, closed or open loop, sizes, length, seed),
+//! independent of any transport. The harness's load engine executes a [`LoadSpec`]; suites
+//! and the `load` command build them.
+
+use std::time::Duration;
+
+use wirebench_transports::{Capability, Method};
+
+/// How requests are issued.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Mode {
+    /// `concurrency` callers, each waiting for its answer before the next call.
+    Closed {
+        /// Calls in flight in total.
+        concurrency: u32,
+    },
+    /// Requests start on a schedule, whatever the answers do; latency is measured from each
+    /// request's intended start.
+    Open {
+        /// Requests per second, in total.
+        rate: f64,
+        /// How the starts are spaced.
+        schedule: Schedule,
+        /// Calls in flight at most (per run): when every caller is busy, a due request waits
+        /// for one and that wait is charged to its latency (as wrk2 does per connection).
+        max_in_flight: u32,
+    },
+}
+
+/// How an open loop spaces its request starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Schedule {
+    /// Evenly spaced, `1/rate` apart.
+    Constant,
+    /// Poisson arrivals: exponential gaps with mean `1/rate` (seeded).
+    Poisson,
+}
+
+impl Schedule {
+    /// `constant` or `poisson`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Schedule::Constant => "constant",
+            Schedule::Poisson => "poisson",
+        }
+    }
+
+    /// Parses `constant` or `poisson`.
+    pub fn parse(s: &str) -> Option<Schedule> {
+        match s {
+            "constant" => Some(Schedule::Constant),
+            "poisson" => Some(Schedule::Poisson),
+            _ => None,
+        }
+    }
+}
+
+/// How long a run measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Length {
+    /// For this long.
+    Duration(Duration),
+    /// Until this many calls were started.
+    Requests(u64),
+}
+
+/// A server that stalls once: the request started at `at` (after the warm-up) asks the
+/// server to wait `duration` before answering (the `delay` directive) — a way to see
+/// coordinated-omission correction at work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stall {
+    /// When, measured from the start of the measured phase.
+    pub at: Duration,
+    /// How long the server waits.
+    pub duration: Duration,
+}
+
+/// One load run's parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoadSpec {
+    /// The load point's name (`unary-c1`).
+    pub name: String,
+    /// The method called.
+    pub method: Method,
+    /// Closed or open loop.
+    pub mode: Mode,
+    /// Connections in total (spread over the workers).
+    pub connections: u32,
+    /// Client worker threads, each with its own single-threaded runtime.
+    pub workers: u32,
+    /// Request payload bytes.
+    pub payload: usize,
+    /// Response payload bytes (`None`: echo the request's size).
+    pub response_size: Option<usize>,
+    /// Messages per stream call (server stream: responses; client stream: requests; bidi:
+    /// ping-pongs). Ignored by unary.
+    pub messages: u32,
+    /// Run first and discarded.
+    pub warmup: Duration,
+    /// How long to measure.
+    pub length: Length,
+    /// Seed of every random choice (Poisson gaps).
+    pub seed: u64,
+    /// Per-call deadline (`None`: no deadline).
+    pub timeout: Option<Duration>,
+    /// An injected stall, if any.
+    pub stall: Option<Stall>,
+}
+
+impl Default for LoadSpec {
+    fn default() -> LoadSpec {
+        LoadSpec {
+            name: "load".into(),
+            method: Method::Unary,
+            mode: Mode::Closed { concurrency: 1 },
+            connections: 1,
+            workers: 1,
+            payload: 64,
+            response_size: None,
+            messages: 1,
+            warmup: Duration::from_secs(1),
+            length: Length::Duration(Duration::from_secs(5)),
+            seed: 1,
+            timeout: None,
+            stall: None,
+        }
+    }
+}
+
+/// The capability a method needs from a transport.
+pub fn method_capability(m: Method) -> Capability {
+    match m {
+        Method::ServerStream => Capability::ServerStream,
+        Method::ClientStream => Capability::ClientStream,
+        Method::Bidi => Capability::Bidi,
+        Method::Unary | Method::Unimplemented => Capability::Unary,
+    }
+}
+
+impl LoadSpec {
+    /// Checks the parameters make sense; the error says which one and why.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.method == Method::Unimplemented {
+            return Err("method must be unary, server-stream, client-stream or bidi".into());
+        }
+        if self.workers == 0 {
+            return Err("workers must be at least 1".into());
+        }
+        if self.connections == 0 {
+            return Err("connections must be at least 1".into());
+        }
+        if self.connections < self.workers {
+            return Err(format!(
+                "connections ({}) must be at least workers ({}): each worker needs one",
+                self.connections, self.workers
+            ));
+        }
+        if self.messages == 0 {
+            return Err("messages must be at least 1".into());
+        }
+        if self.payload > u32::MAX as usize || self.response_size.unwrap_or(0) > u32::MAX as usize {
+            return Err("payload and response sizes must be below 4 GiB".into());
+        }
+        match &self.mode {
+            Mode::Closed { concurrency } => {
+                if *concurrency == 0 {
+                    return Err("concurrency must be at least 1".into());
+                }
+                if *concurrency < self.connections {
+                    return Err(format!(
+                        "concurrency ({concurrency}) must be at least connections ({})",
+                        self.connections
+                    ));
+                }
+            }
+            Mode::Open {
+                rate,
+                max_in_flight,
+                ..
+            } => {
+                if !rate.is_finite() || *rate <= 0.0 {
+                    return Err(format!(
+                        "rate must be a positive number of requests per second, got {rate}"
+                    ));
+                }
+                if *max_in_flight == 0 {
+                    return Err("max_in_flight must be at least 1".into());
+                }
+                if *max_in_flight < self.workers {
+                    return Err(format!(
+                        "max_in_flight ({max_in_flight}) must be at least workers ({})",
+                        self.workers
+                    ));
+                }
+            }
+        }
+        match self.length {
+            Length::Duration(d) if d.is_zero() => {
+                return Err("duration must be positive".into());
+            }
+            Length::Requests(0) => return Err("requests must be at least 1".into()),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Callers in flight at most.
+    pub fn in_flight(&self) -> u32 {
+        match &self.mode {
+            Mode::Closed { concurrency } => *concurrency,
+            Mode::Open { max_in_flight, .. } => *max_in_flight,
+        }
+    }
+
+    /// A rough wall-clock estimate of the run (for progress bars), warm-up included.
+    pub fn estimate(&self) -> Duration {
+        let measured = match (self.length, &self.mode) {
+            (Length::Duration(d), _) => d,
+            (Length::Requests(n), Mode::Open { rate, .. }) => {
+                Duration::from_secs_f64(n as f64 / rate)
+            }
+            // Unknown speed: assume 20k calls per second.
+            (Length::Requests(n), Mode::Closed { .. }) => {
+                Duration::from_secs_f64(n as f64 / 20_000.0)
+            }
+        };
+        self.warmup + measured
+    }
+
+    /// A one-line description (`unary closed c=32 over 4 conns, 64 B, 3s`).
+    pub fn describe(&self) -> String {
+        let mode = match &self.mode {
+            Mode::Closed { concurrency } => format!("closed loop, {concurrency} in flight"),
+            Mode::Open { rate, schedule, .. } => {
+                format!("open loop, {} {rate}/s", schedule.name())
+            }
+        };
+        let len = match self.length {
+            Length::Duration(d) => format!("{d:?}"),
+            Length::Requests(n) => format!("{n} calls"),
+        };
+        let stream = if self.method == Method::Unary {
+            String::new()
+        } else {
+            format!(", {} msgs/call", self.messages)
+        };
+        format!(
+            "{} {mode}, {} conn(s), {} B{stream}, {len}",
+            self.method.name(),
+            self.connections,
+            self.payload
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(LoadSpec::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn bad_parameters_are_named() {
+        let open = |rate| LoadSpec {
+            mode: Mode::Open {
+                rate,
+                schedule: Schedule::Poisson,
+                max_in_flight: 10,
+            },
+            ..LoadSpec::default()
+        };
+        assert!(open(0.0).validate().unwrap_err().contains("rate"));
+        assert!(open(-3.0).validate().unwrap_err().contains("rate"));
+        assert!(open(f64::NAN).validate().unwrap_err().contains("rate"));
+        let s = LoadSpec {
+            mode: Mode::Closed { concurrency: 0 },
+            ..LoadSpec::default()
+        };
+        assert!(s.validate().unwrap_err().contains("concurrency"));
+        let s = LoadSpec {
+            connections: 4,
+            mode: Mode::Closed { concurrency: 2 },
+            ..LoadSpec::default()
+        };
+        assert!(s.validate().unwrap_err().contains("connections"));
+        let s = LoadSpec {
+            length: Length::Requests(0),
+            ..LoadSpec::default()
+        };
+        assert!(s.validate().unwrap_err().contains("requests"));
+    }
+}

@@ -1,0 +1,621 @@
+//! Suites: a TOML file that says what `wirebench run` does — conformance, the floor, and a
+//! list of load points run against every transport. The format is documented in
+//! `scenarios/suites/README.md`; `quick` and `ci` are built in.
+//!
+//! A malformed suite fails with the file, the line and column, and what was expected.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+use wirebench_transports::Method;
+
+use crate::load::{Length, LoadSpec, Mode, Schedule, Stall};
+use crate::units::{parse_duration, parse_size};
+
+/// The built-in suites: name and TOML text.
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("quick", include_str!("../suites/quick.toml")),
+    ("ci", include_str!("../suites/ci.toml")),
+];
+
+/// Why a suite could not be loaded.
+#[derive(Debug, Error)]
+pub enum SuiteError {
+    /// The suite file could not be read.
+    #[error("cannot read suite file {file}: {source}")]
+    Read {
+        /// The path given.
+        file: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Neither a file nor a built-in suite of that name exists.
+    #[error("no suite file or built-in suite named {name:?} (built-in: {builtin})")]
+    Unknown {
+        /// The name given.
+        name: String,
+        /// The built-in names.
+        builtin: String,
+    },
+    /// The file is not a valid suite; the position names the line and column.
+    #[error("{file}:{line}:{column}: {message}")]
+    Invalid {
+        /// The file (or `built-in:NAME`).
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What was wrong and what was expected.
+        message: String,
+    },
+}
+
+/// Options passed to one transport's client and server.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransportOptions {
+    /// Client options (`ClientConfig::options`).
+    #[serde(default)]
+    pub client: BTreeMap<String, String>,
+    /// Server options (`ServerConfig::options`, `wirebench serve --option`).
+    #[serde(default)]
+    pub server: BTreeMap<String, String>,
+}
+
+/// The conformance part of a suite.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConformanceSpec {
+    /// Run conformance at all.
+    pub enabled: bool,
+    /// Only these cases (`None`: all).
+    pub cases: Option<Vec<String>>,
+}
+
+/// The floor measurement of a suite.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FloorSpec {
+    /// Measure the floor at all.
+    pub enabled: bool,
+    /// Measured time.
+    pub duration: Duration,
+    /// Discarded warm-up.
+    pub warmup: Duration,
+    /// Bytes each way.
+    pub payload: usize,
+}
+
+/// When a run's numbers are declared to measure the tool rather than the transport.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ValiditySpec {
+    /// An open-loop run whose generator lag p99 exceeds this is invalid.
+    pub max_lag_p99: Duration,
+    /// A run where some client worker thread was busy at least this fraction of the time
+    /// is invalid (the client saturated its CPU).
+    pub max_client_busy: f64,
+}
+
+impl Default for ValiditySpec {
+    fn default() -> ValiditySpec {
+        ValiditySpec {
+            max_lag_p99: Duration::from_millis(1),
+            max_client_busy: 0.95,
+        }
+    }
+}
+
+/// One load point of a suite.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoadPoint {
+    /// What to run.
+    pub spec: LoadSpec,
+    /// Only against these transports (`None`: all selected).
+    pub transports: Option<Vec<String>>,
+}
+
+/// A parsed suite.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Suite {
+    /// Its name.
+    pub name: String,
+    /// What it is for.
+    pub description: String,
+    /// Where it came from: a path, or `built-in:NAME`.
+    pub source: String,
+    /// The TOML text as read (recorded in results: the suite as run).
+    pub text: String,
+    /// Transports to run (`None`: every transport).
+    pub transports: Option<Vec<String>>,
+    /// Conformance.
+    pub conformance: ConformanceSpec,
+    /// The floor.
+    pub floor: FloorSpec,
+    /// Validity thresholds.
+    pub validity: ValiditySpec,
+    /// Per-transport options.
+    pub options: BTreeMap<String, TransportOptions>,
+    /// The load points, in order.
+    pub load: Vec<LoadPoint>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SuiteToml {
+    name: String,
+    #[serde(default)]
+    description: String,
+    transports: Option<Vec<String>>,
+    #[serde(default)]
+    conformance: ConformanceToml,
+    #[serde(default)]
+    floor: FloorToml,
+    #[serde(default)]
+    validity: ValidityToml,
+    #[serde(default)]
+    defaults: PointToml,
+    #[serde(default)]
+    options: BTreeMap<String, TransportOptions>,
+    #[serde(default)]
+    load: Vec<toml::Spanned<PointToml>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConformanceToml {
+    #[serde(default = "yes")]
+    enabled: bool,
+    cases: Option<Vec<String>>,
+}
+
+impl Default for ConformanceToml {
+    fn default() -> Self {
+        ConformanceToml {
+            enabled: true,
+            cases: None,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FloorToml {
+    enabled: Option<bool>,
+    duration: Option<toml::Spanned<String>>,
+    warmup: Option<toml::Spanned<String>>,
+    payload: Option<toml::Spanned<SizeToml>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ValidityToml {
+    max_lag_p99: Option<toml::Spanned<String>>,
+    max_client_busy: Option<toml::Spanned<f64>>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+enum SizeToml {
+    Bytes(u64),
+    Text(String),
+}
+
+/// A load point as written: every field optional, `[defaults]` fills the gaps.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PointToml {
+    name: Option<String>,
+    transports: Option<Vec<String>>,
+    method: Option<toml::Spanned<String>>,
+    concurrency: Option<u32>,
+    rate: Option<toml::Spanned<f64>>,
+    schedule: Option<toml::Spanned<String>>,
+    max_in_flight: Option<u32>,
+    connections: Option<u32>,
+    workers: Option<u32>,
+    payload: Option<toml::Spanned<SizeToml>>,
+    response_size: Option<toml::Spanned<SizeToml>>,
+    messages: Option<u32>,
+    warmup: Option<toml::Spanned<String>>,
+    duration: Option<toml::Spanned<String>>,
+    requests: Option<u64>,
+    seed: Option<u64>,
+    timeout: Option<toml::Spanned<String>>,
+    stall_at: Option<toml::Spanned<String>>,
+    stall_for: Option<toml::Spanned<String>>,
+}
+
+macro_rules! pick {
+    ($p:expr, $d:expr, $f:ident) => {
+        $p.$f.clone().or_else(|| $d.$f.clone())
+    };
+}
+
+struct Ctx<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, span: Range<usize>, message: impl Into<String>) -> SuiteError {
+        let (line, column) = line_col(self.text, span.start);
+        SuiteError::Invalid {
+            file: self.file.to_owned(),
+            line,
+            column,
+            message: message.into(),
+        }
+    }
+
+    fn duration(&self, v: &toml::Spanned<String>, what: &str) -> Result<Duration, SuiteError> {
+        parse_duration(v.get_ref()).map_err(|e| {
+            self.err(
+                v.span(),
+                format!("{what}: {e}; expected a duration such as \"3s\" or \"250ms\""),
+            )
+        })
+    }
+
+    fn size(&self, v: &toml::Spanned<SizeToml>, what: &str) -> Result<usize, SuiteError> {
+        match v.get_ref() {
+            SizeToml::Bytes(n) => usize::try_from(*n)
+                .map_err(|_| self.err(v.span(), format!("{what}: {n} is too large"))),
+            SizeToml::Text(s) => parse_size(s).map_err(|e| {
+                self.err(
+                    v.span(),
+                    format!("{what}: {e}; expected bytes such as 64 or \"16KiB\""),
+                )
+            }),
+        }
+    }
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+    (line, col)
+}
+
+impl Suite {
+    /// A built-in suite by name, or a suite file by path (anything with a `/`, ending in
+    /// `.toml`, or naming an existing file).
+    pub fn load(name_or_path: &str) -> Result<Suite, SuiteError> {
+        let looks_like_path = name_or_path.contains('/')
+            || name_or_path.ends_with(".toml")
+            || Path::new(name_or_path).is_file();
+        if looks_like_path {
+            let text =
+                std::fs::read_to_string(name_or_path).map_err(|source| SuiteError::Read {
+                    file: name_or_path.to_owned(),
+                    source,
+                })?;
+            return Suite::parse(&text, name_or_path);
+        }
+        match BUILTIN.iter().find(|(n, _)| *n == name_or_path) {
+            Some((n, text)) => Suite::parse(text, &format!("built-in:{n}")),
+            None => Err(SuiteError::Unknown {
+                name: name_or_path.to_owned(),
+                builtin: BUILTIN
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+
+    /// Parses suite TOML; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Suite, SuiteError> {
+        let cx = Ctx { file, text };
+        let raw: SuiteToml = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            cx.err(span, e.message().trim_end().replace('\n', "; "))
+        })?;
+        let floor_defaults = FloorSpec {
+            enabled: true,
+            duration: Duration::from_secs(2),
+            warmup: Duration::from_millis(500),
+            payload: 64,
+        };
+        let floor = FloorSpec {
+            enabled: raw.floor.enabled.unwrap_or(true),
+            duration: match &raw.floor.duration {
+                Some(d) => cx.duration(d, "floor.duration")?,
+                None => floor_defaults.duration,
+            },
+            warmup: match &raw.floor.warmup {
+                Some(d) => cx.duration(d, "floor.warmup")?,
+                None => floor_defaults.warmup,
+            },
+            payload: match &raw.floor.payload {
+                Some(p) => cx.size(p, "floor.payload")?,
+                None => floor_defaults.payload,
+            },
+        };
+        let mut validity = ValiditySpec::default();
+        if let Some(d) = &raw.validity.max_lag_p99 {
+            validity.max_lag_p99 = cx.duration(d, "validity.max_lag_p99")?;
+        }
+        if let Some(b) = &raw.validity.max_client_busy {
+            let v = *b.get_ref();
+            if !(v > 0.0 && v <= 1.0) {
+                return Err(cx.err(
+                    b.span(),
+                    format!("validity.max_client_busy: expected a fraction in (0, 1], got {v}"),
+                ));
+            }
+            validity.max_client_busy = v;
+        }
+        if raw.load.is_empty() && !raw.conformance.enabled {
+            return Err(cx.err(
+                0..0,
+                "the suite does nothing: expected at least one [[load]] point or conformance",
+            ));
+        }
+        let defaults = &raw.defaults;
+        let mut load = Vec::with_capacity(raw.load.len());
+        for (i, p) in raw.load.iter().enumerate() {
+            let point = resolve_point(&cx, p, defaults, i)?;
+            if load
+                .iter()
+                .any(|l: &LoadPoint| l.spec.name == point.spec.name)
+            {
+                return Err(cx.err(
+                    p.span(),
+                    format!("load point name {:?} is used twice", point.spec.name),
+                ));
+            }
+            load.push(point);
+        }
+        Ok(Suite {
+            name: raw.name,
+            description: raw.description,
+            source: file.to_owned(),
+            text: text.to_owned(),
+            transports: raw.transports,
+            conformance: ConformanceSpec {
+                enabled: raw.conformance.enabled,
+                cases: raw.conformance.cases,
+            },
+            floor,
+            validity,
+            options: raw.options,
+            load,
+        })
+    }
+
+    /// A rough estimate of the load part per transport (for progress).
+    pub fn load_estimate(&self) -> Duration {
+        self.load.iter().map(|p| p.spec.estimate()).sum()
+    }
+}
+
+fn resolve_point(
+    cx: &Ctx<'_>,
+    p: &toml::Spanned<PointToml>,
+    d: &PointToml,
+    index: usize,
+) -> Result<LoadPoint, SuiteError> {
+    let span = p.span();
+    let p = p.get_ref();
+    let name = pick!(p, d, name).unwrap_or_else(|| format!("load-{}", index + 1));
+    let at = |msg: String| cx.err(span.clone(), format!("load point {name:?}: {msg}"));
+    let method = match pick!(p, d, method) {
+        None => Method::Unary,
+        Some(m) => match Method::parse(m.get_ref()) {
+            Some(method) => method,
+            None => {
+                return Err(cx.err(
+                    m.span(),
+                    format!(
+                        "method {:?}: expected unary, server-stream, client-stream or bidi",
+                        m.get_ref()
+                    ),
+                ));
+            }
+        },
+    };
+    let connections = pick!(p, d, connections).unwrap_or(1);
+    let workers = pick!(p, d, workers).unwrap_or(1);
+    // A point's own `rate` or `concurrency` decides its loop; defaults fill in only when the
+    // point has neither.
+    let (rate, concurrency) = if p.rate.is_some() || p.concurrency.is_some() {
+        (p.rate.clone(), p.concurrency)
+    } else {
+        (d.rate.clone(), d.concurrency)
+    };
+    let mode = match (rate, concurrency) {
+        (Some(_), Some(_)) => {
+            return Err(at(
+                "has both rate (open loop) and concurrency (closed loop); expected one".into(),
+            ));
+        }
+        (Some(r), None) => {
+            let rate = *r.get_ref();
+            if !rate.is_finite() || rate <= 0.0 {
+                return Err(cx.err(
+                    r.span(),
+                    format!("rate: expected a positive number of requests per second, got {rate}"),
+                ));
+            }
+            let schedule = match pick!(p, d, schedule) {
+                None => Schedule::Poisson,
+                Some(s) => Schedule::parse(s.get_ref()).ok_or_else(|| {
+                    cx.err(
+                        s.span(),
+                        format!(
+                            "schedule {:?}: expected \"constant\" or \"poisson\"",
+                            s.get_ref()
+                        ),
+                    )
+                })?,
+            };
+            Mode::Open {
+                rate,
+                schedule,
+                max_in_flight: pick!(p, d, max_in_flight).unwrap_or(1024),
+            }
+        }
+        (None, Some(c)) => Mode::Closed { concurrency: c },
+        (None, None) => Mode::Closed {
+            concurrency: connections,
+        },
+    };
+    // A point's own length wins; `[defaults]` fills in only when it has none.
+    let length = match (&p.duration, p.requests) {
+        (Some(_), Some(_)) => {
+            return Err(at("has both duration and requests; expected one".into()));
+        }
+        (Some(dur), None) => Length::Duration(cx.duration(dur, "duration")?),
+        (None, Some(n)) => Length::Requests(n),
+        (None, None) => match (&d.duration, d.requests) {
+            (_, Some(n)) => Length::Requests(n),
+            (Some(dur), None) => Length::Duration(cx.duration(dur, "defaults.duration")?),
+            (None, None) => Length::Duration(Duration::from_secs(5)),
+        },
+    };
+    let stall = match (pick!(p, d, stall_at), pick!(p, d, stall_for)) {
+        (Some(a), Some(f)) => Some(Stall {
+            at: cx.duration(&a, "stall_at")?,
+            duration: cx.duration(&f, "stall_for")?,
+        }),
+        (None, None) => None,
+        _ => return Err(at("stall_at and stall_for go together".into())),
+    };
+    let spec = LoadSpec {
+        name: name.clone(),
+        method,
+        mode,
+        connections,
+        workers,
+        payload: match pick!(p, d, payload) {
+            Some(s) => cx.size(&s, "payload")?,
+            None => 64,
+        },
+        response_size: match pick!(p, d, response_size) {
+            Some(s) => Some(cx.size(&s, "response_size")?),
+            None => None,
+        },
+        messages: pick!(p, d, messages).unwrap_or(if method == Method::Unary { 1 } else { 10 }),
+        warmup: match pick!(p, d, warmup) {
+            Some(w) => cx.duration(&w, "warmup")?,
+            None => Duration::from_secs(1),
+        },
+        length,
+        seed: pick!(p, d, seed).unwrap_or(1),
+        timeout: match pick!(p, d, timeout) {
+            Some(t) => Some(cx.duration(&t, "timeout")?),
+            None => None,
+        },
+        stall,
+    };
+    spec.validate().map_err(at)?;
+    Ok(LoadPoint {
+        spec,
+        transports: pick!(p, d, transports),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_suites_parse() {
+        for (name, _) in BUILTIN {
+            let s = Suite::load(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(&s.name, name);
+            assert!(!s.load.is_empty());
+        }
+    }
+
+    #[test]
+    fn defaults_fill_points() {
+        let s = Suite::parse(
+            r#"
+name = "t"
+[defaults]
+payload = "1KiB"
+duration = "2s"
+warmup = "0s"
+[[load]]
+name = "a"
+concurrency = 4
+[[load]]
+name = "b"
+rate = 100
+schedule = "constant"
+requests = 50
+"#,
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(s.load[0].spec.payload, 1024);
+        assert_eq!(s.load[0].spec.mode, Mode::Closed { concurrency: 4 });
+        assert_eq!(
+            s.load[0].spec.length,
+            Length::Duration(Duration::from_secs(2))
+        );
+        assert_eq!(s.load[1].spec.length, Length::Requests(50));
+        assert!(matches!(
+            s.load[1].spec.mode,
+            Mode::Open {
+                schedule: Schedule::Constant,
+                ..
+            }
+        ));
+    }
+
+    fn err(text: &str) -> String {
+        Suite::parse(text, "bad.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_file_line_and_expectation() {
+        let e = err("name = \"x\"\n[[load]]\nname = \"a\"\nrate = 0\n");
+        assert!(e.starts_with("bad.toml:4:"), "{e}");
+        assert!(e.contains("positive"), "{e}");
+
+        let e = err("name = \"x\"\n[[load]]\nname = \"a\"\nconcurency = 3\n");
+        assert!(e.starts_with("bad.toml:4:"), "{e}");
+        assert!(e.contains("concurency") && e.contains("expected"), "{e}");
+
+        let e = err("name = \"x\"\n\n[[load]]\nmethod = \"teleport\"\n");
+        assert!(e.starts_with("bad.toml:4:"), "{e}");
+        assert!(e.contains("bidi"), "{e}");
+
+        let e = err("name = \"x\"\n[[load]]\nduration = \"3 parsecs\"\n");
+        assert!(e.starts_with("bad.toml:3:"), "{e}");
+
+        let e = err("name = [\n");
+        assert!(e.starts_with("bad.toml:"), "{e}");
+
+        let e = err("name = \"x\"\n[[load]]\nrate = 5\nconcurrency = 2\n");
+        assert!(e.contains("both rate"), "{e}");
+
+        let e = err("name = \"x\"\n[[load]]\nconcurrency = 1\nconnections = 2\n");
+        assert!(
+            e.starts_with("bad.toml:2:") && e.contains("connections"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_names_list_builtins() {
+        let e = Suite::load("nonesuch").unwrap_err().to_string();
+        assert!(e.contains("quick") && e.contains("ci"), "{e}");
+        let e = Suite::load("/nonexistent/x.toml").unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/x.toml"), "{e}");
+    }
+}

@@ -1,0 +1,122 @@
+//! Human units on the command line and in suite files: durations (`3s`, `250ms`, `1.5s`),
+//! sizes (`64`, `16KiB`, `1MB`) and rates (`5000`, `2.5k`).
+
+use std::time::Duration;
+
+/// Parses `3s`, `250ms`, `1.5s`, `2m`, `10us`, `500ns`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("{s:?}: missing unit (ns, us, ms, s, m, h)"))?;
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: {num:?} is not a number"))?;
+    let secs = match unit.trim() {
+        "ns" => n / 1e9,
+        "us" | "µs" => n / 1e6,
+        "ms" => n / 1e3,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?} (ns, us, ms, s, m, h)"
+            ));
+        }
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("{s:?}: must be a non-negative duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses a byte size: `64`, `64B`, `16KiB`, `1MiB`, `2KB` (1000), `1MB` (1000²).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    if num.is_empty() {
+        return Err(format!(
+            "{s:?}: expected a byte size such as 64, 16KiB or 1MiB"
+        ));
+    }
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("{s:?}: {num:?} is not a whole number of bytes"))?;
+    let mult: usize = match unit.trim() {
+        "" | "B" | "b" => 1,
+        "KiB" | "k" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "KB" | "kB" => 1000,
+        "MB" => 1_000_000,
+        other => {
+            return Err(format!(
+                "{s:?}: unknown size unit {other:?} (B, KiB, MiB, KB, MB)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?}: size too large"))
+}
+
+/// Parses a rate in requests per second: `5000`, `2.5k`, `1M`. Must be positive and finite.
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.as_bytes().last() {
+        Some(b'k' | b'K') => (&t[..t.len() - 1], 1e3),
+        Some(b'M') => (&t[..t.len() - 1], 1e6),
+        _ => (t, 1.0),
+    };
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a rate (requests per second, e.g. 5000 or 2.5k)"))?;
+    let r = n * mult;
+    if !r.is_finite() || r <= 0.0 {
+        return Err(format!(
+            "rate must be a positive number of requests per second, got {s:?}"
+        ));
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("10us"), Ok(Duration::from_micros(10)));
+        assert!(parse_duration("3").is_err());
+        assert!(parse_duration("3 parsecs").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("64"), Ok(64));
+        assert_eq!(parse_size("64B"), Ok(64));
+        assert_eq!(parse_size("16KiB"), Ok(16384));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("2KB"), Ok(2000));
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("KiB").is_err());
+        assert!(parse_size("3 furlongs").is_err());
+    }
+
+    #[test]
+    fn rates_parse() {
+        assert_eq!(parse_rate("5000"), Ok(5000.0));
+        assert_eq!(parse_rate("2.5k"), Ok(2500.0));
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("-5").is_err());
+        assert!(parse_rate("NaN").is_err());
+        assert!(parse_rate("fast").is_err());
+    }
+}
