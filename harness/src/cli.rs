@@ -36,6 +36,8 @@ pub enum Command {
     Run(cmd::run::Args),
     /// Re-render report.html and summary.md from a saved results.json.
     Report(cmd::report::Args),
+    /// Compare two results files and decide, with noise in mind, whether NEW regressed.
+    Compare(cmd::compare::Args),
     /// Run the conformance cases against transports and print the case × transport matrix.
     Conformance(cmd::conformance::Args),
     /// Measure the loopback floor: a blocking TCP ping-pong, one message in flight.
@@ -75,6 +77,7 @@ pub fn main() -> ExitCode {
         Command::Floor(a) => cmd::floor::run(a),
         Command::Run(a) => cmd::run::run(a),
         Command::Report(a) => cmd::report::run(a),
+        Command::Compare(a) => cmd::compare::run(a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Load(a) => cmd::load::run(*a),
         Command::Proxy(a) => cmd::proxy::run(a),

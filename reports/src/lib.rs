@@ -3,9 +3,11 @@
 //! re-rendered or compared.
 
 pub mod charts;
+pub mod compare;
 pub mod conformance;
 pub mod histogram;
 pub mod html;
+pub mod junit;
 pub mod markdown;
 pub mod results;
 
@@ -13,8 +15,20 @@ use std::path::{Path, PathBuf};
 
 use results::{Results, ResultsError, write_atomic};
 
-/// Writes `report.html` and `summary.md` for `results` into `dir`; returns their paths.
-pub fn render_all(results: &Results, dir: &Path) -> Result<(PathBuf, PathBuf), ResultsError> {
+/// The files [`render_all`] wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rendered {
+    /// `report.html`.
+    pub html: PathBuf,
+    /// `summary.md`.
+    pub summary: PathBuf,
+    /// `junit.xml`, when the results hold conformance outcomes.
+    pub junit: Option<PathBuf>,
+}
+
+/// Writes `report.html`, `summary.md` and (with conformance outcomes) `junit.xml` for
+/// `results` into `dir`.
+pub fn render_all(results: &Results, dir: &Path) -> Result<Rendered, ResultsError> {
     let html = dir.join("report.html");
     let md = dir.join("summary.md");
     let err = |p: &Path| {
@@ -23,5 +37,16 @@ pub fn render_all(results: &Results, dir: &Path) -> Result<(PathBuf, PathBuf), R
     };
     write_atomic(&html, html::render(results).as_bytes()).map_err(err(&html))?;
     write_atomic(&md, markdown::render(results).as_bytes()).map_err(err(&md))?;
-    Ok((html, md))
+    let junit = if results.conformance.is_empty() {
+        None
+    } else {
+        let path = dir.join("junit.xml");
+        write_atomic(&path, junit::render(&results.conformance).as_bytes()).map_err(err(&path))?;
+        Some(path)
+    };
+    Ok(Rendered {
+        html,
+        summary: md,
+        junit,
+    })
 }

@@ -19,7 +19,12 @@ use crate::proxy::HarnessFaults;
 /// Arguments of `wirebench conformance`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  wirebench conformance\n  wirebench conformance --transport inproc,tcp --json conformance.json\n  wirebench conformance --case unary_large,stream_integrity\n  wirebench conformance --transport tcp,grpc,quic --tls mtls\n  wirebench conformance --tls tls --tls-dir ./certs --tls-server-name api.example"
+    after_help = "Examples:
+  wirebench conformance
+  wirebench conformance --transport inproc,tcp --json conformance.json --junit junit.xml
+  wirebench conformance --case unary_large,stream_integrity
+  wirebench conformance --transport tcp,grpc,quic --tls mtls
+  wirebench conformance --tls tls --tls-dir ./certs --tls-server-name api.example"
 )]
 pub struct Args {
     /// Transports to check, comma-separated (default: all).
@@ -31,6 +36,10 @@ pub struct Args {
     /// Also write the outcomes as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Also write the outcomes as JUnit XML to this file (one testcase per case × transport;
+    /// unsupported cases are `skipped` with their reason).
+    #[arg(long)]
+    pub junit: Option<PathBuf>,
     /// Print every case as it completes.
     #[arg(long)]
     pub progress: bool,
@@ -193,7 +202,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
     )?;
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&outcomes)?;
-        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, json)
+            .map_err(|e| bad_input(format!("cannot write {}: {e}", path.display())))?;
+        writeln!(out, "wrote {}", path.display())?;
+    }
+    if let Some(path) = &args.junit {
+        std::fs::write(path, wirebench_reports::junit::render(&outcomes))
+            .map_err(|e| bad_input(format!("cannot write {}: {e}", path.display())))?;
         writeln!(out, "wrote {}", path.display())?;
     }
     Ok(if failures > 0 {

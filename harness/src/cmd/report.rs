@@ -39,9 +39,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
             dir.display()
         ))
     })?;
-    let (html, md) =
+    let rendered =
         wirebench_reports::render_all(&results, &dir).context("rendering the reports")?;
-    println!("report:  {}", html.display());
-    println!("summary: {}", md.display());
+    println!("report:  {}", rendered.html.display());
+    println!("summary: {}", rendered.summary.display());
+    if let Some(junit) = &rendered.junit {
+        println!("junit:   {}", junit.display());
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -384,7 +384,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     progress.finish();
     let was_interrupted = interrupted.load(Ordering::SeqCst);
-    let (html, md) = finish(
+    let rendered = finish(
         &mut results,
         &results_path,
         &dir,
@@ -392,8 +392,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
         was_interrupted,
     )?;
     println!("results: {}", results_path.display());
-    println!("report:  {}", html.display());
-    println!("summary: {}", md.display());
+    println!("report:  {}", rendered.html.display());
+    println!("summary: {}", rendered.summary.display());
+    if let Some(junit) = &rendered.junit {
+        println!("junit:   {}", junit.display());
+    }
     Ok(if was_interrupted {
         ExitCode::from(INTERRUPTED)
     } else if !results.errors.is_empty() {
@@ -417,7 +420,7 @@ fn finish(
     dir: &Path,
     complete: bool,
     interrupted: bool,
-) -> Result<(PathBuf, PathBuf)> {
+) -> Result<wirebench_reports::Rendered> {
     results.finished_at = Some(environment::now_rfc3339());
     results.complete = complete;
     results.interrupted = interrupted;

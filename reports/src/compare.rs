@@ -1,0 +1,826 @@
+//! `compare BASE NEW`: decides, run by run and metric by metric, whether NEW regressed against
+//! BASE — with the machine's noise in mind.
+//!
+//! A metric counts as changed only when its change is larger than the threshold **and**
+//! outside the noise. The noise comes from each run's own per-second intervals: their
+//! histograms are resampled with replacement (a bootstrap over intervals, merging the drawn
+//! intervals' histograms losslessly) to get a confidence interval for the ratio NEW/BASE; the
+//! change is significant only when that interval excludes 1. Without intervals to resample
+//! (runs shorter than two seconds, and CPU per call, which `/proc` gives per run only) the
+//! change must exceed the threshold plus a noise allowance instead: the threshold again for
+//! rates and latencies, `/proc`'s 10 ms tick resolution for CPU; the table says "no spread".
+//! Runs whose parameters differ, or that are invalid on either side, are listed, not judged.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::histogram;
+use crate::results::{Results, RunRecord};
+
+/// What is compared for every run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// Calls per second (higher is better).
+    Throughput,
+    /// Median latency.
+    P50,
+    /// 99th percentile latency.
+    P99,
+    /// 99.9th percentile latency.
+    P999,
+    /// Client CPU µs per call.
+    CpuClient,
+    /// Server CPU µs per call.
+    CpuServer,
+}
+
+impl Metric {
+    /// Every metric, in report order.
+    pub const ALL: [Metric; 6] = [
+        Metric::Throughput,
+        Metric::P50,
+        Metric::P99,
+        Metric::P999,
+        Metric::CpuClient,
+        Metric::CpuServer,
+    ];
+
+    /// Its name in tables and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Throughput => "throughput",
+            Metric::P50 => "p50",
+            Metric::P99 => "p99",
+            Metric::P999 => "p99.9",
+            Metric::CpuClient => "cpu-client",
+            Metric::CpuServer => "cpu-server",
+        }
+    }
+
+    /// Parses a name printed by [`Metric::name`].
+    pub fn parse(s: &str) -> Option<Metric> {
+        Metric::ALL.into_iter().find(|m| m.name() == s)
+    }
+
+    fn higher_is_better(self) -> bool {
+        self == Metric::Throughput
+    }
+
+    /// The default threshold: tails move more than medians between clean runs.
+    pub fn default_threshold(self) -> f64 {
+        match self {
+            Metric::Throughput | Metric::P50 => 0.15,
+            Metric::P99 => 0.30,
+            Metric::P999 => 0.50,
+            Metric::CpuClient | Metric::CpuServer => 0.25,
+        }
+    }
+
+    fn quantile(self) -> Option<f64> {
+        match self {
+            Metric::P50 => Some(0.5),
+            Metric::P99 => Some(0.99),
+            Metric::P999 => Some(0.999),
+            _ => None,
+        }
+    }
+}
+
+/// How to decide.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CompareConfig {
+    /// Relative change that matters, per metric (0.15 = 15 %).
+    pub thresholds: BTreeMap<Metric, f64>,
+    /// Confidence of the bootstrap interval (0.95).
+    pub confidence: f64,
+    /// Bootstrap resamples.
+    pub resamples: usize,
+    /// Seed of the bootstrap (decisions are reproducible).
+    pub seed: u64,
+}
+
+impl Default for CompareConfig {
+    fn default() -> CompareConfig {
+        CompareConfig {
+            thresholds: Metric::ALL
+                .into_iter()
+                .map(|m| (m, m.default_threshold()))
+                .collect(),
+            confidence: 0.95,
+            resamples: 1000,
+            seed: 1,
+        }
+    }
+}
+
+impl CompareConfig {
+    fn threshold(&self, m: Metric) -> f64 {
+        self.thresholds
+            .get(&m)
+            .copied()
+            .unwrap_or_else(|| m.default_threshold())
+    }
+}
+
+/// The verdict on one metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Within the threshold.
+    Same,
+    /// Beyond the threshold but inside the noise: not counted.
+    Noise,
+    /// Better, beyond the threshold and the noise.
+    Improved,
+    /// Worse, beyond the threshold and the noise (or, without a noise estimate, beyond the
+    /// threshold and the measurement resolution).
+    Regressed,
+    /// Nothing to compare (missing on one side).
+    Missing,
+}
+
+impl Verdict {
+    fn label(self) -> &'static str {
+        match self {
+            Verdict::Same => "same",
+            Verdict::Noise => "noise",
+            Verdict::Improved => "improved",
+            Verdict::Regressed => "REGRESSED",
+            Verdict::Missing => "n/a",
+        }
+    }
+}
+
+/// One metric of one run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetricComparison {
+    /// The metric.
+    pub metric: Metric,
+    /// BASE's value (calls/s, ns or µs).
+    pub base: f64,
+    /// NEW's value.
+    pub new: f64,
+    /// NEW/BASE − 1.
+    pub change: f64,
+    /// The threshold applied.
+    pub threshold: f64,
+    /// Confidence interval of NEW/BASE − 1, when the runs have intervals to resample.
+    pub interval: Option<(f64, f64)>,
+    /// The decision.
+    pub verdict: Verdict,
+}
+
+/// One run (transport × load point) present in both files.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunComparison {
+    /// The transport.
+    pub transport: String,
+    /// The load point.
+    pub point: String,
+    /// Per metric.
+    pub metrics: Vec<MetricComparison>,
+    /// Why the run was not judged (an invalid run on either side), if so.
+    pub skipped: Option<String>,
+}
+
+/// The whole comparison.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Comparison {
+    /// BASE's label (path).
+    pub base: String,
+    /// NEW's label.
+    pub new: String,
+    /// Runs in both files.
+    pub runs: Vec<RunComparison>,
+    /// Runs only in BASE (`transport/point`): listed, not failed.
+    pub only_in_base: Vec<String>,
+    /// Runs only in NEW: listed, not failed.
+    pub only_in_new: Vec<String>,
+}
+
+impl Comparison {
+    /// `(run, metric)` pairs that regressed.
+    pub fn regressions(&self) -> Vec<(String, Metric)> {
+        self.runs
+            .iter()
+            .flat_map(|r| {
+                r.metrics
+                    .iter()
+                    .filter(|m| m.verdict == Verdict::Regressed)
+                    .map(move |m| (format!("{}/{}", r.transport, r.point), m.metric))
+            })
+            .collect()
+    }
+}
+
+/// Per-second samples of one run, prepared for resampling.
+struct Samples {
+    /// Calls per second of each interval.
+    rates: Vec<f64>,
+    /// Each interval's latency histogram as sorted (value, count) pairs.
+    buckets: Vec<Vec<(u64, u64)>>,
+}
+
+impl Samples {
+    fn of(run: &RunRecord) -> Samples {
+        let elapsed = run.summary.elapsed_s;
+        let mut rates = Vec::new();
+        let mut buckets = Vec::new();
+        for i in &run.intervals {
+            let len = (elapsed - i.start_s).clamp(0.0, 1.0);
+            if len < 0.5 {
+                continue; // a sliver at the end says little about the rate
+            }
+            rates.push(i.calls as f64 / len);
+            if let Ok(h) = histogram::decode(&i.histogram) {
+                let b: Vec<(u64, u64)> = h
+                    .iter_recorded()
+                    .map(|v| {
+                        (
+                            h.highest_equivalent(v.value_iterated_to()),
+                            v.count_at_value(),
+                        )
+                    })
+                    .collect();
+                if !b.is_empty() {
+                    buckets.push(b);
+                }
+            }
+        }
+        Samples { rates, buckets }
+    }
+
+    fn resample_rate(&self, rng: &mut SmallRng) -> f64 {
+        let n = self.rates.len();
+        (0..n)
+            .map(|_| self.rates[rng.random_range(0..n)])
+            .sum::<f64>()
+            / n as f64
+    }
+
+    fn resample_quantiles(&self, rng: &mut SmallRng, qs: &[f64], out: &mut Vec<f64>) {
+        let n = self.buckets.len();
+        let mut merged: Vec<(u64, u64)> = Vec::new();
+        for _ in 0..n {
+            merged.extend_from_slice(&self.buckets[rng.random_range(0..n)]);
+        }
+        merged.sort_unstable_by_key(|(v, _)| *v);
+        let total: u64 = merged.iter().map(|(_, c)| c).sum();
+        out.clear();
+        let mut seen = 0u64;
+        let mut it = merged.iter();
+        for q in qs {
+            let rank = ((q * total as f64).ceil() as u64).max(1);
+            let mut value = 0;
+            while seen < rank {
+                match it.next() {
+                    Some((v, c)) => {
+                        seen += c;
+                        value = *v;
+                    }
+                    None => break,
+                }
+            }
+            if seen >= rank {
+                out.push(value as f64);
+            } else {
+                out.push(merged.last().map_or(0.0, |(v, _)| *v as f64));
+            }
+        }
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn point_value(run: &RunRecord, m: Metric) -> Option<f64> {
+    let s = &run.summary;
+    Some(match m {
+        Metric::Throughput => s.throughput_per_s,
+        Metric::P50 => s.latency.p50_ns as f64,
+        Metric::P99 => s.latency.p99_ns as f64,
+        Metric::P999 => s.latency.p999_ns as f64,
+        Metric::CpuClient => s.client.cpu_us_per_call,
+        Metric::CpuServer => s.server.as_ref()?.cpu_us_per_call,
+    })
+}
+
+/// The noise allowance when there is no spread to resample: for CPU, the relative
+/// uncertainty of µs per call from 10 ms ticks (on each side); otherwise the threshold again.
+fn noise_allowance(base: &RunRecord, new: &RunRecord, m: Metric, threshold: f64) -> f64 {
+    let usage = |r: &'_ RunRecord| match m {
+        Metric::CpuClient => Some(r.summary.client.clone()),
+        Metric::CpuServer => r.summary.server.clone(),
+        _ => None,
+    };
+    let tick = |u: Option<crate::results::ProcessUsage>| match u {
+        Some(u) if u.user_s + u.system_s > 0.0 => 0.01 / (u.user_s + u.system_s),
+        _ => 1.0,
+    };
+    match m {
+        Metric::CpuClient | Metric::CpuServer => tick(usage(base)) + tick(usage(new)),
+        _ => threshold,
+    }
+}
+
+/// Why two runs' parameters make them incomparable, if they do (the seed may differ).
+fn params_differ(base: &RunRecord, new: &RunRecord) -> Option<String> {
+    let mut b = base.params.clone();
+    b.seed = new.params.seed;
+    if b == new.params {
+        return None;
+    }
+    let (bj, nj) = (
+        serde_json::to_value(&base.params).unwrap_or_default(),
+        serde_json::to_value(&new.params).unwrap_or_default(),
+    );
+    let fields: Vec<String> = match (bj.as_object(), nj.as_object()) {
+        (Some(bo), Some(no)) => bo
+            .iter()
+            .filter(|(k, v)| *k != "seed" && no.get(*k) != Some(v))
+            .map(|(k, v)| format!("{k} {v} → {}", no.get(k).cloned().unwrap_or_default()))
+            .collect(),
+        _ => Vec::new(),
+    };
+    Some(format!("parameters differ: {}", fields.join(", ")))
+}
+
+fn compare_run(base: &RunRecord, new: &RunRecord, cfg: &CompareConfig) -> RunComparison {
+    let mut out = RunComparison {
+        transport: new.transport.clone(),
+        point: new.point.clone(),
+        metrics: Vec::new(),
+        skipped: None,
+    };
+    let invalid = |label: &str, r: &RunRecord| {
+        (!r.validity.valid)
+            .then(|| format!("{label} run invalid: {}", r.validity.reasons.join("; ")))
+    };
+    if let Some(why) = params_differ(base, new)
+        .or_else(|| invalid("BASE", base))
+        .or_else(|| invalid("NEW", new))
+    {
+        out.skipped = Some(why);
+        return out;
+    }
+    let (bs, ns) = (Samples::of(base), Samples::of(new));
+    let lat_metrics = [Metric::P50, Metric::P99, Metric::P999];
+    let qs: Vec<f64> = lat_metrics.iter().filter_map(|m| m.quantile()).collect();
+    // Bootstrap the ratios NEW/BASE for throughput and the three quantiles at once.
+    let mut ratios: BTreeMap<Metric, Vec<f64>> = BTreeMap::new();
+    let mut rng = SmallRng::seed_from_u64(cfg.seed);
+    let rate_ok = bs.rates.len() >= 2 && ns.rates.len() >= 2;
+    let lat_ok = bs.buckets.len() >= 2 && ns.buckets.len() >= 2;
+    let (mut qb, mut qn) = (Vec::new(), Vec::new());
+    for _ in 0..cfg.resamples {
+        if rate_ok {
+            let r = ns.resample_rate(&mut rng) / bs.resample_rate(&mut rng);
+            ratios.entry(Metric::Throughput).or_default().push(r);
+        }
+        if lat_ok {
+            bs.resample_quantiles(&mut rng, &qs, &mut qb);
+            ns.resample_quantiles(&mut rng, &qs, &mut qn);
+            for (i, m) in lat_metrics.iter().enumerate() {
+                if qb[i] > 0.0 {
+                    ratios.entry(*m).or_default().push(qn[i] / qb[i]);
+                }
+            }
+        }
+    }
+    let alpha = (1.0 - cfg.confidence) / 2.0;
+    for m in Metric::ALL {
+        let (Some(b), Some(n)) = (point_value(base, m), point_value(new, m)) else {
+            continue;
+        };
+        let threshold = cfg.threshold(m);
+        if b <= 0.0 {
+            out.metrics.push(MetricComparison {
+                metric: m,
+                base: b,
+                new: n,
+                change: 0.0,
+                threshold,
+                interval: None,
+                verdict: Verdict::Missing,
+            });
+            continue;
+        }
+        let change = n / b - 1.0;
+        let worse = if m.higher_is_better() {
+            change < 0.0
+        } else {
+            change > 0.0
+        };
+        let interval = ratios.get_mut(&m).filter(|r| r.len() >= 10).map(|r| {
+            r.sort_by(f64::total_cmp);
+            (percentile(r, alpha) - 1.0, percentile(r, 1.0 - alpha) - 1.0)
+        });
+        let beyond_threshold = change.abs() > threshold;
+        let significant = match interval {
+            Some((lo, hi)) => lo > 0.0 || hi < 0.0,
+            // No spread to judge by: the change must also exceed the measurement resolution.
+            None => change.abs() > threshold + noise_allowance(base, new, m, threshold),
+        };
+        let verdict = match (beyond_threshold, significant, worse) {
+            (false, _, _) => Verdict::Same,
+            (true, false, _) => Verdict::Noise,
+            (true, true, true) => Verdict::Regressed,
+            (true, true, false) => Verdict::Improved,
+        };
+        out.metrics.push(MetricComparison {
+            metric: m,
+            base: b,
+            new: n,
+            change,
+            threshold,
+            interval,
+            verdict,
+        });
+    }
+    out
+}
+
+/// Compares every run of `new` with the run of the same transport and load point in `base`.
+pub fn compare(
+    base: &Results,
+    base_label: &str,
+    new: &Results,
+    new_label: &str,
+    cfg: &CompareConfig,
+) -> Comparison {
+    let key = |r: &RunRecord| format!("{}/{}", r.transport, r.point);
+    let mut runs = Vec::new();
+    let mut only_in_new = Vec::new();
+    for n in &new.runs {
+        match base
+            .runs
+            .iter()
+            .find(|b| b.transport == n.transport && b.point == n.point)
+        {
+            Some(b) => runs.push(compare_run(b, n, cfg)),
+            None => only_in_new.push(key(n)),
+        }
+    }
+    let only_in_base = base
+        .runs
+        .iter()
+        .filter(|b| {
+            !new.runs
+                .iter()
+                .any(|n| n.transport == b.transport && n.point == b.point)
+        })
+        .map(key)
+        .collect();
+    Comparison {
+        base: base_label.to_owned(),
+        new: new_label.to_owned(),
+        runs,
+        only_in_base,
+        only_in_new,
+    }
+}
+
+fn fmt_value(m: Metric, v: f64) -> String {
+    match m {
+        Metric::Throughput => {
+            if v >= 1e6 {
+                format!("{:.2}M/s", v / 1e6)
+            } else if v >= 1e3 {
+                format!("{:.1}k/s", v / 1e3)
+            } else {
+                format!("{v:.0}/s")
+            }
+        }
+        Metric::P50 | Metric::P99 | Metric::P999 => {
+            if v >= 1e6 {
+                format!("{:.2} ms", v / 1e6)
+            } else {
+                format!("{:.1} µs", v / 1e3)
+            }
+        }
+        Metric::CpuClient | Metric::CpuServer => format!("{v:.1} µs"),
+    }
+}
+
+fn pct(x: f64) -> String {
+    format!("{:+.1}%", x * 100.0)
+}
+
+fn rows(c: &Comparison) -> Vec<[String; 7]> {
+    let mut rows = Vec::new();
+    for r in &c.runs {
+        let run = format!("{}/{}", r.transport, r.point);
+        if let Some(why) = &r.skipped {
+            rows.push([
+                run,
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                format!("not judged: {why}"),
+            ]);
+            continue;
+        }
+        for m in &r.metrics {
+            rows.push([
+                run.clone(),
+                m.metric.name().into(),
+                fmt_value(m.metric, m.base),
+                fmt_value(m.metric, m.new),
+                pct(m.change),
+                m.interval.map_or("no spread".into(), |(lo, hi)| {
+                    format!("[{}, {}]", pct(lo), pct(hi))
+                }),
+                format!("{} (±{:.0}%)", m.verdict.label(), m.threshold * 100.0),
+            ]);
+        }
+    }
+    rows
+}
+
+const HEADER: [&str; 7] = [
+    "run",
+    "metric",
+    "base",
+    "new",
+    "change",
+    "95% interval",
+    "verdict",
+];
+
+fn verdict_line(c: &Comparison) -> String {
+    let reg = c.regressions();
+    if reg.is_empty() {
+        format!("no regression ({} runs compared)", c.runs.len())
+    } else {
+        let list: Vec<String> = reg
+            .iter()
+            .map(|(r, m)| format!("{r} {}", m.name()))
+            .collect();
+        format!("REGRESSION in {} metric(s): {}", reg.len(), list.join(", "))
+    }
+}
+
+/// A plain-text table.
+pub fn render_text(c: &Comparison) -> String {
+    let rows = rows(c);
+    let mut widths = HEADER.map(str::len);
+    for r in &rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = format!("compare {} → {}\n", c.base, c.new);
+    let line = |cells: &[String]| {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i > 0 {
+                s.push_str("  ");
+            }
+            let pad = w.saturating_sub(cell.chars().count());
+            s.push_str(cell);
+            s.push_str(&" ".repeat(pad));
+        }
+        s.trim_end().to_owned()
+    };
+    out.push_str(&line(&HEADER.map(String::from)));
+    out.push('\n');
+    for r in &rows {
+        out.push_str(&line(r));
+        out.push('\n');
+    }
+    for k in &c.only_in_base {
+        let _ = writeln!(out, "only in base: {k}");
+    }
+    for k in &c.only_in_new {
+        let _ = writeln!(out, "only in new: {k}");
+    }
+    out.push_str(&verdict_line(c));
+    out.push('\n');
+    out
+}
+
+/// A Markdown table (for a CI job summary).
+pub fn render_markdown(c: &Comparison) -> String {
+    let mut out = format!("## Regression gate\n\n**{}**\n\n", verdict_line(c));
+    let _ = writeln!(out, "| {} |", HEADER.join(" | "));
+    let _ = writeln!(out, "|{}", "---|".repeat(HEADER.len()));
+    for r in rows(c) {
+        let cells: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                if i == 6 && s.starts_with("REGRESSED") {
+                    format!("**{s}**")
+                } else {
+                    s.replace('|', "\\|")
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "| {} |", cells.join(" | "));
+    }
+    if !c.only_in_base.is_empty() || !c.only_in_new.is_empty() {
+        out.push('\n');
+        for k in &c.only_in_base {
+            let _ = writeln!(out, "- only in base: `{k}`");
+        }
+        for k in &c.only_in_new {
+            let _ = writeln!(out, "- only in new: `{k}`");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::histogram::{encode, latency_histogram, summarize};
+    use crate::results::{
+        Environment, IntervalRecord, RunHistograms, RunParams, RunSummary, ServerInfo, SuiteRecord,
+        Validity,
+    };
+
+    /// A run of `secs` one-second intervals whose latencies are drawn around `center_ns` with
+    /// a relative spread `spread`, deterministically.
+    fn run(point: &str, center_ns: f64, spread: f64, secs: usize, seed: u64) -> RunRecord {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut all = latency_histogram();
+        let mut intervals = Vec::new();
+        for i in 0..secs {
+            let mut h = latency_histogram();
+            // Each second has its own level (between-second noise) and spread within it.
+            let level = center_ns * (1.0 + spread * (rng.random::<f64>() - 0.5));
+            for _ in 0..2000 {
+                let v = level * (1.0 + 0.2 * rng.random::<f64>());
+                h.saturating_record(v as u64);
+            }
+            all.add(&h).unwrap();
+            intervals.push(IntervalRecord {
+                start_s: i as f64,
+                calls: h.len(),
+                errors: 0,
+                latency: summarize(&h),
+                histogram: encode(&h).unwrap(),
+            });
+        }
+        RunRecord {
+            transport: "tcp".into(),
+            point: point.into(),
+            params: RunParams {
+                method: "unary".into(),
+                ..RunParams::default()
+            },
+            server: ServerInfo::default(),
+            summary: RunSummary {
+                elapsed_s: secs as f64,
+                calls: all.len(),
+                ok: all.len(),
+                throughput_per_s: all.len() as f64 / secs as f64,
+                latency: summarize(&all),
+                ..RunSummary::default()
+            },
+            validity: Validity {
+                valid: true,
+                ..Validity::default()
+            },
+            histograms: RunHistograms::default(),
+            intervals,
+        }
+    }
+
+    /// Fewer resamples than the command's default: debug builds resample slowly.
+    fn cfg() -> CompareConfig {
+        CompareConfig {
+            resamples: 300,
+            ..CompareConfig::default()
+        }
+    }
+
+    fn results(runs: Vec<RunRecord>) -> Results {
+        let mut r = Results::new(
+            "test".into(),
+            "2026-01-01T00:00:00Z".into(),
+            Environment::default(),
+            SuiteRecord::default(),
+        );
+        r.runs = runs;
+        r
+    }
+
+    fn verdict(c: &Comparison, point: &str, m: Metric) -> Verdict {
+        c.runs
+            .iter()
+            .find(|r| r.point == point)
+            .and_then(|r| r.metrics.iter().find(|x| x.metric == m))
+            .map(|x| x.verdict)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_file_compared_with_itself_has_no_regression() {
+        let r = results(vec![
+            run("a", 50_000.0, 0.1, 10, 1),
+            run("b", 1e6, 0.5, 10, 2),
+        ]);
+        let c = compare(&r, "x", &r, "x", &cfg());
+        assert!(c.regressions().is_empty(), "{}", render_text(&c));
+        assert_eq!(verdict(&c, "a", Metric::P50), Verdict::Same);
+    }
+
+    #[test]
+    fn a_clear_slowdown_is_a_regression_and_named() {
+        let base = results(vec![run("a", 50_000.0, 0.1, 10, 1)]);
+        let new = results(vec![run("a", 1_050_000.0, 0.1, 10, 3)]);
+        let c = compare(&base, "base", &new, "new", &cfg());
+        assert_eq!(verdict(&c, "a", Metric::P50), Verdict::Regressed);
+        assert_eq!(verdict(&c, "a", Metric::P99), Verdict::Regressed);
+        let text = render_text(&c);
+        assert!(
+            text.contains("REGRESSION") && text.contains("tcp/a p50"),
+            "{text}"
+        );
+        assert!(render_markdown(&c).contains("**REGRESSED"));
+        // The reverse is an improvement, not a regression.
+        let c = compare(&new, "new", &base, "base", &cfg());
+        assert_eq!(verdict(&c, "a", Metric::P50), Verdict::Improved);
+        assert!(c.regressions().is_empty());
+    }
+
+    #[test]
+    fn small_changes_and_noisy_changes_do_not_count() {
+        let base = results(vec![
+            run("small", 50_000.0, 0.05, 10, 1),
+            run("noisy", 50_000.0, 3.0, 10, 5),
+        ]);
+        let new = results(vec![
+            run("small", 52_000.0, 0.05, 10, 7),
+            run("noisy", 80_000.0, 3.0, 10, 9),
+        ]);
+        let c = compare(&base, "b", &new, "n", &cfg());
+        assert_eq!(verdict(&c, "small", Metric::P50), Verdict::Same);
+        // A +60 % median whose seconds swing by ±150 % is not distinguishable from noise.
+        let v = verdict(&c, "noisy", Metric::P50);
+        assert!(
+            matches!(v, Verdict::Noise | Verdict::Same),
+            "{v:?}\n{}",
+            render_text(&c)
+        );
+    }
+
+    #[test]
+    fn without_intervals_the_threshold_must_be_cleared_twice() {
+        let base = results(vec![run("short", 50_000.0, 0.1, 1, 1)]);
+        let modest = results(vec![run("short", 60_000.0, 0.1, 1, 2)]);
+        let c = compare(&base, "b", &modest, "n", &cfg());
+        let m = c.runs[0]
+            .metrics
+            .iter()
+            .find(|m| m.metric == Metric::P50)
+            .unwrap();
+        assert!(m.interval.is_none());
+        assert_eq!(m.verdict, Verdict::Noise);
+        let huge = results(vec![run("short", 500_000.0, 0.1, 1, 2)]);
+        let c = compare(&base, "b", &huge, "n", &cfg());
+        assert_eq!(verdict(&c, "short", Metric::P50), Verdict::Regressed);
+    }
+
+    #[test]
+    fn unmatched_invalid_and_different_runs_are_listed_not_judged() {
+        let mut invalid = run("inv", 50_000.0, 0.1, 5, 1);
+        invalid.validity = Validity {
+            valid: false,
+            reasons: vec!["lag".into()],
+            notes: vec![],
+        };
+        let mut other = run("par", 50_000.0, 0.1, 5, 1);
+        other.params.payload_bytes = 1024;
+        let base = results(vec![
+            run("gone", 1.0, 0.1, 5, 1),
+            run("inv", 50_000.0, 0.1, 5, 1),
+            run("par", 50_000.0, 0.1, 5, 1),
+        ]);
+        let new = results(vec![invalid, other, run("fresh", 1.0, 0.1, 5, 1)]);
+        let c = compare(&base, "b", &new, "n", &cfg());
+        assert_eq!(c.only_in_base, vec!["tcp/gone"]);
+        assert_eq!(c.only_in_new, vec!["tcp/fresh"]);
+        let skipped: Vec<&str> = c.runs.iter().filter_map(|r| r.skipped.as_deref()).collect();
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        assert!(skipped.iter().any(|s| s.contains("NEW run invalid")));
+        assert!(
+            skipped.iter().any(|s| s.contains("payload_bytes 0 → 1024")),
+            "{skipped:?}"
+        );
+        assert!(c.regressions().is_empty());
+    }
+}
