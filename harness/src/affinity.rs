@@ -17,9 +17,12 @@ pub fn current_cpu() -> Option<usize> {
     sched_getcpu().ok()
 }
 
-/// Number of CPUs available to this process.
+/// Number of CPUs available to this process, as first seen: `available_parallelism` follows
+/// the calling thread's affinity, so once a thread is pinned it would report 1 and the next
+/// `Pin::Split` would put both sides on CPU 0.
 pub fn available_cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Where to place the two sides of a measurement.

@@ -142,6 +142,7 @@ fn start_server(
         let config = ServerConfig {
             listen: listen_for(ctx, name),
             options: options(ctx.server_options.get(name)),
+            tls: None,
         };
         let server = rt
             .block_on(transport.serve(&config, Arc::new(Echo::default())))

@@ -1,6 +1,7 @@
 //! Every conformance case against every transport, each a separate test named
-//! `<transport>::<case>` (so `cargo test -- tcp::unary_large` runs one). Cases a transport
-//! does not support are listed as ignored.
+//! `<transport>::<case>` (so `cargo test -- tcp::unary_large` runs one), then the whole suite
+//! again over mutual TLS for the transports that support it, named `mtls/<transport>::<case>`.
+//! Cases a transport does not support are listed as ignored.
 //!
 //! Broker transports start a private broker per case (nats: `nats-server` from PATH or
 //! `WIREBENCH_NATS_SERVER`), or attach to `WIREBENCH_NATS_URL` when set. Without a broker
@@ -13,16 +14,30 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use wirebench::brokers::{Availability, BrokerArgs, availability};
 use wirebench::proxy::HarnessFaults;
 use wirebench_scenarios::conformance::{self, Env, Outcome};
-use wirebench_transports::Transport;
 use wirebench_transports::registry::AnyTransport;
+use wirebench_transports::tls::{TlsMaterial, TlsMode};
+use wirebench_transports::{Capability, Transport};
 
 fn main() {
     let args = Arguments::from_args();
     conformance::install_panic_counter();
-    let base = Env {
+    let material = match TlsMaterial::generate() {
+        Ok(m) => Arc::new(m),
+        Err(e) => {
+            eprintln!("cannot generate TLS material: {e}");
+            std::process::exit(101);
+        }
+    };
+    let plain = Env {
         faults: Some(HarnessFaults::shared()),
+        tls: Some(material.clone()),
         ..Env::default()
     };
+    let mtls = Env {
+        faults: Some(HarnessFaults::shared()),
+        ..Env::default()
+    }
+    .with_tls(TlsMode::Mutual, material);
     let brokers = BrokerArgs {
         nats_url: std::env::var("WIREBENCH_NATS_URL")
             .ok()
@@ -47,30 +62,36 @@ fn main() {
                 continue;
             }
         };
-        let env = Arc::new(brokers.env_for(&transport, &base));
-        for case in conformance::cases() {
-            let name = format!("{}::{}", transport.name(), case.name);
-            let unsupported = conformance::precheck(&case, &transport, &env).is_some();
-            let env = env.clone();
-            trials.push(
-                Trial::test(name, move || {
-                    let rt = tokio::runtime::Builder::new_multi_thread()
-                        .worker_threads(2)
-                        .enable_all()
-                        .build()
-                        .map_err(|e| Failed::from(format!("runtime: {e}")))?;
-                    let report = rt.block_on(conformance::run_case(&case, transport, env));
-                    match report.outcome {
-                        Outcome::Pass { .. } => Ok(()),
-                        Outcome::Fail { reason } => Err(reason.into()),
-                        Outcome::Unsupported { reason } => {
-                            Err(format!("unexpectedly unsupported: {reason}").into())
+        for (prefix, base) in [("", &plain), ("mtls/", &mtls)] {
+            if !prefix.is_empty() && !transport.capabilities().supports(Capability::MutualTls) {
+                // Not listed at all: every case would be the same "no TLS" unsupported.
+                continue;
+            }
+            let env = Arc::new(brokers.env_for(&transport, base));
+            for case in conformance::cases() {
+                let name = format!("{prefix}{}::{}", transport.name(), case.name);
+                let unsupported = conformance::precheck(&case, &transport, &env).is_some();
+                let env = env.clone();
+                trials.push(
+                    Trial::test(name, move || {
+                        let rt = tokio::runtime::Builder::new_multi_thread()
+                            .worker_threads(2)
+                            .enable_all()
+                            .build()
+                            .map_err(|e| Failed::from(format!("runtime: {e}")))?;
+                        let report = rt.block_on(conformance::run_case(&case, transport, env));
+                        match report.outcome {
+                            Outcome::Pass { .. } => Ok(()),
+                            Outcome::Fail { reason } => Err(reason.into()),
+                            Outcome::Unsupported { reason } => {
+                                Err(format!("unexpectedly unsupported: {reason}").into())
+                            }
                         }
-                    }
-                })
-                .with_kind(case.group)
-                .with_ignored_flag(unsupported || skip),
-            );
+                    })
+                    .with_kind(case.group)
+                    .with_ignored_flag(unsupported || skip),
+                );
+            }
         }
     }
     libtest_mimic::run(&args, trials).exit();

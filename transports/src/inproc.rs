@@ -93,6 +93,10 @@ impl Transport for Inproc {
                 "inproc has no wire to encrypt: calls never leave the process",
             ),
             (
+                Capability::MaxConcurrentStreams,
+                "inproc has no connection to limit: every call gets its own handler at once",
+            ),
+            (
                 Capability::Broker,
                 "inproc is point-to-point RPC, not a message broker",
             ),
@@ -111,6 +115,11 @@ impl Transport for Inproc {
         echo: Arc<Echo>,
     ) -> Result<InprocServer, TransportError> {
         config.options.check_known("inproc", &[])?;
+        if config.tls.is_some() {
+            return Err(TransportError::Unsupported(
+                "inproc has no wire to encrypt: serve it without TLS".into(),
+            ));
+        }
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
         let shared = Arc::new(Shared {
@@ -131,6 +140,11 @@ impl Transport for Inproc {
         endpoint: &str,
     ) -> Result<InprocConnection, TransportError> {
         config.options.check_known("inproc", &[])?;
+        if config.tls.is_some() {
+            return Err(TransportError::Unsupported(
+                "inproc has no wire to encrypt: connect without TLS".into(),
+            ));
+        }
         let bad = |reason: &str| TransportError::Endpoint {
             endpoint: endpoint.to_owned(),
             reason: reason.to_owned(),

@@ -8,13 +8,16 @@
 pub mod broker;
 pub mod call;
 pub mod echo;
+pub mod grpc;
 pub mod inproc;
 pub mod message;
 pub mod metadata;
 pub mod nats;
+pub mod quic;
 pub mod registry;
 pub mod status;
 pub mod tcp;
+pub mod tls;
 pub mod transport;
 
 pub use echo::{CallHead, Echo, EchoConfig, Observed, ServerCall};

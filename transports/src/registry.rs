@@ -13,7 +13,8 @@ use crate::transport::{
     CallOptions, CallReceiver, CallSender, Capabilities, ClientConfig, Connection, Server,
     ServerConfig, Transport, TransportError, UnaryReply, WireBytes,
 };
-use crate::{inproc, nats, tcp};
+
+use crate::{grpc, inproc, nats, quic, tcp};
 
 macro_rules! registry {
     ($($variant:ident => $ty:path = $name:literal),+ $(,)?) => {
@@ -191,6 +192,8 @@ registry! {
     Inproc => inproc::Inproc = "inproc",
     Tcp => tcp::Tcp = "tcp",
     Nats => nats::Nats = "nats",
+    Grpc => grpc::Grpc = "grpc",
+    Quic => quic::Quic = "quic",
 }
 
 /// The transport called `name`, or an error listing the known ones.

@@ -18,6 +18,7 @@ use crate::echo::Echo;
 use crate::message::{EchoRequest, EchoResponse, Method};
 use crate::metadata::Metadata;
 use crate::status::Status;
+use crate::tls::{ClientTls, ServerTls};
 
 /// Errors setting up a transport (serving, connecting, configuring).
 #[derive(Debug, Error)]
@@ -55,6 +56,15 @@ pub enum TransportError {
     /// [`BrokerError::is_not_installed`] for a missing broker program).
     #[error("broker: {0}")]
     Broker(#[from] BrokerError),
+    /// The TLS handshake failed or TLS settings were refused (wrong CA, name mismatch, missing
+    /// client certificate, a peer that does not speak TLS).
+    #[error("TLS with {endpoint}: {reason}")]
+    Tls {
+        /// The endpoint being connected to or served.
+        endpoint: String,
+        /// What failed.
+        reason: String,
+    },
 }
 
 impl TransportError {
@@ -135,14 +145,18 @@ pub struct ServerConfig {
     pub listen: String,
     /// Transport knobs.
     pub options: Options,
+    /// TLS 1.3 (mutual when it requires client certificates); `None` serves plaintext where
+    /// the transport has a plaintext mode.
+    pub tls: Option<ServerTls>,
 }
 
 impl ServerConfig {
-    /// Loopback on an ephemeral port, no options.
+    /// Loopback on an ephemeral port, no options, no TLS.
     pub fn loopback() -> ServerConfig {
         ServerConfig {
             listen: "127.0.0.1:0".to_owned(),
             options: Options::new(),
+            tls: None,
         }
     }
 }
@@ -153,10 +167,13 @@ pub struct ClientConfig {
     /// Largest message payload the client accepts; larger ones fail the call with
     /// `RESOURCE_EXHAUSTED`.
     pub max_message_size: usize,
-    /// How long connecting may take.
+    /// How long connecting (TLS handshake included) may take.
     pub connect_timeout: Duration,
     /// Transport knobs.
     pub options: Options,
+    /// TLS 1.3 settings (mutual when they carry a client certificate); `None` connects in
+    /// plaintext where the transport has a plaintext mode.
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for ClientConfig {
@@ -165,6 +182,7 @@ impl Default for ClientConfig {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             connect_timeout: Duration::from_secs(5),
             options: Options::new(),
+            tls: None,
         }
     }
 }
@@ -176,6 +194,9 @@ pub struct CallOptions {
     pub metadata: Metadata,
     /// The call's deadline, relative to its start; the server sees it and honours it.
     pub timeout: Option<Duration>,
+    /// The call is idempotent: a replay does no harm, so a transport may send it as 0-RTT
+    /// early data (which an attacker can replay). Calls not marked wait for the handshake.
+    pub replay_safe: bool,
 }
 
 impl CallOptions {
@@ -184,6 +205,7 @@ impl CallOptions {
         CallOptions {
             metadata: Metadata::new(),
             timeout: Some(timeout),
+            replay_safe: false,
         }
     }
 
@@ -339,6 +361,11 @@ pub enum Capability {
     MutualTls,
     /// `authorization` bearer tokens checked by the server.
     TokenAuth,
+    /// The transport can run without TLS (so a plaintext client can meet a TLS server).
+    Plaintext,
+    /// The server option `max_concurrent_streams` limits the calls open at once on one
+    /// connection, and the client queues calls beyond the limit instead of failing them.
+    MaxConcurrentStreams,
     /// Broker semantics (fanout, queue groups, per-publisher order, overflow reporting).
     Broker,
     /// Acknowledged publishes to a durable log survive a broker restart (meaningful with
@@ -354,7 +381,7 @@ pub enum Capability {
 
 impl Capability {
     /// Every capability.
-    pub const ALL: [Capability; 17] = [
+    pub const ALL: [Capability; 19] = [
         Capability::Unary,
         Capability::ServerStream,
         Capability::ClientStream,
@@ -368,6 +395,8 @@ impl Capability {
         Capability::Tls,
         Capability::MutualTls,
         Capability::TokenAuth,
+        Capability::Plaintext,
+        Capability::MaxConcurrentStreams,
         Capability::Broker,
         Capability::BrokerDurable,
         Capability::BrokerDedup,
@@ -390,6 +419,8 @@ impl Capability {
             Capability::Tls => "tls",
             Capability::MutualTls => "mtls",
             Capability::TokenAuth => "token-auth",
+            Capability::Plaintext => "plaintext",
+            Capability::MaxConcurrentStreams => "max-concurrent-streams",
             Capability::Broker => "broker",
             Capability::BrokerDurable => "broker-durable",
             Capability::BrokerDedup => "broker-dedup",

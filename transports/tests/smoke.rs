@@ -33,11 +33,11 @@ where
         let server = t
             .serve(&ServerConfig::loopback(), Arc::new(Echo::default()))
             .await
-            .expect("serve");
+            .unwrap_or_else(|e| panic!("{name}: serve: {e}"));
         let conn = t
             .connect(&ClientConfig::default(), &server.endpoint())
             .await
-            .expect("connect");
+            .unwrap_or_else(|e| panic!("{name}: connect: {e}"));
         tokio::time::timeout(LIMIT, f(t, conn))
             .await
             .unwrap_or_else(|_| panic!("{name}: timed out"));

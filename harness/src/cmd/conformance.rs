@@ -11,6 +11,7 @@ use wirebench_reports::conformance::{CaseOutcome, Verdict, matrix_text};
 use wirebench_scenarios::conformance::{self, CaseReport, Env, Outcome};
 use wirebench_transports::Transport;
 use wirebench_transports::registry::AnyTransport;
+use wirebench_transports::tls::{DEFAULT_SERVER_NAME, TlsMaterial, TlsMode};
 
 use crate::brokers::{Availability, BrokerArgs, availability};
 use crate::exit::{FAILED, bad_input};
@@ -22,6 +23,8 @@ use crate::proxy::HarnessFaults;
   wirebench conformance
   wirebench conformance --transport inproc,tcp --json conformance.json --junit junit.xml
   wirebench conformance --case unary_large,stream_integrity
+  wirebench conformance --transport tcp,grpc,quic --tls mtls
+  wirebench conformance --tls tls --tls-dir ./certs --tls-server-name api.example
   wirebench conformance --transport nats --nats-url nats://127.0.0.1:4222
 
 Broker transports (nats) start a private nats-server per case from PATH or
@@ -47,6 +50,54 @@ pub struct Args {
     /// Brokers for broker transports.
     #[command(flatten)]
     pub brokers: BrokerArgs,
+    /// Run every case over TLS 1.3 (`tls`) or mutual TLS (`mtls`); transports without TLS
+    /// report every case unsupported. The `tls` group sets up its own TLS either way.
+    #[arg(long, default_value_t = TlsMode::None, value_parser = parse_tls_mode)]
+    pub tls: TlsMode,
+    /// Certificates from this directory (`ca.pem`, `server.pem`, `server.key`, and for mtls
+    /// `client.pem`, `client.key`) instead of a throwaway CA generated for the run.
+    #[arg(long)]
+    pub tls_dir: Option<PathBuf>,
+    /// The name clients check the server certificate against (with --tls-dir).
+    #[arg(long, default_value = DEFAULT_SERVER_NAME)]
+    pub tls_server_name: String,
+}
+
+fn parse_tls_mode(s: &str) -> Result<TlsMode, String> {
+    s.parse()
+}
+
+/// The environment of a plaintext run: the harness's fault proxy; the `tls` group makes its
+/// own throwaway certificates.
+pub fn conformance_env() -> Env {
+    Env {
+        faults: Some(HarnessFaults::shared()),
+        ..Env::default()
+    }
+}
+
+/// The environment a run uses: the harness's fault proxy, and TLS material (loaded from
+/// `--tls-dir` or generated) applied to every case when `--tls` asks for it.
+pub fn env_for(args: &Args) -> Result<Env> {
+    let material = match &args.tls_dir {
+        Some(dir) => TlsMaterial::from_pem_dir(dir, &args.tls_server_name)
+            .map_err(|e| bad_input(format!("--tls-dir: {e}")))?,
+        None => TlsMaterial::generate().context("generating throwaway TLS certificates")?,
+    };
+    if args.tls == TlsMode::Mutual && !material.has_client_cert() {
+        return Err(bad_input(
+            "--tls mtls needs a client certificate: --tls-dir has no client.pem/client.key",
+        ));
+    }
+    let env = conformance_env();
+    let material = Arc::new(material);
+    Ok(match args.tls {
+        TlsMode::None => Env {
+            tls: Some(material),
+            ..env
+        },
+        mode => env.with_tls(mode, material),
+    })
 }
 
 /// Converts a case report to its saved form.
@@ -71,17 +122,14 @@ pub async fn run_all(
     transports: &[AnyTransport],
     only: Option<&[String]>,
     brokers: &BrokerArgs,
+    env: Env,
     mut on_done: impl FnMut(&CaseReport),
 ) -> Vec<CaseReport> {
     conformance::install_panic_counter();
-    let base = Env {
-        faults: Some(HarnessFaults::shared()),
-        ..Env::default()
-    };
     let cases = conformance::cases();
     let mut reports = Vec::new();
     for t in transports {
-        let env = Arc::new(brokers.env_for(t, &base));
+        let env = Arc::new(brokers.env_for(t, &env));
         for case in cases
             .iter()
             .filter(|c| only.is_none_or(|o| o.iter().any(|n| n == c.name)))
@@ -113,6 +161,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }
         }
     }
+    let env = env_for(&args)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -136,7 +185,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         })
         .collect();
     let progress = args.progress;
-    let reports = rt.block_on(run_all(&transports, only.as_deref(), &args.brokers, |r| {
+    let reports = rt.block_on(run_all(&transports, only.as_deref(), &args.brokers, env, |r| {
         if progress {
             eprintln!(
                 "{:<8} {:<28} {:<11} {:>8.1} ms",
@@ -177,8 +226,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let failed_cases = failures - missing.len();
     writeln!(
         out,
-        "{passed} passed, {failures} failed, {} unsupported ({} transports: {}){}",
+        "{passed} passed, {failures} failed, {} unsupported (TLS: {}; {} transports: {}){}",
         reports.len() - passed - failed_cases,
+        args.tls,
         transports.len(),
         transports
             .iter()

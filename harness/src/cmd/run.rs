@@ -19,7 +19,7 @@ use wirebench_transports::{Capability, Transport};
 
 use crate::affinity::Pin;
 use crate::brokers::{Availability, BrokerArgs, availability};
-use crate::cmd::conformance::{run_all, to_outcome};
+use crate::cmd::conformance::{conformance_env, run_all, to_outcome};
 use crate::exit::{FAILED, HARNESS, INTERRUPTED, bad_input};
 use crate::floor::{ProbeConfig, measure_floor};
 use crate::progress::Progress;
@@ -346,6 +346,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 std::slice::from_ref(t),
                 suite.conformance.cases.as_deref(),
                 &args.brokers,
+                conformance_env(),
                 |_| {},
             ));
             let outcomes: Vec<_> = reports.iter().map(to_outcome).collect();

@@ -116,6 +116,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let config = ServerConfig {
             listen: args.listen.clone(),
             options,
+            tls: None,
         };
         let server = transport
             .serve(&config, Arc::new(Echo::default()))

@@ -21,6 +21,7 @@ use wirebench_transports::broker::{
     BrokerHandle, BrokerTarget, RestartMode,
 };
 use wirebench_transports::registry::{AnyConnection, AnyServer, AnyTransport};
+use wirebench_transports::tls::{TlsError, TlsMaterial, TlsMode};
 use wirebench_transports::{
     Capability, ClientConfig, Echo, EchoConfig, Server, ServerConfig, Status, Transport,
     TransportError,
@@ -191,6 +192,9 @@ pub struct Env {
     /// external broker, say, cannot be restarted by the harness). Cases needing them are
     /// `unsupported`.
     pub withdrawn: Vec<(Capability, String)>,
+    /// Certificates for cases that set up TLS themselves (the `tls` group) and for
+    /// [`Env::with_tls`]; a case generates throwaway material when this is `None`.
+    pub tls: Option<Arc<TlsMaterial>>,
 }
 
 impl fmt::Debug for Env {
@@ -202,7 +206,40 @@ impl fmt::Debug for Env {
             .field("faults", &self.faults.is_some())
             .field("broker_url", &self.broker_url)
             .field("withdrawn", &self.withdrawn)
+            .field("tls", &self.tls.is_some())
             .finish()
+    }
+}
+
+impl Env {
+    /// Runs every case over TLS (`mode` other than `none`): servers present `material`'s
+    /// server certificate, clients trust its CA and, under mutual TLS, present its client
+    /// certificate. Transports without the needed capability report every case unsupported.
+    pub fn with_tls(mut self, mode: TlsMode, material: Arc<TlsMaterial>) -> Env {
+        let mut server = self.server.take().unwrap_or_else(ServerConfig::loopback);
+        server.tls = material.server(mode);
+        self.server = Some(server);
+        self.client.tls = material.client(mode);
+        self.tls = Some(material);
+        self
+    }
+
+    /// The TLS mode every case runs under (from the server template).
+    pub fn tls_mode(&self) -> TlsMode {
+        match self.server.as_ref().and_then(|s| s.tls.as_ref()) {
+            None => TlsMode::None,
+            Some(t) if t.is_mutual() => TlsMode::Mutual,
+            Some(_) => TlsMode::Tls,
+        }
+    }
+
+    /// Capabilities every case needs in this environment (TLS when the suite runs over it).
+    pub fn needs(&self) -> &'static [Capability] {
+        match self.tls_mode() {
+            TlsMode::None => &[],
+            TlsMode::Tls => &[Capability::Tls],
+            TlsMode::Mutual => &[Capability::Tls, Capability::MutualTls],
+        }
     }
 }
 
@@ -253,15 +290,39 @@ impl Ctx {
     /// A server with a specific echo policy. A broker transport's server attaches to the
     /// environment's broker when it names one (else the transport starts a private broker).
     pub async fn server_with(&self, echo: EchoConfig) -> Result<TestServer, Failure> {
-        let echo = Arc::new(Echo::new(echo));
-        let config = match (&self.env.server, &self.env.broker_url) {
+        self.serve(self.server_config(), echo).await
+    }
+
+    /// The environment's server configuration (a template for cases that change it). A
+    /// broker transport's server attaches to the environment's broker when it names one.
+    pub fn server_config(&self) -> ServerConfig {
+        match (&self.env.server, &self.env.broker_url) {
             (Some(c), _) => c.clone(),
             (None, Some(url)) if self.transport.broker().is_some() => ServerConfig {
                 listen: url.clone(),
                 ..ServerConfig::loopback()
             },
             (None, _) => ServerConfig::loopback(),
-        };
+        }
+    }
+
+    /// TLS material: the environment's, or freshly generated throwaway material.
+    pub fn tls_material(&self) -> Result<Arc<TlsMaterial>, Failure> {
+        match &self.env.tls {
+            Some(m) => Ok(m.clone()),
+            None => TlsMaterial::generate()
+                .map(Arc::new)
+                .map_err(|e: TlsError| Failure(format!("generating TLS material: {e}"))),
+        }
+    }
+
+    /// A server with a specific configuration and echo policy.
+    pub async fn serve(
+        &self,
+        config: ServerConfig,
+        echo: EchoConfig,
+    ) -> Result<TestServer, Failure> {
+        let echo = Arc::new(Echo::new(echo));
         let server = self.transport.serve(&config, echo.clone()).await?;
         Ok(TestServer {
             endpoint: server.endpoint(),
@@ -391,6 +452,16 @@ pub struct CaseReport {
 
 /// Decides, without running it, whether `case` can run against `transport`.
 pub fn precheck(case: &Case, transport: &AnyTransport, env: &Env) -> Option<Outcome> {
+    if let Some((cap, reason)) = transport.capabilities().first_missing(env.needs()) {
+        return Some(Outcome::Unsupported {
+            reason: format!(
+                "the suite runs over {}: {} does not support {}: {reason}",
+                env.tls_mode(),
+                transport.name(),
+                cap.name()
+            ),
+        });
+    }
     if let Some((cap, reason)) = transport.capabilities().first_missing(case.needs) {
         return Some(Outcome::Unsupported {
             reason: format!(

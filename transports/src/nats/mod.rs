@@ -271,13 +271,19 @@ impl Transport for Nats {
             ),
             (
                 Capability::Tls,
-                "TLS to the broker (nats-server's own tls block) is not configured by wirebench \
-                 yet (issue: TLS on every transport)",
+                "TLS on the nats path is nats-server's own tls block between each client and \
+                 the broker; wirebench configures TLS only on its point-to-point transports \
+                 (tcp, grpc, quic), so the tls cases would test nats-server's setup",
             ),
             (
                 Capability::MutualTls,
-                "TLS to the broker (nats-server's own tls block) is not configured by wirebench \
-                 yet (issue: TLS on every transport)",
+                "mutual TLS on the nats path is nats-server's own tls block (verify: true); \
+                 wirebench configures TLS only on its point-to-point transports (tcp, grpc, quic)",
+            ),
+            (
+                Capability::MaxConcurrentStreams,
+                "NATS has no per-connection stream limit: calls are messages on subjects, and \
+                 the broker's flow control (slow-consumer limits) is what bounds them",
             ),
         ];
         Capabilities::all_except(GAPS)

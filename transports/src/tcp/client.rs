@@ -8,9 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::mpsc;
 
 use super::codec::{
@@ -18,11 +17,12 @@ use super::codec::{
     RequestHeader, WriteBatch, metadata_from_wire,
 };
 use super::writer::{Outgoing, write_loop};
-use super::{OUT_QUEUE, READ_CHUNK, STREAM_BUFFER, check_header_size};
+use super::{ALPN, OUT_QUEUE, READ_CHUNK, STREAM_BUFFER, check_header_size};
 use crate::call::{CallEvent, CancelSignal, EventReceiver, call_ended};
 use crate::message::{EchoRequest, EchoResponse, Method};
 use crate::metadata::Metadata;
 use crate::status::Status;
+use crate::tls::describe_handshake_error;
 use crate::transport::{
     CallOptions, CallSender, ClientConfig, Connection, TransportError, UnaryReply, WireBytes,
     until_deadline,
@@ -212,24 +212,50 @@ impl Drop for TcpConnection {
 }
 
 impl TcpConnection {
-    /// Connects and starts the connection's reader and writer tasks.
+    /// Connects (TLS handshake included when configured) and starts the connection's reader
+    /// and writer tasks.
     pub(crate) async fn connect(
         config: &ClientConfig,
         endpoint: &str,
     ) -> Result<TcpConnection, TransportError> {
-        let connect = TcpStream::connect(endpoint);
-        let stream = tokio::time::timeout(config.connect_timeout, connect)
+        let connect = async {
+            let stream = TcpStream::connect(endpoint)
+                .await
+                .map_err(|e| TransportError::io(format!("connecting to {endpoint}"), e))?;
+            stream
+                .set_nodelay(true)
+                .map_err(|e| TransportError::io("setting TCP_NODELAY", e))?;
+            let Some(tls) = &config.tls else {
+                let (rd, wr) = stream.into_split();
+                return Ok(TcpConnection::over(rd, wr, config.max_message_size));
+            };
+            let tls_err = |reason: String| TransportError::Tls {
+                endpoint: endpoint.to_owned(),
+                reason,
+            };
+            let rustls = tls
+                .rustls_config(&[ALPN], false)
+                .map_err(|e| tls_err(e.to_string()))?;
+            let name = tls
+                .rustls_server_name()
+                .map_err(|e| tls_err(e.to_string()))?;
+            let stream = tokio_rustls::TlsConnector::from(rustls)
+                .connect(name, stream)
+                .await
+                .map_err(|e| tls_err(describe_handshake_error(&e)))?;
+            let (rd, wr) = tokio::io::split(stream);
+            Ok(TcpConnection::over(rd, wr, config.max_message_size))
+        };
+        tokio::time::timeout(config.connect_timeout, connect)
             .await
             .map_err(|_| TransportError::Timeout(format!("connecting to {endpoint}")))?
-            .map_err(|e| TransportError::io(format!("connecting to {endpoint}"), e))?;
-        stream
-            .set_nodelay(true)
-            .map_err(|e| TransportError::io("setting TCP_NODELAY", e))?;
-        Ok(TcpConnection::over(stream, config.max_message_size))
     }
 
-    fn over(stream: TcpStream, max_message_size: usize) -> TcpConnection {
-        let (rd, wr) = stream.into_split();
+    fn over<R, W>(rd: R, wr: W, max_message_size: usize) -> TcpConnection
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let (tx, rx) = mpsc::channel(OUT_QUEUE);
         let shared = Arc::new(Shared {
             out: tx,
@@ -447,7 +473,7 @@ impl Drop for TcpSender {
 }
 
 /// Reads frames until the connection ends; returns the status pending calls fail with.
-async fn read_loop(mut rd: OwnedReadHalf, shared: &Arc<Shared>) -> Status {
+async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, shared: &Arc<Shared>) -> Status {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut decoder = Decoder::client(shared.max_message_size);
     loop {

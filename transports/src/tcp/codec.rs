@@ -349,6 +349,12 @@ impl Decoder {
         Decoder::new(max_payload, false)
     }
 
+    /// A decoder for a byte stream that carries frames from its first byte, with no preface
+    /// (one QUIC stream, whose protocol ALPN already names).
+    pub fn frames_only(max_payload: usize) -> Decoder {
+        Decoder::new(max_payload, false)
+    }
+
     fn new(max_payload: usize, expect_preface: bool) -> Decoder {
         Decoder {
             max_payload,
@@ -664,6 +670,25 @@ impl WriteBatch {
             self.written_in_first = 0;
             self.frames = 0;
         }
+    }
+
+    /// Moves everything queued out as owned chunks, for writers that take ownership of what
+    /// they send (QUIC streams): headers and small payloads are copied into one chunk per run,
+    /// large payloads are handed over by reference. The batch is empty afterwards.
+    pub fn take_chunks(&mut self, out: &mut Vec<Bytes>) {
+        self.seal();
+        for (i, seg) in self.segments.drain(..).enumerate() {
+            let skip = if i == 0 { self.written_in_first } else { 0 };
+            match seg {
+                Segment::Head(s, e) => out.push(Bytes::copy_from_slice(&self.head[s + skip..e])),
+                Segment::Payload(b) => out.push(b.slice(skip..)),
+            }
+        }
+        self.head.clear();
+        self.open_from = 0;
+        self.written_in_first = 0;
+        self.frames = 0;
+        self.bytes = 0;
     }
 
     /// Copies everything queued into one contiguous buffer (for tests and simple writers).

@@ -1,14 +1,14 @@
 //! The `tcp` server: one reader per connection routes frames to calls; unary calls that need no
 //! waiting are answered inline by the reader (no task, no timer), the rest get a task each.
+//! Under TLS the same reader and writer run over the two halves of a rustls stream.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -20,12 +20,16 @@ use super::codec::{
     OutHeader, Payload, ResponseHeader, StatusHeader, WriteBatch, metadata_from_wire,
 };
 use super::writer::{Outgoing, write_loop};
-use super::{OUT_QUEUE, READ_CHUNK, STREAM_BUFFER};
+use super::{ALPN, OUT_QUEUE, READ_CHUNK, STREAM_BUFFER};
 use crate::echo::{CallHead, Echo, ServerCall, UnaryOutcome};
 use crate::message::{EchoRequest, EchoResponse, Method};
 use crate::metadata::Metadata;
 use crate::status::{Code, Status};
+use crate::tls::{ServerTls, describe_handshake_error, peer_identity};
 use crate::transport::{Server, TransportError};
+
+/// How long a client may take to complete its TLS handshake before the server drops it.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What a server queues for its writer.
 enum Out {
@@ -90,7 +94,21 @@ pub struct TcpServer {
 }
 
 impl TcpServer {
-    pub(crate) async fn bind(listen: &str, echo: Arc<Echo>) -> Result<TcpServer, TransportError> {
+    pub(crate) async fn bind(
+        listen: &str,
+        echo: Arc<Echo>,
+        tls: Option<&ServerTls>,
+    ) -> Result<TcpServer, TransportError> {
+        let acceptor = match tls {
+            None => None,
+            Some(t) => {
+                let config = t.rustls_config(&[ALPN]).map_err(|e| TransportError::Tls {
+                    endpoint: listen.to_owned(),
+                    reason: e.to_string(),
+                })?;
+                Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+            }
+        };
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|e| TransportError::io(format!("binding {listen}"), e))?;
@@ -102,6 +120,7 @@ impl TcpServer {
         let accept = tokio::spawn(accept_loop(
             listener,
             echo,
+            acceptor,
             shutdown.clone(),
             tracker.clone(),
         ));
@@ -135,6 +154,7 @@ impl Server for TcpServer {
 async fn accept_loop(
     listener: TcpListener,
     echo: Arc<Echo>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -145,11 +165,49 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::warn!("tcp {peer}: cannot set TCP_NODELAY: {e}");
+                }
                 let echo = echo.clone();
                 let shutdown = shutdown.clone();
                 let conn_tracker = tracker.clone();
+                let tls = tls.clone();
                 tracker.spawn(async move {
-                    serve_connection(stream, peer, echo, shutdown, conn_tracker).await;
+                    let Some(acceptor) = tls else {
+                        let (rd, wr) = stream.into_split();
+                        let conn = ConnInfo {
+                            peer,
+                            identity: None,
+                        };
+                        serve_connection(rd, wr, conn, echo, shutdown, conn_tracker).await;
+                        return;
+                    };
+                    // The handshake runs in the connection's own task: a slow or silent client
+                    // never holds up the accept loop.
+                    let handshake = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        h = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => h,
+                    };
+                    let tls = match handshake {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!("tcp {peer}: {}", describe_handshake_error(&e));
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("tcp {peer}: TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let identity = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(peer_identity)
+                        .map(Arc::from);
+                    let (rd, wr) = tokio::io::split(tls);
+                    let conn = ConnInfo { peer, identity };
+                    serve_connection(rd, wr, conn, echo, shutdown, conn_tracker).await;
                 });
             }
             Err(e) => {
@@ -172,6 +230,13 @@ enum Entry {
     },
 }
 
+/// Who is on the other end of a connection.
+struct ConnInfo {
+    peer: SocketAddr,
+    /// The client certificate's identity under mutual TLS.
+    identity: Option<Arc<str>>,
+}
+
 struct Conn {
     echo: Arc<Echo>,
     out: mpsc::Sender<Out>,
@@ -180,6 +245,7 @@ struct Conn {
     done_rx: mpsc::UnboundedReceiver<u32>,
     tracker: TaskTracker,
     peer: SocketAddr,
+    identity: Option<Arc<str>>,
 }
 
 /// Why a connection's read loop stopped.
@@ -190,17 +256,18 @@ enum Stop {
     Io(std::io::Error),
 }
 
-async fn serve_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
+async fn serve_connection<R, W>(
+    rd: R,
+    wr: W,
+    info: ConnInfo,
     echo: Arc<Echo>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
-) {
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::warn!("tcp {peer}: cannot set TCP_NODELAY: {e}");
-    }
-    let (rd, wr) = stream.into_split();
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = info.peer;
     let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
     let writer = tokio::spawn(async move {
         let written = std::sync::atomic::AtomicU64::new(0);
@@ -215,6 +282,7 @@ async fn serve_connection(
         done_rx,
         tracker,
         peer,
+        identity: info.identity,
     };
     let stop = conn.read_loop(rd, &shutdown).await;
     let goaway = match &stop {
@@ -244,7 +312,11 @@ async fn serve_connection(
 }
 
 impl Conn {
-    async fn read_loop(&mut self, mut rd: OwnedReadHalf, shutdown: &CancellationToken) -> Stop {
+    async fn read_loop<R: AsyncRead + Unpin>(
+        &mut self,
+        mut rd: R,
+        shutdown: &CancellationToken,
+    ) -> Stop {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut decoder = Decoder::server(self.echo.config().max_message_size);
         loop {
@@ -302,7 +374,7 @@ impl Conn {
             method,
             metadata,
             deadline: open.timeout().map(|t| Instant::now() + t),
-            peer_identity: None,
+            peer_identity: self.identity.clone(),
         })
     }
 

@@ -89,5 +89,7 @@ async fn flush<W: AsyncWrite + Unpin>(
         batch.advance(n);
         written.fetch_add(n as u64, Ordering::Relaxed);
     }
-    Ok(())
+    // A TLS stream may keep records it could not yet put on the socket: push them out now (a
+    // no-op on a plain TCP stream).
+    w.flush().await
 }

@@ -215,7 +215,7 @@ async fn custom_metadata(ctx: Ctx) -> CaseResult {
     let md = request_metadata()?;
     let o = CallOptions {
         metadata: md.clone(),
-        timeout: None,
+        ..CallOptions::default()
     };
     let r = c.unary(EchoRequest::new(vec![1u8; 10]), &o).await?;
     check_echo("unary", &md, &r.headers, &r.trailers)?;

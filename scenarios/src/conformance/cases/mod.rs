@@ -5,6 +5,7 @@ mod broker;
 mod deadline;
 mod errors;
 mod streaming;
+mod tls;
 mod unary;
 mod wire;
 
@@ -23,6 +24,7 @@ pub fn all() -> Vec<Case> {
     v.extend_from_slice(errors::CASES);
     v.extend_from_slice(wire::CASES);
     v.extend_from_slice(broker::CASES);
+    v.extend_from_slice(tls::CASES);
     v
 }
 
