@@ -33,6 +33,8 @@ pub enum Command {
     Conformance(cmd::conformance::Args),
     /// Measure the loopback floor: a blocking TCP ping-pong, one message in flight.
     Floor(cmd::floor::Args),
+    /// Run the fault proxy in front of any TCP or UDP service (latency, loss, resets, ...).
+    Proxy(cmd::proxy::Args),
 }
 
 fn init_tracing(verbose: u8) {
@@ -58,6 +60,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Conformance(a) => cmd::conformance::run(a),
         Command::Floor(a) => cmd::floor::run(a),
+        Command::Proxy(a) => cmd::proxy::run(a),
     };
     match result {
         Ok(code) => code,

@@ -4,6 +4,7 @@
 //! calls in flight on their one connection (a simple throughput measurement), and `nats` beside
 //! its yardstick, a minimal plain async-nats request/reply pair.
 
+use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
@@ -125,7 +126,7 @@ pub fn measure_floor(cfg: &ProbeConfig) -> Result<Probe> {
                     return Ok(cpus);
                 }
                 s.write_all(&buf)?;
-                if n % CPU_SAMPLE_EVERY == 0 {
+                if n.is_multiple_of(CPU_SAMPLE_EVERY) {
                     cpus.note(current_cpu());
                 }
                 n += 1;
@@ -154,7 +155,7 @@ pub fn measure_floor(cfg: &ProbeConfig) -> Result<Probe> {
         s.write_all(&out)?;
         s.read_exact(&mut back)?;
         h.saturating_record(t0.elapsed().as_nanos() as u64);
-        if n % CPU_SAMPLE_EVERY == 0 {
+        if n.is_multiple_of(CPU_SAMPLE_EVERY) {
             cpus.note(current_cpu());
         }
         n += 1;
@@ -177,19 +178,19 @@ pub fn measure_floor(cfg: &ProbeConfig) -> Result<Probe> {
 trait Target: Send + 'static {
     /// What keeps the server running.
     type Running;
-    /// A client connection.
-    type Conn;
+    /// A client connection (shared by the probe's callers inside one spawned task).
+    type Conn: Send + Sync + 'static;
 
     /// Starts the server side; returns it and where to connect.
     async fn serve(&self) -> Result<(Self::Running, String)>;
     /// Stops it.
     async fn stop(running: Self::Running);
     /// Connects a client.
-    async fn connect(&self, endpoint: &str) -> Result<Self::Conn>;
+    fn connect(&self, endpoint: &str) -> impl Future<Output = Result<Self::Conn>> + Send;
     /// One call.
-    async fn call(conn: &Self::Conn, payload: Bytes) -> Result<()>;
+    fn call(conn: &Self::Conn, payload: Bytes) -> impl Future<Output = Result<()>> + Send;
     /// Closes the client.
-    async fn close(conn: Self::Conn);
+    fn close(conn: Self::Conn) -> impl Future<Output = ()> + Send;
 }
 
 /// A transport, served as `server` says.
@@ -346,7 +347,7 @@ fn run_probe<T: Target>(name: &str, target: T, cfg: &ProbeConfig) -> Result<Prob
             return Err(e);
         }
     };
-    let result = run_client(&target, &endpoint, cfg, client_cpu);
+    let result = run_client(target, &endpoint, cfg, client_cpu);
     stop.store(true, Ordering::Release);
     let server_cpus = server
         .join()
@@ -362,7 +363,7 @@ fn run_probe<T: Target>(name: &str, target: T, cfg: &ProbeConfig) -> Result<Prob
 }
 
 fn run_client<T: Target>(
-    target: &T,
+    target: T,
     endpoint: &str,
     cfg: &ProbeConfig,
     client_cpu: Option<usize>,
@@ -372,56 +373,64 @@ fn run_client<T: Target>(
         .enable_all()
         .build()?;
     let payload = Bytes::from(vec![0x5au8; cfg.payload]);
-    rt.block_on(async {
-        let conn = target.connect(endpoint).await?;
-        let callers = cfg.in_flight.max(1);
-        let warm_until = Instant::now() + cfg.warmup;
-        join_all((0..callers).map(|_| async {
-            while Instant::now() < warm_until {
-                T::call(&conn, payload.clone()).await?;
-            }
-            anyhow::Ok(())
-        }))
-        .await
-        .into_iter()
-        .collect::<Result<Vec<()>>>()?;
-        let started = Instant::now();
-        let end = started + cfg.duration;
-        let per_caller = join_all((0..callers).map(|i| {
-            let (conn, payload) = (&conn, &payload);
-            async move {
-                let mut h = latency_histogram();
-                let mut cpus = CpusSeen::default();
-                let mut n = 0u64;
-                loop {
-                    let t0 = Instant::now();
-                    if t0 >= end {
-                        break;
-                    }
-                    T::call(conn, payload.clone()).await?;
-                    h.saturating_record(t0.elapsed().as_nanos() as u64);
-                    if i == 0 && n % CPU_SAMPLE_EVERY == 0 {
-                        cpus.note(current_cpu());
-                    }
-                    n += 1;
+    let cfg = *cfg;
+    let endpoint = endpoint.to_owned();
+    // The calls run in a spawned task, as the load engine's callers do: a block_on future
+    // woken by another task costs the current-thread runtime an extra zero-timeout epoll_wait.
+    rt.block_on(async move {
+        tokio::spawn(async move {
+            let conn = target.connect(&endpoint).await?;
+            let callers = cfg.in_flight.max(1);
+            let warm_until = Instant::now() + cfg.warmup;
+            join_all((0..callers).map(|_| async {
+                while Instant::now() < warm_until {
+                    T::call(&conn, payload.clone()).await?;
                 }
-                anyhow::Ok((h, cpus))
+                anyhow::Ok(())
+            }))
+            .await
+            .into_iter()
+            .collect::<Result<Vec<()>>>()?;
+            let started = Instant::now();
+            let end = started + cfg.duration;
+            let per_caller = join_all((0..callers).map(|i| {
+                let (conn, payload) = (&conn, &payload);
+                async move {
+                    let mut h = latency_histogram();
+                    let mut cpus = CpusSeen::default();
+                    let mut n = 0u64;
+                    loop {
+                        let t0 = Instant::now();
+                        if t0 >= end {
+                            break;
+                        }
+                        T::call(conn, payload.clone()).await?;
+                        h.saturating_record(t0.elapsed().as_nanos() as u64);
+                        if i == 0 && n.is_multiple_of(CPU_SAMPLE_EVERY) {
+                            cpus.note(current_cpu());
+                        }
+                        n += 1;
+                    }
+                    anyhow::Ok((h, cpus))
+                }
+            }))
+            .await;
+            let elapsed = started.elapsed();
+            T::close(conn).await;
+            let mut merged = latency_histogram();
+            let mut cpus = CpusSeen::default();
+            for r in per_caller {
+                let (h, c) = r?;
+                merged
+                    .add(&h)
+                    .map_err(|e| anyhow!("merging histograms: {e}"))?;
+                for cpu in c.0 {
+                    cpus.note(Some(cpu));
+                }
             }
-        }))
-        .await;
-        let elapsed = started.elapsed();
-        T::close(conn).await;
-        let mut merged = latency_histogram();
-        let mut cpus = CpusSeen::default();
-        for r in per_caller {
-            let (h, c) = r?;
-            merged
-                .add(&h)
-                .map_err(|e| anyhow!("merging histograms: {e}"))?;
-            for cpu in c.0 {
-                cpus.note(Some(cpu));
-            }
-        }
-        Ok((merged, cpus, elapsed))
+            Ok((merged, cpus, elapsed))
+        })
+        .await
+        .map_err(|e| anyhow!("probe task failed: {e}"))?
     })
 }

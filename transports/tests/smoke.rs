@@ -21,7 +21,7 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     for name in NAMES {
-        let t = AnyTransport::by_name(name).unwrap();
+        let t = AnyTransport::by_name(name).expect("registered transport");
         if let Some(b) = t.broker()
             && let Err(e) = b.check_available()
         {
@@ -33,11 +33,11 @@ where
         let server = t
             .serve(&ServerConfig::loopback(), Arc::new(Echo::default()))
             .await
-            .unwrap();
+            .expect("serve");
         let conn = t
             .connect(&ClientConfig::default(), &server.endpoint())
             .await
-            .unwrap();
+            .expect("connect");
         tokio::time::timeout(LIMIT, f(t, conn))
             .await
             .unwrap_or_else(|_| panic!("{name}: timed out"));

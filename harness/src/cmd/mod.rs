@@ -2,6 +2,7 @@
 
 pub mod conformance;
 pub mod floor;
+pub mod proxy;
 
 use wirebench_transports::registry::{self, AnyTransport};
 

@@ -1,103 +1,326 @@
-//! The userspace fault proxy: sits between a client and a server and impairs the bytes that
-//! pass (these machines have no kernel netem). This is its TCP core with the slicer; other
-//! faults plug into [`Pipe`].
+//! The userspace fault proxy: sits between a client and a server and impairs what passes,
+//! per direction, as Toxiproxy does for TCP — and for UDP too, so QUIC can be impaired (these
+//! machines have no kernel netem). Faults change while traffic flows ([`Proxy::set_faults`]);
+//! counters say what passed and what was done to it.
+
+pub mod spec;
+mod tcp;
+mod udp;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
+use rand::Rng;
+use rand::rngs::SmallRng;
+use rand_distr::{Distribution, Normal, Pareto};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use wirebench_scenarios::conformance::{BoxFuture, FaultInjector, FaultPath};
 
-/// What happens to the bytes of one direction.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Pipe {
-    /// Forward in writes of at most this many bytes, each flushed on its own.
-    pub slice: Option<usize>,
-    /// Pause between slices.
-    pub slice_pause: Duration,
+pub use spec::{Dir, Fault, FaultKind, Jitter, LossModel, SpecError};
+
+/// Errors starting or configuring a proxy.
+#[derive(Debug, Error)]
+pub enum ProxyError {
+    /// Binding the listening socket failed.
+    #[error("binding the proxy on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A fault that means nothing for this protocol (e.g. `loss` on TCP).
+    #[error("fault {fault} does not apply to {protocol} (see `wirebench proxy --help`)")]
+    NotApplicable {
+        /// The fault.
+        fault: String,
+        /// `tcp` or `udp`.
+        protocol: &'static str,
+    },
 }
 
-/// A running TCP proxy: one listener, one upstream, a pipe per direction.
+/// The faults in force.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FaultSet {
+    /// In the order given.
+    pub faults: Vec<Fault>,
+}
+
+/// What the proxy saw and did (monotonic counters).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Connections accepted (TCP) or client flows seen (UDP).
+    pub connections: AtomicU64,
+    /// Connections refused.
+    pub refused: AtomicU64,
+    /// Connections reset.
+    pub resets: AtomicU64,
+    /// Connections closed by a data limit.
+    pub limited: AtomicU64,
+    /// Half-closes held back.
+    pub slow_closed: AtomicU64,
+    /// Bytes read from clients.
+    pub bytes_up: AtomicU64,
+    /// Bytes read from the server.
+    pub bytes_down: AtomicU64,
+    /// Packets from clients (UDP).
+    pub packets_up: AtomicU64,
+    /// Packets from the server (UDP).
+    pub packets_down: AtomicU64,
+    /// Chunks or packets delayed.
+    pub delayed: AtomicU64,
+    /// Chunks written in slices.
+    pub sliced: AtomicU64,
+    /// Bytes swallowed by a blackhole.
+    pub blackholed: AtomicU64,
+    /// Packets dropped.
+    pub dropped: AtomicU64,
+    /// Packets duplicated.
+    pub duplicated: AtomicU64,
+    /// Packets held back to be reordered.
+    pub reordered: AtomicU64,
+    /// Packets corrupted.
+    pub corrupted: AtomicU64,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterSnapshot {
+    /// See [`Counters`].
+    pub connections: u64,
+    /// See [`Counters`].
+    pub refused: u64,
+    /// See [`Counters`].
+    pub resets: u64,
+    /// See [`Counters`].
+    pub limited: u64,
+    /// See [`Counters`].
+    pub slow_closed: u64,
+    /// See [`Counters`].
+    pub bytes_up: u64,
+    /// See [`Counters`].
+    pub bytes_down: u64,
+    /// See [`Counters`].
+    pub packets_up: u64,
+    /// See [`Counters`].
+    pub packets_down: u64,
+    /// See [`Counters`].
+    pub delayed: u64,
+    /// See [`Counters`].
+    pub sliced: u64,
+    /// See [`Counters`].
+    pub blackholed: u64,
+    /// See [`Counters`].
+    pub dropped: u64,
+    /// See [`Counters`].
+    pub duplicated: u64,
+    /// See [`Counters`].
+    pub reordered: u64,
+    /// See [`Counters`].
+    pub corrupted: u64,
+}
+
+impl Counters {
+    fn add(&self, c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn bytes(&self, d: Dir) -> &AtomicU64 {
+        if d == Dir::Up {
+            &self.bytes_up
+        } else {
+            &self.bytes_down
+        }
+    }
+
+    fn packets(&self, d: Dir) -> &AtomicU64 {
+        if d == Dir::Up {
+            &self.packets_up
+        } else {
+            &self.packets_down
+        }
+    }
+
+    /// Reads every counter.
+    pub fn snapshot(&self) -> CounterSnapshot {
+        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CounterSnapshot {
+            connections: r(&self.connections),
+            refused: r(&self.refused),
+            resets: r(&self.resets),
+            limited: r(&self.limited),
+            slow_closed: r(&self.slow_closed),
+            bytes_up: r(&self.bytes_up),
+            bytes_down: r(&self.bytes_down),
+            packets_up: r(&self.packets_up),
+            packets_down: r(&self.packets_down),
+            delayed: r(&self.delayed),
+            sliced: r(&self.sliced),
+            blackholed: r(&self.blackholed),
+            dropped: r(&self.dropped),
+            duplicated: r(&self.duplicated),
+            reordered: r(&self.reordered),
+            corrupted: r(&self.corrupted),
+        }
+    }
+}
+
+/// Draws one delay: the base plus jitter from its distribution, never below zero.
+pub(crate) fn sample_delay(base: Duration, jitter: Jitter, rng: &mut SmallRng) -> Duration {
+    let base_s = base.as_secs_f64();
+    let s = match jitter {
+        Jitter::None => base_s,
+        Jitter::Uniform(w) => {
+            let w = w.as_secs_f64();
+            base_s + rng.random_range(-w..=w)
+        }
+        Jitter::Normal(sd) => match Normal::new(base_s, sd.as_secs_f64()) {
+            Ok(n) => n.sample(rng),
+            Err(_) => base_s,
+        },
+        // Pareto(scale, shape 1.5) has a heavy tail; subtract the scale so the base is the
+        // minimum and the jitter only ever adds.
+        Jitter::Pareto(scale) => match Pareto::new(scale.as_secs_f64().max(1e-9), 1.5) {
+            Ok(p) => base_s + p.sample(rng) - scale.as_secs_f64(),
+            Err(_) => base_s,
+        },
+    };
+    Duration::from_secs_f64(s.max(0.0))
+}
+
+/// Which protocol a proxy carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// A byte stream.
+    Tcp,
+    /// Datagrams.
+    Udp,
+}
+
+impl Protocol {
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// A running proxy. Dropping it stops it and closes its connections.
 #[derive(Debug)]
-pub struct TcpProxy {
+pub struct Proxy {
     addr: SocketAddr,
+    protocol: Protocol,
+    faults: watch::Sender<Arc<FaultSet>>,
+    counters: Arc<Counters>,
     stop: CancellationToken,
 }
 
-impl TcpProxy {
-    /// Starts a proxy on an ephemeral loopback port.
+impl Proxy {
+    /// Starts a proxy listening on `listen` (e.g. `127.0.0.1:0`) in front of `upstream`.
+    /// `seed` makes every random decision reproducible.
     pub async fn start(
+        protocol: Protocol,
+        listen: &str,
         upstream: SocketAddr,
-        to_server: Pipe,
-        to_client: Pipe,
-    ) -> std::io::Result<TcpProxy> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
+        faults: Vec<Fault>,
+        seed: u64,
+    ) -> Result<Proxy, ProxyError> {
+        check(protocol, &faults)?;
+        let (tx, rx) = watch::channel(Arc::new(FaultSet { faults }));
+        let counters = Arc::new(Counters::default());
         let stop = CancellationToken::new();
-        let token = stop.clone();
-        tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    _ = token.cancelled() => return,
-                    a = listener.accept() => a,
-                };
-                let Ok((client, _)) = accepted else { continue };
-                let token = token.clone();
-                tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    let _ = client.set_nodelay(true);
-                    let _ = server.set_nodelay(true);
-                    let (cr, cw) = client.into_split();
-                    let (sr, sw) = server.into_split();
-                    tokio::select! {
-                        _ = token.cancelled() => {}
-                        _ = async {
-                            tokio::join!(pump(cr, sw, to_server), pump(sr, cw, to_client))
-                        } => {}
-                    }
-                });
+        let bind_err = |source| ProxyError::Bind {
+            addr: listen.to_owned(),
+            source,
+        };
+        let addr = match protocol {
+            Protocol::Tcp => {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .map_err(bind_err)?;
+                let addr = listener.local_addr().map_err(bind_err)?;
+                tokio::spawn(tcp::accept_loop(
+                    listener,
+                    upstream,
+                    rx,
+                    counters.clone(),
+                    stop.clone(),
+                    seed,
+                ));
+                addr
             }
-        });
-        Ok(TcpProxy { addr, stop })
+            Protocol::Udp => {
+                let socket = tokio::net::UdpSocket::bind(listen)
+                    .await
+                    .map_err(bind_err)?;
+                let addr = socket.local_addr().map_err(bind_err)?;
+                tokio::spawn(udp::run(
+                    socket,
+                    upstream,
+                    rx,
+                    counters.clone(),
+                    stop.clone(),
+                    seed,
+                ));
+                addr
+            }
+        };
+        Ok(Proxy {
+            addr,
+            protocol,
+            faults: tx,
+            counters,
+            stop,
+        })
     }
 
     /// Where clients connect.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }
+
+    /// Replaces the faults in force, for new and existing connections alike.
+    pub fn set_faults(&self, faults: Vec<Fault>) -> Result<(), ProxyError> {
+        check(self.protocol, &faults)?;
+        self.faults.send_replace(Arc::new(FaultSet { faults }));
+        Ok(())
+    }
+
+    /// The faults in force.
+    pub fn faults(&self) -> Vec<Fault> {
+        self.faults.borrow().faults.clone()
+    }
+
+    /// The counters now.
+    pub fn counters(&self) -> CounterSnapshot {
+        self.counters.snapshot()
+    }
 }
 
-impl Drop for TcpProxy {
+impl Drop for Proxy {
     fn drop(&mut self) {
         self.stop.cancel();
     }
 }
 
-/// Copies one direction through its pipe until EOF, then half-closes the other side.
-async fn pump(mut rd: OwnedReadHalf, mut wr: OwnedWriteHalf, pipe: Pipe) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match rd.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        let chunk = pipe.slice.unwrap_or(n).max(1);
-        for part in buf[..n].chunks(chunk) {
-            if wr.write_all(part).await.is_err() {
-                return;
-            }
-            if pipe.slice.is_some() && !pipe.slice_pause.is_zero() {
-                tokio::time::sleep(pipe.slice_pause).await;
-            }
+fn check(protocol: Protocol, faults: &[Fault]) -> Result<(), ProxyError> {
+    for f in faults {
+        if !f.kind.applies_to(protocol == Protocol::Udp) {
+            return Err(ProxyError::NotApplicable {
+                fault: f.to_string(),
+                protocol: protocol.name(),
+            });
         }
     }
-    let _ = wr.shutdown().await;
+    Ok(())
 }
 
 /// The harness's [`FaultInjector`] for conformance cases.
@@ -119,11 +342,17 @@ impl FaultInjector for HarnessFaults {
         pause: Duration,
     ) -> BoxFuture<'_, std::io::Result<FaultPath>> {
         Box::pin(async move {
-            let pipe = Pipe {
-                slice: Some(chunk),
-                slice_pause: pause,
+            let fault = Fault {
+                kind: FaultKind::Slicer {
+                    size: chunk.max(1),
+                    delay: pause,
+                },
+                dir: Dir::Both,
+                p: 1.0,
             };
-            let proxy = TcpProxy::start(upstream, pipe, pipe).await?;
+            let proxy = Proxy::start(Protocol::Tcp, "127.0.0.1:0", upstream, vec![fault], 1)
+                .await
+                .map_err(std::io::Error::other)?;
             Ok(FaultPath {
                 endpoint: proxy.local_addr().to_string(),
                 guard: Box::new(proxy),

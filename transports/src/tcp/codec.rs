@@ -854,3 +854,402 @@ impl ArchivedStatusHeader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::Metadata;
+    use proptest::prelude::*;
+
+    /// An owned copy of a decoded frame, for comparisons.
+    #[derive(Debug, PartialEq)]
+    enum Owned {
+        Open(u32, OpenHeader),
+        Message(u32, RequestHeader, Payload, bool),
+        HalfClose(u32),
+        Cancel(u32),
+        Headers(u32, MetadataHeader),
+        Response(u32, ResponseHeader, Payload),
+        Status(u32, StatusHeader),
+        GoAway(StatusHeader),
+    }
+
+    fn de<T, A>(a: &A) -> T
+    where
+        A: rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
+    {
+        rkyv::deserialize::<T, rancor::Error>(a).unwrap()
+    }
+
+    fn own(f: Frame<'_>) -> Owned {
+        match f {
+            Frame::Open(id, h) => Owned::Open(id, de(h)),
+            Frame::Message {
+                stream_id,
+                header,
+                payload,
+                end,
+            } => Owned::Message(stream_id, de(header), payload, end),
+            Frame::HalfClose(id) => Owned::HalfClose(id),
+            Frame::Cancel(id) => Owned::Cancel(id),
+            Frame::Headers(id, h) => Owned::Headers(id, de(h)),
+            Frame::Response {
+                stream_id,
+                header,
+                payload,
+            } => Owned::Response(stream_id, de(header), payload),
+            Frame::Status(id, h) => Owned::Status(id, de(h)),
+            Frame::GoAway(h) => Owned::GoAway(de(h)),
+        }
+    }
+
+    fn encode(frames: &[Owned], preface: bool) -> Vec<u8> {
+        let mut b = WriteBatch::new();
+        if preface {
+            b.push_raw(&PREFACE);
+        }
+        let none = Bytes::new();
+        for f in frames {
+            let bytes = |p: &Payload| match p {
+                Payload::Bytes(b) => b.clone(),
+                Payload::TooLarge(_) => unreachable!("not encodable"),
+            };
+            match f {
+                Owned::Open(id, h) => b.push(*id, 0, OutHeader::Open(h), &none),
+                Owned::Message(id, h, p, end) => {
+                    let flags = if *end { FLAG_END_STREAM } else { 0 };
+                    b.push(*id, flags, OutHeader::Message(h), &bytes(p))
+                }
+                Owned::HalfClose(id) => b.push(*id, 0, OutHeader::HalfClose, &none),
+                Owned::Cancel(id) => b.push(*id, 0, OutHeader::Cancel, &none),
+                Owned::Headers(id, h) => b.push(*id, 0, OutHeader::Headers(h), &none),
+                Owned::Response(id, h, p) => b.push(*id, 0, OutHeader::Response(h), &bytes(p)),
+                Owned::Status(id, h) => b.push(*id, 0, OutHeader::Status(h), &none),
+                Owned::GoAway(h) => b.push(0, 0, OutHeader::GoAway(h), &none),
+            }
+            .unwrap();
+        }
+        b.to_vec()
+    }
+
+    /// Decodes `bytes` fed in the given chunk sizes (cycled), like a socket would deliver them.
+    fn decode_chunked(
+        bytes: &[u8],
+        chunks: &[usize],
+        server: bool,
+        max: usize,
+    ) -> Result<Vec<Owned>, DecodeError> {
+        let mut d = if server {
+            Decoder::server(max)
+        } else {
+            Decoder::client(max)
+        };
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut pos = 0;
+        let mut i = 0;
+        loop {
+            match d.decode(&mut buf)? {
+                Decoded::Frame(f) => out.push(own(f)),
+                Decoded::NeedMore(_) => {
+                    if pos == bytes.len() {
+                        return Ok(out);
+                    }
+                    let n = chunks[i % chunks.len()].max(1).min(bytes.len() - pos);
+                    i += 1;
+                    buf.extend_from_slice(&bytes[pos..pos + n]);
+                    pos += n;
+                }
+            }
+        }
+    }
+
+    fn entry() -> impl Strategy<Value = WireEntry> {
+        (
+            "[a-z0-9._-]{1,20}",
+            proptest::collection::vec(any::<u8>(), 0..40),
+        )
+            .prop_map(|(key, value)| WireEntry { key, value })
+    }
+
+    fn payload() -> impl Strategy<Value = Payload> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..64),
+            proptest::collection::vec(any::<u8>(), 4000..9000),
+        ]
+        .prop_map(|v| Payload::Bytes(Bytes::from(v)))
+    }
+
+    fn id() -> impl Strategy<Value = u32> {
+        1..=u32::MAX
+    }
+
+    fn frame() -> impl Strategy<Value = Owned> {
+        let request = (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+            proptest::collection::vec(any::<u32>(), 0..6),
+            ".{0,30}",
+            any::<u8>(),
+            any::<bool>(),
+        )
+            .prop_map(|(a, b, c, d, e, f, g, h, i)| RequestHeader {
+                delay_us: a,
+                interval_us: b,
+                response_size: c,
+                response_count: d,
+                fail_after: e,
+                response_sizes: f,
+                fail_message: g,
+                fail_code: h,
+                report_deadline: i,
+            });
+        let status = || {
+            (
+                any::<u32>(),
+                ".{0,40}",
+                proptest::collection::vec(entry(), 0..4),
+            )
+                .prop_map(|(code, message, trailers)| StatusHeader {
+                    code,
+                    message,
+                    trailers,
+                })
+        };
+        prop_oneof![
+            (
+                id(),
+                any::<u64>(),
+                proptest::collection::vec(entry(), 0..4),
+                any::<u8>()
+            )
+                .prop_map(|(id, timeout_us, metadata, method)| Owned::Open(
+                    id,
+                    OpenHeader {
+                        timeout_us,
+                        metadata,
+                        method
+                    }
+                )),
+            (id(), request, payload(), any::<bool>())
+                .prop_map(|(id, h, p, e)| Owned::Message(id, h, p, e)),
+            id().prop_map(Owned::HalfClose),
+            id().prop_map(Owned::Cancel),
+            (id(), proptest::collection::vec(entry(), 0..4))
+                .prop_map(|(id, entries)| Owned::Headers(id, MetadataHeader { entries })),
+            (id(), any::<u64>(), any::<u64>(), payload()).prop_map(|(id, m, b, p)| {
+                Owned::Response(
+                    id,
+                    ResponseHeader {
+                        received_messages: m,
+                        received_bytes: b,
+                    },
+                    p,
+                )
+            }),
+            (id(), status()).prop_map(|(id, s)| Owned::Status(id, s)),
+            status().prop_map(Owned::GoAway),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any sequence of frames decodes to itself, however the bytes are split.
+        #[test]
+        fn round_trip_under_any_split(
+            frames in proptest::collection::vec(frame(), 1..8),
+            chunks in proptest::collection::vec(1usize..200, 1..16),
+        ) {
+            let bytes = encode(&frames, true);
+            let got = decode_chunked(&bytes, &chunks, true, usize::MAX).unwrap();
+            prop_assert_eq!(got, frames);
+        }
+
+        /// Arbitrary bytes never panic the decoder: they decode, wait for more, or fail.
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..512),
+            chunks in proptest::collection::vec(1usize..64, 1..8),
+            with_preface in any::<bool>(),
+        ) {
+            let mut input = if with_preface { PREFACE.to_vec() } else { Vec::new() };
+            input.extend_from_slice(&bytes);
+            let _ = decode_chunked(&input, &chunks, true, 1 << 16);
+            let _ = decode_chunked(&bytes, &chunks, false, 1 << 16);
+        }
+
+        /// A valid stream with some bytes flipped never panics either (deeper than random
+        /// bytes get: past the prefix into rkyv validation).
+        #[test]
+        fn corrupted_frames_never_panic(
+            frames in proptest::collection::vec(frame(), 1..4),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
+        ) {
+            let mut bytes = encode(&frames, false);
+            for (at, x) in flips {
+                let n = bytes.len();
+                bytes[at % n] ^= x | 1;
+            }
+            let _ = decode_chunked(&bytes, &[7, 13, 1000], false, 1 << 20);
+        }
+    }
+
+    #[test]
+    fn oversized_payload_is_skipped_and_the_stream_goes_on() {
+        let big = Owned::Message(
+            1,
+            RequestHeader::from(&Directives::default()),
+            Payload::Bytes(Bytes::from(vec![1u8; 10_000])),
+            true,
+        );
+        let small = Owned::Message(
+            3,
+            RequestHeader::from(&Directives::default()),
+            Payload::Bytes(Bytes::from(vec![2u8; 10])),
+            false,
+        );
+        let bytes = encode(&[big, small], true);
+        for chunks in [&[1usize][..], &[100], &[100_000]] {
+            let got = decode_chunked(&bytes, chunks, true, 1000).unwrap();
+            assert_eq!(got.len(), 2);
+            assert!(matches!(
+                got[0],
+                Owned::Message(1, _, Payload::TooLarge(10_000), true)
+            ));
+            assert!(
+                matches!(&got[1], Owned::Message(3, _, Payload::Bytes(b), false) if b[..] == [2u8; 10])
+            );
+        }
+    }
+
+    #[test]
+    fn errors_name_what_and_where() {
+        let e = decode_chunked(b"GET / HTTP/1.1\r\n", &[100], true, 100).unwrap_err();
+        assert!(matches!(e, DecodeError::BadPreface { .. }), "{e}");
+        let mut bytes = PREFACE.to_vec();
+        bytes.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0x7f, 0, 1, 0, 0, 0]);
+        let e = decode_chunked(&bytes, &[100], true, 100).unwrap_err();
+        assert_eq!(
+            e,
+            DecodeError::UnknownKind {
+                kind: 0x7f,
+                offset: 8
+            }
+        );
+        assert!(e.to_string().contains("0x7f") && e.to_string().contains("byte 8"));
+        // A CANCEL carrying a payload.
+        let bytes = [5u8, 0, 0, 0, 0, 0, 0x04, 0, 1, 0, 0, 0, 1, 2, 3, 4, 5];
+        let e = decode_chunked(&bytes, &[100], false, 100).unwrap_err();
+        assert!(matches!(e, DecodeError::UnexpectedPayload { .. }), "{e}");
+        // OPEN without header, stream 0 on a call, a header that fails validation.
+        let e = decode_chunked(&[0, 0, 0, 0, 0, 0, 0x01, 0, 1, 0, 0, 0], &[100], false, 100)
+            .unwrap_err();
+        assert!(matches!(e, DecodeError::HeaderLength { .. }), "{e}");
+        let e = decode_chunked(&[0, 0, 0, 0, 0, 0, 0x03, 0, 0, 0, 0, 0], &[100], false, 100)
+            .unwrap_err();
+        assert!(matches!(e, DecodeError::StreamId { .. }), "{e}");
+        // A STATUS whose message points outside the header.
+        let mut bad = vec![0u8, 0, 0, 0, 20, 0, 0x13, 0, 1, 0, 0, 0];
+        bad.extend_from_slice(&[0, 0, 0, 0]);
+        bad.extend_from_slice(&[0xbf, 0xff, 0xff, 0x3f, 0x00, 0x10, 0x00, 0x00]);
+        bad.extend_from_slice(&[0; 8]);
+        let e = decode_chunked(&bad, &[100], false, 100).unwrap_err();
+        assert!(matches!(e, DecodeError::InvalidHeader { .. }), "{e}");
+    }
+
+    /// The unary exchange shown in the `tcp` module docs, byte for byte.
+    #[test]
+    fn wire_example_is_documented() {
+        let open = OpenHeader::new(0, None, &Metadata::new());
+        let request = RequestHeader::from(&Directives::default());
+        let mut b = WriteBatch::new();
+        b.push_raw(&PREFACE);
+        b.push(1, 0, OutHeader::Open(&open), &Bytes::new()).unwrap();
+        b.push(
+            1,
+            FLAG_END_STREAM,
+            OutHeader::Message(&request),
+            &Bytes::from_static(b"abc"),
+        )
+        .unwrap();
+        let client = b.to_vec();
+        let mut expected = b"WBRPC/1\n".to_vec();
+        expected.extend_from_slice(&[0, 0, 0, 0, 0x18, 0, 0x01, 0, 1, 0, 0, 0]);
+        expected.extend_from_slice(&[0xff; 8]); // timeout_us: none
+        // metadata: empty Vec whose offset points at the header's start (-8), len 0
+        expected.extend_from_slice(&[0xf8, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
+        expected.extend_from_slice(&[0; 8]); // method 0, padding
+        expected.extend_from_slice(&[3, 0, 0, 0, 0x30, 0, 0x02, 0x01, 1, 0, 0, 0]);
+        let mut rh = vec![0u8; 48];
+        rh[16..24].copy_from_slice(&[0xff; 8]); // response_size, response_count unset
+        rh[28..32].copy_from_slice(&(-28i32).to_le_bytes()); // response_sizes: empty
+        rh[36..44].copy_from_slice(&[0xff; 8]); // fail_message "" inline: 0xff padding
+        expected.extend_from_slice(&rh);
+        expected.extend_from_slice(b"abc");
+        assert_eq!(client, expected);
+        // As documented, out-of-line data must lie before the root: an empty Vec pointing
+        // into the root itself (offset 0) is rejected.
+        let mut zeroed = expected.clone();
+        zeroed[28..32].copy_from_slice(&[0; 4]);
+        let e = decode_chunked(&zeroed, &[1000], true, 100).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DecodeError::InvalidHeader {
+                    kind: Kind::Open,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+
+        let mut b = WriteBatch::new();
+        let resp = ResponseHeader::of(&EchoResponse::new(Bytes::from_static(b"abc")));
+        b.push(
+            1,
+            0,
+            OutHeader::Response(&resp),
+            &Bytes::from_static(b"abc"),
+        )
+        .unwrap();
+        b.push(
+            1,
+            0,
+            OutHeader::Status(&StatusHeader::of(&Status::ok())),
+            &Bytes::new(),
+        )
+        .unwrap();
+        let server = b.to_vec();
+        let mut expected = vec![3u8, 0, 0, 0, 0x10, 0, 0x12, 0, 1, 0, 0, 0];
+        expected.extend_from_slice(&[0; 16]);
+        expected.extend_from_slice(b"abc");
+        expected.extend_from_slice(&[0, 0, 0, 0, 0x14, 0, 0x13, 0, 1, 0, 0, 0]);
+        let mut sh = vec![0u8; 20];
+        sh[4..12].copy_from_slice(&[0xff; 8]); // message "" inline
+        sh[12..16].copy_from_slice(&(-12i32).to_le_bytes()); // trailers: empty
+        expected.extend_from_slice(&sh);
+        assert_eq!(server, expected);
+    }
+
+    #[test]
+    fn long_strings_and_vectors_use_documented_out_of_line_form() {
+        // A 10-byte status message is stored out of line: (len & 0x3f) | 0x80 | (len >> 6) << 8.
+        let s = StatusHeader {
+            code: 5,
+            message: "0123456789".into(),
+            trailers: vec![],
+        };
+        let bytes = serialize_into(&s, AlignedVec::new()).unwrap();
+        let root = &bytes[bytes.len() - 20..];
+        assert_eq!(&root[0..4], &[5, 0, 0, 0]);
+        let len = u32::from_le_bytes(root[4..8].try_into().unwrap());
+        assert_eq!(len, (10 & 0x3f) | 0x80);
+        let off = i32::from_le_bytes(root[8..12].try_into().unwrap());
+        let at = (bytes.len() - 20 + 4) as i64 + i64::from(off);
+        assert_eq!(&bytes[at as usize..at as usize + 10], b"0123456789");
+    }
+}

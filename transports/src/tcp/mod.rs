@@ -63,11 +63,15 @@
 //!   alignment, total size rounded up to the largest alignment);
 //! - `u8`/`bool` (bool is 0 or 1), `u32`, `u64` in little-endian at their natural alignment;
 //! - `Vec<T>` as 8 bytes, alignment 4: `i32` offset of the first element, relative to the
-//!   address of this offset field itself, then `u32` element count; the elements lie elsewhere
-//!   in the header, aligned for `T`;
+//!   address of this offset field itself, then `u32` element count; the elements lie before
+//!   the root struct, aligned for `T` (an empty Vec points at the header's first byte when
+//!   nothing precedes the root: offset = minus the field's position; never into the root);
 //! - `String` as 8 bytes, alignment 4: when at most 8 bytes long, the bytes inline, padded
 //!   with `0xff`; otherwise `u32` `(len & 0x3f) | 0x80 | ((len >> 6) << 8)` then `i32` offset
-//!   (relative to the start of the string field) of the UTF-8 bytes.
+//!   (relative to the start of the string field) of the UTF-8 bytes, which lie before the
+//!   root;
+//! - every out-of-line object is placed before the root, each subtree before its parent, as
+//!   rkyv's validator checks (serializing children depth-first, then the parent, yields this).
 //!
 //! | type | layout (offset: field) | size |
 //! |---|---|---|
@@ -85,13 +89,16 @@
 //! ```text
 //! client: 57 42 52 50 43 2f 31 0a                            preface
 //!         00 00 00 00 18 00 01 00 01 00 00 00                OPEN, stream 1, header 24 B
-//!         ff ff ff ff ff ff ff ff 00 00 00 00 00 00 00 00    timeout none, metadata []
+//!         ff ff ff ff ff ff ff ff f8 ff ff ff 00 00 00 00    timeout none, metadata [] (offset -8)
 //!         00 00 00 00 00 00 00 00                            method 0 (Unary) + padding
 //!         03 00 00 00 30 00 02 01 01 00 00 00                MESSAGE, END_STREAM, header 48 B, payload 3 B
-//!         00 .. (48-byte RequestHeader: no delay, response_size ff ff ff ff, ...)
+//!         00 .. (48-byte RequestHeader: delays 0, response_size and response_count
+//!         ff ff ff ff, fail_after 0, response_sizes [] (offset -28), fail_message ""
+//!         (eight ff), fail_code 0, report_deadline 0, padding)
 //!         61 62 63                                           payload "abc"
 //! server: 03 00 00 00 10 00 12 00 01 00 00 00 + 16-byte ResponseHeader (zeros) + 61 62 63
-//!         00 00 00 00 14 00 13 00 01 00 00 00 + 20-byte StatusHeader (code 0, "" , [])
+//!         00 00 00 00 14 00 13 00 01 00 00 00 + 20-byte StatusHeader (code 0, message ""
+//!         as eight ff, trailers [] with offset -12)
 //! ```
 //!
 //! ## Flow control

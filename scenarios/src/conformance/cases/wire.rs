@@ -134,7 +134,7 @@ async fn malformed_frame(ctx: Ctx) -> CaseResult {
 
     let mut garbage = noise(512, 99);
     garbage[0] = 0xff;
-    let zeros = vec![0u8; 64];
+    let zeros = [0u8; 64];
     let mut notes = Vec::new();
     for (what, bytes, truncate) in [
         ("random bytes", &garbage[..], false),
