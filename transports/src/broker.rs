@@ -3,8 +3,8 @@
 //! and restarting the broker — what the broker-semantics conformance cases and the
 //! event-streaming scenarios need, without naming any broker's types.
 //!
-//! `nats` implements it now (core NATS + JetStream); an MQTT transport implements the same
-//! traits (QoS 1 publishes and persistent sessions as its durable log). Topics are the
+//! `nats` implements it over core NATS and JetStream; `mqtt` over MQTT 5 publish/subscribe with
+//! shared subscriptions as queue groups (it declares no durable log: see its capabilities). Topics are the
 //! broker's own subject/topic strings; callers keep them to `[A-Za-z0-9_.-]` tokens separated
 //! by `.` so that every broker accepts them. Static dispatch throughout, as in
 //! [`crate::registry`]: the event-streaming load path pays no box per message.
@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use thiserror::Error;
 
-use crate::nats;
+use crate::{mqtt, nats};
 use crate::registry::AnyTransport;
 
 /// Errors of broker operations and of running a broker.
@@ -492,6 +492,7 @@ macro_rules! brokers {
 
 brokers! {
     Nats => nats::Nats,
+    Mqtt => mqtt::Mqtt,
 }
 
 impl AnyTransport {
@@ -499,6 +500,7 @@ impl AnyTransport {
     pub fn broker(&self) -> Option<AnyBroker> {
         match self {
             AnyTransport::Nats(n) => Some(AnyBroker::Nats(*n)),
+            AnyTransport::Mqtt(m) => Some(AnyBroker::Mqtt(*m)),
             _ => None,
         }
     }

@@ -11,6 +11,7 @@ pub mod echo;
 pub mod inproc;
 pub mod message;
 pub mod metadata;
+pub mod mqtt;
 pub mod nats;
 pub mod registry;
 pub mod status;

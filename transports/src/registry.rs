@@ -13,7 +13,7 @@ use crate::transport::{
     CallOptions, CallReceiver, CallSender, Capabilities, ClientConfig, Connection, Server,
     ServerConfig, Transport, TransportError, UnaryReply, WireBytes,
 };
-use crate::{inproc, nats, tcp};
+use crate::{inproc, mqtt, nats, tcp};
 
 macro_rules! registry {
     ($($variant:ident => $ty:path = $name:literal),+ $(,)?) => {
@@ -72,6 +72,8 @@ macro_rules! registry {
         }
 
         /// A server of any transport.
+        // Servers are created once per run, never per call: their size does not matter.
+        #[allow(clippy::large_enum_variant)]
         #[derive(Debug)]
         pub enum AnyServer {
             $(
@@ -191,6 +193,7 @@ registry! {
     Inproc => inproc::Inproc = "inproc",
     Tcp => tcp::Tcp = "tcp",
     Nats => nats::Nats = "nats",
+    Mqtt => mqtt::Mqtt = "mqtt",
 }
 
 /// The transport called `name`, or an error listing the known ones.
