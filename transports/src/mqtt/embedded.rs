@@ -16,6 +16,11 @@
 //!   ~44 ms), cannot bind port 0 (the port must be known up front, a bind race in parallel
 //!   tests), and has no way to stop it short of ending the process.
 //!
+//! rmqtt's default shared-subscription strategy picks no member at all (its round-robin lives
+//! in a separate plugin): a message to `$share/<group>/<topic>` would reach nobody. The broker
+//! here installs [`RoundRobin`], which hands each message to the next member of the group
+//! that is online.
+//!
 //! rmqtt's overload guard (refuse connections while the machine's load average is high) is
 //! turned off: a benchmark machine is loaded on purpose. Its per-listener limits are raised to
 //! fit the suite: packets up to [`MAX_PACKET`], 1024 QoS 1 messages in flight per session and
@@ -26,11 +31,17 @@
 
 use std::net::SocketAddr;
 use std::num::{NonZeroU16, NonZeroU32};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rmqtt::context::ServerContext;
 use rmqtt::net::Builder;
 use rmqtt::server::MqttServer;
+use rmqtt::subscribe::SharedSubscription;
+use rmqtt::types::{
+    ClientId, Id, IsOnline, NodeId, SharedGroup, SubscriptionIdentifier, SubscriptionOptions,
+    TopicName,
+};
 use tokio::sync::oneshot;
 
 use crate::broker::BrokerError;
@@ -162,6 +173,55 @@ async fn launch(addr: SocketAddr) -> Result<(SocketAddr, Running), BrokerError> 
     ))
 }
 
+/// Shared subscriptions: each message to a group goes to its next member, preferring members
+/// that are online (an offline member's session would only queue it).
+#[derive(Debug, Default)]
+pub struct RoundRobin {
+    next: AtomicUsize,
+}
+
+/// One candidate of a shared-subscription group, as rmqtt lists them.
+type Candidate = (
+    NodeId,
+    ClientId,
+    SubscriptionOptions,
+    Option<Vec<SubscriptionIdentifier>>,
+    Option<IsOnline>,
+);
+
+impl RoundRobin {
+    /// The index of the member to deliver to, and whether it is online.
+    pub fn pick(&self, online: impl Fn(usize) -> bool, members: usize) -> Option<(usize, bool)> {
+        if members == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % members;
+        (0..members)
+            .map(|k| (start + k) % members)
+            .find(|i| online(*i))
+            .map(|i| (i, true))
+            .or(Some((start, false)))
+    }
+}
+
+#[async_trait::async_trait]
+impl SharedSubscription for RoundRobin {
+    fn is_supported(&self) -> bool {
+        true
+    }
+
+    async fn choice(
+        &self,
+        _scx: &ServerContext,
+        _group: &SharedGroup,
+        _publisher: &Id,
+        _topic: &TopicName,
+        members: &[Candidate],
+    ) -> Option<(usize, IsOnline)> {
+        self.pick(|i| members.get(i).is_some_and(|m| m.4.unwrap_or(true)), members.len())
+    }
+}
+
 /// Runs the broker until `stop` fires (or its sender is dropped).
 async fn serve(
     addr: SocketAddr,
@@ -174,6 +234,7 @@ async fn serve(
         .busy_check_enable(false)
         .build()
         .await;
+    *scx.extends.shared_subscription_mut().await = Box::new(RoundRobin::default());
     let listener = Builder::new()
         .name("wirebench")
         .laddr(addr)
@@ -236,6 +297,19 @@ mod tests {
         let mut rest = vec![0u8; usize::from(head[1])];
         s.read_exact(&mut rest).await?;
         Ok([head.to_vec(), rest].concat())
+    }
+
+    #[test]
+    fn round_robin_takes_turns_and_skips_offline_members() {
+        let rr = RoundRobin::default();
+        let picks: Vec<_> = (0..6).map(|_| rr.pick(|_| true, 3)).collect();
+        assert_eq!(
+            picks,
+            [0, 1, 2, 0, 1, 2].map(|i| Some((i, true))).to_vec()
+        );
+        assert_eq!(rr.pick(|i| i == 2, 3), Some((2, true)));
+        assert_eq!(rr.pick(|_| false, 3).map(|(_, on)| on), Some(false));
+        assert_eq!(rr.pick(|_| true, 0), None);
     }
 
     #[tokio::test]

@@ -293,7 +293,7 @@ impl Link {
     /// Disconnects cleanly and ends the polling task.
     pub async fn close(&self) {
         self.handle.shared.closing.store(true, Ordering::Release);
-        let _ = self.handle.shared.up.send(false);
+        let _ = self.handle.shared.up.send_replace(false);
         if self.handle.client.try_disconnect().is_err() {
             self.task.abort();
         }
@@ -346,7 +346,7 @@ async fn restore<I: Inbound>(handle: LinkHandle, inbound: Arc<I>) {
             return;
         }
     }
-    let _ = handle.shared.up.send(true);
+    let _ = handle.shared.up.send_replace(true);
     inbound.connection(true, "reconnected");
 }
 
@@ -402,12 +402,12 @@ async fn poll<I: Inbound>(
                 on_connack(&handle, &ack);
                 match first.take() {
                     Some(f) => {
-                        let _ = handle.shared.up.send(true);
+                        let _ = handle.shared.up.send_replace(true);
                         let _ = f.send(Ok(()));
                     }
                     // A broker that kept our session kept our subscriptions too.
                     None if ack.session_present => {
-                        let _ = handle.shared.up.send(true);
+                        let _ = handle.shared.up.send_replace(true);
                         inbound.connection(true, "reconnected");
                     }
                     None => {
@@ -449,5 +449,5 @@ async fn poll<I: Inbound>(
             }
         }
     }
-    let _ = handle.shared.up.send(false);
+    let _ = handle.shared.up.send_replace(false);
 }
