@@ -19,7 +19,7 @@ use crate::proxy::HarnessFaults;
 /// Arguments of `wirebench conformance`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  wirebench conformance\n  wirebench conformance --transport inproc,tcp --json conformance.json\n  wirebench conformance --case unary_large,stream_integrity\n  wirebench conformance --transport nats --nats-url nats://127.0.0.1:4222\n\nBroker transports (nats) start a private nats-server per case from PATH or\nWIREBENCH_NATS_SERVER; without one they are skipped with an install hint, except\nwhen CI is set, where that is a failure."
+    after_help = "Examples:\n  wirebench conformance\n  wirebench conformance --transport inproc,tcp --json conformance.json\n  wirebench conformance --case unary_large,stream_integrity\n  wirebench conformance --transport nats --nats-url nats://127.0.0.1:4222\n  wirebench conformance --transport mqtt --mqtt-url mqtt://127.0.0.1:1883\n\nBroker transports start a private broker per case: nats a nats-server from PATH or\nWIREBENCH_NATS_SERVER (without one it is skipped with an install hint, except when\nCI is set, where that is a failure), mqtt its embedded broker."
 )]
 pub struct Args {
     /// Transports to check, comma-separated (default: all).
