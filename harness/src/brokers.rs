@@ -133,9 +133,7 @@ pub fn availability(transport: &AnyTransport, brokers: &BrokerArgs) -> Availabil
         Err(e) => {
             let why = format!("{}: {e}", transport.name());
             if in_ci() {
-                Availability::Missing(format!(
-                    "{why} (CI is set: a missing broker fails the run)"
-                ))
+                Availability::Missing(format!("{why} (CI is set: a missing broker fails the run)"))
             } else {
                 Availability::Skipped(why)
             }
@@ -158,7 +156,12 @@ mod tests {
             mqtt_url: Some("nats://127.0.0.1:4222".into()),
             ..BrokerArgs::default()
         };
-        assert!(bad.validate().unwrap_err().to_string().contains("expected mqtt://"));
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("expected mqtt://")
+        );
         let none = BrokerArgs::default();
         assert!(none.validate().is_ok());
         // A port nobody listens on: bind one, learn it, close it.
@@ -177,7 +180,10 @@ mod tests {
             ..BrokerArgs::default()
         };
         let e = closed.validate().unwrap_err().to_string();
-        assert!(e.contains("--mqtt-url") && e.contains("no broker accepts"), "{e}");
+        assert!(
+            e.contains("--mqtt-url") && e.contains("no broker accepts"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -190,7 +196,11 @@ mod tests {
         let tcp = AnyTransport::by_name("tcp").unwrap();
         let env = args.env_for(&nats, &Env::default());
         assert_eq!(env.broker_url.as_deref(), Some("nats://127.0.0.1:4222"));
-        assert!(env.withdrawn.iter().any(|(c, _)| *c == Capability::BrokerDurable));
+        assert!(
+            env.withdrawn
+                .iter()
+                .any(|(c, _)| *c == Capability::BrokerDurable)
+        );
         assert!(args.env_for(&tcp, &Env::default()).broker_url.is_none());
         assert_eq!(availability(&tcp, &args), Availability::Ready);
         assert_eq!(availability(&nats, &args), Availability::Ready);
@@ -200,6 +210,9 @@ mod tests {
         assert_eq!(env.broker_url.as_deref(), Some("mqtt://127.0.0.1:1883"));
         assert_eq!(args.server_config(&mqtt).listen, "mqtt://127.0.0.1:1883");
         // The embedded broker needs nothing installed.
-        assert_eq!(availability(&mqtt, &BrokerArgs::default()), Availability::Ready);
+        assert_eq!(
+            availability(&mqtt, &BrokerArgs::default()),
+            Availability::Ready
+        );
     }
 }

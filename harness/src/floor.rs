@@ -290,11 +290,7 @@ pub fn measure_transport_on(
     cfg: &ProbeConfig,
     server: ServerConfig,
 ) -> Result<Probe> {
-    run_probe(
-        transport.name(),
-        TransportTarget { transport, server },
-        cfg,
-    )
+    run_probe(transport.name(), TransportTarget { transport, server }, cfg)
 }
 
 /// Measures the minimal plain async-nats request/reply pair (`nats-min`), the yardstick for

@@ -45,9 +45,10 @@ fn main() {
             }
             Availability::Missing(why) => {
                 trials.push(
-                    Trial::test(format!("{}::broker_available", transport.name()), move || {
-                        Err(Failed::from(why))
-                    })
+                    Trial::test(
+                        format!("{}::broker_available", transport.name()),
+                        move || Err(Failed::from(why)),
+                    )
                     .with_kind("broker"),
                 );
                 continue;

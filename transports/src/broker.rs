@@ -15,8 +15,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use thiserror::Error;
 
-use crate::{mqtt, nats};
 use crate::registry::AnyTransport;
+use crate::{mqtt, nats};
 
 /// Errors of broker operations and of running a broker.
 #[derive(Debug, Error)]
@@ -199,8 +199,10 @@ pub trait BrokerHandle: Send + Sync + 'static {
 
     /// Stops the broker and starts it again on the same address with the same storage;
     /// returns once it accepts connections again.
-    fn restart(&mut self, mode: RestartMode)
-    -> impl Future<Output = Result<(), BrokerError>> + Send;
+    fn restart(
+        &mut self,
+        mode: RestartMode,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
 
     /// Stops a private broker (an external one is left alone).
     fn stop(self) -> impl Future<Output = ()> + Send;
@@ -238,8 +240,7 @@ pub trait BrokerClient: Send + Sync + 'static {
 
     /// Waits until [`overflowed`](Self::overflowed) reaches `at_least` or `within` passes
     /// (libraries report overflow asynchronously), and returns it.
-    fn await_overflow(&self, at_least: u64, within: Duration)
-    -> impl Future<Output = u64> + Send;
+    fn await_overflow(&self, at_least: u64, within: Duration) -> impl Future<Output = u64> + Send;
 
     /// Creates (or reuses) a durable log.
     fn create_durable(

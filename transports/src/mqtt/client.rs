@@ -212,7 +212,10 @@ impl Calls {
                     .ok()
                     .flatten()
                     .unwrap_or(DEFAULT_WINDOW);
-                let to = p.properties.as_ref().and_then(|pp| pp.response_topic.clone());
+                let to = p
+                    .properties
+                    .as_ref()
+                    .and_then(|pp| pp.response_topic.clone());
                 match (s.accept.take(), to) {
                     (Some(a), Some(to)) => {
                         s.to = Some(to.clone());
@@ -222,7 +225,9 @@ impl Calls {
                         end_stream(
                             &mut t,
                             id,
-                            Status::internal("the server accepted the call without a response topic"),
+                            Status::internal(
+                                "the server accepted the call without a response topic",
+                            ),
                         );
                     }
                     (None, Some(_)) => {}
@@ -461,7 +466,11 @@ impl MqttConnection {
         Ok(MqttConnection { shared, link })
     }
 
-    fn poll_unary(&self, id: u64, cx: &mut std::task::Context<'_>) -> Poll<Result<Publish, Status>> {
+    fn poll_unary(
+        &self,
+        id: u64,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Result<Publish, Status>> {
         let mut t = self.shared.calls.lock();
         let Some(Slot::Unary { reply, waker }) = t.calls.get_mut(&id) else {
             drop(t);
@@ -475,9 +484,7 @@ impl MqttConnection {
             return Poll::Pending;
         }
         match t.calls.remove(&id) {
-            Some(Slot::Unary {
-                reply: Some(p), ..
-            }) => Poll::Ready(Ok(p)),
+            Some(Slot::Unary { reply: Some(p), .. }) => Poll::Ready(Ok(p)),
             _ => Poll::Ready(Err(Status::internal("unary slot without reply"))),
         }
     }
@@ -510,7 +517,11 @@ impl MqttConnection {
 }
 
 /// Request properties; empty for a plain call (the fast path sends none).
-fn request_props(frame: Option<Frame>, options: &CallOptions, request: Option<&EchoRequest>) -> Props {
+fn request_props(
+    frame: Option<Frame>,
+    options: &CallOptions,
+    request: Option<&EchoRequest>,
+) -> Props {
     let mut p = match frame {
         Some(f) => wire::frame(f),
         None => Props::new(),
@@ -558,19 +569,20 @@ impl Connection for MqttConnection {
     type Sender = MqttSender;
     type Receiver = MqttReceiver;
 
-    async fn unary(&self, request: EchoRequest, options: &CallOptions) -> Result<UnaryReply, Status> {
+    async fn unary(
+        &self,
+        request: EchoRequest,
+        options: &CallOptions,
+    ) -> Result<UnaryReply, Status> {
         let deadline = options.deadline();
         let props = request_props(None, options, Some(&request));
         let id = self.shared.register(Slot::Unary {
             reply: None,
             waker: None,
         })?;
-        let out = self.shared.to_service(
-            self.shared.unary_topic.clone(),
-            id,
-            request.payload,
-            props,
-        );
+        let out =
+            self.shared
+                .to_service(self.shared.unary_topic.clone(), id, request.payload, props);
         let mut guard = UnaryGuard {
             shared: &self.shared,
             id,
@@ -686,7 +698,10 @@ impl CancelSignal for MqttCancel {
         self.credit.close();
         if live && let Some(to) = self.to.take() {
             // Best effort: a lost cancel only lets the server run to its deadline.
-            let _ = self.shared.link.publish_now(cancel_frame(to, self.shared.qos));
+            let _ = self
+                .shared
+                .link
+                .publish_now(cancel_frame(to, self.shared.qos));
         }
     }
 }

@@ -218,7 +218,10 @@ impl SharedSubscription for RoundRobin {
         _topic: &TopicName,
         members: &[Candidate],
     ) -> Option<(usize, IsOnline)> {
-        self.pick(|i| members.get(i).is_some_and(|m| m.4.unwrap_or(true)), members.len())
+        self.pick(
+            |i| members.get(i).is_some_and(|m| m.4.unwrap_or(true)),
+            members.len(),
+        )
     }
 }
 
@@ -303,10 +306,7 @@ mod tests {
     fn round_robin_takes_turns_and_skips_offline_members() {
         let rr = RoundRobin::default();
         let picks: Vec<_> = (0..6).map(|_| rr.pick(|_| true, 3)).collect();
-        assert_eq!(
-            picks,
-            [0, 1, 2, 0, 1, 2].map(|i| Some((i, true))).to_vec()
-        );
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2].map(|i| Some((i, true))).to_vec());
         assert_eq!(rr.pick(|i| i == 2, 3), Some((2, true)));
         assert_eq!(rr.pick(|_| false, 3).map(|(_, on)| on), Some(false));
         assert_eq!(rr.pick(|_| true, 0), None);
@@ -315,20 +315,30 @@ mod tests {
     #[tokio::test]
     async fn binds_port_zero_answers_mqtt_restarts_and_stops() {
         let limit = Duration::from_secs(30);
-        let mut b = tokio::time::timeout(limit, EmbeddedBroker::start("127.0.0.1:0".parse().unwrap()))
-            .await
-            .unwrap()
-            .unwrap();
+        let mut b =
+            tokio::time::timeout(limit, EmbeddedBroker::start("127.0.0.1:0".parse().unwrap()))
+                .await
+                .unwrap()
+                .unwrap();
         let addr = b.addr();
         assert_ne!(addr.port(), 0);
         assert!(b.url().starts_with("mqtt://127.0.0.1:"));
-        let ack = tokio::time::timeout(limit, connack(addr)).await.unwrap().unwrap();
+        let ack = tokio::time::timeout(limit, connack(addr))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(ack[0], 0x20, "CONNACK expected: {ack:?}");
         assert_eq!(ack[3], 0, "connection refused: {ack:?}");
 
-        tokio::time::timeout(limit, b.restart()).await.unwrap().unwrap();
+        tokio::time::timeout(limit, b.restart())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(b.addr(), addr, "a restart keeps the address");
-        tokio::time::timeout(limit, connack(addr)).await.unwrap().unwrap();
+        tokio::time::timeout(limit, connack(addr))
+            .await
+            .unwrap()
+            .unwrap();
 
         tokio::time::timeout(limit, b.stop()).await.unwrap();
         // Stopped means the port is free again.

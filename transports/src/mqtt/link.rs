@@ -14,12 +14,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
+use rumqttc::v5::Request;
+use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{
     ConnAck, Packet, Publish, PublishProperties, SubAck, SubscribeReasonCode,
 };
-use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, ClientError, ConnectionError, Event, EventLoop, MqttOptions};
-use rumqttc::v5::Request;
 use rumqttc::{NetworkOptions, Outgoing};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -148,7 +148,10 @@ impl Out {
             self.payload.len(),
             &self.properties.user_properties,
             self.properties.response_topic.as_deref(),
-            self.properties.correlation_data.as_ref().map_or(0, Bytes::len),
+            self.properties
+                .correlation_data
+                .as_ref()
+                .map_or(0, Bytes::len),
         )
     }
 }
@@ -193,10 +196,13 @@ impl LinkHandle {
     /// room. For the polling task, and for synchronous contexts (drop, cancel) under a runtime.
     pub fn publish_now(&self, out: Out) -> Result<(), PublishError> {
         self.check(&out)?;
-        match self
-            .client
-            .try_publish_with_properties(out.topic, out.qos, false, out.payload, out.properties)
-        {
+        match self.client.try_publish_with_properties(
+            out.topic,
+            out.qos,
+            false,
+            out.payload,
+            out.properties,
+        ) {
             Ok(()) => Ok(()),
             Err(ClientError::TryRequest(Request::Publish(p)))
             | Err(ClientError::Request(Request::Publish(p))) => {
@@ -255,16 +261,17 @@ impl Link {
         let (first_tx, first_rx) = oneshot::channel();
         let task = tokio::spawn(poll(eventloop, handle.clone(), inbound, first_tx));
         let url = format!("mqtt://{}:{}", config.host, config.port);
-        let connected = tokio::time::timeout(config.connect_timeout + Duration::from_secs(1), first_rx)
-            .await
-            .map_err(|_| BrokerError::Connect {
-                url: url.clone(),
-                reason: format!("no CONNACK within {:?}", config.connect_timeout),
-            })?
-            .map_err(|_| BrokerError::Connect {
-                url: url.clone(),
-                reason: "the connection task ended".into(),
-            })?;
+        let connected =
+            tokio::time::timeout(config.connect_timeout + Duration::from_secs(1), first_rx)
+                .await
+                .map_err(|_| BrokerError::Connect {
+                    url: url.clone(),
+                    reason: format!("no CONNACK within {:?}", config.connect_timeout),
+                })?
+                .map_err(|_| BrokerError::Connect {
+                    url: url.clone(),
+                    reason: "the connection task ended".into(),
+                })?;
         if let Err(reason) = connected {
             task.abort();
             return Err(BrokerError::Connect { url, reason });
@@ -320,12 +327,17 @@ async fn subscribe(
         handle.shared.subs().queued.push_back(tx);
         if handle.client.subscribe(filter, qos).await.is_err() {
             handle.shared.subs().queued.pop_back();
-            return Err(BrokerError::op("subscribe", "the MQTT connection is closed"));
+            return Err(BrokerError::op(
+                "subscribe",
+                "the MQTT connection is closed",
+            ));
         }
     }
     let acked = tokio::time::timeout(SUBACK_TIMEOUT, rx)
         .await
-        .map_err(|_| BrokerError::Timeout(format!("no SUBACK for {filter} within {SUBACK_TIMEOUT:?}")))?
+        .map_err(|_| {
+            BrokerError::Timeout(format!("no SUBACK for {filter} within {SUBACK_TIMEOUT:?}"))
+        })?
         .map_err(|_| BrokerError::op("subscribe", "the MQTT connection broke"))?;
     acked.map_err(|reason| BrokerError::op("subscribe", format!("{filter}: {reason}")))?;
     if remember {
@@ -356,7 +368,10 @@ fn on_connack(handle: &LinkHandle, ack: &ConnAck) {
         .as_ref()
         .and_then(|p| p.max_packet_size)
         .unwrap_or(PROTOCOL_MAX_PACKET);
-    handle.shared.broker_max_packet.store(max, Ordering::Relaxed);
+    handle
+        .shared
+        .broker_max_packet
+        .store(max, Ordering::Relaxed);
 }
 
 fn on_suback(handle: &LinkHandle, ack: &SubAck) {

@@ -131,7 +131,9 @@ use std::sync::Arc;
 use rumqttc::v5::mqttbytes::QoS;
 
 pub use client::{MqttCancel, MqttConnection, MqttReceiver, MqttSender};
-pub use pubsub::{MqttBrokerClient, MqttBrokerHandle, MqttConsumer, MqttDelivery, MqttSubscription};
+pub use pubsub::{
+    MqttBrokerClient, MqttBrokerHandle, MqttConsumer, MqttDelivery, MqttSubscription,
+};
 pub use server::MqttServer;
 
 use crate::echo::Echo;
@@ -207,8 +209,7 @@ impl fmt::Display for Endpoint {
 fn check_prefix(p: &str) -> Result<(), String> {
     let ok = p.split('/').all(|t| {
         !t.is_empty()
-            && t
-                .bytes()
+            && t.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
     });
     if ok {
@@ -240,9 +241,11 @@ impl Target {
             return Endpoint::parse(listen).map(Target::Attach).map_err(bad);
         }
         listen.parse().map(Target::Embedded).map_err(|_| {
-            bad("expected mqtt://HOST:PORT[/PREFIX] (attach to a broker) or IP:PORT (start an \
+            bad(
+                "expected mqtt://HOST:PORT[/PREFIX] (attach to a broker) or IP:PORT (start an \
                  embedded broker there)"
-                .into())
+                    .into(),
+            )
         })
     }
 }
@@ -392,6 +395,11 @@ mod tests {
         assert!(qos_of(&o).is_err());
         let mut typo = Options::new();
         typo.set("qso", "1");
-        assert!(qos_of(&typo).unwrap_err().to_string().contains("unknown option"));
+        assert!(
+            qos_of(&typo)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown option")
+        );
     }
 }

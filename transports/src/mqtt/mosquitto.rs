@@ -123,7 +123,8 @@ fn free_port() -> Result<u16, BrokerError> {
 
 fn launch(program: &Path) -> Result<Mosquitto, BrokerError> {
     let port = free_port()?;
-    let dir = tempfile::tempdir().map_err(|e| BrokerError::io("creating mosquitto's directory", e))?;
+    let dir =
+        tempfile::tempdir().map_err(|e| BrokerError::io("creating mosquitto's directory", e))?;
     let config = dir.path().join("mosquitto.conf");
     std::fs::write(
         &config,
@@ -207,7 +208,10 @@ mod tests {
             looked: "nowhere".into(),
             hint: INSTALL_HINT,
         };
-        assert!(e.to_string().contains("apt-get install -y mosquitto"), "{e}");
+        assert!(
+            e.to_string().contains("apt-get install -y mosquitto"),
+            "{e}"
+        );
         assert!(e.is_not_installed());
     }
 }

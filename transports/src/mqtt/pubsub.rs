@@ -76,7 +76,9 @@ impl Broker for Mqtt {
             }
             BrokerTarget::External(url) => {
                 let e = Endpoint::parse(url).map_err(|reason| {
-                    BrokerError::Config(format!("{url:?} is not an MQTT URL (mqtt://HOST:PORT): {reason}"))
+                    BrokerError::Config(format!(
+                        "{url:?} is not an MQTT URL (mqtt://HOST:PORT): {reason}"
+                    ))
                 })?;
                 Ok(MqttBrokerHandle {
                     embedded: None,
@@ -199,9 +201,14 @@ fn op(name: &'static str) -> impl Fn(PublishError) -> BrokerError {
 }
 
 impl MqttBrokerClient {
-    async fn connect(url: &str, config: &BrokerClientConfig) -> Result<MqttBrokerClient, BrokerError> {
+    async fn connect(
+        url: &str,
+        config: &BrokerClientConfig,
+    ) -> Result<MqttBrokerClient, BrokerError> {
         let e = Endpoint::parse(url).map_err(|reason| {
-            BrokerError::Config(format!("{url:?} is not an MQTT URL (mqtt://HOST:PORT): {reason}"))
+            BrokerError::Config(format!(
+                "{url:?} is not an MQTT URL (mqtt://HOST:PORT): {reason}"
+            ))
         })?;
         let router = Arc::new(Router {
             routes: Mutex::new(Vec::new()),
@@ -235,7 +242,12 @@ impl BrokerClient for MqttBrokerClient {
     async fn publish(&self, topic: &str, payload: Bytes) -> Result<(), BrokerError> {
         self.link
             .handle()
-            .publish(Out::new(topic.to_owned(), QoS::AtMostOnce, payload, Vec::new()))
+            .publish(Out::new(
+                topic.to_owned(),
+                QoS::AtMostOnce,
+                payload,
+                Vec::new(),
+            ))
             .await
             .map_err(op("publish"))
     }

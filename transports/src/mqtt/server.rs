@@ -87,9 +87,7 @@ impl MqttServer {
                 host: host.clone(),
                 port,
                 client_id: format!("wb-s-{server_id}"),
-                max_incoming: announced_max(
-                    service.max_message_size.max(DEFAULT_MAX_MESSAGE_SIZE),
-                ),
+                max_incoming: announced_max(service.max_message_size.max(DEFAULT_MAX_MESSAGE_SIZE)),
                 connect_timeout: CONNECT_TIMEOUT,
             },
             service.clone(),
@@ -136,7 +134,11 @@ impl Server for MqttServer {
         }
         for (_, (reply, token)) in unary {
             token.cancel();
-            let out = unary_msg(&reply, UnaryOutcome::failed(going.clone()), self.service.qos);
+            let out = unary_msg(
+                &reply,
+                UnaryOutcome::failed(going.clone()),
+                self.service.qos,
+            );
             let _ = link.publish(out).await;
         }
         self.service.tracker.close();
@@ -239,7 +241,9 @@ impl Inbound for Service {
             let method = method_of(level);
             self.on_request(link, method, p);
         } else if let Some(cid) = p.topic.strip_prefix(self.stream_prefix.as_bytes()) {
-            let cid = std::str::from_utf8(cid).ok().and_then(|c| c.parse::<u64>().ok());
+            let cid = std::str::from_utf8(cid)
+                .ok()
+                .and_then(|c| c.parse::<u64>().ok());
             if let Some(cid) = cid {
                 self.on_frame(cid, &p);
             }
@@ -286,7 +290,10 @@ fn unary_reply(o: UnaryOutcome) -> (Props, Bytes) {
         && r.received_bytes == 0
     {
         // The fast path: nothing to say beyond the payload.
-        return (Props::new(), o.response.map(|r| r.payload).unwrap_or_default());
+        return (
+            Props::new(),
+            o.response.map(|r| r.payload).unwrap_or_default(),
+        );
     }
     let mut p = Props::new();
     wire::put_metadata(&mut p, &o.headers);
@@ -309,7 +316,11 @@ fn unary_msg(reply: &ReplyTo, o: UnaryOutcome, qos: QoS) -> Out {
 /// The bare status sent instead of an answer the broker would refuse.
 fn refused(reply: &ReplyTo, e: PublishError, qos: QoS) -> Out {
     let s = publish_status("response", e);
-    unary_msg(reply, UnaryOutcome::failed(Status::new(s.code(), s.message())), qos)
+    unary_msg(
+        reply,
+        UnaryOutcome::failed(Status::new(s.code(), s.message())),
+        qos,
+    )
 }
 
 /// A `status` frame: the final status of a stream, `sent` messages having been sent. A
@@ -518,7 +529,10 @@ impl Service {
         match wire::frame_of(props) {
             Ok(Some(Frame::Msg)) => {
                 let Some(tx) = entry.tx.clone() else {
-                    deliver_last(entry, Err(Status::invalid_argument("message after half-close")));
+                    deliver_last(
+                        entry,
+                        Err(Status::invalid_argument("message after half-close")),
+                    );
                     return;
                 };
                 let item = match wire::get_required(props, wire::SEQ) {
@@ -621,7 +635,10 @@ impl ServerCall for MqttServerCall {
             wire::put_u64(&mut p, wire::ACK, acked);
             // A lost credit frame only slows the client down until the call ends. The frame
             // goes to the client's reply topic: it routes by correlation data.
-            let _ = self.link.publish(self.reply.out(self.qos, Bytes::new(), p)).await;
+            let _ = self
+                .link
+                .publish(self.reply.out(self.qos, Bytes::new(), p))
+                .await;
         }
         Ok(item)
     }

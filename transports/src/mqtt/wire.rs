@@ -11,8 +11,8 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use bytes::Bytes;
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 use thiserror::Error;
@@ -192,10 +192,7 @@ pub fn get_u64(props: &[(String, String)], name: &str) -> Result<Option<u64>, Wi
 }
 
 /// A number property the message needs.
-pub fn get_required(
-    props: &[(String, String)],
-    name: &'static str,
-) -> Result<u64, WireError> {
+pub fn get_required(props: &[(String, String)], name: &'static str) -> Result<u64, WireError> {
     get_num(props, name)?.ok_or(WireError::Missing(name))
 }
 
@@ -248,7 +245,10 @@ pub fn put_metadata(props: &mut Props, md: &Metadata) {
 /// Appends `md` as trailing metadata properties (`Wb-Tr:<key>`), in order.
 pub fn put_trailers(props: &mut Props, md: &Metadata) {
     for e in md {
-        props.push((format!("{TRAILER_PREFIX}{}", e.key()), encode_value(e.value())));
+        props.push((
+            format!("{TRAILER_PREFIX}{}", e.key()),
+            encode_value(e.value()),
+        ));
     }
 }
 
@@ -317,7 +317,12 @@ pub fn put_directives(props: &mut Props, d: &Directives) {
     if let Some(f) = &d.fail {
         props.push((
             FAIL.to_owned(),
-            format!("{} {} {}", f.code.as_u32(), f.after, encode_text(&f.message)),
+            format!(
+                "{} {} {}",
+                f.code.as_u32(),
+                f.after,
+                encode_text(&f.message)
+            ),
         ));
     }
     if d.report_deadline {
@@ -424,10 +429,17 @@ pub fn packet_len(
     response_topic: Option<&str>,
     correlation: usize,
 ) -> usize {
-    let user: usize = props.iter().map(|(n, v)| 1 + 2 + n.len() + 2 + v.len()).sum();
+    let user: usize = props
+        .iter()
+        .map(|(n, v)| 1 + 2 + n.len() + 2 + v.len())
+        .sum();
     let properties = user
         + response_topic.map_or(0, |t| 1 + 2 + t.len())
-        + if correlation > 0 { 1 + 2 + correlation } else { 0 };
+        + if correlation > 0 {
+            1 + 2 + correlation
+        } else {
+            0
+        };
     // Fixed header (up to 5), topic, packet id, property length (up to 4), payload.
     5 + 2 + topic.len() + 2 + 4 + properties + payload
 }
@@ -567,18 +579,30 @@ mod tests {
         let tr = get_trailers(&p).unwrap();
         assert_eq!(tr.get_ascii("x-trailing-ascii"), Some("trailing ~!@#"));
         let f = get_directives(&p).unwrap().fail.unwrap();
-        assert_eq!((f.code, f.after, f.message.as_str()), (Code::Aborted, 2, "aborted ☺"));
+        assert_eq!(
+            (f.code, f.after, f.message.as_str()),
+            (Code::Aborted, 2, "aborted ☺")
+        );
         assert_eq!(get_timeout(&p).unwrap(), Some(Duration::from_millis(250)));
         let s = get_status(&p).unwrap();
-        assert_eq!((s.code(), s.message()), (Code::InvalidArgument, "bad\nline"));
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::InvalidArgument, "bad\nline")
+        );
     }
 
     #[test]
     fn invalid_metadata_names_and_values_are_refused() {
         let one = |n: &str, v: &str| vec![(n.to_owned(), v.to_owned())];
-        assert!(get_metadata(&one("Content-Type", "x")).is_err(), "upper case key");
+        assert!(
+            get_metadata(&one("Content-Type", "x")).is_err(),
+            "upper case key"
+        );
         assert!(get_metadata(&one("x-bin", "not base64!")).is_err());
-        assert!(get_metadata(&one("x", "tab\there")).is_err(), "not printable ASCII");
+        assert!(
+            get_metadata(&one("x", "tab\there")).is_err(),
+            "not printable ASCII"
+        );
         assert!(get_status(&one(STATUS, "17")).is_err());
         assert!(frame_of(&one(FRAME, "nope")).is_err());
         assert!(get_required(&[], SEQ).is_err());
@@ -588,6 +612,9 @@ mod tests {
     fn packet_len_bounds_the_encoding() {
         let p: Props = vec![("k".into(), "v".into())];
         // 5 fixed + 2+5 topic + 2 id + 4 props len + (1+2+1+2+1) user + (1+2+3) rt + (1+2+8) cd + 10
-        assert_eq!(packet_len("a/b/c", 10, &p, Some("r/1"), 8), 5 + 7 + 2 + 4 + 7 + 6 + 11 + 10);
+        assert_eq!(
+            packet_len("a/b/c", 10, &p, Some("r/1"), 8),
+            5 + 7 + 2 + 4 + 7 + 6 + 11 + 10
+        );
     }
 }
