@@ -89,7 +89,10 @@ async fn servers_of_one_service_share_the_load() {
             .unwrap();
         for i in 0..200u32 {
             let r = c
-                .unary(EchoRequest::new(i.to_le_bytes().to_vec()), &CallOptions::default())
+                .unary(
+                    EchoRequest::new(i.to_le_bytes().to_vec()),
+                    &CallOptions::default(),
+                )
                 .await
                 .unwrap();
             assert_eq!(&r.message.payload[..], &i.to_le_bytes());
@@ -171,7 +174,10 @@ async fn the_broker_payload_limit_fails_one_call_only() {
         });
         let e = c.unary(sized, &o).await.unwrap_err();
         assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
-        let r = c.unary(EchoRequest::new(vec![5u8; 1 << 20]), &o).await.unwrap();
+        let r = c
+            .unary(EchoRequest::new(vec![5u8; 1 << 20]), &o)
+            .await
+            .unwrap();
         assert_eq!(r.message.payload.len(), 1 << 20);
         s.shutdown().await;
     })
@@ -201,11 +207,15 @@ async fn a_broker_restart_fails_calls_in_flight_then_recovers() {
         tx.send(EchoRequest::new(vec![2u8])).await.unwrap();
         assert!(rx.recv().await.unwrap().is_some());
         let t = Instant::now();
-        let (in_flight, restarted) = tokio::join!(c.unary(sleepy, &o), b.restart(RestartMode::Kill));
+        let (in_flight, restarted) =
+            tokio::join!(c.unary(sleepy, &o), b.restart(RestartMode::Kill));
         restarted.unwrap();
         let e = in_flight.unwrap_err();
         assert_eq!(e.code(), Code::Unavailable, "{e}");
-        assert!(t.elapsed() < Duration::from_secs(8), "failed by deadline, not at once");
+        assert!(
+            t.elapsed() < Duration::from_secs(8),
+            "failed by deadline, not at once"
+        );
         let e = rx.recv().await.unwrap_err();
         assert_eq!(e.code(), Code::Unavailable, "{e}");
         // Client and server reconnect by themselves; calls work again.
@@ -271,28 +281,49 @@ async fn the_documented_scheme_works_from_a_plain_nats_client() {
         let mut open = async_nats::HeaderMap::new();
         open.insert("Wb-Frame", "open");
         open.insert("Wb-Window", "16");
-        nc.publish_with_reply_and_headers(format!("{prefix}.ServerStream"), inbox, open, Bytes::new())
-            .await
-            .unwrap();
+        nc.publish_with_reply_and_headers(
+            format!("{prefix}.ServerStream"),
+            inbox,
+            open,
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
         let accept = sub.next().await.unwrap();
-        assert_eq!(accept.headers.as_ref().unwrap().get("Wb-Frame").unwrap().as_str(), "accept");
+        assert_eq!(
+            accept
+                .headers
+                .as_ref()
+                .unwrap()
+                .get("Wb-Frame")
+                .unwrap()
+                .as_str(),
+            "accept"
+        );
         let to = accept.reply.unwrap();
         let mut m = async_nats::HeaderMap::new();
         m.insert("Wb-Frame", "msg");
         m.insert("Wb-Seq", "1");
         m.insert("Wb-Sizes", "3,0,5");
-        nc.publish_with_headers(to.clone(), m, Bytes::new()).await.unwrap();
+        nc.publish_with_headers(to.clone(), m, Bytes::new())
+            .await
+            .unwrap();
         let mut end = async_nats::HeaderMap::new();
         end.insert("Wb-Frame", "end");
         end.insert("Wb-Seq", "1");
-        nc.publish_with_headers(to, end, Bytes::new()).await.unwrap();
+        nc.publish_with_headers(to, end, Bytes::new())
+            .await
+            .unwrap();
         let mut sizes = Vec::new();
         loop {
             let f = sub.next().await.unwrap();
             let h = f.headers.unwrap();
             match h.get("Wb-Frame").unwrap().as_str() {
                 "msg" => {
-                    assert_eq!(h.get("Wb-Seq").unwrap().as_str(), (sizes.len() + 1).to_string());
+                    assert_eq!(
+                        h.get("Wb-Seq").unwrap().as_str(),
+                        (sizes.len() + 1).to_string()
+                    );
                     sizes.push(f.payload.len());
                 }
                 "status" => {

@@ -13,8 +13,7 @@ use crate::affinity::Pin;
 use crate::brokers::{Availability, BrokerArgs, availability};
 use crate::exit::bad_input;
 use crate::floor::{
-    LatencySummary, Probe, ProbeConfig, measure_floor, measure_nats_baseline,
-    measure_transport_on,
+    LatencySummary, Probe, ProbeConfig, measure_floor, measure_nats_baseline, measure_transport_on,
 };
 
 /// Arguments of `wirebench floor`.
@@ -117,7 +116,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         pin: args.pin,
         in_flight: args.in_flight,
     };
-    let floor = measure_floor(&ProbeConfig { in_flight: 1, ..cfg })?;
+    let floor = measure_floor(&ProbeConfig {
+        in_flight: 1,
+        ..cfg
+    })?;
     let floor_p50 = floor.histogram.value_at_quantile(0.5);
     println!(
         "{} B each way, {:?} per probe, pin {:?}; floor: 1 in flight, transports: {} in flight \
@@ -126,7 +128,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
     );
     println!(
         "{:<9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}  cpus",
-        "probe", "calls", "calls/s", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs", "p50/floor"
+        "probe",
+        "calls",
+        "calls/s",
+        "p50 µs",
+        "p90 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "max µs",
+        "p50/floor"
     );
     print_row(&floor, floor_p50);
     let mut failed = false;
@@ -149,7 +159,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
             let url = args.brokers.url_for(&t).map(str::to_owned);
             let b = measure_nats_baseline(&cfg, url)?;
             print_row(&b, floor_p50);
-            let (ours, theirs) = (LatencySummary::of(&p.histogram), LatencySummary::of(&b.histogram));
+            let (ours, theirs) = (
+                LatencySummary::of(&p.histogram),
+                LatencySummary::of(&b.histogram),
+            );
             println!(
                 "          {} vs nats-min: p50 {:.2}x, calls/s {:.2}x",
                 t.name(),

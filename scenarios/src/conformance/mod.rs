@@ -292,9 +292,10 @@ impl Ctx {
     /// A broker for a broker case: the environment's external broker, or a private one
     /// started for this case (stopped when the returned handle drops).
     pub async fn broker(&self) -> Result<TestBroker, Failure> {
-        let broker = self.transport.broker().ok_or_else(|| {
-            Failure(format!("{} has no broker API", self.transport.name()))
-        })?;
+        let broker = self
+            .transport
+            .broker()
+            .ok_or_else(|| Failure(format!("{} has no broker API", self.transport.name())))?;
         let target = match &self.env.broker_url {
             Some(url) => BrokerTarget::External(url.clone()),
             None => BrokerTarget::Private,
@@ -343,7 +344,10 @@ impl TestBroker {
     }
 
     /// A client with specific settings.
-    pub async fn client_with(&self, config: &BrokerClientConfig) -> Result<AnyBrokerClient, Failure> {
+    pub async fn client_with(
+        &self,
+        config: &BrokerClientConfig,
+    ) -> Result<AnyBrokerClient, Failure> {
         let url = self.handle()?.url();
         Ok(self.broker.connect(&url, config).await?)
     }

@@ -514,13 +514,15 @@ impl Connection for NatsConnection {
             Ok(Accepted::Ended) => None,
             Ok(Accepted::Refused(status)) => {
                 self.shared.calls.lock().calls.remove(&id);
-                return Err(if status.code() == Code::Unavailable
-                    && status.message().starts_with("no responders")
-                {
-                    no_responders(&subject)
-                } else {
-                    status
-                });
+                return Err(
+                    if status.code() == Code::Unavailable
+                        && status.message().starts_with("no responders")
+                    {
+                        no_responders(&subject)
+                    } else {
+                        status
+                    },
+                );
             }
             Err(status) => {
                 // Not accepted in time (or the connection broke): nothing to cancel yet.
@@ -551,9 +553,10 @@ impl Connection for NatsConnection {
     }
 
     async fn close(&self) {
-        self.shared
-            .calls
-            .fail_all(&Status::unavailable("nats connection closed by the client"), true);
+        self.shared.calls.fail_all(
+            &Status::unavailable("nats connection closed by the client"),
+            true,
+        );
         self.dispatcher.abort();
         let _ = self.shared.client.flush().await;
     }
@@ -826,9 +829,7 @@ impl CallSender for NatsSender {
         self.closed = true;
         match &self.to {
             Some(to) if !self.credit.is_closed() => {
-                self.shared
-                    .publish(end_frame(to.clone(), self.seq))
-                    .await
+                self.shared.publish(end_frame(to.clone(), self.seq)).await
             }
             _ => Ok(()),
         }

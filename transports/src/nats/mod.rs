@@ -117,7 +117,9 @@ use std::sync::Arc;
 use async_nats::Subject;
 
 pub use client::{NatsCancel, NatsConnection, NatsReceiver, NatsSender};
-pub use pubsub::{NatsBrokerClient, NatsBrokerHandle, NatsConsumer, NatsDelivery, NatsSubscription};
+pub use pubsub::{
+    NatsBrokerClient, NatsBrokerHandle, NatsConsumer, NatsDelivery, NatsSubscription,
+};
 pub use server::NatsServer;
 
 use crate::echo::Echo;
@@ -181,8 +183,7 @@ impl fmt::Display for Endpoint {
 fn check_prefix(p: &str) -> Result<(), String> {
     let ok = p.split('.').all(|t| {
         !t.is_empty()
-            && t
-                .bytes()
+            && t.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
     });
     if ok {
@@ -214,9 +215,11 @@ impl Target {
             return Endpoint::parse(listen).map(Target::Attach).map_err(bad);
         }
         listen.parse().map(Target::Private).map_err(|_| {
-            bad("expected nats://HOST:PORT[/PREFIX] (attach to a broker) or IP:PORT (start a \
+            bad(
+                "expected nats://HOST:PORT[/PREFIX] (attach to a broker) or IP:PORT (start a \
                  private nats-server there)"
-                .into())
+                    .into(),
+            )
         })
     }
 }

@@ -72,8 +72,7 @@ impl NatsServer {
                 (p.url(), None, Some(p))
             }
         };
-        let client =
-            connect_client(&url, &ClientConfig::default(), std::sync::Weak::new()).await?;
+        let client = connect_client(&url, &ClientConfig::default(), std::sync::Weak::new()).await?;
         let prefix = match prefix {
             Some(p) => p,
             // A fresh, unique token: the client library's inbox names are NUIDs.
@@ -118,7 +117,8 @@ impl NatsServer {
             tracker: tracker.clone(),
         });
         let requests = tokio::spawn(service.clone().request_loop(requests, shutdown.clone()));
-        let control = tokio::spawn(service.control_loop(frames, cancels, done_rx, shutdown.clone()));
+        let control =
+            tokio::spawn(service.control_loop(frames, cancels, done_rx, shutdown.clone()));
         Ok(NatsServer {
             endpoint: Endpoint {
                 url,
@@ -295,7 +295,10 @@ impl Service {
     /// Decides the answer to a request; the plain unary path runs here, inline.
     fn on_request(&self, msg: Message) -> Option<Answer> {
         let Some(reply) = msg.reply.clone() else {
-            tracing::debug!("nats server: request on {} without reply subject", msg.subject);
+            tracing::debug!(
+                "nats server: request on {} without reply subject",
+                msg.subject
+            );
             return None;
         };
         let method = msg
@@ -336,7 +339,10 @@ impl Service {
         let (head, request) = match decoded {
             Ok(d) => d,
             Err(status) => {
-                return Some(Answer::Reply(unary_msg(reply, UnaryOutcome::failed(status))));
+                return Some(Answer::Reply(unary_msg(
+                    reply,
+                    UnaryOutcome::failed(status),
+                )));
             }
         };
         if method != Method::Unary {
@@ -349,7 +355,10 @@ impl Service {
                     method.name()
                 ))
             };
-            return Some(Answer::Reply(unary_msg(reply, UnaryOutcome::failed(status))));
+            return Some(Answer::Reply(unary_msg(
+                reply,
+                UnaryOutcome::failed(status),
+            )));
         }
         match self.echo.unary_now(&head, request) {
             Ok(outcome) => Some(Answer::Reply(unary_msg(reply, outcome))),

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use async_nats::header::{HeaderMap, HeaderName, HeaderValue};
 use base64::Engine as _;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use thiserror::Error;
 
 use crate::message::{Directives, EchoResponse, FailWith};
@@ -141,9 +141,15 @@ fn bad(name: &HeaderName, value: &str, reason: impl Into<String>) -> WireError {
 pub fn encode_text(bytes: &[u8], out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let lead = bytes.iter().take_while(|b| **b == b' ').count();
-    let trail_from = bytes.len() - bytes[lead..].iter().rev().take_while(|b| **b == b' ').count();
+    let trail_from = bytes.len()
+        - bytes[lead..]
+            .iter()
+            .rev()
+            .take_while(|b| **b == b' ')
+            .count();
     for (i, &b) in bytes.iter().enumerate() {
-        let keep = (0x20..=0x7e).contains(&b) && b != b'%' && (b != b' ' || (i >= lead && i < trail_from));
+        let keep =
+            (0x20..=0x7e).contains(&b) && b != b'%' && (b != b' ' || (i >= lead && i < trail_from));
         if keep {
             out.push(char::from(b));
         } else {
@@ -191,7 +197,8 @@ fn value(s: String) -> HeaderValue {
 /// Appends every entry of `md` as one `name` header each, in order.
 pub fn put_metadata(headers: &mut HeaderMap, name: &HeaderName, md: &Metadata) {
     for e in md {
-        let mut v = String::with_capacity(e.key().len() + 1 + e.value().as_bytes().len() * 4 / 3 + 4);
+        let mut v =
+            String::with_capacity(e.key().len() + 1 + e.value().as_bytes().len() * 4 / 3 + 4);
         v.push_str(e.key());
         v.push(' ');
         match e.value() {
@@ -224,10 +231,16 @@ pub fn get_metadata(headers: &HeaderMap, name: &HeaderName) -> Result<Metadata, 
 
 /// Writes a deadline budget.
 pub fn put_timeout(headers: &mut HeaderMap, timeout: Duration) {
-    headers.insert(TIMEOUT, value(timeout.as_micros().min(u128::from(u64::MAX)).to_string()));
+    headers.insert(
+        TIMEOUT,
+        value(timeout.as_micros().min(u128::from(u64::MAX)).to_string()),
+    );
 }
 
-fn get_num<T: std::str::FromStr>(headers: &HeaderMap, name: &HeaderName) -> Result<Option<T>, WireError> {
+fn get_num<T: std::str::FromStr>(
+    headers: &HeaderMap,
+    name: &HeaderName,
+) -> Result<Option<T>, WireError> {
     match headers.get(name.clone()) {
         None => Ok(None),
         Some(v) => v
@@ -244,7 +257,11 @@ pub fn get_timeout(headers: &HeaderMap) -> Result<Option<Duration>, WireError> {
 }
 
 /// Reads a sequence-like number header that the frame needs.
-pub fn get_required(headers: &HeaderMap, name: &HeaderName, what: &'static str) -> Result<u64, WireError> {
+pub fn get_required(
+    headers: &HeaderMap,
+    name: &HeaderName,
+    what: &'static str,
+) -> Result<u64, WireError> {
     get_num::<u64>(headers, name)?.ok_or(WireError::Missing(what))
 }
 
@@ -313,7 +330,9 @@ pub fn get_directives(headers: &HeaderMap) -> Result<Directives, WireError> {
                 .ok_or_else(|| bad(&FAIL, s, "expected `<code> <after> <message>`"))?;
             let message = decode_text(parts.next().unwrap_or(""))
                 .map_err(|e| bad(&FAIL, s, e))
-                .and_then(|m| String::from_utf8(m).map_err(|_| bad(&FAIL, s, "message is not UTF-8")))?;
+                .and_then(|m| {
+                    String::from_utf8(m).map_err(|_| bad(&FAIL, s, "message is not UTF-8"))
+                })?;
             Some(FailWith {
                 code: Code::from_u32(code),
                 message,
@@ -328,7 +347,9 @@ pub fn get_directives(headers: &HeaderMap) -> Result<Directives, WireError> {
         response_interval: micros(headers, &INTERVAL)?,
         delay: micros(headers, &DELAY)?,
         fail,
-        report_deadline: headers.get(REPORT_DEADLINE).is_some_and(|v| v.as_str() == "1"),
+        report_deadline: headers
+            .get(REPORT_DEADLINE)
+            .is_some_and(|v| v.as_str() == "1"),
     })
 }
 
@@ -379,7 +400,10 @@ pub fn put_response(headers: &mut HeaderMap, r: &EchoResponse) {
 }
 
 /// Reads a response's counters (0 when absent) around `payload`.
-pub fn get_response(headers: Option<&HeaderMap>, payload: bytes::Bytes) -> Result<EchoResponse, WireError> {
+pub fn get_response(
+    headers: Option<&HeaderMap>,
+    payload: bytes::Bytes,
+) -> Result<EchoResponse, WireError> {
     let (m, b) = match headers {
         None => (None, None),
         Some(h) => (get_num(h, &RECV_MSGS)?, get_num(h, &RECV_BYTES)?),
@@ -435,7 +459,10 @@ mod tests {
 
     fn metadata() -> impl Strategy<Value = Metadata> {
         let entry = prop_oneof![
-            (key().prop_filter("ascii key", |k| !k.ends_with("-bin")), "[ -~]{0,24}")
+            (
+                key().prop_filter("ascii key", |k| !k.ends_with("-bin")),
+                "[ -~]{0,24}"
+            )
                 .prop_map(|(k, v)| (k, MetadataValue::Ascii(v))),
             (key(), proptest::collection::vec(any::<u8>(), 0..40))
                 .prop_map(|(k, v)| (format!("{k}-bin"), MetadataValue::Binary(Bytes::from(v)))),
@@ -548,7 +575,10 @@ mod tests {
         assert_eq!(md.get_ascii("x-initial-ascii"), Some("value 1"));
         let d = get_directives(&h).unwrap();
         let f = d.fail.unwrap();
-        assert_eq!((f.code, f.after, f.message.as_str()), (Code::Aborted, 2, "aborted "));
+        assert_eq!(
+            (f.code, f.after, f.message.as_str()),
+            (Code::Aborted, 2, "aborted ")
+        );
         assert_eq!(get_timeout(&h).unwrap(), Some(Duration::from_millis(250)));
     }
 }

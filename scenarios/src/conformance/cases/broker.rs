@@ -16,8 +16,8 @@ use bytes::Bytes;
 use futures::future::join_all;
 use wirebench_transports::Capability;
 use wirebench_transports::broker::{
-    AnyBrokerClient, AnySubscription, BrokerClient, BrokerClientConfig, Delivery,
-    DurableConsumer, DurableSpec, RestartMode, Subscription,
+    AnyBrokerClient, AnySubscription, BrokerClient, BrokerClientConfig, Delivery, DurableConsumer,
+    DurableSpec, RestartMode, Subscription,
 };
 
 use super::case;
@@ -99,7 +99,10 @@ fn parse_seq(b: &[u8]) -> Result<(u32, u64), Failure> {
             let s = u64::from_le_bytes(s.try_into().unwrap_or_default());
             Ok((p, s))
         }
-        _ => Err(Failure(format!("unexpected {}-byte message {b:?}", b.len()))),
+        _ => Err(Failure(format!(
+            "unexpected {}-byte message {b:?}",
+            b.len()
+        ))),
     }
 }
 
@@ -360,16 +363,16 @@ async fn at_least_once(ctx: Ctx) -> CaseResult {
             }
         }
     }
-    let (duplicates, redelivered) = match tokio::time::timeout(Duration::from_secs(60), reading).await
-    {
-        Ok(Ok(r)) => r?,
-        Ok(Err(e)) => return Err(Failure(format!("the consumer task failed: {e}"))),
-        Err(_) => {
-            return Err(Failure(
-                "not every acknowledged message was consumed within 60 s".into(),
-            ));
-        }
-    };
+    let (duplicates, redelivered) =
+        match tokio::time::timeout(Duration::from_secs(60), reading).await {
+            Ok(Ok(r)) => r?,
+            Ok(Err(e)) => return Err(Failure(format!("the consumer task failed: {e}"))),
+            Err(_) => {
+                return Err(Failure(
+                    "not every acknowledged message was consumed within 60 s".into(),
+                ));
+            }
+        };
     let stored = publisher.durable_len(&name).await?;
     let _ = publisher.delete_durable(&name).await;
     Ok(Some(format!(
@@ -470,9 +473,7 @@ async fn slow_consumer(ctx: Ctx) -> CaseResult {
         "{lost} of {N} messages lost and no overflow reported: silent loss"
     );
     // The subscription still works once the reader catches up.
-    publisher
-        .publish(&topic, seq_payload(1, 0))
-        .await?;
+    publisher.publish(&topic, seq_payload(1, 0)).await?;
     publisher.flush().await?;
     let m = next_within(&mut reader.sub, "slow subscriber after overflow").await?;
     ensure!(
