@@ -316,6 +316,8 @@ macro_rules! brokers {
         }
 
         /// A running broker of any technology.
+        // One per broker, not per message: its size does not matter.
+        #[allow(clippy::large_enum_variant)]
         #[derive(Debug)]
         pub enum AnyBrokerHandle {
             $(
@@ -325,6 +327,8 @@ macro_rules! brokers {
         }
 
         /// A broker client of any technology.
+        // One per connection, not per message: its size does not matter.
+        #[allow(clippy::large_enum_variant)]
         #[derive(Debug)]
         pub enum AnyBrokerClient {
             $(
@@ -343,6 +347,8 @@ macro_rules! brokers {
         }
 
         /// A durable consumer of any technology.
+        // One per durable consumer; a transport without durable logs has an empty variant.
+        #[allow(clippy::large_enum_variant)]
         #[derive(Debug)]
         pub enum AnyConsumer {
             $(
@@ -352,6 +358,9 @@ macro_rules! brokers {
         }
 
         /// A durable delivery of any technology.
+        // Moved, never copied in bulk; a transport without durable logs has an empty variant,
+        // and boxing would cost an allocation per delivery.
+        #[allow(clippy::large_enum_variant)]
         #[derive(Debug)]
         pub enum AnyDelivery {
             $(

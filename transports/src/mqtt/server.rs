@@ -433,10 +433,12 @@ impl Service {
                     let outcome = echo.unary(&head, request, &cancel).await;
                     let mine = lock(&calls).unary.remove(&key).is_some();
                     // Not ours any more: cancelled, or answered by a shutdown.
-                    if mine && !cancel.is_cancelled() && !service.is_cancelled() {
-                        if let Err(e) = link.publish(unary_msg(&reply, outcome, qos)).await {
-                            let _ = link.publish(refused(&reply, e, qos)).await;
-                        }
+                    if mine
+                        && !cancel.is_cancelled()
+                        && !service.is_cancelled()
+                        && let Err(e) = link.publish(unary_msg(&reply, outcome, qos)).await
+                    {
+                        let _ = link.publish(refused(&reply, e, qos)).await;
                     }
                 });
             }
