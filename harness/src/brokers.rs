@@ -1,6 +1,7 @@
-//! Brokers for a run: the `--nats-url` flag every command that runs transports takes, whether a
-//! broker transport can run here, and what a missing broker means — the transport is *skipped*
-//! with the install hint, except under CI (`CI` set), where it fails the run.
+//! Brokers for a run: the `--nats-url` and `--mqtt-url` flags every command that runs transports
+//! takes, whether a broker transport can run here, and what a missing broker means — the
+//! transport is *skipped* with the install hint, except under CI (`CI` set), where it fails the
+//! run. (`mqtt` embeds its broker, so it always runs.)
 
 use std::net::ToSocketAddrs;
 use std::time::Duration;
@@ -19,38 +20,47 @@ pub struct BrokerArgs {
     /// starting a private nats-server (e.g. nats://127.0.0.1:4222).
     #[arg(long, value_name = "URL")]
     pub nats_url: Option<String>,
+    /// Use the MQTT 5 broker at this URL for the `mqtt` transport instead of its embedded
+    /// broker (e.g. mqtt://127.0.0.1:1883 for a local mosquitto).
+    #[arg(long, value_name = "URL")]
+    pub mqtt_url: Option<String>,
+}
+
+/// Checks one broker URL flag: the scheme, then that something accepts TCP connections there.
+fn check_url(flag: &str, url: &str, scheme: &str) -> anyhow::Result<()> {
+    let Some(authority) = url
+        .strip_prefix(scheme)
+        .map(|r| r.split('/').next().unwrap_or(r))
+        .filter(|a| !a.is_empty())
+    else {
+        return Err(bad_input(format!(
+            "{flag} {url:?}: expected {scheme}HOST:PORT"
+        )));
+    };
+    let addrs: Vec<_> = authority
+        .to_socket_addrs()
+        .map_err(|e| bad_input(format!("{flag} {url:?}: cannot resolve {authority}: {e}")))?
+        .collect();
+    let reachable = addrs
+        .iter()
+        .any(|a| std::net::TcpStream::connect_timeout(a, Duration::from_secs(3)).is_ok());
+    if !reachable {
+        return Err(bad_input(format!(
+            "{flag} {url:?}: no broker accepts connections at {authority}"
+        )));
+    }
+    Ok(())
 }
 
 impl BrokerArgs {
-    /// Checks the flags: a URL must be a NATS URL and its broker must accept TCP connections.
+    /// Checks the flags: each URL must have its broker's scheme and its broker must accept
+    /// TCP connections.
     pub fn validate(&self) -> anyhow::Result<()> {
-        let Some(url) = &self.nats_url else {
-            return Ok(());
-        };
-        let Some(authority) = url
-            .strip_prefix("nats://")
-            .map(|r| r.split('/').next().unwrap_or(r))
-            .filter(|a| !a.is_empty())
-        else {
-            return Err(bad_input(format!(
-                "--nats-url {url:?}: expected nats://HOST:PORT"
-            )));
-        };
-        let addrs: Vec<_> = authority
-            .to_socket_addrs()
-            .map_err(|e| {
-                bad_input(format!(
-                    "--nats-url {url:?}: cannot resolve {authority}: {e}"
-                ))
-            })?
-            .collect();
-        let reachable = addrs
-            .iter()
-            .any(|a| std::net::TcpStream::connect_timeout(a, Duration::from_secs(3)).is_ok());
-        if !reachable {
-            return Err(bad_input(format!(
-                "--nats-url {url:?}: no broker accepts connections at {authority}"
-            )));
+        if let Some(url) = &self.nats_url {
+            check_url("--nats-url", url, "nats://")?;
+        }
+        if let Some(url) = &self.mqtt_url {
+            check_url("--mqtt-url", url, "mqtt://")?;
         }
         Ok(())
     }
@@ -59,6 +69,7 @@ impl BrokerArgs {
     pub fn url_for(&self, transport: &AnyTransport) -> Option<&str> {
         match transport {
             AnyTransport::Nats(_) => self.nats_url.as_deref(),
+            AnyTransport::Mqtt(_) => self.mqtt_url.as_deref(),
             _ => None,
         }
     }
@@ -85,7 +96,7 @@ impl BrokerArgs {
                 Capability::BrokerDurable,
                 format!(
                     "the broker at {url} is external: the harness cannot restart it (run \
-                     without --nats-url to use a private broker)"
+                     without the broker's --*-url flag to use a private broker)"
                 ),
             ));
         }
@@ -138,8 +149,19 @@ mod tests {
     fn urls_are_checked() {
         let bad = BrokerArgs {
             nats_url: Some("127.0.0.1:4222".into()),
+            ..BrokerArgs::default()
         };
         assert!(bad.validate().is_err());
+        let bad = BrokerArgs {
+            mqtt_url: Some("nats://127.0.0.1:4222".into()),
+            ..BrokerArgs::default()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("expected mqtt://")
+        );
         let none = BrokerArgs::default();
         assert!(none.validate().is_ok());
         // A port nobody listens on: bind one, learn it, close it.
@@ -149,15 +171,26 @@ mod tests {
             .unwrap();
         let closed = BrokerArgs {
             nats_url: Some(format!("nats://127.0.0.1:{port}")),
+            ..BrokerArgs::default()
         };
         let e = closed.validate().unwrap_err().to_string();
         assert!(e.contains("no broker accepts connections"), "{e}");
+        let closed = BrokerArgs {
+            mqtt_url: Some(format!("mqtt://127.0.0.1:{port}")),
+            ..BrokerArgs::default()
+        };
+        let e = closed.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("--mqtt-url") && e.contains("no broker accepts"),
+            "{e}"
+        );
     }
 
     #[test]
     fn external_brokers_withdraw_restarts() {
         let args = BrokerArgs {
             nats_url: Some("nats://127.0.0.1:4222".into()),
+            mqtt_url: Some("mqtt://127.0.0.1:1883".into()),
         };
         let nats = AnyTransport::by_name("nats").unwrap();
         let tcp = AnyTransport::by_name("tcp").unwrap();
@@ -172,5 +205,14 @@ mod tests {
         assert_eq!(availability(&tcp, &args), Availability::Ready);
         assert_eq!(availability(&nats, &args), Availability::Ready);
         assert_eq!(args.server_config(&nats).listen, "nats://127.0.0.1:4222");
+        let mqtt = AnyTransport::by_name("mqtt").unwrap();
+        let env = args.env_for(&mqtt, &Env::default());
+        assert_eq!(env.broker_url.as_deref(), Some("mqtt://127.0.0.1:1883"));
+        assert_eq!(args.server_config(&mqtt).listen, "mqtt://127.0.0.1:1883");
+        // The embedded broker needs nothing installed.
+        assert_eq!(
+            availability(&mqtt, &BrokerArgs::default()),
+            Availability::Ready
+        );
     }
 }

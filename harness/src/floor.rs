@@ -440,6 +440,7 @@ fn run_client<T: PlainTarget>(
         .build()?;
     let payload = Bytes::from(vec![0x5au8; cfg.payload]);
     let cfg = *cfg;
+    let endpoint = endpoint.to_owned();
     // The calls run in a spawned task, as the load engine's callers do: a block_on future
     // woken by another task costs the current-thread runtime an extra zero-timeout epoll_wait.
     rt.block_on(async move {

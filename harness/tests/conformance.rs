@@ -4,16 +4,23 @@
 //! Cases a transport does not support are listed as ignored.
 //!
 //! Broker transports start a private broker per case (nats: `nats-server` from PATH or
-//! `WIREBENCH_NATS_SERVER`), or attach to `WIREBENCH_NATS_URL` when set. Without a broker
-//! program their cases are ignored, with the install hint on stderr — except under CI (`CI`
-//! set), where a single failing test `<transport>::broker_available` says what is missing.
+//! `WIREBENCH_NATS_SERVER`; mqtt: its embedded broker), or attach to `WIREBENCH_NATS_URL` /
+//! `WIREBENCH_MQTT_URL` when set. Without a broker program their cases are ignored, with the
+//! install hint on stderr — except under CI (`CI` set), where a single failing test
+//! `<transport>::broker_available` says what is missing.
+//!
+//! The `mqtt` cases also run against an external broker, Debian's mosquitto, started by this
+//! binary on a free port and stopped at the end: tests `mqtt@mosquitto::<case>` (missing
+//! mosquitto: ignored with the hint, or under CI the failing test
+//! `mqtt@mosquitto::broker_available`).
 
 use std::sync::Arc;
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use wirebench::brokers::{Availability, BrokerArgs, availability};
+use wirebench::brokers::{Availability, BrokerArgs, availability, in_ci};
 use wirebench::proxy::HarnessFaults;
 use wirebench_scenarios::conformance::{self, Env, Outcome};
+use wirebench_transports::mqtt::mosquitto::Mosquitto;
 use wirebench_transports::registry::AnyTransport;
 use wirebench_transports::tls::{TlsMaterial, TlsMode};
 use wirebench_transports::{Capability, Transport};
@@ -38,10 +45,10 @@ fn main() {
         ..Env::default()
     }
     .with_tls(TlsMode::Mutual, material);
+    let env_url = |name: &str| std::env::var(name).ok().filter(|u| !u.is_empty());
     let brokers = BrokerArgs {
-        nats_url: std::env::var("WIREBENCH_NATS_URL")
-            .ok()
-            .filter(|u| !u.is_empty()),
+        nats_url: env_url("WIREBENCH_NATS_URL"),
+        mqtt_url: env_url("WIREBENCH_MQTT_URL"),
     };
     let mut trials = Vec::new();
     for transport in AnyTransport::all() {
@@ -68,31 +75,71 @@ fn main() {
                 continue;
             }
             let env = Arc::new(brokers.env_for(&transport, base));
-            for case in conformance::cases() {
-                let name = format!("{prefix}{}::{}", transport.name(), case.name);
-                let unsupported = conformance::precheck(&case, &transport, &env).is_some();
-                let env = env.clone();
-                trials.push(
-                    Trial::test(name, move || {
-                        let rt = tokio::runtime::Builder::new_multi_thread()
-                            .worker_threads(2)
-                            .enable_all()
-                            .build()
-                            .map_err(|e| Failed::from(format!("runtime: {e}")))?;
-                        let report = rt.block_on(conformance::run_case(&case, transport, env));
-                        match report.outcome {
-                            Outcome::Pass { .. } => Ok(()),
-                            Outcome::Fail { reason } => Err(reason.into()),
-                            Outcome::Unsupported { reason } => {
-                                Err(format!("unexpectedly unsupported: {reason}").into())
-                            }
-                        }
-                    })
-                    .with_kind(case.group)
-                    .with_ignored_flag(unsupported || skip),
-                );
-            }
+            let label = format!("{prefix}{}", transport.name());
+            add_cases(&mut trials, &label, transport, &env, skip);
         }
     }
-    libtest_mimic::run(&args, trials).exit();
+    // mqtt against an external broker: mosquitto, for this run only.
+    let mosquitto = match Mosquitto::start() {
+        Ok(m) => Some(m),
+        Err(e) if e.is_not_installed() && !in_ci() => {
+            eprintln!("skipping mqtt@mosquitto cases: {e}");
+            None
+        }
+        Err(e) => {
+            let why = format!("mosquitto: {e}");
+            trials.push(
+                Trial::test("mqtt@mosquitto::broker_available", move || {
+                    Err(Failed::from(why))
+                })
+                .with_kind("broker"),
+            );
+            None
+        }
+    };
+    if let (Some(m), Some(mqtt)) = (&mosquitto, AnyTransport::by_name("mqtt")) {
+        let external = BrokerArgs {
+            mqtt_url: Some(m.url()),
+            ..BrokerArgs::default()
+        };
+        let env = Arc::new(external.env_for(&mqtt, &plain));
+        add_cases(&mut trials, "mqtt@mosquitto", mqtt, &env, false);
+    }
+    let conclusion = libtest_mimic::run(&args, trials);
+    drop(mosquitto);
+    conclusion.exit();
+}
+
+/// One trial per case, named `<label>::<case>`.
+fn add_cases(
+    trials: &mut Vec<Trial>,
+    label: &str,
+    transport: AnyTransport,
+    env: &Arc<Env>,
+    skip: bool,
+) {
+    for case in conformance::cases() {
+        let name = format!("{label}::{}", case.name);
+        let unsupported = conformance::precheck(&case, &transport, env).is_some();
+        let env = env.clone();
+        trials.push(
+            Trial::test(name, move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .map_err(|e| Failed::from(format!("runtime: {e}")))?;
+                let report = rt.block_on(conformance::run_case(&case, transport, env));
+                match report.outcome {
+                    Outcome::Pass { .. } => Ok(()),
+                    Outcome::Fail { reason } => Err(reason.into()),
+                    Outcome::Unsupported { reason } => {
+                        Err(format!("unexpectedly unsupported: {reason}").into())
+                    }
+                }
+            })
+            .with_kind(case.group)
+            .with_ignored_flag(unsupported || skip),
+        );
+    }
 }

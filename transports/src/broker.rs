@@ -3,8 +3,8 @@
 //! and restarting the broker — what the broker-semantics conformance cases and the
 //! event-streaming scenarios need, without naming any broker's types.
 //!
-//! `nats` implements it now (core NATS + JetStream); an MQTT transport implements the same
-//! traits (QoS 1 publishes and persistent sessions as its durable log). Topics are the
+//! `nats` implements it over core NATS and JetStream; `mqtt` over MQTT 5 publish/subscribe with
+//! shared subscriptions as queue groups (it declares no durable log: see its capabilities). Topics are the
 //! broker's own subject/topic strings; callers keep them to `[A-Za-z0-9_.-]` tokens separated
 //! by `.` so that every broker accepts them. Static dispatch throughout, as in
 //! [`crate::registry`]: the event-streaming load path pays no box per message.
@@ -15,8 +15,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use thiserror::Error;
 
-use crate::nats;
 use crate::registry::AnyTransport;
+use crate::{mqtt, nats};
 
 /// Errors of broker operations and of running a broker.
 #[derive(Debug, Error)]
@@ -316,6 +316,8 @@ macro_rules! brokers {
         }
 
         /// A running broker of any technology.
+        // One per broker, not per message: its size does not matter.
+        #[allow(clippy::large_enum_variant)]
         #[derive(Debug)]
         pub enum AnyBrokerHandle {
             $(
@@ -325,6 +327,8 @@ macro_rules! brokers {
         }
 
         /// A broker client of any technology.
+        // One per connection, not per message: its size does not matter.
+        #[allow(clippy::large_enum_variant)]
         #[derive(Debug)]
         pub enum AnyBrokerClient {
             $(
@@ -343,6 +347,8 @@ macro_rules! brokers {
         }
 
         /// A durable consumer of any technology.
+        // One per durable consumer; a transport without durable logs has an empty variant.
+        #[allow(clippy::large_enum_variant)]
         #[derive(Debug)]
         pub enum AnyConsumer {
             $(
@@ -352,6 +358,9 @@ macro_rules! brokers {
         }
 
         /// A durable delivery of any technology.
+        // Moved, never copied in bulk; a transport without durable logs has an empty variant,
+        // and boxing would cost an allocation per delivery.
+        #[allow(clippy::large_enum_variant)]
         #[derive(Debug)]
         pub enum AnyDelivery {
             $(
@@ -493,6 +502,7 @@ macro_rules! brokers {
 
 brokers! {
     Nats => nats::Nats,
+    Mqtt => mqtt::Mqtt,
 }
 
 impl AnyTransport {
@@ -500,6 +510,7 @@ impl AnyTransport {
     pub fn broker(&self) -> Option<AnyBroker> {
         match self {
             AnyTransport::Nats(n) => Some(AnyBroker::Nats(*n)),
+            AnyTransport::Mqtt(m) => Some(AnyBroker::Mqtt(*m)),
             _ => None,
         }
     }

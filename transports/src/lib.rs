@@ -8,10 +8,12 @@
 pub mod broker;
 pub mod call;
 pub mod echo;
+pub(crate) mod flow;
 pub mod grpc;
 pub mod inproc;
 pub mod message;
 pub mod metadata;
+pub mod mqtt;
 pub mod nats;
 pub mod quic;
 pub mod registry;

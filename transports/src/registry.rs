@@ -14,7 +14,7 @@ use crate::transport::{
     ServerConfig, Transport, TransportError, UnaryReply, WireBytes,
 };
 
-use crate::{grpc, inproc, nats, quic, tcp};
+use crate::{grpc, inproc, mqtt, nats, quic, tcp};
 
 macro_rules! registry {
     ($($variant:ident => $ty:path = $name:literal),+ $(,)?) => {
@@ -73,6 +73,8 @@ macro_rules! registry {
         }
 
         /// A server of any transport.
+        // Servers are created once per run, never per call: their size does not matter.
+        #[allow(clippy::large_enum_variant)]
         #[derive(Debug)]
         pub enum AnyServer {
             $(
@@ -194,6 +196,7 @@ registry! {
     Nats => nats::Nats = "nats",
     Grpc => grpc::Grpc = "grpc",
     Quic => quic::Quic = "quic",
+    Mqtt => mqtt::Mqtt = "mqtt",
 }
 
 /// The transport called `name`, or an error listing the known ones.

@@ -26,10 +26,11 @@ use crate::proxy::HarnessFaults;
   wirebench conformance --transport tcp,grpc,quic --tls mtls
   wirebench conformance --tls tls --tls-dir ./certs --tls-server-name api.example
   wirebench conformance --transport nats --nats-url nats://127.0.0.1:4222
+  wirebench conformance --transport mqtt --mqtt-url mqtt://127.0.0.1:1883
 
-Broker transports (nats) start a private nats-server per case from PATH or
-WIREBENCH_NATS_SERVER; without one they are skipped with an install hint, except
-when CI is set, where that is a failure.")]
+Broker transports start a private broker per case: nats a nats-server from PATH or
+WIREBENCH_NATS_SERVER (without one it is skipped with an install hint, except when
+CI is set, where that is a failure), mqtt its embedded broker.")]
 pub struct Args {
     /// Transports to check, comma-separated (default: all).
     #[arg(long)]
@@ -185,17 +186,23 @@ pub fn run(args: Args) -> Result<ExitCode> {
         })
         .collect();
     let progress = args.progress;
-    let reports = rt.block_on(run_all(&transports, only.as_deref(), &args.brokers, env, |r| {
-        if progress {
-            eprintln!(
-                "{:<8} {:<28} {:<11} {:>8.1} ms",
-                r.transport,
-                r.case,
-                r.outcome.verdict(),
-                r.elapsed.as_secs_f64() * 1e3
-            );
-        }
-    }));
+    let reports = rt.block_on(run_all(
+        &transports,
+        only.as_deref(),
+        &args.brokers,
+        env,
+        |r| {
+            if progress {
+                eprintln!(
+                    "{:<8} {:<28} {:<11} {:>8.1} ms",
+                    r.transport,
+                    r.case,
+                    r.outcome.verdict(),
+                    r.elapsed.as_secs_f64() * 1e3
+                );
+            }
+        },
+    ));
     let outcomes: Vec<CaseOutcome> = reports.iter().map(to_outcome).collect();
     let mut out = std::io::stdout().lock();
     write!(out, "{}", matrix_text(&outcomes))?;

@@ -16,11 +16,11 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::flow::{Credit, DEFAULT_WINDOW, Grants};
 use super::wire::{self, Frame};
 use super::{Endpoint, cancel_subject, method_subject};
 use crate::broker::BrokerError;
 use crate::call::{CallEvent, CancelSignal, EventReceiver, call_ended};
+use crate::flow::{Credit, DEFAULT_WINDOW, Grants};
 use crate::message::{EchoRequest, EchoResponse, Method};
 use crate::metadata::Metadata;
 use crate::status::{Code, Status};

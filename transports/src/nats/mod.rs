@@ -125,7 +125,6 @@
 pub mod baseline;
 pub mod broker;
 mod client;
-mod flow;
 mod pubsub;
 mod server;
 pub mod wire;

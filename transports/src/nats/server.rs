@@ -24,10 +24,10 @@ use tokio_util::task::TaskTracker;
 
 use super::broker::NatsProcess;
 use super::client::{connect_client, publish};
-use super::flow::{Credit, DEFAULT_WINDOW, Grants};
 use super::wire::{self, Frame, WireError};
 use super::{Endpoint, QUEUE_GROUP, Target, cancel_subject};
 use crate::echo::{CallHead, Echo, ServerCall, UnaryOutcome};
+use crate::flow::{Credit, DEFAULT_WINDOW, Grants};
 use crate::message::{EchoRequest, EchoResponse, Method};
 use crate::metadata::Metadata;
 use crate::status::{Code, Status};

@@ -1,5 +1,6 @@
-//! Per-call flow control for `nats` streams: NATS itself has none (a subscriber that falls
-//! behind loses messages), so each direction of a stream runs a message-count window. The
+//! Per-call flow control for streams over a broker (`nats`, `mqtt`): brokers have none per
+//! call (a subscriber that falls behind loses messages or stalls everyone on its connection),
+//! so each direction of a stream runs a message-count window. The
 //! receiver grants credit (`credit` frames carrying the sequence number consumed so far) every
 //! half window; a sender may send message `n` once `n <= acked + window`.
 
