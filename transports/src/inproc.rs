@@ -2,6 +2,9 @@
 //! task (a task of its own only when it must wait), streams go through tokio channels to a
 //! handler task. What it measures is the harness's own cost.
 
+use crate::transport::NetworkPath;
+use std::net::SocketAddr;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -164,6 +167,18 @@ impl Transport for Inproc {
             closed: AtomicBool::new(false),
             max_message_size: config.max_message_size,
         })
+    }
+
+    fn network_path(&self, _endpoint: &str) -> Result<NetworkPath, TransportError> {
+        Err(TransportError::Unsupported(
+            "inproc calls travel over in-process channels: there is no network path to put a \
+             fault proxy on"
+                .into(),
+        ))
+    }
+
+    fn endpoint_via(&self, endpoint: &str, _via: SocketAddr) -> Result<String, TransportError> {
+        self.network_path(endpoint).map(|_| endpoint.to_owned())
     }
 }
 

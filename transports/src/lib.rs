@@ -29,5 +29,6 @@ pub use registry::{AnyConnection, AnyReceiver, AnySender, AnyServer, AnyTranspor
 pub use status::{Code, Status};
 pub use transport::{
     CallOptions, CallReceiver, CallSender, Capabilities, Capability, ClientConfig, Connection,
-    Server, ServerConfig, Transport, TransportError, UnaryReply, WireBytes,
+    NetworkPath, Server, ServerConfig, Transport, TransportError, UnaryReply, WireBytes,
+    WireProtocol,
 };

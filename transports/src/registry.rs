@@ -3,6 +3,7 @@
 //!
 //! Adding a transport is one line in the `registry!` invocation below.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::echo::Echo;
@@ -10,8 +11,8 @@ use crate::message::{EchoRequest, EchoResponse, Method};
 use crate::metadata::Metadata;
 use crate::status::Status;
 use crate::transport::{
-    CallOptions, CallReceiver, CallSender, Capabilities, ClientConfig, Connection, Server,
-    ServerConfig, Transport, TransportError, UnaryReply, WireBytes,
+    CallOptions, CallReceiver, CallSender, Capabilities, ClientConfig, Connection, NetworkPath,
+    Server, ServerConfig, Transport, TransportError, UnaryReply, WireBytes,
 };
 
 use crate::{grpc, inproc, mqtt, nats, quic, tcp};
@@ -113,6 +114,14 @@ macro_rules! registry {
                 match self {
                     $(AnyTransport::$variant(t) => t.connect(config, endpoint).await.map(AnyConnection::$variant),)+
                 }
+            }
+
+            fn network_path(&self, endpoint: &str) -> Result<NetworkPath, TransportError> {
+                match self { $(AnyTransport::$variant(t) => t.network_path(endpoint),)+ }
+            }
+
+            fn endpoint_via(&self, endpoint: &str, via: SocketAddr) -> Result<String, TransportError> {
+                match self { $(AnyTransport::$variant(t) => t.endpoint_via(endpoint, via),)+ }
             }
         }
 

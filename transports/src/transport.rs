@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -329,6 +330,62 @@ pub trait Transport: Send + Sync + 'static {
         config: &ClientConfig,
         endpoint: &str,
     ) -> impl Future<Output = Result<Self::Connection, TransportError>> + Send;
+
+    /// The network hop a client's connection to `endpoint` takes: the socket its bytes go to
+    /// (the server, or for a broker transport the broker) and the protocol carrying them. This
+    /// is where a fault proxy goes. `Unsupported`, with the reason, when there is no network
+    /// path to impair (in-process channels).
+    fn network_path(&self, endpoint: &str) -> Result<NetworkPath, TransportError>;
+
+    /// `endpoint` as a client reaches it through `via`: a proxy listening in front of
+    /// [`Transport::network_path`]'s address. Everything else in the endpoint (a broker's
+    /// subject prefix, a QUIC certificate pin) is kept.
+    fn endpoint_via(&self, endpoint: &str, via: SocketAddr) -> Result<String, TransportError>;
+}
+
+/// The protocol that carries a transport's bytes on its network hop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WireProtocol {
+    /// A TCP byte stream (tcp, grpc, and the broker transports' client links).
+    Tcp,
+    /// UDP datagrams (quic).
+    Udp,
+}
+
+/// Where a client's connection goes: see [`Transport::network_path`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetworkPath {
+    /// The socket the client's bytes are sent to.
+    pub addr: SocketAddr,
+    /// TCP or UDP.
+    pub protocol: WireProtocol,
+}
+
+impl NetworkPath {
+    /// A TCP hop to `endpoint`, which must be `IP:PORT` (names are not resolved: endpoints
+    /// are the addresses servers report).
+    pub fn tcp(endpoint: &str) -> Result<NetworkPath, TransportError> {
+        Ok(NetworkPath {
+            addr: parse_socket_addr(endpoint)?,
+            protocol: WireProtocol::Tcp,
+        })
+    }
+
+    /// A UDP hop to `endpoint` (`IP:PORT`).
+    pub fn udp(endpoint: &str) -> Result<NetworkPath, TransportError> {
+        Ok(NetworkPath {
+            addr: parse_socket_addr(endpoint)?,
+            protocol: WireProtocol::Udp,
+        })
+    }
+}
+
+/// Parses `IP:PORT`, naming the endpoint when it is not one.
+pub fn parse_socket_addr(endpoint: &str) -> Result<SocketAddr, TransportError> {
+    endpoint.parse().map_err(|_| TransportError::Endpoint {
+        endpoint: endpoint.to_owned(),
+        reason: "expected IP:PORT".into(),
+    })
 }
 
 /// Something a conformance case may need from a transport.

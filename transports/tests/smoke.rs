@@ -143,3 +143,45 @@ async fn streams_work() {
     })
     .await;
 }
+
+/// Every network transport names the hop a fault proxy goes on, and rewriting its endpoint to
+/// go through another address keeps the rest (prefix, certificate pin) and moves the hop.
+#[tokio::test]
+async fn network_paths_and_rewritten_endpoints() {
+    let elsewhere: std::net::SocketAddr = "127.0.0.1:9".parse().expect("an address");
+    for name in NAMES {
+        let t = AnyTransport::by_name(name).expect("registered transport");
+        if let Some(b) = t.broker()
+            && let Err(e) = b.check_available()
+        {
+            assert!(std::env::var_os("CI").is_none(), "CI is set: {name}: {e}");
+            eprintln!("skipping {name}: {e}");
+            continue;
+        }
+        let server = tokio::time::timeout(
+            LIMIT,
+            t.serve(&ServerConfig::loopback(), Arc::new(Echo::default())),
+        )
+        .await
+        .expect("serve in time")
+        .unwrap_or_else(|e| panic!("{name}: serve: {e}"));
+        let e = server.endpoint();
+        match t {
+            AnyTransport::Inproc(_) => {
+                assert!(t.network_path(&e).is_err(), "inproc has no network path");
+            }
+            _ => {
+                let path = t
+                    .network_path(&e)
+                    .unwrap_or_else(|err| panic!("{name}: {err}"));
+                assert!(path.addr.ip().is_loopback(), "{name}: {path:?}");
+                let same = t.endpoint_via(&e, path.addr).expect("rewrite");
+                assert_eq!(same, e, "{name}: rewriting to its own hop is the identity");
+                let moved = t.endpoint_via(&e, elsewhere).expect("rewrite");
+                let p = t.network_path(&moved).expect("a rewritten endpoint parses");
+                assert_eq!((p.addr, p.protocol), (elsewhere, path.protocol), "{name}");
+            }
+        }
+        server.shutdown().await;
+    }
+}

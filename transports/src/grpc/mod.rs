@@ -57,6 +57,9 @@
 mod client;
 mod server;
 
+use crate::transport::NetworkPath;
+use std::net::SocketAddr;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -195,6 +198,15 @@ impl Transport for Grpc {
     ) -> Result<GrpcConnection, TransportError> {
         let options = GrpcOptions::parse(&config.options)?;
         GrpcConnection::connect(config, endpoint, options).await
+    }
+
+    fn network_path(&self, endpoint: &str) -> Result<NetworkPath, TransportError> {
+        NetworkPath::tcp(endpoint)
+    }
+
+    fn endpoint_via(&self, endpoint: &str, via: SocketAddr) -> Result<String, TransportError> {
+        self.network_path(endpoint)?;
+        Ok(via.to_string())
     }
 }
 

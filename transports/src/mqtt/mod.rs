@@ -122,6 +122,8 @@ mod pubsub;
 mod server;
 pub mod wire;
 
+use crate::transport::NetworkPath;
+
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -344,6 +346,29 @@ impl Transport for Mqtt {
             reason,
         })?;
         MqttConnection::connect(config, e, qos).await
+    }
+
+    fn network_path(&self, endpoint: &str) -> Result<NetworkPath, TransportError> {
+        // The client's hop is to the broker; the echo server keeps its own direct link.
+        let e = Endpoint::parse(endpoint).map_err(|reason| TransportError::Endpoint {
+            endpoint: endpoint.to_owned(),
+            reason,
+        })?;
+        NetworkPath::tcp(&format!("{}:{}", e.host, e.port))
+    }
+
+    fn endpoint_via(&self, endpoint: &str, via: SocketAddr) -> Result<String, TransportError> {
+        self.network_path(endpoint)?;
+        let mut e = Endpoint::parse(endpoint).map_err(|reason| TransportError::Endpoint {
+            endpoint: endpoint.to_owned(),
+            reason,
+        })?;
+        e.host = match via {
+            SocketAddr::V4(a) => a.ip().to_string(),
+            SocketAddr::V6(a) => format!("[{}]", a.ip()),
+        };
+        e.port = via.port();
+        Ok(e.to_string())
     }
 }
 

@@ -129,6 +129,8 @@ mod pubsub;
 mod server;
 pub mod wire;
 
+use crate::transport::NetworkPath;
+
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -308,6 +310,25 @@ impl Transport for Nats {
             reason,
         })?;
         NatsConnection::connect(config, e).await
+    }
+
+    fn network_path(&self, endpoint: &str) -> Result<NetworkPath, TransportError> {
+        // The client's hop is to the broker; the echo server keeps its own direct link.
+        let e = Endpoint::parse(endpoint).map_err(|reason| TransportError::Endpoint {
+            endpoint: endpoint.to_owned(),
+            reason,
+        })?;
+        NetworkPath::tcp(e.url.trim_start_matches("nats://"))
+    }
+
+    fn endpoint_via(&self, endpoint: &str, via: SocketAddr) -> Result<String, TransportError> {
+        self.network_path(endpoint)?;
+        let mut e = Endpoint::parse(endpoint).map_err(|reason| TransportError::Endpoint {
+            endpoint: endpoint.to_owned(),
+            reason,
+        })?;
+        e.url = format!("nats://{via}");
+        Ok(e.to_string())
     }
 }
 

@@ -76,6 +76,9 @@ mod client;
 mod server;
 mod stream;
 
+use crate::transport::NetworkPath;
+use std::net::SocketAddr;
+
 use std::sync::Arc;
 
 pub use client::{QuicCancel, QuicConnection, QuicSender};
@@ -300,6 +303,18 @@ impl Transport for Quic {
     ) -> Result<QuicConnection, TransportError> {
         let options = QuicOptions::parse(&config.options)?;
         QuicConnection::connect(config, endpoint, options).await
+    }
+
+    fn network_path(&self, endpoint: &str) -> Result<NetworkPath, TransportError> {
+        NetworkPath::udp(parse_endpoint(endpoint)?.0)
+    }
+
+    fn endpoint_via(&self, endpoint: &str, via: SocketAddr) -> Result<String, TransportError> {
+        // The certificate pin travels on: the proxy forwards datagrams, the handshake is
+        // still with the server.
+        let (addr, _) = parse_endpoint(endpoint)?;
+        NetworkPath::udp(addr)?;
+        Ok(format!("{via}{}", &endpoint[addr.len()..]))
     }
 }
 

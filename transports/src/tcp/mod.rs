@@ -123,6 +123,9 @@ pub mod codec;
 mod server;
 mod writer;
 
+use crate::transport::NetworkPath;
+use std::net::SocketAddr;
+
 use std::sync::Arc;
 
 pub use client::{TcpCancel, TcpConnection, TcpSender};
@@ -209,5 +212,14 @@ impl Transport for Tcp {
     ) -> Result<TcpConnection, TransportError> {
         config.options.check_known("tcp", &[])?;
         TcpConnection::connect(config, endpoint).await
+    }
+
+    fn network_path(&self, endpoint: &str) -> Result<NetworkPath, TransportError> {
+        NetworkPath::tcp(endpoint)
+    }
+
+    fn endpoint_via(&self, endpoint: &str, via: SocketAddr) -> Result<String, TransportError> {
+        self.network_path(endpoint)?;
+        Ok(via.to_string())
     }
 }
