@@ -8,9 +8,11 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use wirebench_transports::tls::TlsMode;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -87,14 +89,20 @@ pub enum ServerCommand {
         threads: Option<u32>,
         /// CPU to pin the server to (`--cpus`).
         cpu: Option<usize>,
+        /// TLS mode and the directory of PEM files (`--tls`, `--tls-dir`).
+        tls: Option<(TlsMode, PathBuf)>,
     },
     /// A user's command, run by `/bin/sh -c`; it must print the ready line. It gets
-    /// `WIREBENCH_TRANSPORT` and `WIREBENCH_LISTEN` in its environment.
+    /// `WIREBENCH_TRANSPORT` and `WIREBENCH_LISTEN` in its environment, and for a TLS point
+    /// `WIREBENCH_TLS` (`tls` or `mtls`) and `WIREBENCH_TLS_DIR` (`ca.pem`, `server.pem`,
+    /// `server.key`: the certificates the client trusts).
     Shell {
         /// The command line.
         command: String,
         /// The transport it serves.
         transport: String,
+        /// TLS mode and the directory of PEM files.
+        tls: Option<(TlsMode, PathBuf)>,
     },
 }
 
@@ -107,6 +115,7 @@ impl ServerCommand {
                 options,
                 threads,
                 cpu,
+                tls,
             } => {
                 let exe = std::env::current_exe()?;
                 let mut c = Command::new(&exe);
@@ -121,14 +130,30 @@ impl ServerCommand {
                 if let Some(cpu) = cpu {
                     c.arg("--cpus").arg(cpu.to_string());
                 }
-                let shown = format!("wirebench serve --transport {transport}");
+                if let Some((mode, dir)) = tls {
+                    c.arg("--tls").arg(mode.name()).arg("--tls-dir").arg(dir);
+                }
+                let shown = match tls {
+                    Some((mode, _)) => {
+                        format!("wirebench serve --transport {transport} --tls {mode}")
+                    }
+                    None => format!("wirebench serve --transport {transport}"),
+                };
                 Ok((c, shown))
             }
-            ServerCommand::Shell { command, transport } => {
+            ServerCommand::Shell {
+                command,
+                transport,
+                tls,
+            } => {
                 let mut c = Command::new("/bin/sh");
                 c.arg("-c").arg(command);
                 c.env("WIREBENCH_TRANSPORT", transport);
                 c.env("WIREBENCH_LISTEN", "127.0.0.1:0");
+                if let Some((mode, dir)) = tls {
+                    c.env("WIREBENCH_TLS", mode.name())
+                        .env("WIREBENCH_TLS_DIR", dir);
+                }
                 Ok((c, command.clone()))
             }
         }

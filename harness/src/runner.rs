@@ -4,8 +4,8 @@
 //! validity, and build the saved [`RunRecord`].
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
@@ -17,9 +17,11 @@ use wirebench_reports::results::{
 use wirebench_scenarios::load::{Length, LoadSpec, Mode};
 use wirebench_scenarios::suite::ValiditySpec;
 use wirebench_transports::registry::AnyServer;
+use wirebench_transports::tls::{TlsMaterial, TlsMode};
 use wirebench_transports::transport::Options;
 use wirebench_transports::{
-    AnyTransport, Capability, ClientConfig, Code, Echo, Server, ServerConfig, Transport,
+    AnyTransport, CallOptions, Capability, ClientConfig, Code, Connection, Echo, EchoRequest,
+    Server, ServerConfig, Transport,
 };
 
 use crate::affinity::{CpusSeen, Pin};
@@ -54,6 +56,49 @@ pub struct RunContext {
     /// Where a transport's server listens, when not on loopback port 0 (a broker transport
     /// given an external broker: `nats://HOST:PORT`).
     pub server_listen: BTreeMap<String, String>,
+    /// Throwaway TLS material for the run's TLS points, made on first use.
+    pub tls: Arc<OnceLock<Result<RunTls, String>>>,
+}
+
+/// A throwaway CA with server and client certificates for one run, and the same as PEM files
+/// for `wirebench serve --tls-dir` (deleted with the run).
+pub struct RunTls {
+    /// The certificates.
+    pub material: TlsMaterial,
+    dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for RunTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunTls")
+            .field("dir", &self.dir.path())
+            .finish()
+    }
+}
+
+impl RunTls {
+    fn generate() -> Result<RunTls, String> {
+        let material =
+            TlsMaterial::generate().map_err(|e| format!("generating TLS certificates: {e}"))?;
+        let dir = tempfile::Builder::new()
+            .prefix("wirebench-tls-")
+            .tempdir()
+            .map_err(|e| format!("a directory for the TLS certificates: {e}"))?;
+        material
+            .write_pem_dir(dir.path())
+            .map_err(|e| format!("writing the TLS certificates: {e}"))?;
+        Ok(RunTls { material, dir })
+    }
+}
+
+impl RunContext {
+    /// The run's TLS material, generated the first time a point asks for it.
+    fn tls_material(&self) -> Result<&RunTls> {
+        self.tls
+            .get_or_init(RunTls::generate)
+            .as_ref()
+            .map_err(|e| anyhow!("{e}"))
+    }
 }
 
 impl Default for RunContext {
@@ -70,6 +115,7 @@ impl Default for RunContext {
             client_options: BTreeMap::new(),
             server_options: BTreeMap::new(),
             server_listen: BTreeMap::new(),
+            tls: Arc::default(),
         }
     }
 }
@@ -113,10 +159,21 @@ fn listen_for(ctx: &RunContext, transport: &str) -> String {
 
 fn start_server(
     transport: AnyTransport,
+    tls: TlsMode,
     ctx: &RunContext,
 ) -> Result<(Placement, ServerInfo, String)> {
     let name = transport.name();
+    let run_tls = match tls {
+        TlsMode::None => None,
+        _ => Some(ctx.tls_material()?),
+    };
     if let Some(target) = &ctx.target {
+        if tls != TlsMode::None {
+            return Err(bad_input(format!(
+                "load points over {tls} cannot drive a --target server: its certificates are \
+                 not this run's (run such points without --target)"
+            )));
+        }
         let info = ServerInfo {
             placement: "external".into(),
             endpoint: target.clone(),
@@ -142,7 +199,7 @@ fn start_server(
         let config = ServerConfig {
             listen: listen_for(ctx, name),
             options: options(ctx.server_options.get(name)),
-            tls: None,
+            tls: run_tls.and_then(|t| t.material.server(tls)),
         };
         let server = rt
             .block_on(transport.serve(&config, Arc::new(Echo::default())))
@@ -171,6 +228,7 @@ fn start_server(
         Some(c) => ServerCommand::Shell {
             command: c.clone(),
             transport: name.to_owned(),
+            tls: run_tls.map(|t| (tls, t.dir.path().to_owned())),
         },
         None => ServerCommand::Serve {
             transport: name.to_owned(),
@@ -178,6 +236,7 @@ fn start_server(
             options: ctx.server_options.get(name).cloned().unwrap_or_default(),
             threads: ctx.server_threads,
             cpu: ctx.pin.cpus().map(|(_, s)| s),
+            tls: run_tls.map(|t| (tls, t.dir.path().to_owned())),
         },
     };
     let child = ChildServer::spawn(&cmd, ctx.ready_timeout).map_err(|e| {
@@ -300,6 +359,7 @@ pub fn params(spec: &LoadSpec, pin: Pin, transport: &str, ctx: &RunContext) -> R
             .get(transport)
             .cloned()
             .unwrap_or_default(),
+        tls: spec.tls.name().into(),
     }
 }
 
@@ -310,7 +370,7 @@ pub fn run_point(transport: AnyTransport, spec: &LoadSpec, ctx: &RunContext) -> 
     let name = transport.name();
     let me = std::process::id();
     let peak_reset = procfs::reset_peak_rss(me);
-    let (placement, server_info, endpoint) = start_server(transport, ctx)?;
+    let (placement, server_info, endpoint) = start_server(transport, spec.tls, ctx)?;
     let server_pid = match &placement {
         Placement::Child(c) => Some(c.pid()),
         Placement::External => ctx.target_pid,
@@ -321,9 +381,17 @@ pub fn run_point(transport: AnyTransport, spec: &LoadSpec, ctx: &RunContext) -> 
         endpoint: endpoint.clone(),
         client: ClientConfig {
             options: options(ctx.client_options.get(name)),
+            tls: match spec.tls {
+                TlsMode::None => None,
+                mode => ctx.tls_material()?.material.client(mode),
+            },
             ..ClientConfig::default()
         },
     };
+    let setup = measure_setup(&target, SETUP_SAMPLES).map_err(|e| match &ctx.target {
+        Some(_) => bad_input(format!("{e} (is the --target server running?)")),
+        None => e,
+    })?;
     let engine = EngineOptions {
         cpus: ctx.pin.cpus().map(|(c, _)| vec![c]),
         interrupted: ctx.interrupted.clone(),
@@ -413,6 +481,7 @@ pub fn run_point(transport: AnyTransport, spec: &LoadSpec, ctx: &RunContext) -> 
         client,
         server,
         worker_busy: outcome.worker_busy.clone(),
+        connect: Some(summarize(&setup)),
     };
     let validity = judge(
         spec,
@@ -455,6 +524,46 @@ pub fn run_point(transport: AnyTransport, spec: &LoadSpec, ctx: &RunContext) -> 
         intervals,
     })
 }
+
+/// Connections set up (each with its first call) before a point's warm-up.
+const SETUP_SAMPLES: usize = 16;
+
+/// Times `n` connection setups in a row: connect, one 0-byte unary call (so lazy transports
+/// finish their handshakes and broker sessions), close. Before the warm-up, so neither the
+/// load's numbers nor its CPU accounting include them.
+fn measure_setup(target: &Target, n: usize) -> Result<hdrhistogram::Histogram<u64>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the connection-setup runtime")?;
+    let mut h = wirebench_reports::histogram::latency_histogram();
+    rt.block_on(async {
+        for _ in 0..n {
+            let t0 = std::time::Instant::now();
+            let conn = tokio::time::timeout(
+                SETUP_TIMEOUT,
+                target.transport.connect(&target.client, &target.endpoint),
+            )
+            .await
+            .map_err(|_| anyhow!("connecting to {} timed out", target.endpoint))?
+            .map_err(|e| anyhow!("cannot connect to {}: {e}", target.endpoint))?;
+            let reply = conn
+                .unary(
+                    EchoRequest::new(bytes::Bytes::new()),
+                    &CallOptions::with_timeout(SETUP_TIMEOUT),
+                )
+                .await;
+            h.saturating_record(t0.elapsed().as_nanos() as u64);
+            conn.close().await;
+            reply.map_err(|e| anyhow!("the first call on a new connection failed: {e}"))?;
+        }
+        anyhow::Ok(())
+    })?;
+    Ok(h)
+}
+
+/// How long one connection setup may take.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn us(ns: u64) -> String {
     format!("{:.1} µs", ns as f64 / 1e3)

@@ -8,6 +8,7 @@ use crate::charts::{self, Series, css_color};
 use crate::conformance::Verdict;
 use crate::histogram::decode;
 use crate::results::{LatencySummary, Results, RunRecord};
+use crate::setup;
 
 /// Escapes text for HTML.
 pub fn escape(s: &str) -> String {
@@ -199,6 +200,79 @@ fn headline(out: &mut String, results: &Results, ts: &[String]) {
     out.push_str("</tbody></table></div>");
 }
 
+/// Connection setup per transport and mode, and each TLS run beside its plaintext twin.
+fn setup_section(out: &mut String, results: &Results, ts: &[String]) {
+    let rows = setup::setup_rows(results);
+    if rows.is_empty() {
+        return;
+    }
+    out.push_str("<h2>Connection setup and the cost of TLS</h2>");
+    out.push_str("<p class=\"muted\">Before each load point's warm-up, 16 new connections in a row, each with its first 0-byte unary call (so TCP/QUIC and TLS handshakes, HTTP/2 settings and broker sessions are all in); the table shows each transport's best point.</p>");
+    out.push_str("<div class=\"scroll\"><table><thead><tr><th class=\"l\">transport</th><th class=\"l\">TLS</th><th>setups</th><th>p50</th><th>p90</th><th>max</th></tr></thead><tbody>");
+    for r in &rows {
+        let _ = write!(
+            out,
+            "<tr><td class=\"l\">{}</td><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            swatch(ts, r.transport),
+            escape(r.tls),
+            r.setup.count,
+            dur(r.setup.p50_ns),
+            dur(r.setup.p90_ns),
+            dur(r.setup.max_ns)
+        );
+    }
+    out.push_str("</tbody></table></div>");
+    let pairs = setup::tls_pairs(results);
+    if pairs.is_empty() {
+        return;
+    }
+    out.push_str("<p>Each TLS point beside the same point in plaintext (same transport and parameters): plaintext → TLS, and the change.</p>");
+    out.push_str("<div class=\"scroll\"><table><thead><tr><th class=\"l\">transport</th><th class=\"l\">point</th><th class=\"l\">TLS</th><th>setup p50</th><th>p50</th><th>p99</th><th>throughput</th><th>client CPU µs/call</th><th>server CPU µs/call</th></tr></thead><tbody>");
+    for p in pairs {
+        let (a, b) = (&p.plain.summary, &p.tls.summary);
+        let ns = |old: u64, new: u64| {
+            format!(
+                "{} → {} <span class=\"muted\">{}</span>",
+                dur(old),
+                dur(new),
+                setup::change(old as f64, new as f64)
+            )
+        };
+        let num = |old: f64, new: f64, f: &dyn Fn(f64) -> String| {
+            format!(
+                "{} → {} <span class=\"muted\">{}</span>",
+                f(old),
+                f(new),
+                setup::change(old, new)
+            )
+        };
+        let cpu = |v: f64| format!("{v:.1}");
+        let setup_cell = match (a.connect, b.connect) {
+            (Some(x), Some(y)) => ns(x.p50_ns, y.p50_ns),
+            _ => "–".into(),
+        };
+        let server_cpu = match (&a.server, &b.server) {
+            (Some(x), Some(y)) => num(x.cpu_us_per_call, y.cpu_us_per_call, &cpu),
+            _ => "–".into(),
+        };
+        let _ = write!(
+            out,
+            "<tr><td class=\"l\">{}</td><td class=\"l\"><a href=\"#p-{}\">{}</a></td><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            swatch(ts, &p.tls.transport),
+            escape(&p.tls.point),
+            escape(&p.tls.point),
+            escape(&p.tls.params.tls),
+            setup_cell,
+            ns(a.latency.p50_ns, b.latency.p50_ns),
+            ns(a.latency.p99_ns, b.latency.p99_ns),
+            num(a.throughput_per_s, b.throughput_per_s, &rate),
+            num(a.client.cpu_us_per_call, b.client.cpu_us_per_call, &cpu),
+            server_cpu
+        );
+    }
+    out.push_str("</tbody></table></div>");
+}
+
 /// A one-line description of a run's parameters.
 pub fn describe(r: &RunRecord) -> String {
     let p = &r.params;
@@ -217,6 +291,9 @@ pub fn describe(r: &RunRecord) -> String {
         ),
     };
     let _ = write!(s, ", {} conn, {} B", p.connections, p.payload_bytes);
+    if p.tls != "none" {
+        let _ = write!(s, ", {}", p.tls);
+    }
     if let Some(rsz) = p.response_bytes {
         let _ = write!(s, " → {rsz} B");
     }
@@ -611,6 +688,8 @@ pub fn render(results: &Results) -> String {
         }
         None => out.push_str("<p class=\"muted\">The floor was not measured in this run.</p>"),
     }
+
+    setup_section(&mut out, results, &ts);
 
     if !results.runs.is_empty() {
         out.push_str("<h2>Load points</h2>");

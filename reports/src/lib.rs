@@ -10,6 +10,7 @@ pub mod html;
 pub mod junit;
 pub mod markdown;
 pub mod results;
+pub mod setup;
 
 use std::path::{Path, PathBuf};
 

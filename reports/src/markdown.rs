@@ -5,6 +5,7 @@ use std::fmt::Write;
 use crate::conformance::Verdict;
 use crate::html::{describe, dur, rate};
 use crate::results::Results;
+use crate::setup;
 
 /// Renders the summary.
 pub fn render(results: &Results) -> String {
@@ -62,6 +63,51 @@ pub fn render(results: &Results) -> String {
             );
         }
         out.push('\n');
+        let setups = setup::setup_rows(results);
+        if !setups.is_empty() {
+            let parts: Vec<String> = setups
+                .iter()
+                .map(|r| {
+                    let mode = if r.tls == "none" {
+                        String::new()
+                    } else {
+                        format!("+{}", r.tls)
+                    };
+                    format!("{}{mode} {}", r.transport, dur(r.setup.p50_ns))
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "Connection setup (connect + first call, p50): {}\n",
+                parts.join(", ")
+            );
+        }
+        let pairs = setup::tls_pairs(results);
+        if !pairs.is_empty() {
+            out.push_str(
+                "| TLS cost | plaintext → TLS p50 | throughput | CPU µs/call client | server |\n",
+            );
+            out.push_str("|---|--:|--:|--:|--:|\n");
+            for p in pairs {
+                let (a, b) = (&p.plain.summary, &p.tls.summary);
+                let server = match (&a.server, &b.server) {
+                    (Some(x), Some(y)) => setup::change(x.cpu_us_per_call, y.cpu_us_per_call),
+                    _ => "–".into(),
+                };
+                let _ = writeln!(
+                    out,
+                    "| {} {} ({}) | {} → {} | {} | {} | {server} |",
+                    p.tls.transport,
+                    p.tls.point,
+                    p.tls.params.tls,
+                    dur(a.latency.p50_ns),
+                    dur(b.latency.p50_ns),
+                    setup::change(a.throughput_per_s, b.throughput_per_s),
+                    setup::change(a.client.cpu_us_per_call, b.client.cpu_us_per_call),
+                );
+            }
+            out.push('\n');
+        }
         let mut seen = Vec::new();
         for r in &results.runs {
             if !seen.contains(&&r.point) {

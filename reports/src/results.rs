@@ -328,6 +328,13 @@ pub struct RunParams {
     pub client_options: BTreeMap<String, String>,
     /// Server options given to the transport.
     pub server_options: BTreeMap<String, String>,
+    /// TLS between client and server: `none`, `tls` or `mtls` (files without it: `none`).
+    #[serde(default = "plaintext")]
+    pub tls: String,
+}
+
+fn plaintext() -> String {
+    "none".into()
 }
 
 /// Where the server of a run was.
@@ -417,6 +424,10 @@ pub struct RunSummary {
     pub server: Option<ProcessUsage>,
     /// Fraction of the measured time each client worker thread was on a CPU.
     pub worker_busy: Vec<f64>,
+    /// Connection setup before the warm-up: a new connection and its first 0-byte unary call
+    /// (TCP/QUIC and TLS handshakes, HTTP/2 or broker session setup), several in a row.
+    #[serde(default)]
+    pub connect: Option<LatencySummary>,
 }
 
 /// Whether a run's numbers measure the transport.
@@ -459,7 +470,7 @@ pub struct IntervalRecord {
 }
 
 /// One load point against one transport.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
     /// The transport.
     pub transport: String,

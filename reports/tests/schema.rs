@@ -92,6 +92,7 @@ fn full() -> Results {
             pin: "split".into(),
             client_options: BTreeMap::from([("k".into(), "v".into())]),
             server_options: BTreeMap::new(),
+            tls: "mtls".into(),
         },
         server: ServerInfo {
             placement: "child".into(),
@@ -110,6 +111,7 @@ fn full() -> Results {
             client: usage.clone(),
             server: Some(usage),
             worker_busy: vec![0.5],
+            connect: Some(lat),
             ..RunSummary::default()
         },
         validity: Validity {

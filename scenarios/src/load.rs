@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use wirebench_transports::tls::TlsMode;
 use wirebench_transports::{Capability, Method};
 
 /// How requests are issued.
@@ -105,6 +106,8 @@ pub struct LoadSpec {
     pub timeout: Option<Duration>,
     /// An injected stall, if any.
     pub stall: Option<Stall>,
+    /// TLS between client and server: none (plaintext), TLS 1.3, or mutual TLS.
+    pub tls: TlsMode,
 }
 
 impl Default for LoadSpec {
@@ -123,7 +126,22 @@ impl Default for LoadSpec {
             seed: 1,
             timeout: None,
             stall: None,
+            tls: TlsMode::None,
         }
+    }
+}
+
+impl LoadSpec {
+    /// The capabilities a transport needs to run this point: its method, and TLS (mutual
+    /// TLS) when the point runs over it.
+    pub fn needs(&self) -> Vec<Capability> {
+        let mut v = vec![method_capability(self.method)];
+        match self.tls {
+            TlsMode::None => {}
+            TlsMode::Tls => v.push(Capability::Tls),
+            TlsMode::Mutual => v.extend([Capability::Tls, Capability::MutualTls]),
+        }
+        v
     }
 }
 

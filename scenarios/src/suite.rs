@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 use wirebench_transports::Method;
+use wirebench_transports::tls::TlsMode;
 
 use crate::load::{Length, LoadSpec, Mode, Schedule, Stall};
 use crate::units::{parse_duration, parse_size};
@@ -231,6 +232,7 @@ struct PointToml {
     timeout: Option<toml::Spanned<String>>,
     stall_at: Option<toml::Spanned<String>>,
     stall_for: Option<toml::Spanned<String>>,
+    tls: Option<toml::Spanned<String>>,
 }
 
 macro_rules! pick {
@@ -519,6 +521,13 @@ fn resolve_point(
             None => None,
         },
         stall,
+        tls: match pick!(p, d, tls) {
+            None => TlsMode::None,
+            Some(t) => t
+                .get_ref()
+                .parse()
+                .map_err(|e: String| cx.err(t.span(), format!("load point {name:?}: tls: {e}")))?,
+        },
     };
     spec.validate().map_err(at)?;
     Ok(LoadPoint {
@@ -603,6 +612,10 @@ requests = 50
 
         let e = err("name = \"x\"\n[[load]]\nrate = 5\nconcurrency = 2\n");
         assert!(e.contains("both rate"), "{e}");
+
+        let e = err("name = \"x\"\n[[load]]\nconcurrency = 1\ntls = \"ssl3\"\n");
+        assert!(e.starts_with("bad.toml:4:"), "{e}");
+        assert!(e.contains("ssl3") && e.contains("mtls"), "{e}");
 
         let e = err("name = \"x\"\n[[load]]\nconcurrency = 1\nconnections = 2\n");
         assert!(

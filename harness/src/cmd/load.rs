@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+use wirebench_transports::tls::TlsMode;
 
 use anyhow::Result;
 use wirebench_reports::results::{Results, RunRecord, SuiteRecord};
@@ -112,6 +113,10 @@ pub struct Args {
     /// How long the injected stall lasts.
     #[arg(long, value_parser = parse_duration, requires = "stall_at")]
     pub stall_for: Option<Duration>,
+    /// TLS between client and server: none, tls (TLS 1.3) or mtls (mutual TLS), with a
+    /// throwaway CA and certificates generated for the run.
+    #[arg(long, default_value_t = TlsMode::None, value_parser = parse_tls_mode)]
+    pub tls: TlsMode,
     /// CPU placement: none (the scheduler decides), same (client and server on CPU 0),
     /// split (client CPU 0, server CPU 1).
     #[arg(long, value_enum, default_value_t = Pin::None)]
@@ -182,8 +187,13 @@ impl Args {
                 (Some(at), Some(duration)) => Some(Stall { at, duration }),
                 _ => None,
             },
+            tls: self.tls,
         }
     }
+}
+
+fn parse_tls_mode(s: &str) -> Result<TlsMode, String> {
+    s.parse()
 }
 
 fn us(ns: u64) -> String {
@@ -314,8 +324,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             return Err(anyhow::anyhow!("cannot load {why}"));
         }
     }
-    let cap = wirebench_scenarios::load::method_capability(spec.method);
-    if let Some(reason) = transport.capabilities().gap(cap) {
+    if let Some((cap, reason)) = transport.capabilities().first_missing(&spec.needs()) {
         return Err(bad_input(format!(
             "{} does not support {}: {reason}",
             transport.name(),
@@ -363,6 +372,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .url_for(&transport)
             .map(|u| BTreeMap::from([(name.clone(), u.to_owned())]))
             .unwrap_or_default(),
+        tls: Default::default(),
     };
     let started = environment::now_rfc3339();
     eprintln!("{name}: {} ...", spec.describe());

@@ -11,7 +11,6 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use wirebench_reports::histogram::{encode, summarize};
 use wirebench_reports::results::{FloorRecord, Results, RunFailure, Skipped, SuiteRecord};
-use wirebench_scenarios::load::method_capability;
 use wirebench_scenarios::suite::Suite;
 use wirebench_scenarios::units::parse_duration;
 use wirebench_transports::registry::AnyTransport;
@@ -252,6 +251,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                     .map(|u| (t.name().to_owned(), u.to_owned()))
             })
             .collect(),
+        tls: Default::default(),
     };
 
     // The plan, for progress and its ETA.
@@ -380,8 +380,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             break;
         }
         let name = t.name();
-        let cap = method_capability(spec.method);
-        if let Some(reason) = t.capabilities().gap(cap) {
+        if let Some((cap, reason)) = t.capabilities().first_missing(&spec.needs()) {
             results.skipped.push(Skipped {
                 transport: name.into(),
                 point: spec.name.clone(),

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use tokio::io::AsyncReadExt;
 use wirebench_reports::results::write_atomic;
+use wirebench_transports::tls::{DEFAULT_SERVER_NAME, TlsMaterial, TlsMode};
 use wirebench_transports::transport::Options;
 use wirebench_transports::{Capability, Echo, Server, ServerConfig, Transport};
 
@@ -44,10 +45,25 @@ pub struct Args {
     /// A transport option KEY=VALUE (repeatable); the transport rejects keys it does not know.
     #[arg(long = "option", value_name = "KEY=VALUE")]
     pub options: Vec<String>,
+    /// Serve over TLS 1.3 (`tls`) or mutual TLS (`mtls`, clients must present a certificate
+    /// the CA signed), with the certificates in `--tls-dir`.
+    #[arg(long, default_value_t = TlsMode::None, value_parser = parse_tls_mode)]
+    pub tls: TlsMode,
+    /// PEM files for `--tls`: `server.pem`, `server.key`, and `ca.pem` (the CA that signs
+    /// client certificates under mtls).
+    #[arg(long)]
+    pub tls_dir: Option<PathBuf>,
+    /// The name the server certificate in `--tls-dir` is for.
+    #[arg(long, default_value = DEFAULT_SERVER_NAME)]
+    pub tls_server_name: String,
     /// Exit when standard input closes (the harness uses this so that a server never
     /// outlives it).
     #[arg(long)]
     pub watch_stdin: bool,
+}
+
+fn parse_tls_mode(s: &str) -> Result<TlsMode, String> {
+    s.parse()
 }
 
 /// Parses `KEY=VALUE` options.
@@ -83,6 +99,21 @@ pub fn run(args: Args) -> Result<ExitCode> {
             transport.name()
         )));
     }
+    let tls = match (&args.tls, &args.tls_dir) {
+        (TlsMode::None, _) => None,
+        (mode, Some(dir)) => {
+            if let Some(reason) = transport.capabilities().gap(Capability::Tls) {
+                return Err(bad_input(format!(
+                    "--tls {mode}: {} has no TLS: {reason}",
+                    transport.name()
+                )));
+            }
+            let material = TlsMaterial::from_pem_dir(dir, &args.tls_server_name)
+                .map_err(|e| bad_input(format!("--tls-dir: {e}")))?;
+            material.server(*mode)
+        }
+        (mode, None) => return Err(bad_input(format!("--tls {mode} needs --tls-dir"))),
+    };
     let mut options = Options::new();
     for (k, v) in parse_options(&args.options)? {
         options.set(k, v);
@@ -116,7 +147,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let config = ServerConfig {
             listen: args.listen.clone(),
             options,
-            tls: None,
+            tls,
         };
         let server = transport
             .serve(&config, Arc::new(Echo::default()))
