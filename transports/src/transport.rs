@@ -178,7 +178,8 @@ pub struct ClientConfig {
     /// Dead-peer detection: the client probes its connection at this interval (HTTP/2 PING,
     /// QUIC keep-alive, NATS PING, MQTT PINGREQ) and, when the peer stays silent for about two
     /// intervals (a few for some clients), closes the connection and fails its calls —
-    /// calls without a deadline included. `None` keeps the transport's own default (often minutes, or
+    /// calls without a deadline included. A transport rounds the interval up to what its
+    /// client allows (MQTT via rumqttc: whole seconds, at least 5). `None` keeps the transport's own default (often minutes, or
     /// never). Transports without a probe on their wire declare no
     /// [`Capability::DeadPeerDetection`] and ignore it.
     pub keepalive: Option<Duration>,
@@ -452,8 +453,9 @@ pub enum Capability {
     /// reordering apply to it (and its own recovery must repair them).
     Datagrams,
     /// With [`ClientConfig::keepalive`] set, a connection whose peer has gone silent fails its
-    /// calls in flight with an error within a few keepalive intervals (the conformance bound
-    /// is five), even calls without a deadline.
+    /// calls in flight with an error within a few keepalive intervals, even calls without a
+    /// deadline (the conformance case asks a 1 s keepalive and allows 12 s, room for clients
+    /// with a keepalive floor: MQTT's is 5 s).
     DeadPeerDetection,
     /// A connection re-establishes its link by itself after the server (or the broker) it
     /// talks to restarts: the same connection works again without the caller re-dialling.

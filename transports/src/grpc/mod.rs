@@ -177,9 +177,9 @@ impl Transport for Grpc {
     fn capabilities(&self) -> Capabilities {
         const GAPS: &[(Capability, &str)] = &[
             (
-            Capability::Broker,
-            "grpc is point-to-point RPC, not a message broker",
-        ),
+                Capability::Broker,
+                "grpc is point-to-point RPC, not a message broker",
+            ),
             (
                 Capability::Datagrams,
                 "grpc runs over TCP: loss applies to datagrams, and TCP retransmits below us",

@@ -59,7 +59,8 @@ pub(super) struct LinkConfig {
     /// ones instead of sending them: announce generously and enforce limits above).
     pub max_incoming: u32,
     /// Dead-peer detection interval (MQTT keep-alive: PINGREQ when idle, the link drops when
-    /// no PINGRESP came by the next one); `None` keeps 30 s. MQTT counts it in whole seconds.
+    /// no PINGRESP came by the next one); `None` keeps 30 s. MQTT counts it in whole seconds,
+    /// and rumqttc accepts no less than 5.
     pub keepalive: Option<Duration>,
     /// How long connecting may take.
     pub connect_timeout: Duration,
@@ -232,11 +233,14 @@ impl LinkHandle {
     }
 }
 
-/// MQTT's keep-alive is whole seconds, at least 1 (rumqttc refuses less): round up.
+/// rumqttc refuses (panics on) a keep-alive under 5 s.
+const MIN_KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+/// MQTT's keep-alive is whole seconds, and rumqttc's at least 5: round up to that.
 fn keep_alive_secs(keepalive: Option<Duration>) -> Duration {
     match keepalive {
         None => Duration::from_secs(30),
-        Some(k) => Duration::from_secs(k.as_secs_f64().ceil().max(1.0) as u64),
+        Some(k) => Duration::from_secs(k.as_secs_f64().ceil() as u64).max(MIN_KEEP_ALIVE),
     }
 }
 
