@@ -108,6 +108,35 @@ impl Transport for Inproc {
                 "inproc passes calls through channels inside one process: its server runs in \
                  the client's process",
             ),
+            (
+                Capability::NetworkFaults,
+                "inproc has no network hop: calls pass through channels inside the process, so \
+                 there is nothing for the fault proxy to sit on",
+            ),
+            (
+                Capability::Datagrams,
+                "inproc has no wire: nothing travels in datagrams",
+            ),
+            (
+                Capability::DeadPeerDetection,
+                "inproc's peer is in the same process: it cannot go silent while the client \
+                 runs, so there is nothing to probe",
+            ),
+            (
+                Capability::Reconnect,
+                "an inproc connection is bound to one server instance; a restarted server is a \
+                 new instance, reached by connecting again",
+            ),
+            (
+                Capability::GracefulDrain,
+                "inproc's Server::shutdown stops at once: it cancels the handlers of calls in \
+                 flight (they end with UNAVAILABLE) and closes every connection; there is no \
+                 drain-with-grace mode yet",
+            ),
+            (
+                Capability::StreamHop,
+                "inproc has no network hop: there is no byte stream for a proxy to cut or reset",
+            ),
         ];
         Capabilities::all_except(GAPS)
     }

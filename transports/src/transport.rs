@@ -175,6 +175,14 @@ pub struct ClientConfig {
     /// TLS 1.3 settings (mutual when they carry a client certificate); `None` connects in
     /// plaintext where the transport has a plaintext mode.
     pub tls: Option<ClientTls>,
+    /// Dead-peer detection: the client probes its connection at this interval (HTTP/2 PING,
+    /// QUIC keep-alive, NATS PING, MQTT PINGREQ) and, when the peer stays silent for about two
+    /// intervals (a few for some clients), closes the connection and fails its calls —
+    /// calls without a deadline included. A transport rounds the interval up to what its
+    /// client allows (MQTT via rumqttc: whole seconds, at least 5). `None` keeps the transport's own default (often minutes, or
+    /// never). Transports without a probe on their wire declare no
+    /// [`Capability::DeadPeerDetection`] and ignore it.
+    pub keepalive: Option<Duration>,
 }
 
 impl Default for ClientConfig {
@@ -184,6 +192,7 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(5),
             options: Options::new(),
             tls: None,
+            keepalive: None,
         }
     }
 }
@@ -434,11 +443,31 @@ pub enum Capability {
     /// The server can run in another process (`wirebench serve`) and be reached through its
     /// endpoint; load runs then account client and server CPU and memory separately.
     OutOfProcess,
+    /// The client's connection crosses a network hop ([`Transport::network_path`]) where the
+    /// harness's fault proxy can sit: resets, data limits and blackholes reach it.
+    NetworkFaults,
+    /// The client's network hop is a TCP byte stream, which a proxy can cut at any byte (a
+    /// data limit mid-frame) or reset (RST); meaningful with `NetworkFaults`.
+    StreamHop,
+    /// The transport's bytes travel in UDP datagrams, so datagram loss, duplication and
+    /// reordering apply to it (and its own recovery must repair them).
+    Datagrams,
+    /// With [`ClientConfig::keepalive`] set, a connection whose peer has gone silent fails its
+    /// calls in flight with an error within a few keepalive intervals, even calls without a
+    /// deadline (the conformance case asks a 1 s keepalive and allows 12 s, room for clients
+    /// with a keepalive floor: MQTT's is 5 s).
+    DeadPeerDetection,
+    /// A connection re-establishes its link by itself after the server (or the broker) it
+    /// talks to restarts: the same connection works again without the caller re-dialling.
+    Reconnect,
+    /// Shutting a server down lets calls already in flight finish before it closes their
+    /// connections.
+    GracefulDrain,
 }
 
 impl Capability {
     /// Every capability.
-    pub const ALL: [Capability; 19] = [
+    pub const ALL: [Capability; 25] = [
         Capability::Unary,
         Capability::ServerStream,
         Capability::ClientStream,
@@ -458,6 +487,12 @@ impl Capability {
         Capability::BrokerDurable,
         Capability::BrokerDedup,
         Capability::OutOfProcess,
+        Capability::NetworkFaults,
+        Capability::StreamHop,
+        Capability::Datagrams,
+        Capability::DeadPeerDetection,
+        Capability::Reconnect,
+        Capability::GracefulDrain,
     ];
 
     /// A short name for reports.
@@ -482,6 +517,12 @@ impl Capability {
             Capability::BrokerDurable => "broker-durable",
             Capability::BrokerDedup => "broker-dedup",
             Capability::OutOfProcess => "out-of-process",
+            Capability::NetworkFaults => "network-faults",
+            Capability::StreamHop => "stream-hop",
+            Capability::Datagrams => "datagrams",
+            Capability::DeadPeerDetection => "dead-peer-detection",
+            Capability::Reconnect => "reconnect",
+            Capability::GracefulDrain => "graceful-drain",
         }
     }
 }

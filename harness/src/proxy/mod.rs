@@ -19,7 +19,10 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use wirebench_scenarios::conformance::{BoxFuture, FaultInjector, FaultPath};
+use wirebench_scenarios::conformance::{
+    BoxFuture, FaultControl, FaultCounters, FaultInjector, FaultPath,
+};
+use wirebench_transports::WireProtocol;
 
 pub use spec::{Dir, Fault, FaultKind, Jitter, LossModel, SpecError};
 
@@ -335,28 +338,56 @@ impl HarnessFaults {
 }
 
 impl FaultInjector for HarnessFaults {
-    fn sliced(
+    fn path(
         &self,
+        protocol: WireProtocol,
         upstream: SocketAddr,
-        chunk: usize,
-        pause: Duration,
-    ) -> BoxFuture<'_, std::io::Result<FaultPath>> {
+        specs: &[&str],
+    ) -> BoxFuture<'_, Result<FaultPath, String>> {
+        let parsed: Result<Vec<Fault>, String> = specs
+            .iter()
+            .map(|s| spec::parse(s).map_err(|e| e.to_string()))
+            .collect();
         Box::pin(async move {
-            let fault = Fault {
-                kind: FaultKind::Slicer {
-                    size: chunk.max(1),
-                    delay: pause,
-                },
-                dir: Dir::Both,
-                p: 1.0,
+            let protocol = match protocol {
+                WireProtocol::Tcp => Protocol::Tcp,
+                WireProtocol::Udp => Protocol::Udp,
             };
-            let proxy = Proxy::start(Protocol::Tcp, "127.0.0.1:0", upstream, vec![fault], 1)
+            // A fixed seed: a case's random faults (loss) are the same on every run.
+            let proxy = Proxy::start(protocol, "127.0.0.1:0", upstream, parsed?, 1)
                 .await
-                .map_err(std::io::Error::other)?;
+                .map_err(|e| e.to_string())?;
             Ok(FaultPath {
                 endpoint: proxy.local_addr().to_string(),
-                guard: Box::new(proxy),
+                addr: proxy.local_addr(),
+                control: Box::new(proxy),
             })
         })
+    }
+}
+
+impl FaultControl for Proxy {
+    fn set_faults(&self, specs: &[&str]) -> Result<(), String> {
+        let faults = specs
+            .iter()
+            .map(|s| spec::parse(s).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<Fault>, String>>()?;
+        Proxy::set_faults(self, faults).map_err(|e| e.to_string())
+    }
+
+    fn counters(&self) -> FaultCounters {
+        let c = Proxy::counters(self);
+        FaultCounters {
+            connections: c.connections,
+            refused: c.refused,
+            resets: c.resets,
+            limited: c.limited,
+            bytes_up: c.bytes_up,
+            bytes_down: c.bytes_down,
+            packets_up: c.packets_up,
+            packets_down: c.packets_down,
+            blackholed: c.blackholed,
+            dropped: c.dropped,
+        }
     }
 }

@@ -24,7 +24,7 @@ use wirebench_transports::registry::{AnyConnection, AnyServer, AnyTransport};
 use wirebench_transports::tls::{TlsError, TlsMaterial, TlsMode};
 use wirebench_transports::{
     Capability, ClientConfig, Echo, EchoConfig, Server, ServerConfig, Status, Transport,
-    TransportError,
+    TransportError, WireProtocol,
 };
 
 pub use cases::all as cases;
@@ -146,12 +146,73 @@ impl Outcome {
     }
 }
 
-/// A path whose traffic passes through a fault (kept alive by the guard).
+/// What a fault path's proxy saw and did, counted since it started (a copy of the harness
+/// proxy's counters, so cases can check that a fault really applied).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultCounters {
+    /// Connections accepted (TCP) or client flows seen (UDP).
+    pub connections: u64,
+    /// Connections refused.
+    pub refused: u64,
+    /// Connections reset (RST).
+    pub resets: u64,
+    /// Connections closed by a data limit.
+    pub limited: u64,
+    /// Bytes read from clients.
+    pub bytes_up: u64,
+    /// Bytes read from the server.
+    pub bytes_down: u64,
+    /// Datagrams from clients (UDP).
+    pub packets_up: u64,
+    /// Datagrams from the server (UDP).
+    pub packets_down: u64,
+    /// Bytes swallowed by a blackhole.
+    pub blackholed: u64,
+    /// Datagrams dropped (UDP loss).
+    pub dropped: u64,
+}
+
+/// Live control of one fault path: change its faults while traffic flows, read its counters.
+pub trait FaultControl: Send + Sync {
+    /// Replaces the faults in force (for new and existing connections alike) with `specs`,
+    /// each in the harness's fault spec syntax (`latency:50ms`, `reset`, `blackhole`,
+    /// `limit:1000`, `loss:2%`, ...; see `wirebench proxy --help`). An empty list heals the
+    /// path. A spec that does not parse or does not apply to the path's protocol is an error.
+    fn set_faults(&self, specs: &[&str]) -> Result<(), String>;
+
+    /// The counters now.
+    fn counters(&self) -> FaultCounters;
+}
+
+/// A path whose traffic passes through the harness's fault proxy (open while this lives).
 pub struct FaultPath {
-    /// Where clients connect to go through the fault.
+    /// Where clients connect to go through the proxy: the proxy's `IP:PORT`. A transport's
+    /// endpoint through it comes from [`Transport::endpoint_via`] (see [`Ctx::fault_path`]).
     pub endpoint: String,
-    /// Keeps the path open; dropping it closes it.
-    pub guard: Box<dyn Send + Sync>,
+    /// The proxy's address.
+    pub addr: SocketAddr,
+    /// Live control; dropping it closes the path.
+    pub control: Box<dyn FaultControl>,
+}
+
+impl FaultPath {
+    /// Replaces the faults in force (see [`FaultControl::set_faults`]); the error names the
+    /// spec.
+    pub fn set_faults(&self, specs: &[&str]) -> Result<(), Failure> {
+        self.control
+            .set_faults(specs)
+            .map_err(|e| Failure(format!("setting faults {specs:?}: {e}")))
+    }
+
+    /// Heals the path: no faults.
+    pub fn clear(&self) -> Result<(), Failure> {
+        self.set_faults(&[])
+    }
+
+    /// The proxy's counters now.
+    pub fn counters(&self) -> FaultCounters {
+        self.control.counters()
+    }
 }
 
 impl fmt::Debug for FaultPath {
@@ -164,14 +225,30 @@ impl fmt::Debug for FaultPath {
 
 /// Faults the harness can place between a client and a server (its userspace proxy).
 pub trait FaultInjector: Send + Sync {
+    /// A path of `protocol` (TCP or UDP, as [`Transport::network_path`] says) in front of
+    /// `upstream`, starting with the faults in `specs` (fault spec syntax, see
+    /// [`FaultControl::set_faults`]; empty for a clean path).
+    fn path(
+        &self,
+        protocol: WireProtocol,
+        upstream: SocketAddr,
+        specs: &[&str],
+    ) -> BoxFuture<'_, Result<FaultPath, String>>;
+
     /// A TCP path to `upstream` that forwards both directions in writes of at most
-    /// `chunk` bytes, each flushed on its own, with `pause` between them.
+    /// `chunk` bytes, each flushed on its own, with `pause` between them (the `slicer` fault).
     fn sliced(
         &self,
         upstream: SocketAddr,
         chunk: usize,
         pause: Duration,
-    ) -> BoxFuture<'_, std::io::Result<FaultPath>>;
+    ) -> BoxFuture<'_, Result<FaultPath, String>> {
+        let spec = format!("slicer:size={},delay={}ns", chunk.max(1), pause.as_nanos());
+        Box::pin(async move {
+            self.path(WireProtocol::Tcp, upstream, &[spec.as_str()])
+                .await
+        })
+    }
 }
 
 /// How cases reach the transport: configuration templates and the harness's services.
@@ -366,6 +443,25 @@ impl Ctx {
             broker,
             handle: Some(handle),
         })
+    }
+
+    /// Puts the harness's fault proxy in front of the client's network hop to `endpoint`
+    /// (the server, or a broker transport's broker), with the protocol the transport uses
+    /// there, starting with the faults in `specs`. Returns the path and the endpoint a client
+    /// connects to in order to go through it.
+    pub async fn fault_path(
+        &self,
+        endpoint: &str,
+        specs: &[&str],
+    ) -> Result<(FaultPath, String), Failure> {
+        let hop = self.transport.network_path(endpoint)?;
+        let path = self
+            .faults()?
+            .path(hop.protocol, hop.addr, specs)
+            .await
+            .map_err(|e| Failure(format!("starting the fault proxy: {e}")))?;
+        let via = self.transport.endpoint_via(endpoint, path.addr)?;
+        Ok((path, via))
     }
 
     /// The harness's fault proxy, or an `unsupported`-worthy reason.

@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
@@ -457,7 +458,7 @@ async fn open(
         counters: counters.clone(),
     };
     let Some(tls) = &config.tls else {
-        return handshake(counted, options, endpoint).await;
+        return handshake(counted, options, endpoint, config.keepalive).await;
     };
     let tls_err = |reason: String| TransportError::Tls {
         endpoint: endpoint.to_owned(),
@@ -481,13 +482,14 @@ async fn open(
             String::from_utf8_lossy(p)
         )));
     }
-    handshake(stream, options, endpoint).await
+    handshake(stream, options, endpoint, config.keepalive).await
 }
 
 async fn handshake<I>(
     io: I,
     options: &GrpcOptions,
     endpoint: &str,
+    keepalive: Option<Duration>,
 ) -> Result<(H2, AbortHandle), TransportError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -506,26 +508,53 @@ where
             .connection_window
             .unwrap_or(DEFAULT_CONNECTION_WINDOW),
     );
-    let (send, conn) = builder
+    let (send, mut conn) = builder
         .handshake::<_, Bytes>(io)
         .await
         .map_err(|e| TransportError::Protocol(format!("HTTP/2 handshake with {endpoint}: {e}")))?;
+    // h2 has no keepalive timer of its own (hyper's lives above it): with `keepalive` set, a
+    // PING goes out every interval and an unanswered one ends the connection.
+    let pinger = keepalive.and_then(|k| conn.ping_pong().map(|p| (p, k)));
     let endpoint = endpoint.to_owned();
     let ended = Arc::new(OnceLock::new());
     let reason = ended.clone();
     let task = tokio::spawn(async move {
         // The reason is recorded before the connection (and with it the streams) is dropped,
         // so the failing calls can name it.
-        let why = match conn.await {
-            Ok(()) => "by the server".to_owned(),
-            Err(e) => {
-                tracing::debug!("grpc connection to {endpoint} ended: {e}");
-                e.to_string()
-            }
+        let why = tokio::select! {
+            r = &mut conn => match r {
+                Ok(()) => "by the server".to_owned(),
+                Err(e) => {
+                    tracing::debug!("grpc connection to {endpoint} ended: {e}");
+                    e.to_string()
+                }
+            },
+            why = keepalive_pings(pinger) => why,
         };
         let _ = reason.set(why);
     });
     Ok((H2 { send, ended }, task.abort_handle()))
+}
+
+/// Pings every interval; returns (why the peer is considered dead) once a PING goes
+/// unanswered for an interval. Never returns without a pinger.
+async fn keepalive_pings(pinger: Option<(h2::PingPong, Duration)>) -> String {
+    let Some((mut ping_pong, every)) = pinger else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        match tokio::time::timeout(every, ping_pong.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            // The connection itself failed: its own error ends the select first, or soon.
+            Ok(Err(e)) => return format!("keepalive PING failed: {e}"),
+            Err(_) => {
+                return format!(
+                    "the peer did not answer a keepalive PING within {every:?}: considered dead"
+                );
+            }
+        }
+    }
 }
 
 fn request<T>(message: T, options: &CallOptions) -> Result<tonic::Request<T>, Status> {

@@ -175,10 +175,28 @@ impl Transport for Grpc {
     }
 
     fn capabilities(&self) -> Capabilities {
-        const GAPS: &[(Capability, &str)] = &[(
-            Capability::Broker,
-            "grpc is point-to-point RPC, not a message broker",
-        )];
+        const GAPS: &[(Capability, &str)] = &[
+            (
+                Capability::Broker,
+                "grpc is point-to-point RPC, not a message broker",
+            ),
+            (
+                Capability::Datagrams,
+                "grpc runs over TCP: loss applies to datagrams, and TCP retransmits below us",
+            ),
+            (
+                Capability::Reconnect,
+                "the grpc client holds its HTTP/2 connections itself (an h2 handshake, not a \
+                 reconnecting tonic Channel): once the server goes, calls fail with UNAVAILABLE \
+                 and the caller connects again",
+            ),
+            (
+                Capability::GracefulDrain,
+                "grpc's Server::shutdown stops at once: it cancels the handlers of calls in \
+                 flight (they end with UNAVAILABLE) and closes every connection; there is no \
+                 drain-with-grace mode yet",
+            ),
+        ];
         Capabilities::all_except(GAPS)
     }
 

@@ -441,6 +441,7 @@ impl MqttConnection {
         let client_id = format!("wb-c-{}", fresh_id());
         let link = Link::connect(
             &LinkConfig {
+                keepalive: config.keepalive,
                 host: endpoint.host.clone(),
                 port: endpoint.port,
                 client_id: client_id.clone(),

@@ -58,6 +58,10 @@ pub(super) struct LinkConfig {
     /// Largest packet this client accepts (announced to the broker, which then drops larger
     /// ones instead of sending them: announce generously and enforce limits above).
     pub max_incoming: u32,
+    /// Dead-peer detection interval (MQTT keep-alive: PINGREQ when idle, the link drops when
+    /// no PINGRESP came by the next one); `None` keeps 30 s. MQTT counts it in whole seconds,
+    /// and rumqttc accepts no less than 5.
+    pub keepalive: Option<Duration>,
     /// How long connecting may take.
     pub connect_timeout: Duration,
 }
@@ -229,6 +233,17 @@ impl LinkHandle {
     }
 }
 
+/// rumqttc refuses (panics on) a keep-alive under 5 s.
+const MIN_KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+/// MQTT's keep-alive is whole seconds, and rumqttc's at least 5: round up to that.
+fn keep_alive_secs(keepalive: Option<Duration>) -> Duration {
+    match keepalive {
+        None => Duration::from_secs(30),
+        Some(k) => Duration::from_secs(k.as_secs_f64().ceil() as u64).max(MIN_KEEP_ALIVE),
+    }
+}
+
 impl Link {
     /// Connects to the broker and starts polling; returns once the broker accepted the
     /// connection.
@@ -239,7 +254,7 @@ impl Link {
         let mut options = MqttOptions::new(&config.client_id, &config.host, config.port);
         options
             .set_clean_start(true)
-            .set_keep_alive(Duration::from_secs(30))
+            .set_keep_alive(keep_alive_secs(config.keepalive))
             .set_max_packet_size(Some(config.max_incoming))
             .set_outgoing_inflight_upper_limit(MAX_INFLIGHT)
             .set_receive_maximum(Some(MAX_INFLIGHT))

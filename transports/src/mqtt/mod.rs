@@ -322,6 +322,15 @@ impl Transport for Mqtt {
                  client is a new message (QoS 2 deduplicates only a retransmitted packet id \
                  within one session)",
             ),
+            (
+                Capability::Datagrams,
+                "mqtt runs over TCP to the broker: loss applies to datagrams, and TCP retransmits below us",
+            ),
+            (
+                Capability::GracefulDrain,
+                "the mqtt server's shutdown cancels the handlers of calls in flight and answers \
+                 them UNAVAILABLE before it disconnects; there is no drain-with-grace mode yet",
+            ),
         ];
         Capabilities::all_except(GAPS)
     }

@@ -217,6 +217,7 @@ impl MqttBrokerClient {
         let id = fresh_id();
         let link = Link::connect(
             &LinkConfig {
+                keepalive: None,
                 host: e.host,
                 port: e.port,
                 client_id: format!("wb-b-{id}"),

@@ -84,6 +84,7 @@ impl MqttServer {
         });
         let link = Link::connect(
             &LinkConfig {
+                keepalive: None,
                 host: host.clone(),
                 port,
                 client_id: format!("wb-s-{server_id}"),

@@ -237,9 +237,15 @@ pub(super) async fn connect_client(
     config: &ClientConfig,
     calls: Weak<Calls>,
 ) -> Result<Client, TransportError> {
-    async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new()
         .name("wirebench")
-        .connection_timeout(config.connect_timeout)
+        .connection_timeout(config.connect_timeout);
+    if let Some(every) = config.keepalive {
+        // Dead-peer detection: async-nats sends a PING every interval and drops the
+        // connection (Event::Disconnected, failing calls in flight) when two go unanswered.
+        options = options.ping_interval(every);
+    }
+    options
         .request_timeout(None)
         .event_callback(move |event| {
             let calls = calls.clone();

@@ -286,6 +286,16 @@ impl Transport for Nats {
                 "NATS has no per-connection stream limit: calls are messages on subjects, and \
                  the broker's flow control (slow-consumer limits) is what bounds them",
             ),
+            (
+                Capability::Datagrams,
+                "nats runs over TCP to the broker: loss applies to datagrams, and TCP retransmits below us",
+            ),
+            (
+                Capability::GracefulDrain,
+                "the nats server's shutdown cancels the handlers of calls in flight (their \
+                 callers get UNAVAILABLE) before it unsubscribes; NATS's own drain is not used \
+                 yet",
+            ),
         ];
         Capabilities::all_except(GAPS)
     }

@@ -159,7 +159,17 @@ impl QuicConnection {
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(rustls)
             .map_err(|e| tls_err(e.to_string()))?;
         let mut client_config = quinn::ClientConfig::new(Arc::new(crypto));
-        client_config.transport_config(Arc::new(options.transport_config(false)));
+        let mut transport = options.transport_config(false);
+        if let Some(every) = config.keepalive {
+            // Dead-peer detection: ack-eliciting PINGs every interval keep a live path busy,
+            // and an idle timeout of two intervals ends a path that stopped answering (the
+            // peers agree on the smaller idle timeout, so the client's bound holds).
+            transport.keep_alive_interval(Some(every));
+            if let Ok(idle) = quinn::IdleTimeout::try_from(every.saturating_mul(2)) {
+                transport.max_idle_timeout(Some(idle));
+            }
+        }
+        client_config.transport_config(Arc::new(transport));
         let connect = async {
             let remote: SocketAddr = tokio::net::lookup_host(addr)
                 .await

@@ -283,6 +283,23 @@ impl Transport for Quic {
                 Capability::Broker,
                 "quic is point-to-point RPC, not a message broker",
             ),
+            (
+                Capability::Reconnect,
+                "a QUIC connection is one handshake's state: once the server goes (or closes \
+                 it), it is over, its calls fail with UNAVAILABLE and the caller connects again",
+            ),
+            (
+                Capability::GracefulDrain,
+                "quic's Server::shutdown stops at once: it cancels the handlers of calls in \
+                 flight (they end with UNAVAILABLE) and closes every connection; there is no \
+                 drain-with-grace mode yet",
+            ),
+            (
+                Capability::StreamHop,
+                "quic's hop is UDP datagrams, each authenticated: a proxy cannot cut a frame \
+                 short or reset the connection, only drop, delay or corrupt packets (which QUIC \
+                 detects and retransmits)",
+            ),
         ];
         Capabilities::all_except(GAPS)
     }

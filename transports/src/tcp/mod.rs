@@ -192,6 +192,27 @@ impl Transport for Tcp {
                 Capability::Broker,
                 "tcp is point-to-point RPC, not a message broker",
             ),
+            (
+                Capability::Datagrams,
+                "tcp runs over TCP: loss applies to datagrams, and TCP retransmits below us",
+            ),
+            (
+                Capability::DeadPeerDetection,
+                "the tcp wire (version 1) has no ping frame, so a silent peer cannot be told from \
+                 an idle one; kernel TCP keepalive only probes the nearest hop (a proxy or \
+                 middlebox answers for a dead server) and takes minutes: calls need a deadline",
+            ),
+            (
+                Capability::Reconnect,
+                "a tcp connection is one socket: once the server goes, its calls fail with \
+                 UNAVAILABLE and the caller connects again",
+            ),
+            (
+                Capability::GracefulDrain,
+                "tcp's Server::shutdown stops at once: it cancels the handlers of calls in \
+                 flight (they end with UNAVAILABLE) and closes every connection; there is no \
+                 drain-with-grace mode yet",
+            ),
         ];
         Capabilities::all_except(GAPS)
     }

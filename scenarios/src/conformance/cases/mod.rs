@@ -4,6 +4,7 @@
 mod broker;
 mod deadline;
 mod errors;
+mod faults;
 mod streaming;
 mod tls;
 mod unary;
@@ -23,6 +24,7 @@ pub fn all() -> Vec<Case> {
     v.extend_from_slice(deadline::CASES);
     v.extend_from_slice(errors::CASES);
     v.extend_from_slice(wire::CASES);
+    v.extend_from_slice(faults::CASES);
     v.extend_from_slice(broker::CASES);
     v.extend_from_slice(tls::CASES);
     v
