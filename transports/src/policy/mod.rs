@@ -16,7 +16,7 @@
 //! let connector = policy::TransportConnector::new(tcp, ClientConfig::default(), endpoint);
 //! let conn = policy::layer(&config, connector, 42).await?;
 //! let options = CallOptions { replay_safe: true, ..CallOptions::default() };
-//! let reply = conn.unary(EchoRequest::new(&b"hi"[..]), &options).await?;
+//! let _reply = conn.unary(EchoRequest::new(&b"hi"[..]), &options).await?;
 //! println!("{:?}", conn.stats());
 //! # Ok(()) }
 //! ```
@@ -90,8 +90,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 pub use config::{
-    BreakerConfig, CodeName, FailureRate, LimitConfig, PolicyConfig, ReconnectConfig,
-    RetryConfig, format_duration, parse_duration,
+    BreakerConfig, CodeName, FailureRate, LimitConfig, PolicyConfig, ReconnectConfig, RetryConfig,
+    format_duration, parse_duration,
 };
 pub use reconnect::{Connector, TransportConnector};
 pub use stats::PolicyStats;
@@ -187,7 +187,7 @@ impl<C: Connection> Layered<C> {
                 k,
                 rc,
                 // A different stream than the retry jitter's, from the same seed.
-                seed ^ 0x5EED_0F_C0_77EC7,
+                seed ^ 0xC0FF_EE00_5EED_0001,
                 Arc::clone(&stats),
             ))),
             _ => Inner::Direct(conn),
@@ -380,7 +380,11 @@ impl<C: Connection> Connection for Layered<C> {
     type Sender = C::Sender;
     type Receiver = PolicyReceiver<C>;
 
-    async fn unary(&self, request: EchoRequest, options: &CallOptions) -> Result<UnaryReply, Status> {
+    async fn unary(
+        &self,
+        request: EchoRequest,
+        options: &CallOptions,
+    ) -> Result<UnaryReply, Status> {
         if self.passthrough
             && let Inner::Direct(c) = &self.inner
         {

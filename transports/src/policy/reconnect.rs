@@ -87,7 +87,7 @@ trait DynConnector<C>: Send + Sync + 'static {
     fn dial(&self) -> BoxedDial<'_, C>;
 }
 
-impl<C, K: Connector<C>> DynConnector<C> for K {
+impl<C: Send + 'static, K: Connector<C>> DynConnector<C> for K {
     fn dial(&self) -> BoxedDial<'_, C> {
         Box::pin(self.connect())
     }
@@ -241,7 +241,8 @@ async fn dial_loop<C: Connection>(weak: Weak<Reconnector<C>>) {
             });
             return;
         }
-        match this.connector.dial().await {
+        let dialed = this.connector.dial().await;
+        match dialed {
             Ok(conn) => {
                 if this.closed.load(Ordering::Acquire) {
                     conn.close().await;
@@ -250,7 +251,8 @@ async fn dial_loop<C: Connection>(weak: Weak<Reconnector<C>>) {
                 let old = this.current.load_full();
                 if let Some(b) = old.conn.wire_bytes() {
                     this.retired_sent.fetch_add(b.sent, Ordering::Relaxed);
-                    this.retired_received.fetch_add(b.received, Ordering::Relaxed);
+                    this.retired_received
+                        .fetch_add(b.received, Ordering::Relaxed);
                 }
                 this.current.store(Arc::new(Slot {
                     conn,

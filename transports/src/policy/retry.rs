@@ -106,7 +106,9 @@ impl Budget {
     pub(crate) fn new(percent: f64, min_per_sec: f64) -> Budget {
         let deposit = (percent * UNITS_PER_RETRY as f64 / 100.0).round() as i64;
         let floor_per_sec = (min_per_sec * UNITS_PER_RETRY as f64).round() as i64;
-        let cap = floor_per_sec.saturating_mul(10).saturating_add(deposit * 100);
+        let cap = floor_per_sec
+            .saturating_mul(10)
+            .saturating_add(deposit * 100);
         Budget {
             balance: AtomicI64::new(floor_per_sec.min(cap)),
             cap,
