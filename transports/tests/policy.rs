@@ -18,7 +18,9 @@ async fn serve(t: AnyTransport, listen: &str) -> AnyServer {
         listen: listen.to_owned(),
         ..ServerConfig::loopback()
     };
-    t.serve(&config, Arc::new(Echo::default())).await.unwrap()
+    t.serve(&config, Arc::new(Echo::default()))
+        .await
+        .unwrap_or_else(|e| panic!("serve on {listen}: {e}"))
 }
 
 fn replay_safe() -> CallOptions {
@@ -36,7 +38,7 @@ fn config() -> PolicyConfig {
         reconnect = { initial_backoff = "10ms", max_backoff = "100ms" }
         "#,
     )
-    .unwrap()
+    .unwrap_or_else(|e| panic!("policy config: {e}"))
 }
 
 #[tokio::test]
