@@ -15,6 +15,7 @@ pub mod message;
 pub mod metadata;
 pub mod mqtt;
 pub mod nats;
+pub mod policy;
 pub mod quic;
 pub mod registry;
 pub mod status;
