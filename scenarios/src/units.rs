@@ -1,36 +1,9 @@
 //! Human units on the command line and in suite files: durations (`3s`, `250ms`, `1.5s`),
 //! sizes (`64`, `16KiB`, `1MB`) and rates (`5000`, `2.5k`).
 
-use std::time::Duration;
-
-/// Parses `3s`, `250ms`, `1.5s`, `2m`, `10us`, `500ns`, `1h`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("{s:?}: missing unit (ns, us, ms, s, m, h)"))?;
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: {num:?} is not a number"))?;
-    let secs = match unit.trim() {
-        "ns" => n / 1e9,
-        "us" | "µs" => n / 1e6,
-        "ms" => n / 1e3,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => {
-            return Err(format!(
-                "{s:?}: unknown unit {unit:?} (ns, us, ms, s, m, h)"
-            ));
-        }
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("{s:?}: must be a non-negative duration"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
+/// Parses `3s`, `250ms`, `1.5s`, `2m`, `10us`, `500ns`, `1h`: one grammar for the whole
+/// project, defined beside the policy configs in the lowest crate that needs it.
+pub use wirebench_transports::policy::parse_duration;
 
 /// Parses a byte size: `64`, `64B`, `16KiB`, `1MiB`, `2KB` (1000), `1MB` (1000²).
 pub fn parse_size(s: &str) -> Result<usize, String> {
@@ -84,6 +57,8 @@ pub fn parse_rate(s: &str) -> Result<f64, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

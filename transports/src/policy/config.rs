@@ -1,9 +1,9 @@
 //! `PolicyConfig`: what a suite's `[policy]` table says, parsed with serde and checked once
 //! when a layer is built (so a bad value fails at load time, not in the middle of a run).
 //!
-//! Durations are strings in the project's unit syntax (`"250ms"`, `"1.5s"`, `"10us"`; the
-//! grammar of `wirebench_scenarios::units::parse_duration`, repeated here because this crate
-//! sits below `scenarios` and cannot depend on it). They serialize back in the largest whole
+//! Durations are strings in the project's unit syntax (`"250ms"`, `"1.5s"`, `"10us"`).
+//! [`parse_duration`] is that syntax's one definition (here, in the lowest crate that needs
+//! it; `wirebench_scenarios::units` re-exports it). They serialize back in the largest whole
 //! unit (`"200ms"`), so a config round-trips exactly.
 
 use std::time::Duration;
