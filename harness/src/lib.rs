@@ -8,6 +8,7 @@ pub mod cli;
 pub mod cmd;
 pub mod environment;
 pub mod exit;
+pub mod faultplan;
 pub mod floor;
 pub mod interrupt;
 pub mod load;

@@ -141,7 +141,8 @@ impl Drop for Placement {
     }
 }
 
-fn options(map: Option<&BTreeMap<String, String>>) -> Options {
+/// Transport options from a suite or command-line map.
+pub fn options(map: Option<&BTreeMap<String, String>>) -> Options {
     let mut o = Options::new();
     for (k, v) in map.into_iter().flatten() {
         o.set(k.clone(), v.clone());

@@ -196,6 +196,110 @@ fn draw_over_time(
     Ok(())
 }
 
+/// A phase of a fault timeline: a band on the time axis, shaded when a fault is on.
+#[derive(Clone, Debug)]
+pub struct Band {
+    /// Start, seconds.
+    pub start: f64,
+    /// End, seconds.
+    pub end: f64,
+    /// The phase's name.
+    pub label: String,
+    /// Shaded (a fault is on).
+    pub faulty: bool,
+}
+
+/// A fault run's timeline: latency lines (µs, log axis) over time with the fault phases
+/// shaded, and the error rate (percent, right axis) as a red line.
+pub fn fault_timeline(
+    title: &str,
+    bands: &[Band],
+    series: &[Series],
+    errors: &[(f64, f64)],
+) -> String {
+    let Some((ymin, ymax)) = y_bounds(series) else {
+        return no_data(title);
+    };
+    let xmax = bands
+        .iter()
+        .map(|b| b.end)
+        .chain(series.iter().flat_map(|s| s.points.iter().map(|p| p.0)))
+        .fold(1.0f64, f64::max);
+    let mut svg = String::new();
+    match draw_fault_timeline(&mut svg, title, bands, series, errors, xmax, ymin, ymax) {
+        Ok(()) => inline(svg),
+        Err(_) => no_data(title),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn draw_fault_timeline(
+    svg: &mut String,
+    title: &str,
+    bands: &[Band],
+    series: &[Series],
+    errors: &[(f64, f64)],
+    xmax: f64,
+    ymin: f64,
+    ymax: f64,
+) -> Result<(), String> {
+    {
+        let root = SVGBackend::with_string(svg, (720, 360)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 19))
+            .margin(12)
+            .x_label_area_size(48)
+            .y_label_area_size(72)
+            .right_y_label_area_size(56)
+            .build_cartesian_2d(0f64..xmax, (ymin..ymax).log_scale())
+            .map_err(|e| e.to_string())?
+            .set_secondary_coord(0f64..xmax, 0f64..100f64);
+        chart
+            .configure_mesh()
+            .x_desc("seconds into the measured phase")
+            .y_desc("latency")
+            .y_label_formatter(&|y| fmt_us(*y))
+            .label_style(("sans-serif", 15))
+            .axis_desc_style(("sans-serif", 15))
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_secondary_axes()
+            .y_desc("errors %")
+            .label_style(("sans-serif", 14))
+            .axis_desc_style(("sans-serif", 15))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        let shade = RGBColor(255, 170, 120).mix(0.25).filled();
+        chart
+            .draw_secondary_series(
+                bands
+                    .iter()
+                    .filter(|b| b.faulty)
+                    .map(|b| Rectangle::new([(b.start, 0.0), (b.end, 100.0)], shade)),
+            )
+            .map_err(|e| e.to_string())?;
+        chart
+            .draw_secondary_series(bands.iter().map(|b| {
+                Text::new(
+                    b.label.clone(),
+                    (b.start + xmax * 0.01, 96.0),
+                    ("sans-serif", 13).into_font(),
+                )
+            }))
+            .map_err(|e| e.to_string())?;
+        let red = RGBColor(200, 30, 30).stroke_width(1);
+        chart
+            .draw_secondary_series(LineSeries::new(errors.iter().copied(), red))
+            .map_err(|e| e.to_string())?;
+        draw_lines(&mut chart, series)?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 fn draw_lines<'a, X, Y>(
     chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
     series: &[Series],

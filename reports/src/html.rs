@@ -697,6 +697,7 @@ pub fn render(results: &Results) -> String {
             point_section(&mut out, results, &p, &ts);
         }
     }
+    crate::faults::html_section(&mut out, results);
     if !results.skipped.is_empty() || !results.errors.is_empty() {
         out.push_str("<h2>Not run</h2><ul>");
         for s in &results.skipped {

@@ -5,6 +5,7 @@
 pub mod charts;
 pub mod compare;
 pub mod conformance;
+pub mod faults;
 pub mod histogram;
 pub mod html;
 pub mod junit;

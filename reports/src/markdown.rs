@@ -146,6 +146,7 @@ pub fn render(results: &Results) -> String {
         out.push_str(&parts.join("; "));
         out.push_str("\n\n");
     }
+    crate::faults::markdown_section(&mut out, results);
     for s in &results.skipped {
         let _ = writeln!(
             out,

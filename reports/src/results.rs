@@ -94,6 +94,134 @@ pub struct Results {
     pub skipped: Vec<Skipped>,
     /// Load points that failed to run, with the error.
     pub errors: Vec<RunFailure>,
+    /// Fault runs (suite `[[fault]]` plans), in the order they ran. Optional and omitted
+    /// when empty: an additive field, so version 1 files without it still read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fault_runs: Vec<FaultRunRecord>,
+}
+
+/// One fault plan against one transport (with or without a resilience policy). The plan's
+/// first phase is clean and runs through the same proxy, so it is the baseline the fault
+/// phases are compared with.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FaultRunRecord {
+    /// The plan's name.
+    pub plan: String,
+    /// The transport.
+    pub transport: String,
+    /// `none`, or `with` when a resilience policy wrapped the connections.
+    pub policy: String,
+    /// The policy settings as written in the suite (JSON), when `policy` is `with`.
+    pub policy_config: Option<serde_json::Value>,
+    /// The proxied hop: `tcp` or `udp`.
+    pub protocol: String,
+    /// What process faults act on (`server` or `broker`).
+    pub target: String,
+    /// The open-loop load as run.
+    pub params: RunParams,
+    /// Where the server was.
+    pub server: ServerInfo,
+    /// Length of one interval of [`FaultRunRecord::intervals`], seconds.
+    pub interval_s: f64,
+    /// The phases, in order.
+    pub phases: Vec<FaultPhaseRecord>,
+    /// Detection and recovery, one entry per phase that is not clean.
+    pub recovery: Vec<RecoveryRecord>,
+    /// Every request sent, accounted for.
+    pub accounting: Accounting,
+    /// What the proxy saw and did (its counters at the end of the run).
+    pub proxy: BTreeMap<String, u64>,
+    /// Process faults applied, in order.
+    pub events: Vec<FaultEvent>,
+    /// Whether the run's numbers can be trusted (an accounting mismatch invalidates it).
+    pub validity: Validity,
+    /// The time series (by completion time, every call, failures included).
+    pub intervals: Vec<IntervalRecord>,
+}
+
+/// One phase of a fault run. Requests are charged to the phase they were sent in.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FaultPhaseRecord {
+    /// Its name.
+    pub name: String,
+    /// Start, seconds after the measured time began.
+    pub start_s: f64,
+    /// Length, seconds.
+    pub duration_s: f64,
+    /// Proxy fault specs in force.
+    pub faults: Vec<String>,
+    /// Process fault (`kill`, `pause`), if any.
+    pub process: Option<String>,
+    /// Requests sent in it.
+    pub sent: u64,
+    /// Of which succeeded.
+    pub ok: u64,
+    /// Failed with a status other than `DEADLINE_EXCEEDED`.
+    pub failed: u64,
+    /// Timed out (`DEADLINE_EXCEEDED`: the per-call deadline passed).
+    pub timed_out: u64,
+    /// Sent but never answered (must be zero).
+    pub unanswered: u64,
+    /// Calls by status code name.
+    pub status_counts: BTreeMap<String, u64>,
+    /// Successful calls per second of the phase.
+    pub throughput_per_s: f64,
+    /// Fraction of its requests that did not succeed.
+    pub error_rate: f64,
+    /// Latency of its successful calls (from the intended start).
+    pub latency: LatencySummary,
+    /// That latency histogram (base64 V2 deflate, ns).
+    pub histogram: String,
+}
+
+/// How a fault was noticed and how the system came back.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecoveryRecord {
+    /// The fault phase.
+    pub phase: String,
+    /// From the fault's start to the first failed call completing in the phase (`None`:
+    /// no call failed — a latency or bandwidth fault degrades without errors).
+    pub detected_ms: Option<f64>,
+    /// From the heal (the phase's end) to the first successful call completing after it.
+    pub first_success_ms: Option<f64>,
+    /// From the heal until the rolling p99 (window [`RecoveryRecord::window_ms`]) is back
+    /// within 2x of the clean phase's p99 (`None`: not within the plan).
+    pub p99_recovered_ms: Option<f64>,
+    /// The rolling window, milliseconds.
+    pub window_ms: f64,
+    /// The clean phase's p99 (ns).
+    pub clean_p99_ns: u64,
+    /// Median rise of the phase's successful calls over the clean phase (ns, may be
+    /// negative).
+    pub p50_rise_ns: i64,
+    /// p99 rise over the clean phase (ns).
+    pub p99_rise_ns: i64,
+}
+
+/// Every request sent is succeeded, failed (by code), timed out or unanswered.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Accounting {
+    /// Requests sent in the measured time.
+    pub sent: u64,
+    /// Succeeded.
+    pub ok: u64,
+    /// Failed with another code.
+    pub failed: u64,
+    /// Timed out.
+    pub timed_out: u64,
+    /// Never answered (a call still in flight when the run gave up waiting).
+    pub unanswered: u64,
+    /// True when `sent == ok + failed + timed_out` and nothing is unanswered.
+    pub balanced: bool,
+}
+
+/// A process fault applied during a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FaultEvent {
+    /// Seconds after the measured time began.
+    pub at_s: f64,
+    /// What happened (`kill -9 pid 123`, `restarted, pid 456`, `SIGSTOP`, `SIGCONT`).
+    pub what: String,
 }
 
 impl Results {
@@ -118,6 +246,7 @@ impl Results {
             floor: None,
             conformance: Vec::new(),
             runs: Vec::new(),
+            fault_runs: Vec::new(),
             skipped: Vec::new(),
             errors: Vec::new(),
         }

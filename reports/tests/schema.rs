@@ -133,6 +133,70 @@ fn full() -> Results {
             histogram: hist,
         }],
     });
+    let run0 = r.runs[0].clone();
+    let phase =
+        |name: &str, start: f64, faults: Vec<String>, process: Option<String>| FaultPhaseRecord {
+            name: name.into(),
+            start_s: start,
+            duration_s: 1.0,
+            faults,
+            process,
+            sent: 10,
+            ok: 8,
+            failed: 1,
+            timed_out: 1,
+            unanswered: 0,
+            status_counts: BTreeMap::from([
+                ("OK".into(), 8),
+                ("UNAVAILABLE".into(), 1),
+                ("DEADLINE_EXCEEDED".into(), 1),
+            ]),
+            throughput_per_s: 8.0,
+            error_rate: 0.2,
+            latency: run0.summary.latency,
+            histogram: run0.histograms.latency.clone(),
+        };
+    r.fault_runs.push(FaultRunRecord {
+        plan: "reset".into(),
+        transport: "tcp".into(),
+        policy: "with".into(),
+        policy_config: Some(serde_json::json!({"retry": {"max": 3}})),
+        protocol: "tcp".into(),
+        target: "server".into(),
+        params: run0.params.clone(),
+        server: run0.server.clone(),
+        interval_s: 0.1,
+        phases: vec![
+            phase("clean", 0.0, vec![], None),
+            phase("fault", 1.0, vec!["reset".into()], None),
+            phase("crash", 2.0, vec![], Some("kill".into())),
+        ],
+        recovery: vec![RecoveryRecord {
+            phase: "fault".into(),
+            detected_ms: Some(1.0),
+            first_success_ms: Some(2.0),
+            p99_recovered_ms: None,
+            window_ms: 500.0,
+            clean_p99_ns: 1000,
+            p50_rise_ns: -5,
+            p99_rise_ns: 7,
+        }],
+        accounting: Accounting {
+            sent: 30,
+            ok: 24,
+            failed: 3,
+            timed_out: 3,
+            unanswered: 0,
+            balanced: true,
+        },
+        proxy: BTreeMap::from([("resets".into(), 3)]),
+        events: vec![FaultEvent {
+            at_s: 2.0,
+            what: "SIGKILL to pid 1".into(),
+        }],
+        validity: Validity::default(),
+        intervals: run0.intervals.clone(),
+    });
     r.skipped.push(Skipped {
         transport: "x".into(),
         point: "p".into(),
@@ -196,6 +260,18 @@ fn schema_rejects_drift() {
     let mut v = serde_json::to_value(full()).expect("test setup");
     v["runs"][0]["params"]["mode"] = "sideways".into();
     assert!(check(&v).is_err());
+    let mut v = serde_json::to_value(full()).expect("test setup");
+    v["fault_runs"][0]["phases"][0]["process"] = "explode".into();
+    assert!(
+        check(&v).is_err(),
+        "an unknown process fault must be refused"
+    );
+    let mut v = serde_json::to_value(full()).expect("test setup");
+    v["fault_runs"][0]["accounting"]["lost"] = 1.into();
+    assert!(
+        check(&v).is_err(),
+        "an unknown accounting field must be refused"
+    );
 }
 
 #[test]
@@ -211,4 +287,6 @@ fn html_report_is_self_contained() {
     assert!(html.contains("name=\"viewport\""));
     let md = wirebench_reports::markdown::render(&r);
     assert!(md.contains("| p | tcp |"), "{md}");
+    assert!(html.contains("Fault runs") && html.contains("tcp + policy"));
+    assert!(md.contains("| reset | tcp + policy | fault |"), "{md}");
 }

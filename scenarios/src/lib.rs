@@ -1,6 +1,8 @@
 //! wirebench scenarios: conformance cases, load profiles, fault plans and suites.
 
 pub mod conformance;
+pub mod faultplan;
+pub mod faultspec;
 pub mod load;
 pub mod suite;
 pub mod units;

@@ -14,6 +14,7 @@ use thiserror::Error;
 use wirebench_transports::Method;
 use wirebench_transports::tls::TlsMode;
 
+use crate::faultplan::{FaultPlan, Phase, PolicyChoice, ProcessFault, ProcessTarget};
 use crate::load::{Length, LoadSpec, Mode, Schedule, Stall};
 use crate::units::{parse_duration, parse_size};
 
@@ -142,6 +143,8 @@ pub struct Suite {
     pub options: BTreeMap<String, TransportOptions>,
     /// The load points, in order.
     pub load: Vec<LoadPoint>,
+    /// The fault plans (`[[fault]]`), in order.
+    pub faults: Vec<FaultPlan>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,6 +166,31 @@ struct SuiteToml {
     options: BTreeMap<String, TransportOptions>,
     #[serde(default)]
     load: Vec<toml::Spanned<PointToml>>,
+    #[serde(default)]
+    fault: Vec<toml::Spanned<FaultToml>>,
+}
+
+/// A `[[fault]]` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultToml {
+    name: String,
+    transports: Option<Vec<String>>,
+    load: toml::Spanned<PointToml>,
+    phases: Vec<toml::Spanned<PhaseToml>>,
+    target: Option<toml::Spanned<String>>,
+    policy: Option<toml::Spanned<toml::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PhaseToml {
+    name: String,
+    #[serde(rename = "for")]
+    length: toml::Spanned<String>,
+    #[serde(default)]
+    faults: Vec<toml::Spanned<String>>,
+    process: Option<toml::Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -359,10 +387,11 @@ impl Suite {
             }
             validity.max_client_busy = v;
         }
-        if raw.load.is_empty() && !raw.conformance.enabled {
+        if raw.load.is_empty() && raw.fault.is_empty() && !raw.conformance.enabled {
             return Err(cx.err(
                 0..0,
-                "the suite does nothing: expected at least one [[load]] point or conformance",
+                "the suite does nothing: expected at least one [[load]] point, [[fault]] plan \
+                 or conformance",
             ));
         }
         let defaults = &raw.defaults;
@@ -380,6 +409,17 @@ impl Suite {
             }
             load.push(point);
         }
+        let mut faults: Vec<FaultPlan> = Vec::with_capacity(raw.fault.len());
+        for f in &raw.fault {
+            let plan = resolve_fault(&cx, f)?;
+            if faults.iter().any(|p| p.name == plan.name) {
+                return Err(cx.err(
+                    f.span(),
+                    format!("fault plan name {:?} is used twice", plan.name),
+                ));
+            }
+            faults.push(plan);
+        }
         Ok(Suite {
             name: raw.name,
             description: raw.description,
@@ -394,13 +434,171 @@ impl Suite {
             validity,
             options: raw.options,
             load,
+            faults,
         })
     }
 
     /// A rough estimate of the load part per transport (for progress).
     pub fn load_estimate(&self) -> Duration {
-        self.load.iter().map(|p| p.spec.estimate()).sum()
+        self.load
+            .iter()
+            .map(|p| p.spec.estimate())
+            .sum::<Duration>()
+            + self
+                .faults
+                .iter()
+                .map(FaultPlan::estimate)
+                .sum::<Duration>()
     }
+}
+
+/// The per-call deadline of a fault plan when its load sets none: long enough for any
+/// healthy call here, short enough that a call lost to a fault is counted within its phase.
+const FAULT_CALL_TIMEOUT: Duration = Duration::from_secs(1);
+
+fn resolve_fault(cx: &Ctx<'_>, f: &toml::Spanned<FaultToml>) -> Result<FaultPlan, SuiteError> {
+    let span = f.span();
+    let f = f.get_ref();
+    let name = f.name.clone();
+    let at = |sp: Range<usize>, msg: String| cx.err(sp, format!("fault plan {name:?}: {msg}"));
+    let lp = f.load.get_ref();
+    if lp.rate.is_none() {
+        return Err(at(
+            f.load.span(),
+            "load needs a rate: fault plans run an open loop (requests keep arriving while \
+             the fault is on)"
+                .into(),
+        ));
+    }
+    if lp.duration.is_some() || lp.requests.is_some() || lp.stall_at.is_some() {
+        return Err(at(
+            f.load.span(),
+            "load sets its own length or stall; a fault plan's length is the sum of its phases"
+                .into(),
+        ));
+    }
+    if lp.name.is_some() || lp.transports.is_some() {
+        return Err(at(
+            f.load.span(),
+            "name and transports belong to the plan, not to its load".into(),
+        ));
+    }
+    let mut point = resolve_point(cx, &f.load, &PointToml::default(), 0)?;
+    point.spec.name.clone_from(&name);
+    if f.phases.is_empty() {
+        return Err(at(span, "expected at least one phase".into()));
+    }
+    let mut phases: Vec<Phase> = Vec::with_capacity(f.phases.len());
+    for ph in &f.phases {
+        let psp = ph.span();
+        let ph = ph.get_ref();
+        let duration = cx.duration(&ph.length, "phase length (for)")?;
+        if duration.is_zero() {
+            return Err(at(
+                ph.length.span(),
+                format!("phase {:?} lasts 0 s", ph.name),
+            ));
+        }
+        if phases.iter().any(|p| p.name == ph.name) {
+            return Err(at(psp, format!("phase name {:?} is used twice", ph.name)));
+        }
+        let mut faults = Vec::with_capacity(ph.faults.len());
+        for spec in &ph.faults {
+            // The proxy's own parser: a suite accepts exactly what `wirebench proxy` does.
+            let fault = crate::faultspec::parse(spec.get_ref())
+                .map_err(|e| at(spec.span(), format!("phase {:?}: {e}", ph.name)))?;
+            faults.push(fault);
+        }
+        let process = match &ph.process {
+            None => None,
+            Some(p) => Some(ProcessFault::parse(p.get_ref()).ok_or_else(|| {
+                at(
+                    p.span(),
+                    format!(
+                        "phase {:?}: process {:?}: expected \"kill\" or \"pause\"",
+                        ph.name,
+                        p.get_ref()
+                    ),
+                )
+            })?),
+        };
+        phases.push(Phase {
+            name: ph.name.clone(),
+            duration,
+            faults,
+            specs: ph.faults.iter().map(|s| s.get_ref().clone()).collect(),
+            process,
+        });
+    }
+    if !phases[0].is_clean() {
+        return Err(at(
+            f.phases[0].span(),
+            "the first phase must be clean (no faults, no process fault): it is the baseline \
+             every later phase is compared with"
+                .into(),
+        ));
+    }
+    let target = match &f.target {
+        None => ProcessTarget::Server,
+        Some(t) => match t.get_ref().as_str() {
+            "server" => ProcessTarget::Server,
+            "broker" => ProcessTarget::Broker,
+            other => {
+                return Err(at(
+                    t.span(),
+                    format!("target {other:?}: expected \"server\" or \"broker\""),
+                ));
+            }
+        },
+    };
+    let policy = match &f.policy {
+        None => PolicyChoice::None,
+        Some(v) => match v.get_ref() {
+            toml::Value::String(s) if s == "none" => PolicyChoice::None,
+            toml::Value::Table(t) => {
+                let mut config = t.clone();
+                let also_without = match config.remove("runs") {
+                    None => true,
+                    Some(toml::Value::String(r)) if r == "both" => true,
+                    Some(toml::Value::String(r)) if r == "with" => false,
+                    Some(other) => {
+                        return Err(at(
+                            v.span(),
+                            format!("policy.runs = {other}: expected \"both\" or \"with\""),
+                        ));
+                    }
+                };
+                PolicyChoice::With {
+                    also_without,
+                    config,
+                }
+            }
+            other => {
+                return Err(at(
+                    v.span(),
+                    format!(
+                        "policy = {other}: expected \"none\" or a table of policy settings \
+                         (with runs = \"both\" or \"with\")"
+                    ),
+                ));
+            }
+        },
+    };
+    let mut load = point.spec;
+    load.length = Length::Duration(phases.iter().map(|p| p.duration).sum());
+    load.timeout = Some(load.timeout.unwrap_or(FAULT_CALL_TIMEOUT));
+    if lp.warmup.is_none() {
+        // A short warm-up: enough to open the connections, not to dominate a short plan.
+        load.warmup = Duration::from_millis(500);
+    }
+    Ok(FaultPlan {
+        name,
+        transports: f.transports.clone(),
+        load,
+        phases,
+        target,
+        policy,
+    })
 }
 
 fn resolve_point(
@@ -622,6 +820,84 @@ requests = 50
             e.starts_with("bad.toml:2:") && e.contains("connections"),
             "{e}"
         );
+    }
+
+    const PLAN: &str = r#"name = "x"
+[conformance]
+enabled = false
+[[fault]]
+name = "reset"
+transports = ["tcp"]
+load = { rate = 200, payload = 64 }
+phases = [ { name = "clean", for = "1s" },
+           { name = "fault", for = "2s", faults = ["reset:p=0.5", "latency:50ms,dir=down"] },
+           { name = "crash", for = "1s", process = "kill" },
+           { name = "healed", for = "1s" } ]
+policy = { runs = "both", retry = { max = 3 } }
+"#;
+
+    #[test]
+    fn fault_plans_parse() {
+        let s = Suite::parse(PLAN, "t.toml").unwrap();
+        let p = &s.faults[0];
+        assert_eq!(p.name, "reset");
+        assert_eq!(p.phases.len(), 4);
+        assert_eq!(p.duration(), Duration::from_secs(5));
+        assert_eq!(p.load.length, Length::Duration(Duration::from_secs(5)));
+        assert_eq!(p.load.timeout, Some(Duration::from_secs(1)));
+        assert!(matches!(p.load.mode, Mode::Open { rate, .. } if rate == 200.0));
+        assert_eq!(p.phases[1].faults.len(), 2);
+        assert_eq!(p.phases[2].process, Some(ProcessFault::Kill));
+        assert_eq!(
+            p.phase_starts(),
+            [0, 1, 3, 4].map(Duration::from_secs).to_vec()
+        );
+        match &p.policy {
+            PolicyChoice::With {
+                also_without,
+                config,
+            } => {
+                assert!(also_without);
+                assert!(config.contains_key("retry") && !config.contains_key("runs"));
+            }
+            PolicyChoice::None => panic!("policy lost"),
+        }
+    }
+
+    #[test]
+    fn bad_fault_plans_fail_with_position() {
+        let bad = |from: &str, to: &str| err(&PLAN.replace(from, to));
+        let e = bad("reset:p=0.5", "teleport:5ms");
+        assert!(
+            e.starts_with("bad.toml:9:") && e.contains("unknown fault"),
+            "{e}"
+        );
+        let e = bad("reset:p=0.5", "reset:p=1.5");
+        assert!(
+            e.starts_with("bad.toml:9:") && e.contains("outside [0, 1]"),
+            "{e}"
+        );
+        let e = bad("latency:50ms", "latency:-50ms");
+        assert!(
+            e.starts_with("bad.toml:9:") && e.contains("negative"),
+            "{e}"
+        );
+        let e = bad("\"kill\"", "\"explode\"");
+        assert!(e.starts_with("bad.toml:10:") && e.contains("pause"), "{e}");
+        let e = bad("rate = 200, ", "");
+        assert!(
+            e.starts_with("bad.toml:7:") && e.contains("open loop"),
+            "{e}"
+        );
+        let e = bad(
+            "{ name = \"clean\", for = \"1s\" }",
+            "{ name = \"clean\", for = \"1s\", faults = [\"refuse\"] }",
+        );
+        assert!(e.contains("first phase must be clean"), "{e}");
+        let e = bad("for = \"2s\"", "for = \"soon\"");
+        assert!(e.starts_with("bad.toml:9:"), "{e}");
+        let e = bad("runs = \"both\"", "runs = \"sometimes\"");
+        assert!(e.starts_with("bad.toml:12:") && e.contains("with"), "{e}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use wirebench_reports::histogram::{encode, summarize};
 use wirebench_reports::results::{FloorRecord, Results, RunFailure, Skipped, SuiteRecord};
+use wirebench_scenarios::faultplan::PolicyChoice;
 use wirebench_scenarios::suite::Suite;
 use wirebench_scenarios::units::parse_duration;
 use wirebench_transports::registry::AnyTransport;
@@ -20,6 +21,7 @@ use crate::affinity::Pin;
 use crate::brokers::{Availability, BrokerArgs, availability};
 use crate::cmd::conformance::{conformance_env, run_all, to_outcome};
 use crate::exit::{FAILED, HARNESS, INTERRUPTED, bad_input};
+use crate::faultplan::{PlanOutcome, run_plan};
 use crate::floor::{ProbeConfig, measure_floor};
 use crate::progress::Progress;
 use crate::runner::{RunContext, run_point};
@@ -74,6 +76,9 @@ pub struct Args {
     /// Skip the floor.
     #[arg(long)]
     pub no_floor: bool,
+    /// Skip the suite's fault plans (`[[fault]]`).
+    #[arg(long)]
+    pub no_faults: bool,
     /// Plain progress lines even on a terminal.
     #[arg(long)]
     pub plain: bool,
@@ -282,6 +287,40 @@ pub fn run(args: Args) -> Result<ExitCode> {
             total += p.spec.estimate() + Duration::from_millis(300);
         }
     }
+    // Fault plans: each plan against each of its transports, without and/or with a policy.
+    let mut fault_plan = Vec::new();
+    if !args.no_faults {
+        for fp in &suite.faults {
+            for t in &transports {
+                if fp
+                    .transports
+                    .as_ref()
+                    .is_some_and(|l| !l.iter().any(|n| n == t.name()))
+                {
+                    continue;
+                }
+                let variants: Vec<Option<&toml::Table>> = match &fp.policy {
+                    PolicyChoice::None => vec![None],
+                    PolicyChoice::With {
+                        also_without,
+                        config,
+                    } => {
+                        let mut v = Vec::new();
+                        if *also_without {
+                            v.push(None);
+                        }
+                        v.push(Some(config));
+                        v
+                    }
+                };
+                for policy in variants {
+                    steps += 1;
+                    total += fp.load.warmup + fp.duration() + Duration::from_secs(1);
+                    fault_plan.push((*t, fp, policy));
+                }
+            }
+        }
+    }
     eprintln!(
         "wirebench run: suite {} ({}), transports {}, about {} s; output in {}",
         suite.name,
@@ -424,6 +463,73 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 results.errors.push(RunFailure {
                     transport: name.into(),
                     point: spec.name.clone(),
+                    error: format!("{e:#}"),
+                });
+            }
+        }
+        save(&results, &results_path)?;
+    }
+    for (t, fp, policy) in &fault_plan {
+        if interrupted.load(Ordering::SeqCst) {
+            break;
+        }
+        let name = t.name();
+        let label = format!(
+            "{name} fault {}{}",
+            fp.name,
+            if policy.is_some() { " +policy" } else { "" }
+        );
+        progress.begin(
+            &label,
+            fp.load.warmup + fp.duration() + Duration::from_secs(1),
+        );
+        match run_plan(*t, fp, *policy, &ctx) {
+            Ok(PlanOutcome::Ran(r)) => {
+                let worst = r
+                    .phases
+                    .iter()
+                    .skip(1)
+                    .map(|p| p.error_rate)
+                    .fold(0.0, f64::max);
+                let rec = r
+                    .recovery
+                    .iter()
+                    .filter_map(|x| x.p99_recovered_ms)
+                    .fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.max(b))));
+                progress.end(&format!(
+                    "{label}: {} sent, worst phase error rate {:.1}%, p99 recovered {}{}",
+                    r.accounting.sent,
+                    worst * 100.0,
+                    rec.map_or("—".into(), |ms| format!("after {ms:.0} ms")),
+                    if r.validity.valid {
+                        String::new()
+                    } else {
+                        format!(" — INVALID: {}", r.validity.reasons.join("; "))
+                    }
+                ));
+                results.fault_runs.push(*r);
+            }
+            Ok(PlanOutcome::Skipped(reason)) => {
+                progress.end(&format!("{label}: skipped ({reason})"));
+                results.skipped.push(Skipped {
+                    transport: name.into(),
+                    point: format!(
+                        "fault {}{}",
+                        fp.name,
+                        if policy.is_some() {
+                            " (with policy)"
+                        } else {
+                            ""
+                        }
+                    ),
+                    reason,
+                });
+            }
+            Err(e) => {
+                progress.end(&format!("{label}: FAILED: {e:#}"));
+                results.errors.push(RunFailure {
+                    transport: name.into(),
+                    point: format!("fault {}", fp.name),
                     error: format!("{e:#}"),
                 });
             }

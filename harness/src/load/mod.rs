@@ -56,6 +56,8 @@ pub struct EngineOptions {
     pub interrupted: Arc<AtomicBool>,
     /// How long to wait for calls still in flight after the run ends.
     pub drain: Duration,
+    /// Set for fault runs (see [`FaultMode`]).
+    pub fault: Option<FaultMode>,
 }
 
 impl Default for EngineOptions {
@@ -64,8 +66,22 @@ impl Default for EngineOptions {
             cpus: None,
             interrupted: Arc::new(AtomicBool::new(false)),
             drain: Duration::from_secs(5),
+            fault: None,
         }
     }
+}
+
+/// How a fault run differs from a load run: requests are accounted per phase (the phase
+/// they were sent in), the time series is finer (to time detection and recovery), the
+/// per-call deadline is enforced by the engine, and connections that report `UNAVAILABLE`
+/// are re-dialed (a reset or a killed server breaks them; without a re-dial every later
+/// call would fail and nothing could recover).
+#[derive(Clone, Debug)]
+pub struct FaultMode {
+    /// Phase start offsets from the start of the measured time (the first is zero).
+    pub phases: Vec<Duration>,
+    /// Length of one interval of the time series.
+    pub interval: Duration,
 }
 
 /// Called by the coordinator at the edges of the measured phase.
@@ -139,6 +155,7 @@ pub fn run(
                 .map(|c| c[i as usize % c.len()]),
             interrupted: opts.interrupted.clone(),
             drain: opts.drain,
+            fault: opts.fault.clone(),
         };
         let (start_tx, start_rx) = std::sync::mpsc::channel();
         let ready = ready_tx.clone();

@@ -29,10 +29,70 @@ pub struct SavedInterval {
     pub histogram: Vec<u8>,
 }
 
+/// One phase of a fault run, as one worker saw it: requests are charged to the phase they
+/// were *sent* in (their intended start), so each phase's counts add up on their own.
+#[derive(Debug, Clone)]
+pub struct PhaseRecord {
+    /// Offset of the phase start from the start of the measured time.
+    pub start: Duration,
+    /// Measured requests sent in it.
+    pub sent: u64,
+    /// Latency of its successful calls (failures are counted by code, not timed).
+    pub latency: Histogram<u64>,
+    /// Its calls by status code.
+    pub status: [u64; 17],
+    /// First failed call to *complete* in the phase (offset from the measured start).
+    pub first_error: Option<Duration>,
+    /// First successful call to complete in the phase (offset from the measured start).
+    pub first_ok: Option<Duration>,
+}
+
+impl PhaseRecord {
+    fn new(start: Duration) -> PhaseRecord {
+        PhaseRecord {
+            start,
+            sent: 0,
+            latency: latency_histogram(),
+            status: [0; 17],
+            first_error: None,
+            first_ok: None,
+        }
+    }
+
+    fn merge(&mut self, o: &PhaseRecord) {
+        self.sent += o.sent;
+        let _ = self.latency.add(&o.latency);
+        for (a, b) in self.status.iter_mut().zip(o.status) {
+            *a += b;
+        }
+        self.first_error = min_opt(self.first_error, o.first_error);
+        self.first_ok = min_opt(self.first_ok, o.first_ok);
+    }
+}
+
+fn min_opt(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+/// The phase containing `offset`, among phases starting at `phases[i].start` (ascending).
+fn phase_of(phases: &[PhaseRecord], offset: Duration) -> usize {
+    phases.iter().rposition(|p| p.start <= offset).unwrap_or(0)
+}
+
 /// What one worker measured.
 #[derive(Debug)]
 pub struct Recorder {
     measure_start: Instant,
+    /// Length of one interval of the time series.
+    interval: Duration,
+    /// Measured requests sent (open loop; fault runs account every one of them).
+    pub sent: u64,
+    /// Fault runs: one record per phase (empty otherwise).
+    pub phases: Vec<PhaseRecord>,
     /// Call latency (closed: from start; open: from intended start).
     pub latency: Histogram<u64>,
     /// Open loop: service time.
@@ -64,6 +124,9 @@ impl Recorder {
     pub fn new(measure_start: Instant, open_loop: bool, streams: bool) -> Recorder {
         Recorder {
             measure_start,
+            interval: INTERVAL,
+            sent: 0,
+            phases: Vec::new(),
             latency: latency_histogram(),
             service: open_loop.then(latency_histogram),
             lag: open_loop.then(latency_histogram),
@@ -81,6 +144,54 @@ impl Recorder {
         }
     }
 
+    /// A recorder for a fault run: intervals of `interval`, and one [`PhaseRecord`] per
+    /// phase starting at the given offsets (allocated here, never while calls run).
+    pub fn with_phases(mut self, interval: Duration, phase_starts: &[Duration]) -> Recorder {
+        self.interval = interval.max(Duration::from_millis(1));
+        self.phases = phase_starts.iter().map(|s| PhaseRecord::new(*s)).collect();
+        self
+    }
+
+    /// A measured request was sent (handed to a caller) at its `intended` start.
+    pub fn sent(&mut self, intended: Instant) {
+        self.sent += 1;
+        if !self.phases.is_empty() {
+            let i = phase_of(
+                &self.phases,
+                intended.saturating_duration_since(self.measure_start),
+            );
+            self.phases[i].sent += 1;
+        }
+    }
+
+    /// Fault runs: charges a completed call to the phase it was sent in, and notes the first
+    /// error and success to complete in each phase.
+    pub fn phase_call(&mut self, intended: Instant, latency: Duration, code: Code, done: Instant) {
+        if self.phases.is_empty() {
+            return;
+        }
+        let sent_in = phase_of(
+            &self.phases,
+            intended.saturating_duration_since(self.measure_start),
+        );
+        let p = &mut self.phases[sent_in];
+        p.status[code.as_u32() as usize] += 1;
+        if code == Code::Ok {
+            p.latency.saturating_record(Self::ns(latency));
+        }
+        let at = done.saturating_duration_since(self.measure_start);
+        let done_in = phase_of(&self.phases, at);
+        let p = &mut self.phases[done_in];
+        let first = if code == Code::Ok {
+            &mut p.first_ok
+        } else {
+            &mut p.first_error
+        };
+        if first.is_none() {
+            *first = Some(at);
+        }
+    }
+
     fn ns(d: Duration) -> u64 {
         u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
     }
@@ -93,7 +204,8 @@ impl Recorder {
         code: Code,
         done: Instant,
     ) {
-        let index = done.saturating_duration_since(self.measure_start).as_secs();
+        let since = done.saturating_duration_since(self.measure_start);
+        let index = u64::try_from(since.as_nanos() / self.interval.as_nanos()).unwrap_or(u64::MAX);
         if index != self.current_index {
             self.rotate(index);
         }
@@ -198,6 +310,10 @@ pub struct Merged {
     pub last_done: Option<Instant>,
     /// The interval series, in order.
     pub intervals: Vec<MergedInterval>,
+    /// Measured requests sent (open loop).
+    pub sent: u64,
+    /// Fault runs: the phases, merged over the workers.
+    pub phases: Vec<PhaseRecord>,
 }
 
 fn add(into: &mut Option<Histogram<u64>>, from: Option<Histogram<u64>>) {
@@ -224,6 +340,8 @@ pub fn merge(recorders: Vec<Recorder>) -> Merged {
         backpressured: 0,
         last_done: None,
         intervals: Vec::new(),
+        sent: 0,
+        phases: Vec::new(),
     };
     let mut saved: Vec<SavedInterval> = Vec::new();
     for mut r in recorders {
@@ -239,6 +357,14 @@ pub fn merge(recorders: Vec<Recorder>) -> Merged {
         m.messages_received += r.messages_received;
         m.backpressured += r.backpressured;
         m.last_done = m.last_done.max(r.last_done);
+        m.sent += r.sent;
+        if m.phases.is_empty() {
+            m.phases = r.phases;
+        } else {
+            for (a, b) in m.phases.iter_mut().zip(&r.phases) {
+                a.merge(b);
+            }
+        }
         saved.append(&mut r.intervals);
     }
     // One interval at a time: every worker's piece of it added into one reused histogram.

@@ -54,6 +54,8 @@ pub struct WorkerPlan {
     pub interrupted: Arc<AtomicBool>,
     /// How long to wait for calls still in flight once the run ends.
     pub drain: Duration,
+    /// Fault runs: phases, finer intervals, call deadlines enforced here, re-dialing.
+    pub fault: Option<super::FaultMode>,
 }
 
 /// When to run, sent once every worker is connected.
@@ -137,9 +139,22 @@ pub fn run_worker(
     })
 }
 
+/// How to dial a connection again (fault runs: a reset or a killed server breaks them).
+struct Dial {
+    transport: AnyTransport,
+    endpoint: String,
+    client: ClientConfig,
+}
+
 struct Shared {
     spec: Arc<LoadSpec>,
-    conns: Vec<AnyConnection>,
+    /// Each slot holds its current connection; a call clones the `Rc` (no allocation) so a
+    /// re-dial can swap the slot while calls on the old connection finish.
+    conns: Vec<RefCell<Rc<AnyConnection>>>,
+    /// Slots with a re-dial in progress.
+    redialing: Vec<Cell<bool>>,
+    /// Fault runs only: re-dial broken connections and enforce each call's deadline here.
+    dial: Option<Dial>,
     request: EchoRequest,
     stalled_request: EchoRequest,
     options: CallOptions,
@@ -214,6 +229,52 @@ struct CallResult {
     code: Code,
     sent: u64,
     received: u64,
+}
+
+/// One call on slot `slot`; in fault runs the deadline is enforced here too (a paused server
+/// or a blackhole must not hang a caller whatever the transport does with deadlines), and a
+/// connection that reports `UNAVAILABLE` is re-dialed in the background.
+async fn call_slot(sh: &Rc<Shared>, slot: usize, measured: bool, stall: bool) -> CallResult {
+    let conn = sh.conns[slot].borrow().clone();
+    let r = match (&sh.dial, sh.spec.timeout) {
+        (Some(_), Some(t)) => match tokio::time::timeout(t, call(sh, &conn, measured, stall)).await
+        {
+            Ok(r) => r,
+            Err(_) => CallResult {
+                code: Code::DeadlineExceeded,
+                sent: 0,
+                received: 0,
+            },
+        },
+        _ => call(sh, &conn, measured, stall).await,
+    };
+    if r.code == Code::Unavailable && sh.dial.is_some() && !sh.redialing[slot].get() {
+        sh.redialing[slot].set(true);
+        tokio::task::spawn_local(redial(sh.clone(), slot));
+    }
+    r
+}
+
+/// Dials slot `slot` again with capped exponential backoff until it succeeds or the run's
+/// admission closes. Only the re-dial allocates; the call path does not.
+async fn redial(sh: Rc<Shared>, slot: usize) {
+    let Some(d) = &sh.dial else { return };
+    let mut backoff = Duration::from_millis(10);
+    while sh.closed_at.get().is_none() {
+        match d.transport.connect(&d.client, &d.endpoint).await {
+            Ok(c) => {
+                // The old connection is dropped once its last in-flight call returns.
+                *sh.conns[slot].borrow_mut() = Rc::new(c);
+                break;
+            }
+            Err(e) => {
+                tracing::debug!("re-dial of connection {slot} failed: {e}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(250));
+            }
+        }
+    }
+    sh.redialing[slot].set(false);
 }
 
 /// One call of the run's method, recording per-message latency when `measured`.
@@ -309,13 +370,15 @@ fn finish_call(
     sh: &Shared,
     measured: bool,
     r: &CallResult,
-    latency: Duration,
+    intended: Instant,
     service: Option<Duration>,
     done: Instant,
 ) {
     if measured {
+        let latency = done - intended;
         let mut rec = sh.rec.borrow_mut();
         rec.call(latency, service, r.code, done);
+        rec.phase_call(intended, latency, r.code, done);
         rec.messages_sent += r.sent;
         rec.messages_received += r.received;
         sh.in_flight.set(sh.in_flight.get() - 1);
@@ -333,9 +396,12 @@ async fn closed_caller(sh: Rc<Shared>, conn: usize) {
             sh.in_flight.set(sh.in_flight.get() + 1);
         }
         let stall = measured && sh.take_stall(start);
-        let r = call(&sh, &sh.conns[conn], measured, stall).await;
+        if measured {
+            sh.rec.borrow_mut().sent(start);
+        }
+        let r = call_slot(&sh, conn, measured, stall).await;
         let done = Instant::now();
-        finish_call(&sh, measured, &r, done - start, None, done);
+        finish_call(&sh, measured, &r, start, None, done);
         // A call that completes without waiting (inproc) never yields: spend tokio's
         // cooperative budget so the other callers and the snapshot task get their turn.
         tokio::task::coop::consume_budget().await;
@@ -377,16 +443,9 @@ async fn open_caller(sh: Rc<Shared>, pool: Rc<Pool>, me: usize, conn: usize) {
                 .borrow_mut()
                 .lag(start.saturating_duration_since(t.intended.max(t.ready)));
         }
-        let r = call(&sh, &sh.conns[conn], t.measured, t.stall).await;
+        let r = call_slot(&sh, conn, t.measured, t.stall).await;
         let done = Instant::now();
-        finish_call(
-            &sh,
-            t.measured,
-            &r,
-            done - t.intended,
-            Some(done - start),
-            done,
-        );
+        finish_call(&sh, t.measured, &r, t.intended, Some(done - start), done);
         pool.free.borrow_mut().push_back((me, Instant::now()));
         pool.freed.notify_one();
     }
@@ -416,8 +475,10 @@ async fn dispatcher(
         let measured = intended >= sh.measure_start;
         if measured {
             sh.in_flight.set(sh.in_flight.get() + 1);
+            let mut rec = sh.rec.borrow_mut();
+            rec.sent(intended);
             if ready > intended {
-                sh.rec.borrow_mut().backpressured += 1;
+                rec.backpressured += 1;
             }
         }
         let stall = measured && sh.take_stall(intended);
@@ -436,10 +497,10 @@ async fn dispatcher(
 /// Wire bytes, the thread's CPU time and the wall clock at the start of the measured phase.
 type Snapshot = (Option<WireBytes>, Duration, Instant);
 
-fn wire_total(conns: &[AnyConnection]) -> Option<WireBytes> {
+fn wire_total(conns: &[RefCell<Rc<AnyConnection>>]) -> Option<WireBytes> {
     let mut total = WireBytes::default();
     for c in conns {
-        let w = c.wire_bytes()?;
+        let w = c.borrow().wire_bytes()?;
         total.sent += w.sent;
         total.received += w.received;
     }
@@ -459,16 +520,31 @@ async fn drive(plan: WorkerPlan, conns: Vec<AnyConnection>, start: Start) -> Wor
     if let Some(s) = spec.stall {
         stalled_request.directives.delay = s.duration;
     }
+    let nslots = conns.len();
+    let fault = plan.fault.clone();
+    let mut recorder = Recorder::new(start.measure_start, open_loop, streams);
+    if let Some(f) = &fault {
+        recorder = recorder.with_phases(f.interval, &f.phases);
+    }
     let sh = Rc::new(Shared {
         spec: spec.clone(),
-        conns,
+        conns: conns
+            .into_iter()
+            .map(|c| RefCell::new(Rc::new(c)))
+            .collect(),
+        redialing: (0..nslots).map(|_| Cell::new(false)).collect(),
+        dial: fault.as_ref().map(|_| Dial {
+            transport: plan.transport,
+            endpoint: plan.endpoint.clone(),
+            client: plan.client.clone(),
+        }),
         request,
         stalled_request,
         options: CallOptions {
             timeout: spec.timeout,
             ..CallOptions::default()
         },
-        rec: RefCell::new(Recorder::new(start.measure_start, open_loop, streams)),
+        rec: RefCell::new(recorder),
         measure_start: start.measure_start,
         end: start.end,
         remaining: Cell::new(plan.requests),
@@ -572,7 +648,9 @@ async fn drive(plan: WorkerPlan, conns: Vec<AnyConnection>, start: Start) -> Wor
         None => (0.0, None),
     };
     for c in &sh.conns {
-        c.close().await;
+        let c = c.borrow().clone();
+        // A connection broken by a fault may never answer a graceful close.
+        let _ = tokio::time::timeout(Duration::from_secs(1), c.close()).await;
     }
     let cpus = cpus.borrow().clone();
     let recorder = std::mem::replace(

@@ -3,7 +3,9 @@
 //! machines have no kernel netem). Faults change while traffic flows ([`Proxy::set_faults`]);
 //! counters say what passed and what was done to it.
 
-pub mod spec;
+/// The fault spec syntax lives in `wirebench-scenarios` so suites can validate their fault
+/// plans at parse time (with file and line) without depending on the harness.
+pub use wirebench_scenarios::faultspec as spec;
 mod tcp;
 mod udp;
 

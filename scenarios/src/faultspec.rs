@@ -1,4 +1,5 @@
-//! Fault specifications: the `--fault` syntax of `wirebench proxy` and of suite files.
+//! Fault specifications: the `--fault` syntax of `wirebench proxy` and of suite fault plans
+//! (kept here, below the harness, so a suite is validated when it is parsed).
 //!
 //! A spec is `KIND[:PARAM][,key=value...]`, for example
 //!
@@ -221,7 +222,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     if s.starts_with('-') {
         return Err(format!("{s:?}: durations cannot be negative"));
     }
-    crate::cmd::floor::parse_duration(s)
+    crate::units::parse_duration(s)
 }
 
 fn parse_probability(s: &str) -> Result<f64, String> {
