@@ -8,11 +8,13 @@
 //! every fault phase is compared with (DESIGN: "every fault run is compared with a clean run
 //! through the same proxy"), so the proxy's own cost is in both sides of every comparison.
 
+use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use wirebench_transports::policy::{PolicyConfig, ReconnectConfig};
 
 use anyhow::{Context, Result, anyhow};
 use hdrhistogram::Histogram;
@@ -27,6 +29,7 @@ use wirebench_scenarios::faultplan::{FaultPlan, Phase, ProcessFault, ProcessTarg
 use wirebench_transports::{AnyTransport, Capability, ClientConfig, Code, Transport, WireProtocol};
 
 use crate::child::{ChildServer, ServerCommand};
+use crate::exit::bad_input;
 use crate::load::{self, EngineOptions, FaultMode, Hooks, Target};
 use crate::proxy::{Protocol, Proxy};
 use crate::runner::{RunContext, params};
@@ -45,15 +48,18 @@ pub enum PlanOutcome {
     Skipped(String),
 }
 
-/// The seam where the resilience policy layer (`transports::policy`, built in another
-/// branch) is applied: a plan with a `policy` table runs once more with its connections
-/// wrapped by the layer built from `config`. Until that module is merged this says so, and
-/// the plan's policy run is reported as skipped with this reason; the run without a policy
-/// still happens. Integration: parse `config` into `PolicyConfig` here and have the engine's
-/// connection slots hold the layered connection.
-pub fn policy_layer(config: &toml::Table) -> Result<(), String> {
-    let _ = config;
-    Err("resilience policies (transports::policy) are not in this build yet".into())
+/// The resilience policy a plan's `policy` table describes (`transports::policy`), checked.
+/// A policy without `reconnect` gets the default one: the run without a policy re-dials broken
+/// connections too, so the comparison shows what retries, breakers and limits add, not what
+/// reconnecting does.
+pub fn policy_layer(config: &toml::Table) -> Result<PolicyConfig, String> {
+    let mut policy = PolicyConfig::deserialize(toml::Value::Table(config.clone()))
+        .map_err(|e| format!("policy: {e}"))?;
+    if policy.reconnect.is_none() {
+        policy.reconnect = Some(ReconnectConfig::default());
+    }
+    policy.validate().map_err(|e| format!("policy: {e}"))?;
+    Ok(policy)
 }
 
 /// Why `plan` cannot run against `transport` before anything starts, if it cannot.
@@ -238,11 +244,10 @@ pub fn run_plan(
     if let Some(reason) = precheck(transport, plan, ctx) {
         return Ok(PlanOutcome::Skipped(reason));
     }
-    if let Some(cfg) = policy
-        && let Err(reason) = policy_layer(cfg)
-    {
-        return Ok(PlanOutcome::Skipped(reason));
-    }
+    let policy_config = match policy.map(policy_layer).transpose() {
+        Ok(p) => p,
+        Err(reason) => return Err(bad_input(format!("fault plan {:?}: {reason}", plan.name))),
+    };
     let name = transport.name();
     let server_options = ctx.server_options.get(name).cloned().unwrap_or_default();
     let cmd = |listen: String| ServerCommand::Serve {
@@ -325,6 +330,7 @@ pub fn run_plan(
         fault: Some(FaultMode {
             phases: plan.phase_starts(),
             interval: FAULT_INTERVAL,
+            policy: policy_config,
         }),
         ..EngineOptions::default()
     };

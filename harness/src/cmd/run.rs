@@ -188,6 +188,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
             t.name()
         )));
     }
+    // A bad policy table is bad input before anything runs, not an error halfway through.
+    for fp in &suite.faults {
+        if let PolicyChoice::With { config, .. } = &fp.policy {
+            crate::faultplan::policy_layer(config).map_err(|e| {
+                bad_input(format!("{}: fault plan {:?}: {e}", suite.source, fp.name))
+            })?;
+        }
+    }
     for name in suite.options.keys() {
         if AnyTransport::by_name(name).is_none() {
             eprintln!(

@@ -82,6 +82,9 @@ pub struct FaultMode {
     pub phases: Vec<Duration>,
     /// Length of one interval of the time series.
     pub interval: Duration,
+    /// The resilience policy every connection is wrapped in (`None`: plain connections,
+    /// re-dialed by the engine when they break).
+    pub policy: Option<wirebench_transports::policy::PolicyConfig>,
 }
 
 /// Called by the coordinator at the edges of the measured phase.

@@ -13,13 +13,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::future::LocalBoxFuture;
 use nix::time::{ClockId, clock_gettime};
 use tokio::sync::Notify;
 use wirebench_scenarios::load::{LoadSpec, Mode};
+use wirebench_transports::policy::{self, TransportConnector};
 use wirebench_transports::registry::AnyConnection;
 use wirebench_transports::{
     AnyTransport, CallOptions, CallReceiver, CallSender, ClientConfig, Code, Connection,
-    EchoRequest, Method, Transport, WireBytes, pattern,
+    EchoRequest, Method, Transport, TransportError, WireBytes, pattern,
 };
 
 use super::pacer::Pacer;
@@ -107,54 +109,102 @@ pub fn run_worker(
         .map_err(|e| format!("starting worker runtime: {e}"))?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        let mut conns = Vec::with_capacity(plan.connections as usize);
-        for _ in 0..plan.connections {
-            match plan.transport.connect(&plan.client, &plan.endpoint).await {
-                Ok(c) => conns.push(c),
-                Err(e) => {
-                    let msg = format!(
-                        "cannot connect to {} endpoint {}: {e}",
-                        plan.transport.name(),
-                        plan.endpoint
-                    );
-                    let _ = ready.send(Err(msg.clone()));
-                    return Err(msg);
-                }
+        match plan.fault.as_ref().and_then(|f| f.policy.clone()) {
+            // A fault run with a resilience policy: every connection is the policy's layer,
+            // which reconnects, retries and breaks circuits by itself.
+            Some(policy) => {
+                let seed = plan.spec.seed ^ (u64::from(plan.index) << 32);
+                let (t, c, e) = (plan.transport, plan.client.clone(), plan.endpoint.clone());
+                let connect = move |i: u32| {
+                    let connector = TransportConnector::new(t, c.clone(), e.clone());
+                    let policy = policy.clone();
+                    async move { policy::layer(&policy, connector, seed + u64::from(i)).await }
+                };
+                connect_and_drive(plan, ready, start, connect, None).await
+            }
+            None => {
+                let (t, c, e) = (plan.transport, plan.client.clone(), plan.endpoint.clone());
+                // Fault runs without a policy still re-dial broken connections, so a plan
+                // measures the fault, not the loss of every connection to the first reset.
+                let dial: Option<Dial<AnyConnection>> = plan.fault.is_some().then(|| {
+                    let (c, e) = (c.clone(), e.clone());
+                    Rc::new(move || {
+                        let (c, e) = (c.clone(), e.clone());
+                        Box::pin(async move { t.connect(&c, &e).await })
+                            as LocalBoxFuture<'static, _>
+                    }) as Dial<AnyConnection>
+                });
+                let connect = move |_: u32| {
+                    let (c, e) = (c.clone(), e.clone());
+                    async move { t.connect(&c, &e).await }
+                };
+                connect_and_drive(plan, ready, start, connect, dial).await
             }
         }
-        let _ = ready.send(Ok(()));
-        // The coordinator answers once every worker is connected (None: abort).
-        let start = tokio::task::spawn_blocking(move || start.recv().ok().flatten())
-            .await
-            .ok()
-            .flatten();
-        let Some(start) = start else {
-            for c in &conns {
-                c.close().await;
-            }
-            return Err("aborted before start".to_owned());
-        };
-        let out = drive(plan, conns, start).await;
-        Ok(out)
     })
 }
 
-/// How to dial a connection again (fault runs: a reset or a killed server breaks them).
-struct Dial {
-    transport: AnyTransport,
-    endpoint: String,
-    client: ClientConfig,
+/// Connects the worker's connections, reports readiness, waits for the start and drives.
+async fn connect_and_drive<C, F, Fut>(
+    plan: WorkerPlan,
+    ready: std::sync::mpsc::Sender<Result<(), WorkerError>>,
+    start: std::sync::mpsc::Receiver<Option<Start>>,
+    connect: F,
+    dial: Option<Dial<C>>,
+) -> Result<WorkerOutput, WorkerError>
+where
+    C: Connection,
+    F: Fn(u32) -> Fut,
+    Fut: std::future::Future<Output = Result<C, TransportError>>,
+{
+    let mut conns = Vec::with_capacity(plan.connections as usize);
+    for i in 0..plan.connections {
+        match connect(i).await {
+            Ok(c) => conns.push(c),
+            Err(e) => {
+                let msg = format!(
+                    "cannot connect to {} endpoint {}: {e}",
+                    plan.transport.name(),
+                    plan.endpoint
+                );
+                let _ = ready.send(Err(msg.clone()));
+                return Err(msg);
+            }
+        }
+    }
+    let _ = ready.send(Ok(()));
+    // The coordinator answers once every worker is connected (None: abort).
+    let start = tokio::task::spawn_blocking(move || start.recv().ok().flatten())
+        .await
+        .ok()
+        .flatten();
+    let Some(start) = start else {
+        for c in &conns {
+            c.close().await;
+        }
+        return Err("aborted before start".to_owned());
+    };
+    Ok(drive(plan, conns, dial, start).await)
 }
 
-struct Shared {
+/// How to dial a connection again (fault runs without a policy: a reset or a killed server
+/// breaks them). Called only on the slow path, after a call failed `UNAVAILABLE`.
+type Dial<C> = Rc<dyn Fn() -> LocalBoxFuture<'static, Result<C, TransportError>>>;
+
+/// What every caller of a worker shares. `C` is the connection: a transport's own, or in a
+/// fault run with a resilience policy, the policy's layer around it.
+struct Shared<C> {
     spec: Arc<LoadSpec>,
     /// Each slot holds its current connection; a call clones the `Rc` (no allocation) so a
     /// re-dial can swap the slot while calls on the old connection finish.
-    conns: Vec<RefCell<Rc<AnyConnection>>>,
+    conns: Vec<RefCell<Rc<C>>>,
     /// Slots with a re-dial in progress.
     redialing: Vec<Cell<bool>>,
-    /// Fault runs only: re-dial broken connections and enforce each call's deadline here.
-    dial: Option<Dial>,
+    /// Fault runs without a policy: re-dial broken connections (a policy's layer
+    /// reconnects by itself).
+    dial: Option<Dial<C>>,
+    /// Fault runs: enforce each call's deadline here too.
+    deadline_here: bool,
     request: EchoRequest,
     stalled_request: EchoRequest,
     options: CallOptions,
@@ -175,7 +225,7 @@ struct Shared {
     changed: Notify,
 }
 
-impl Shared {
+impl<C> Shared<C> {
     /// May a call intended (or starting) at `t` start?
     fn admit(&self, t: Instant) -> bool {
         if self.closed_at.get().is_some() {
@@ -234,11 +284,15 @@ struct CallResult {
 /// One call on slot `slot`; in fault runs the deadline is enforced here too (a paused server
 /// or a blackhole must not hang a caller whatever the transport does with deadlines), and a
 /// connection that reports `UNAVAILABLE` is re-dialed in the background.
-async fn call_slot(sh: &Rc<Shared>, slot: usize, measured: bool, stall: bool) -> CallResult {
+async fn call_slot<C: Connection>(
+    sh: &Rc<Shared<C>>,
+    slot: usize,
+    measured: bool,
+    stall: bool,
+) -> CallResult {
     let conn = sh.conns[slot].borrow().clone();
-    let r = match (&sh.dial, sh.spec.timeout) {
-        (Some(_), Some(t)) => match tokio::time::timeout(t, call(sh, &conn, measured, stall)).await
-        {
+    let r = match (sh.deadline_here, sh.spec.timeout) {
+        (true, Some(t)) => match tokio::time::timeout(t, call(sh, &conn, measured, stall)).await {
             Ok(r) => r,
             Err(_) => CallResult {
                 code: Code::DeadlineExceeded,
@@ -257,11 +311,11 @@ async fn call_slot(sh: &Rc<Shared>, slot: usize, measured: bool, stall: bool) ->
 
 /// Dials slot `slot` again with capped exponential backoff until it succeeds or the run's
 /// admission closes. Only the re-dial allocates; the call path does not.
-async fn redial(sh: Rc<Shared>, slot: usize) {
-    let Some(d) = &sh.dial else { return };
+async fn redial<C: Connection>(sh: Rc<Shared<C>>, slot: usize) {
+    let Some(d) = sh.dial.clone() else { return };
     let mut backoff = Duration::from_millis(10);
     while sh.closed_at.get().is_none() {
-        match d.transport.connect(&d.client, &d.endpoint).await {
+        match d().await {
             Ok(c) => {
                 // The old connection is dropped once its last in-flight call returns.
                 *sh.conns[slot].borrow_mut() = Rc::new(c);
@@ -278,7 +332,7 @@ async fn redial(sh: Rc<Shared>, slot: usize) {
 }
 
 /// One call of the run's method, recording per-message latency when `measured`.
-async fn call(sh: &Shared, conn: &AnyConnection, measured: bool, stall: bool) -> CallResult {
+async fn call<C: Connection>(sh: &Shared<C>, conn: &C, measured: bool, stall: bool) -> CallResult {
     let req = if stall {
         sh.stalled_request.clone()
     } else {
@@ -366,8 +420,8 @@ async fn call(sh: &Shared, conn: &AnyConnection, measured: bool, stall: bool) ->
     r
 }
 
-fn finish_call(
-    sh: &Shared,
+fn finish_call<C>(
+    sh: &Shared<C>,
     measured: bool,
     r: &CallResult,
     intended: Instant,
@@ -385,7 +439,7 @@ fn finish_call(
     }
 }
 
-async fn closed_caller(sh: Rc<Shared>, conn: usize) {
+async fn closed_caller<C: Connection>(sh: Rc<Shared<C>>, conn: usize) {
     loop {
         let start = Instant::now();
         if !sh.admit(start) {
@@ -431,7 +485,7 @@ struct Pool {
     freed: Notify,
 }
 
-async fn open_caller(sh: Rc<Shared>, pool: Rc<Pool>, me: usize, conn: usize) {
+async fn open_caller<C: Connection>(sh: Rc<Shared<C>>, pool: Rc<Pool>, me: usize, conn: usize) {
     loop {
         pool.slots[me].go.notified().await;
         let Some(t) = pool.slots[me].ticket.take() else {
@@ -451,8 +505,8 @@ async fn open_caller(sh: Rc<Shared>, pool: Rc<Pool>, me: usize, conn: usize) {
     }
 }
 
-async fn dispatcher(
-    sh: Rc<Shared>,
+async fn dispatcher<C: Connection>(
+    sh: Rc<Shared<C>>,
     pool: Rc<Pool>,
     mut starts: Starts,
     t0: Instant,
@@ -497,7 +551,7 @@ async fn dispatcher(
 /// Wire bytes, the thread's CPU time and the wall clock at the start of the measured phase.
 type Snapshot = (Option<WireBytes>, Duration, Instant);
 
-fn wire_total(conns: &[RefCell<Rc<AnyConnection>>]) -> Option<WireBytes> {
+fn wire_total<C: Connection>(conns: &[RefCell<Rc<C>>]) -> Option<WireBytes> {
     let mut total = WireBytes::default();
     for c in conns {
         let w = c.borrow().wire_bytes()?;
@@ -507,7 +561,12 @@ fn wire_total(conns: &[RefCell<Rc<AnyConnection>>]) -> Option<WireBytes> {
     Some(total)
 }
 
-async fn drive(plan: WorkerPlan, conns: Vec<AnyConnection>, start: Start) -> WorkerOutput {
+async fn drive<C: Connection>(
+    plan: WorkerPlan,
+    conns: Vec<C>,
+    dial: Option<Dial<C>>,
+    start: Start,
+) -> WorkerOutput {
     let spec = plan.spec.clone();
     let streams = spec.method != Method::Unary;
     let open_loop = matches!(spec.mode, Mode::Open { .. });
@@ -533,11 +592,8 @@ async fn drive(plan: WorkerPlan, conns: Vec<AnyConnection>, start: Start) -> Wor
             .map(|c| RefCell::new(Rc::new(c)))
             .collect(),
         redialing: (0..nslots).map(|_| Cell::new(false)).collect(),
-        dial: fault.as_ref().map(|_| Dial {
-            transport: plan.transport,
-            endpoint: plan.endpoint.clone(),
-            client: plan.client.clone(),
-        }),
+        dial,
+        deadline_here: fault.is_some(),
         request,
         stalled_request,
         options: CallOptions {
@@ -668,7 +724,7 @@ async fn drive(plan: WorkerPlan, conns: Vec<AnyConnection>, start: Start) -> Wor
 
 /// Closed loop: waits until every caller returned, giving up `drain` after admission closed;
 /// returns the measured calls left unanswered.
-async fn wait_drained(sh: &Rc<Shared>, drain: Duration, done: impl Fn() -> bool) -> u64 {
+async fn wait_drained<C>(sh: &Rc<Shared<C>>, drain: Duration, done: impl Fn() -> bool) -> u64 {
     if wait_until(sh, &sh.changed, drain, done).await {
         0
     } else {
@@ -677,8 +733,8 @@ async fn wait_drained(sh: &Rc<Shared>, drain: Duration, done: impl Fn() -> bool)
 }
 
 /// Waits until `done()` holds, woken by `notify`; gives up `drain` after admission closed.
-async fn wait_until(
-    sh: &Rc<Shared>,
+async fn wait_until<C>(
+    sh: &Rc<Shared<C>>,
     notify: &Notify,
     drain: Duration,
     done: impl Fn() -> bool,
