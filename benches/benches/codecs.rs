@@ -114,6 +114,7 @@ fn decode(c: &mut Criterion) {
                                 batch(payload),
                             )
                         });
+                        // (Ok/Err below only unify the request and response types.)
                         g.bench_function(BenchmarkId::new("rkyv_frames_deserialize", label), |b| {
                             b.iter_batched_ref(
                                 || BytesMut::from(&wire[..]),
@@ -153,7 +154,7 @@ fn decode(c: &mut Criterion) {
                         g.bench_function(BenchmarkId::new(codec, label), |b| {
                             b.iter_batched_ref(
                                 || (),
-                                |()| {
+                                |_| {
                                     let w = black_box(w);
                                     match (json, is_request) {
                                         (true, true) => {

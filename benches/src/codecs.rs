@@ -32,7 +32,6 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
-use prost::Message as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use wirebench_transports::grpc::proto;
 use wirebench_transports::message::pattern;
@@ -349,7 +348,7 @@ impl RkyvFrames {
                 for e in h.metadata.iter() {
                     d = d
                         .wrapping_mul(31)
-                        .wrapping_add(digest_entry(e.key.as_str(), &e.value));
+                        .wrapping_add(digest_entry(e.key.as_str(), e.value.as_slice()));
                 }
                 d
             }
@@ -407,7 +406,7 @@ impl RkyvFrames {
         let mut digest = match next_frame(decoder, buf)? {
             Frame::Headers(_, h) => h.entries.iter().fold(0u64, |d, e| {
                 d.wrapping_mul(31)
-                    .wrapping_add(digest_entry(e.key.as_str(), &e.value))
+                    .wrapping_add(digest_entry(e.key.as_str(), e.value.as_slice()))
             }),
             _ => return Err(unexpected("expected HEADERS")),
         };
@@ -471,7 +470,8 @@ impl RkyvFrames {
 }
 
 fn digest_entry(key: &str, value: &[u8]) -> u64 {
-    (key.len() as u64) << 32 | value.len() as u64 ^ u64::from(value.first().copied().unwrap_or(0))
+    ((key.len() as u64) << 32)
+        | ((value.len() as u64) ^ u64::from(value.first().copied().unwrap_or(0)))
 }
 
 fn wire_entry_pairs(entries: &[WireEntry]) -> Vec<(String, Vec<u8>)> {
@@ -699,24 +699,24 @@ impl Serialize for Blob<'_> {
     }
 }
 
-struct BlobVisitor;
+struct BlobVisitor<'a>(std::marker::PhantomData<&'a ()>);
 
-impl<'de> serde::de::Visitor<'de> for BlobVisitor {
-    type Value = Blob<'de>;
+impl<'de: 'a, 'a> serde::de::Visitor<'de> for BlobVisitor<'a> {
+    type Value = Blob<'a>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("bytes, or a base64 string")
     }
 
-    fn visit_borrowed_bytes<E: serde::de::Error>(self, v: &'de [u8]) -> Result<Blob<'de>, E> {
+    fn visit_borrowed_bytes<E: serde::de::Error>(self, v: &'de [u8]) -> Result<Blob<'a>, E> {
         Ok(Blob(Cow::Borrowed(v)))
     }
 
-    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Blob<'de>, E> {
+    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Blob<'a>, E> {
         Ok(Blob(Cow::Owned(v.to_vec())))
     }
 
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Blob<'de>, E> {
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Blob<'a>, E> {
         base64::engine::general_purpose::STANDARD
             .decode(v)
             .map(|b| Blob(Cow::Owned(b)))
@@ -724,12 +724,13 @@ impl<'de> serde::de::Visitor<'de> for BlobVisitor {
     }
 }
 
-impl<'de> Deserialize<'de> for Blob<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Blob<'de>, D::Error> {
+impl<'de: 'a, 'a> Deserialize<'de> for Blob<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Blob<'a>, D::Error> {
+        let visitor = BlobVisitor(std::marker::PhantomData);
         if d.is_human_readable() {
-            d.deserialize_str(BlobVisitor)
+            d.deserialize_str(visitor)
         } else {
-            d.deserialize_bytes(BlobVisitor)
+            d.deserialize_bytes(visitor)
         }
     }
 }
