@@ -1,6 +1,9 @@
 //! Shared pieces of wirebench's criterion benchmarks (`benches/benches/*.rs`; run them with
 //! `cargo bench` from the workspace root): an echo server on a thread of its own, so the
-//! client's measured loop never shares a runtime with the server.
+//! client's measured loop never shares a runtime with the server; and the codec comparison
+//! ([`codecs`]) shared by the `codecs` bench and its tests (content checks, bytes on the wire).
+
+pub mod codecs;
 
 use std::sync::Arc;
 use std::sync::mpsc;
