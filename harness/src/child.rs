@@ -368,6 +368,7 @@ mod tests {
                       sleep 30 & wait"
                 .into(),
             transport: "tcp".into(),
+            tls: None,
         };
         let server = ChildServer::spawn(&cmd, Duration::from_secs(10)).unwrap();
         assert_eq!(server.ready.endpoint, "127.0.0.1:9");
@@ -395,12 +396,14 @@ mod tests {
         let cmd = ServerCommand::Shell {
             command: "sleep 30".into(),
             transport: "tcp".into(),
+            tls: None,
         };
         let e = ChildServer::spawn(&cmd, Duration::from_millis(200)).unwrap_err();
         assert!(matches!(e, ChildError::NotReady { .. }), "{e}");
         let cmd = ServerCommand::Shell {
             command: "echo broken >&2; exit 4".into(),
             transport: "tcp".into(),
+            tls: None,
         };
         let e = ChildServer::spawn(&cmd, Duration::from_secs(10)).unwrap_err();
         let text = e.to_string();
@@ -409,6 +412,7 @@ mod tests {
         let cmd = ServerCommand::Shell {
             command: "echo hello".into(),
             transport: "tcp".into(),
+            tls: None,
         };
         let e = ChildServer::spawn(&cmd, Duration::from_secs(10)).unwrap_err();
         assert!(matches!(e, ChildError::BadReady { .. }), "{e}");
