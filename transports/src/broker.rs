@@ -515,3 +515,21 @@ impl AnyTransport {
         }
     }
 }
+
+/// Checks a broker service prefix: tokens of `[A-Za-z0-9_-]` separated by `sep` (`.` for NATS
+/// subjects, `/` for MQTT topics), so no token is empty or a wildcard. `what` names the token
+/// kind in the error (`subject prefix`, `topic prefix`).
+pub(crate) fn check_prefix(p: &str, sep: char, what: &str) -> Result<(), String> {
+    let ok = p.split(sep).all(|t| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} {p:?} must be tokens of [A-Za-z0-9_-] separated by '{sep}'"
+        ))
+    }
+}

@@ -181,7 +181,7 @@ impl Endpoint {
         let prefix = if prefix.is_empty() {
             None
         } else {
-            check_prefix(prefix)?;
+            crate::broker::check_prefix(prefix, '/', "topic prefix")?;
             Some(prefix.to_owned())
         };
         Ok(Endpoint {
@@ -203,21 +203,6 @@ impl fmt::Display for Endpoint {
             Some(p) => write!(f, "{}/{p}", self.url()),
             None => f.write_str(&self.url()),
         }
-    }
-}
-
-fn check_prefix(p: &str) -> Result<(), String> {
-    let ok = p.split('/').all(|t| {
-        !t.is_empty()
-            && t.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "topic prefix {p:?} must be levels of [A-Za-z0-9_-] separated by '/'"
-        ))
     }
 }
 
@@ -350,28 +335,18 @@ impl Transport for Mqtt {
         endpoint: &str,
     ) -> Result<MqttConnection, TransportError> {
         let qos = qos_of(&config.options)?;
-        let e = Endpoint::parse(endpoint).map_err(|reason| TransportError::Endpoint {
-            endpoint: endpoint.to_owned(),
-            reason,
-        })?;
+        let e = parse_endpoint(endpoint)?;
         MqttConnection::connect(config, e, qos).await
     }
 
     fn network_path(&self, endpoint: &str) -> Result<NetworkPath, TransportError> {
         // The client's hop is to the broker; the echo server keeps its own direct link.
-        let e = Endpoint::parse(endpoint).map_err(|reason| TransportError::Endpoint {
-            endpoint: endpoint.to_owned(),
-            reason,
-        })?;
+        let e = parse_endpoint(endpoint)?;
         NetworkPath::tcp(&format!("{}:{}", e.host, e.port))
     }
 
     fn endpoint_via(&self, endpoint: &str, via: SocketAddr) -> Result<String, TransportError> {
-        self.network_path(endpoint)?;
-        let mut e = Endpoint::parse(endpoint).map_err(|reason| TransportError::Endpoint {
-            endpoint: endpoint.to_owned(),
-            reason,
-        })?;
+        let mut e = parse_endpoint(endpoint)?;
         e.host = match via {
             SocketAddr::V4(a) => a.ip().to_string(),
             SocketAddr::V6(a) => format!("[{}]", a.ip()),
@@ -379,6 +354,14 @@ impl Transport for Mqtt {
         e.port = via.port();
         Ok(e.to_string())
     }
+}
+
+/// An endpoint string as a client or proxy gets it, with the error naming it.
+fn parse_endpoint(endpoint: &str) -> Result<Endpoint, TransportError> {
+    Endpoint::parse(endpoint).map_err(|reason| TransportError::Endpoint {
+        endpoint: endpoint.to_owned(),
+        reason,
+    })
 }
 
 #[cfg(test)]

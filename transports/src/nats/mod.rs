@@ -178,7 +178,7 @@ impl Endpoint {
         let prefix = if prefix.is_empty() {
             None
         } else {
-            check_prefix(prefix)?;
+            crate::broker::check_prefix(prefix, '.', "subject prefix")?;
             Some(prefix.to_owned())
         };
         Ok(Endpoint {
@@ -198,21 +198,6 @@ impl fmt::Display for Endpoint {
             Some(p) => write!(f, "{}/{p}", self.url),
             None => f.write_str(&self.url),
         }
-    }
-}
-
-fn check_prefix(p: &str) -> Result<(), String> {
-    let ok = p.split('.').all(|t| {
-        !t.is_empty()
-            && t.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "subject prefix {p:?} must be tokens of [A-Za-z0-9_-] separated by '.'"
-        ))
     }
 }
 
@@ -315,31 +300,29 @@ impl Transport for Nats {
         endpoint: &str,
     ) -> Result<NatsConnection, TransportError> {
         config.options.check_known("nats", &[])?;
-        let e = Endpoint::parse(endpoint).map_err(|reason| TransportError::Endpoint {
-            endpoint: endpoint.to_owned(),
-            reason,
-        })?;
+        let e = parse_endpoint(endpoint)?;
         NatsConnection::connect(config, e).await
     }
 
     fn network_path(&self, endpoint: &str) -> Result<NetworkPath, TransportError> {
         // The client's hop is to the broker; the echo server keeps its own direct link.
-        let e = Endpoint::parse(endpoint).map_err(|reason| TransportError::Endpoint {
-            endpoint: endpoint.to_owned(),
-            reason,
-        })?;
+        let e = parse_endpoint(endpoint)?;
         NetworkPath::tcp(e.url.trim_start_matches("nats://"))
     }
 
     fn endpoint_via(&self, endpoint: &str, via: SocketAddr) -> Result<String, TransportError> {
-        self.network_path(endpoint)?;
-        let mut e = Endpoint::parse(endpoint).map_err(|reason| TransportError::Endpoint {
-            endpoint: endpoint.to_owned(),
-            reason,
-        })?;
+        let mut e = parse_endpoint(endpoint)?;
         e.url = format!("nats://{via}");
         Ok(e.to_string())
     }
+}
+
+/// An endpoint string as a client or proxy gets it, with the error naming it.
+fn parse_endpoint(endpoint: &str) -> Result<Endpoint, TransportError> {
+    Endpoint::parse(endpoint).map_err(|reason| TransportError::Endpoint {
+        endpoint: endpoint.to_owned(),
+        reason,
+    })
 }
 
 #[cfg(test)]
