@@ -12,6 +12,7 @@ pub mod faultplan;
 pub mod floor;
 pub mod interrupt;
 pub mod load;
+pub mod pacer;
 pub mod procfs;
 pub mod progress;
 pub mod proxy;

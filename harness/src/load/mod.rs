@@ -5,7 +5,6 @@
 //! measured), starts them on a common clock, calls the caller's hooks at the start and end of
 //! the measured phase (to snapshot process CPU and memory), and merges the recorders.
 
-pub mod pacer;
 pub mod recorder;
 pub mod schedule;
 pub mod worker;

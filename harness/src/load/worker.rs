@@ -24,10 +24,10 @@ use wirebench_transports::{
     EchoRequest, Method, Transport, TransportError, WireBytes, pattern,
 };
 
-use super::pacer::Pacer;
 use super::recorder::Recorder;
 use super::schedule::Starts;
 use crate::affinity::{CpusSeen, current_cpu, pin_current_thread};
+use crate::pacer::Pacer;
 
 /// What one worker is asked to do.
 #[derive(Debug)]

@@ -20,6 +20,8 @@ use rand_distr::{Distribution, Normal, Pareto};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::sync::watch;
+
+use crate::pacer::Pacer;
 use tokio_util::sync::CancellationToken;
 use wirebench_scenarios::conformance::{
     BoxFuture, FaultControl, FaultCounters, FaultInjector, FaultPath,
@@ -173,6 +175,33 @@ impl Counters {
             reordered: r(&self.reordered),
             corrupted: r(&self.corrupted),
         }
+    }
+}
+
+/// Holds delayed bytes until their release time. tokio's timer would round every release up to
+/// its next millisecond tick (a `latency:1ms` fault measured 1 to 2 ms a way), so releases go
+/// through the microsecond [`Pacer`]; tokio's timer is the fallback if no timerfd can be had.
+pub(crate) struct Release(Option<Pacer>);
+
+impl Release {
+    pub(crate) fn new() -> Release {
+        match Pacer::new() {
+            Ok(p) => Release(Some(p)),
+            Err(e) => {
+                tracing::warn!("proxy: no timerfd ({e}); delays round up to tokio's 1 ms ticks");
+                Release(None)
+            }
+        }
+    }
+
+    /// Returns at `at` or just after it.
+    pub(crate) async fn until(&self, at: tokio::time::Instant) {
+        if let Some(p) = &self.0
+            && p.sleep_until(at.into_std()).await.is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep_until(at).await;
     }
 }
 

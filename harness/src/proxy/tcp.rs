@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::spec::{Dir, FaultKind};
-use super::{Counters, FaultSet, sample_delay};
+use super::{Counters, FaultSet, Release, sample_delay};
 
 /// Chunks queued in one direction's delay line before the reader waits (backpressure).
 const DELAY_LINE: usize = 1024;
@@ -270,8 +270,9 @@ async fn direction(
     let writer = async {
         let mut rx = rx;
         let mut next_free = Instant::now();
+        let pace = Release::new();
         while let Some((release, chunk)) = rx.recv().await {
-            tokio::time::sleep_until(release).await;
+            pace.until(release).await;
             let (slice, pause, rate) = {
                 let set = faults.borrow();
                 let mut slice = None;

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::spec::{Dir, FaultKind, LossModel};
-use super::{Counters, FaultSet, sample_delay};
+use super::{Counters, FaultSet, Release, sample_delay};
 
 const MAX_DATAGRAM: usize = 65_536;
 
@@ -135,6 +135,7 @@ async fn delay_line(mut rx: mpsc::UnboundedReceiver<(Instant, Bytes, Sink)>) {
     let mut heap: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
     let mut waiting: HashMap<u64, (Bytes, Sink)> = HashMap::new();
     let mut seq = 0u64;
+    let pace = Release::new();
     loop {
         let next = heap.peek().map(|Reverse((t, _))| *t);
         tokio::select! {
@@ -148,7 +149,7 @@ async fn delay_line(mut rx: mpsc::UnboundedReceiver<(Instant, Bytes, Sink)>) {
             },
             _ = async {
                 match next {
-                    Some(t) => tokio::time::sleep_until(t).await,
+                    Some(t) => pace.until(t).await,
                     None => std::future::pending().await,
                 }
             } => {

@@ -1,9 +1,10 @@
-//! A precise sleep for open-loop pacing. tokio's timer wheel has millisecond resolution, far
-//! coarser than the gaps of a 10k/s schedule, so the pacer arms a `timerfd` (nanosecond
-//! resolution; the worker thread's timer slack is set to 1 ns) registered with the worker's
-//! runtime to fire a little early, then yields to the runtime (which polls I/O each time)
-//! through the last stretch: waking a halted vCPU takes tens of microseconds on small VMs,
-//! and that would otherwise land in every request's lag.
+//! A precise sleep, for open-loop pacing and for the fault proxy's delay lines. tokio's timer
+//! wheel has millisecond resolution, far coarser than the gaps of a 10k/s schedule (and a
+//! `latency:1ms` fault would become 1 to 2 ms), so the pacer arms a `timerfd` (nanosecond
+//! resolution; the thread's timer slack is set to 1 ns) registered with the runtime to fire a
+//! little early, then yields to the runtime (which polls I/O each time) through the last
+//! stretch: waking a halted vCPU takes tens of microseconds on small VMs, and that would
+//! otherwise land in every request's lag.
 
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::{Duration, Instant};
