@@ -377,3 +377,42 @@ fn bad_input_is_a_one_line_error_with_exit_code_2() {
     c.arg("report").arg(&foreign);
     assert_bad_input(&run(c, t), "not a wirebench results file");
 }
+
+/// SIGTERM ends `serve --watch-stdin` by itself, with exit code 0: the stdin reader (a blocking
+/// read only the parent can end) must not hold the process until the parent's SIGKILL.
+#[test]
+fn serve_exits_on_sigterm_with_stdin_open() {
+    let mut serve = bin()
+        .args([
+            "serve",
+            "--transport",
+            "tcp",
+            "--listen",
+            "127.0.0.1:0",
+            "--watch-stdin",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("test setup");
+    let mut line = String::new();
+    let mut stdout = std::io::BufReader::new(serve.stdout.take().expect("test setup"));
+    std::io::BufRead::read_line(&mut stdout, &mut line).expect("test setup");
+    assert!(line.contains("endpoint"), "no ready line: {line:?}");
+    let pid = nix::unistd::Pid::from_raw(serve.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("test setup");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(s) = serve.try_wait().expect("wait") {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = serve.kill();
+            panic!("serve still running 5 s after SIGTERM (stdin still open)");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "serve ended with {status} after SIGTERM");
+    // Kept open until here: the reader thread was blocked in read(2) the whole time.
+    drop(serve.stdin.take());
+}

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::io::AsyncReadExt;
@@ -16,6 +17,9 @@ use wirebench_transports::{Capability, Echo, Server, ServerConfig, Transport};
 use crate::affinity::pin_current_thread;
 use crate::child::ReadyLine;
 use crate::exit::bad_input;
+
+/// How long the runtime's shutdown waits for blocking threads (the `--watch-stdin` reader).
+const STDIN_READER_GRACE: Duration = Duration::from_millis(100);
 
 /// Arguments of `wirebench serve`.
 #[derive(Debug, clap::Args)]
@@ -143,7 +147,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         rt.worker_threads(t);
     }
     let rt = rt.build().context("starting the server runtime")?;
-    rt.block_on(async move {
+    let served = rt.block_on(async move {
         let config = ServerConfig {
             listen: args.listen.clone(),
             options,
@@ -159,6 +163,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                     args.listen
                 ))
             })?;
+        let stop = stop_requested(args.watch_stdin);
         let ready = ReadyLine {
             transport: transport.name().to_owned(),
             endpoint: server.endpoint(),
@@ -170,39 +175,59 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 .with_context(|| format!("writing the ready file {}", path.display()))?;
         }
         println!("{line}");
-        wait_for_stop(args.watch_stdin).await;
+        stop.await;
         server.shutdown().await;
         anyhow::Ok(())
-    })?;
+    });
+    // Dropping a runtime waits for its blocking threads, and `--watch-stdin`'s reader sits in a
+    // read(2) of standard input that only the parent can end: without a bound, every SIGTERM
+    // became the parent's SIGKILL two seconds later (and two seconds per load point).
+    rt.shutdown_timeout(STDIN_READER_GRACE);
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Waits for Ctrl-C, SIGTERM, or (with `watch_stdin`) the end of standard input.
-async fn wait_for_stop(watch_stdin: bool) {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Waits for Ctrl-C, SIGTERM, or (with `watch_stdin`) the end of standard input. The signal
+/// handlers are installed when this is called, not when the future is first polled: a parent
+/// may send SIGTERM as soon as it reads the ready line, and before the handler exists that
+/// signal would kill the process instead of stopping it.
+fn stop_requested(watch_stdin: bool) -> impl Future<Output = ()> {
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    let int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
+    async move {
+        let term = async {
+            match term {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending().await,
             }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    let stdin_closed = async {
-        if !watch_stdin {
-            return std::future::pending().await;
-        }
-        let mut stdin = tokio::io::stdin();
-        let mut buf = [0u8; 64];
-        loop {
-            match stdin.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
+        };
+        let int = async {
+            match int {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending().await,
             }
+        };
+        let stdin_closed = async {
+            if !watch_stdin {
+                return std::future::pending().await;
+            }
+            let mut stdin = tokio::io::stdin();
+            let mut buf = [0u8; 64];
+            loop {
+                match stdin.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        };
+        tokio::select! {
+            _ = int => {}
+            _ = term => {}
+            _ = stdin_closed => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-        _ = stdin_closed => {}
     }
 }
