@@ -113,6 +113,12 @@
 //!   deadline (the broker tells a server nothing about its callers' liveness).
 //! - A connection whose broker goes away fails its calls in flight with `UNAVAILABLE` at once,
 //!   reconnects every 100 ms, restores its subscriptions, and serves new calls again.
+//! - A server shutting down answers the calls it is running `UNAVAILABLE` (streams: a `status`
+//!   without `Wb-Seq`) and disconnects. A **draining** server first unsubscribes from
+//!   `$share/wb-echo/P/call/+` and waits for the UNSUBACK — the broker then routes new calls to
+//!   the group's other members, or nowhere (they wait for their deadline, as above) — lets the
+//!   calls it already received run to their end, and then shuts down so. Its embedded broker,
+//!   if it started one, stops with it.
 
 mod client;
 pub mod embedded;
@@ -310,11 +316,6 @@ impl Transport for Mqtt {
             (
                 Capability::Datagrams,
                 "mqtt runs over TCP to the broker: loss applies to datagrams, and TCP retransmits below us",
-            ),
-            (
-                Capability::GracefulDrain,
-                "the mqtt server's shutdown cancels the handlers of calls in flight and answers \
-                 them UNAVAILABLE before it disconnects; there is no drain-with-grace mode yet",
             ),
         ];
         Capabilities::all_except(GAPS)
