@@ -13,7 +13,10 @@ use std::future::Future;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::status::{Code, Status};
 
 /// What a drain did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -52,6 +55,16 @@ impl fmt::Display for DrainReport {
             self.cut
         )
     }
+}
+
+/// The status of a call whose handler ended with `status`: a cancellation that came from the
+/// server stopping (`stopping` cancelled), not from the client, is `UNAVAILABLE` — the call was
+/// cut, its caller may try again elsewhere — as every transport reports a call cut by a stop.
+pub(crate) fn cut_status(status: Status, stopping: &CancellationToken) -> Status {
+    if status.code() == Code::Cancelled && stopping.is_cancelled() {
+        return Status::unavailable("server shutting down: the call was cut");
+    }
+    status
 }
 
 /// One drain under way: when it began, when its grace runs out, and what was in flight.

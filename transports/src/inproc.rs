@@ -18,11 +18,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::call::{CallEvent, CancelSignal, EventReceiver, call_ended};
-use crate::drain::{DrainReport, Grace};
+use crate::drain::{DrainReport, Grace, cut_status};
 use crate::echo::{CallHead, Echo, ServerCall, UnaryOutcome};
 use crate::message::{EchoRequest, EchoResponse, Method};
 use crate::metadata::Metadata;
-use crate::status::{Code, Status};
+use crate::status::Status;
 use crate::transport::{
     CallOptions, CallSender, Capabilities, Capability, ClientConfig, Connection, Server,
     ServerConfig, Transport, TransportError, UnaryReply, until_deadline,
@@ -46,16 +46,6 @@ struct Shared {
     calls: TaskTracker,
 }
 
-impl Shared {
-    /// The status of a call whose handler ended with `status`: a cancellation that came from
-    /// the server stopping (not from the client) is `UNAVAILABLE`, as on every transport.
-    fn ended(&self, status: Status) -> Status {
-        if status.code() == Code::Cancelled && self.shutdown.is_cancelled() {
-            return Status::unavailable("inproc server shut down");
-        }
-        status
-    }
-}
 
 fn registry() -> &'static Mutex<HashMap<u64, Weak<Shared>>> {
     static REGISTRY: OnceLock<Mutex<HashMap<u64, Weak<Shared>>>> = OnceLock::new();
@@ -321,7 +311,7 @@ impl Connection for InprocConnection {
                 })
                 .await?;
                 if !outcome.status.is_ok() {
-                    outcome.status = self.shared.ended(outcome.status);
+                    outcome.status = cut_status(outcome.status, &self.shared.shutdown);
                 }
                 into_reply(outcome)?
             }
@@ -351,7 +341,8 @@ impl Connection for InprocConnection {
                 max,
             };
             let status = shared.echo.handle(&head, &mut call, &server_token).await;
-            let _ = call.tx.send(CallEvent::End(shared.ended(status))).await;
+            let status = cut_status(status, &shared.shutdown);
+            let _ = call.tx.send(CallEvent::End(status)).await;
         });
         Ok((
             InprocSender { tx: Some(req_tx) },

@@ -38,7 +38,7 @@ use crate::message::{EchoRequest, EchoResponse, Method};
 use crate::metadata::Metadata;
 use crate::status::Status;
 use crate::tls::{describe_handshake_error, peer_identity};
-use crate::drain::{DrainReport, Grace};
+use crate::drain::{DrainReport, Grace, cut_status};
 use crate::transport::{Server, ServerConfig, TransportError};
 
 /// How long a client may take to complete its TLS handshake.
@@ -89,7 +89,10 @@ impl Server for GrpcServer {
         // Each connection has sent GOAWAY and ends once its streams have.
         let _ = g.settle(&conns).await && g.settle(&calls).await;
         let report = g.report(&calls);
+        // Whatever still runs is cut, as by `shutdown`.
         shutdown.cancel();
+        conns.close();
+        calls.close();
         conns.wait().await;
         calls.wait().await;
         report
@@ -419,8 +422,10 @@ async fn unary(
             let guard = token.clone().drop_guard();
             let (tx, rx) = oneshot::channel();
             let echo = shared.echo.clone();
+            let stopping = shared.shutdown.clone();
             shared.calls.spawn(async move {
-                let outcome = echo.unary(&head, request, &token).await;
+                let mut outcome = echo.unary(&head, request, &token).await;
+                outcome.status = cut_status(outcome.status, &stopping);
                 let _ = tx.send(outcome);
             });
             let outcome = rx
@@ -465,6 +470,7 @@ async fn stream(
     let guard = token.clone().drop_guard();
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     let echo = shared.echo.clone();
+    let stopping = shared.shutdown.clone();
     shared.calls.spawn(async move {
         let mut call = GrpcServerCall {
             requests,
@@ -472,6 +478,7 @@ async fn stream(
             token: token.clone(),
         };
         let status = echo.handle(&head, &mut call, &token).await;
+        let status = cut_status(status, &stopping);
         let _ = call.events.send(CallEvent::End(status)).await;
     });
     let mut body = ResponseStream {

@@ -117,8 +117,11 @@
 //!   without `Wb-Seq`) and disconnects. A **draining** server first unsubscribes from
 //!   `$share/wb-echo/P/call/+` and waits for the UNSUBACK — the broker then routes new calls to
 //!   the group's other members, or nowhere (they wait for their deadline, as above) — lets the
-//!   calls it already received run to their end, and then shuts down so. Its embedded broker,
-//!   if it started one, stops with it.
+//!   calls it already received run to their end, and then shuts down so. An embedded broker
+//!   the server started stops with it, closing its clients' connections: the server makes
+//!   sure the broker has taken every answer, but one the broker has not yet passed on is lost
+//!   with it. When every answer matters, drain a server whose broker outlives it (`listen =
+//!   mqtt://HOST:PORT...`).
 
 mod client;
 pub mod embedded;

@@ -395,12 +395,6 @@ impl NatsProcess {
     pub async fn stop(mut self) {
         self.kill_running().await;
     }
-
-    /// Stops the broker with SIGTERM, so that nats-server closes its clients' connections
-    /// itself: a kill could lose the last replies it has queued for them (a drained server's).
-    pub async fn stop_gracefully(mut self) {
-        self.stop_running(RestartMode::Graceful).await;
-    }
 }
 
 fn kill_now(run: Running) {

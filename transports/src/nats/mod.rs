@@ -110,7 +110,10 @@
 //! them, or callers get no-responders — and everything sent before the `UNSUB` still arrives
 //! and is answered); it keeps its cancel and stream subjects, so the calls in flight run to
 //! their end as usual, and it shuts down as above once they have (or its grace ran out). A
-//! private broker stops with it. A client whose broker connection breaks fails every call in flight with
+//! private broker the server started stops with it, closing its clients' connections: an
+//! answer still on its way through the broker may be lost with it (or the client may see its
+//! connection go first). When every answer matters, drain a server whose broker outlives it
+//! (`listen = nats://HOST:PORT...`). A client whose broker connection breaks fails every call in flight with
 //! `UNAVAILABLE` at once, and new calls until it has reconnected (the client library
 //! reconnects by itself). A client whose inbox overflows (the library drops replies past
 //! 65,536 waiting) fails every call in flight with `RESOURCE_EXHAUSTED` rather than let one

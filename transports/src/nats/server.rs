@@ -156,7 +156,7 @@ impl Server for NatsServer {
     }
 
     async fn shutdown(self) {
-        self.0.stop(false, false).await;
+        self.0.stop(false).await;
     }
 
     async fn drain(self, grace: Duration) -> DrainReport {
@@ -169,16 +169,15 @@ impl Server for NatsServer {
         let requests_done = g.within(&mut r.requests).await.is_some();
         g.settle(&r.tracker).await;
         let report = g.report(&r.tracker);
-        r.stop(requests_done, true).await;
+        r.stop(requests_done).await;
         report
     }
 }
 
 impl Running {
     /// Stops at once (what `drain` ends with): calls still running are told the server is
-    /// going and their handlers cancelled. `gently`: a private broker is stopped with SIGTERM,
-    /// not killed, so the replies just published reach their callers.
-    async fn stop(self, requests_done: bool, gently: bool) {
+    /// going and their handlers cancelled; a private broker is stopped last.
+    async fn stop(self, requests_done: bool) {
         self.shutdown.cancel();
         if !requests_done {
             let _ = self.requests.await;
@@ -190,10 +189,8 @@ impl Running {
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.tracker.wait()).await;
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.client.flush()).await;
         drop(self.client);
-        match self.broker {
-            Some(b) if gently => b.stop_gracefully().await,
-            Some(b) => b.stop().await,
-            None => {}
+        if let Some(b) = self.broker {
+            b.stop().await;
         }
     }
 }

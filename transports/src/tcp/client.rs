@@ -177,26 +177,35 @@ impl Shared {
         self.lock().dead = Some(status);
     }
 
-    /// Fails every call and refuses new ones. A GOAWAY received before says why better than
-    /// the end of the connection does: its status is kept.
+    /// Fails every call still waiting and refuses new ones. A GOAWAY received before says why
+    /// better than the end of the connection does: its status is kept. A unary answer already
+    /// in (its last frames may come just before the server closes) stays for its caller.
     fn fail_all(&self, status: Status) {
-        let (calls, status) = {
+        let mut wakers = Vec::new();
+        let mut streams = Vec::new();
+        let status = {
             let mut p = self.lock();
             let status = p.dead.get_or_insert(status).clone();
-            (std::mem::take(&mut p.calls), status)
-        };
-        for (_, slot) in calls {
-            match slot {
-                Slot::Unary(mut u) => {
-                    // The caller polls a slot that is gone: wake it so it sees `dead`.
-                    if let Some(w) = u.waker.take() {
-                        w.wake();
+            p.calls.retain(|_, slot| match slot {
+                Slot::Unary(u) => {
+                    if u.end.is_none() {
+                        u.end = Some(status.clone());
+                        wakers.extend(u.waker.take());
                     }
+                    true
                 }
                 Slot::Stream(tx) => {
-                    let _ = tx.try_send(CallEvent::End(status.clone()));
+                    streams.push(tx.clone());
+                    false
                 }
-            }
+            });
+            status
+        };
+        for w in wakers {
+            w.wake();
+        }
+        for tx in streams {
+            let _ = tx.try_send(CallEvent::End(status.clone()));
         }
     }
 }

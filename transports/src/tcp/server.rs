@@ -191,6 +191,8 @@ impl Server for TcpServer {
         let report = g.report(&calls);
         // Whatever still runs is cut, as by `shutdown`.
         shutdown.cancel();
+        conns.close();
+        calls.close();
         conns.wait().await;
         calls.wait().await;
         report
