@@ -46,7 +46,6 @@ struct Shared {
     calls: TaskTracker,
 }
 
-
 fn registry() -> &'static Mutex<HashMap<u64, Weak<Shared>>> {
     static REGISTRY: OnceLock<Mutex<HashMap<u64, Weak<Shared>>>> = OnceLock::new();
     REGISTRY.get_or_init(|| Mutex::new(HashMap::new()))

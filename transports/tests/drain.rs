@@ -25,7 +25,11 @@ const GRACE: Duration = Duration::from_secs(5);
 fn installed(t: &AnyTransport) -> bool {
     match t.broker().map(|b| b.check_available()) {
         Some(Err(e)) => {
-            assert!(std::env::var_os("CI").is_none(), "CI is set: {}: {e}", t.name());
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set: {}: {e}",
+                t.name()
+            );
             eprintln!("skipping {}: {e}", t.name());
             false
         }
@@ -82,7 +86,9 @@ fn delayed(tag: u8, delay: Duration) -> EchoRequest {
 
 /// A server stream of `count` responses `interval` apart, read to its end.
 async fn stream(c: &AnyConnection, count: u32, interval: Duration) -> Result<usize, Status> {
-    let (mut s, mut r) = c.open(Method::ServerStream, &CallOptions::default()).await?;
+    let (mut s, mut r) = c
+        .open(Method::ServerStream, &CallOptions::default())
+        .await?;
     s.send(EchoRequest::new(Vec::new()).with_directives(Directives {
         response_count: Some(count),
         response_interval: interval,
@@ -165,7 +171,10 @@ async fn the_grace_cuts_what_still_runs() {
             let status = result.expect_err("a call cut by the drain cannot succeed");
             assert_eq!(status.code(), Code::Unavailable, "{name}: {status}");
             assert_eq!((report.in_flight, report.cut), (1, 1), "{name}: {report}");
-            assert!(report.took >= Duration::from_millis(200), "{name}: {report}");
+            assert!(
+                report.took >= Duration::from_millis(200),
+                "{name}: {report}"
+            );
         },
     )
     .await;
@@ -204,7 +213,10 @@ async fn a_new_call_on_a_drained_connection_fails_fast() {
             };
             let ((status, took), done) = tokio::join!(refused, &mut in_flight);
             assert_eq!(status.code(), Code::Unavailable, "{name}: {status}");
-            assert!(took < Duration::from_secs(2), "{name}: refused after {took:?}");
+            assert!(
+                took < Duration::from_secs(2),
+                "{name}: refused after {took:?}"
+            );
             let done = done.unwrap_or_else(|s| panic!("{name}: the call in flight failed: {s}"));
             assert_eq!(done.message.payload[..], [1u8; 16][..], "{name}");
             let report = drain.await.expect("the drain task");
@@ -251,7 +263,10 @@ async fn tcp_client_refuses_new_calls_itself_after_goaway() {
             assert!(s.message().contains("GOAWAY"), "{s}");
         }
         assert!(dial_refused, "a draining server accepted a new connection");
-        assert_eq!(done.expect("the call in flight").message.payload[..], [1u8; 16][..]);
+        assert_eq!(
+            done.expect("the call in flight").message.payload[..],
+            [1u8; 16][..]
+        );
         assert!(drain.await.expect("the drain task").is_clean());
     })
     .await
@@ -305,7 +320,11 @@ async fn a_broker_service_peer_takes_the_new_calls() {
                     .await
                     .unwrap_or_else(|s| panic!("{name}: a call after the drain: {s}"));
             }
-            assert_eq!(a_echo.calls(), a_calls, "{name}: the drained server took a call");
+            assert_eq!(
+                a_echo.calls(),
+                a_calls,
+                "{name}: the drained server took a call"
+            );
             assert_eq!(b_echo.calls(), b_calls + 5, "{name}");
             b.shutdown().await;
             if let Some(broker) = broker {

@@ -33,12 +33,12 @@ use super::{
     method_path, parse_grpc_timeout, proto, to_tonic_metadata, to_tonic_status,
 };
 use crate::call::CallEvent;
+use crate::drain::{DrainReport, Grace, cut_status};
 use crate::echo::{CallHead, Echo, ServerCall, UnaryOutcome};
 use crate::message::{EchoRequest, EchoResponse, Method};
 use crate::metadata::Metadata;
 use crate::status::Status;
 use crate::tls::{describe_handshake_error, peer_identity};
-use crate::drain::{DrainReport, Grace, cut_status};
 use crate::transport::{Server, ServerConfig, TransportError};
 
 /// How long a client may take to complete its TLS handshake.

@@ -391,7 +391,9 @@ async fn acknowledged(
 ) -> Result<(), BrokerError> {
     tokio::time::timeout(SUBACK_TIMEOUT, rx)
         .await
-        .map_err(|_| BrokerError::Timeout(format!("no {ack} for {filter} within {SUBACK_TIMEOUT:?}")))?
+        .map_err(|_| {
+            BrokerError::Timeout(format!("no {ack} for {filter} within {SUBACK_TIMEOUT:?}"))
+        })?
         .map_err(|_| BrokerError::op(op, "the MQTT connection broke"))?
         .map_err(|reason| BrokerError::op(op, format!("{filter}: {reason}")))
 }

@@ -27,12 +27,12 @@ use super::embedded::EmbeddedBroker;
 use super::link::{Inbound, Link, LinkConfig, LinkHandle, Out, PublishError};
 use super::wire::{self, Frame, Props, WireError};
 use super::{Endpoint, SHARE_GROUP, Target, cancel_topic, fresh_id};
+use crate::drain::{DrainReport, Grace};
 use crate::echo::{CallHead, Echo, ServerCall, UnaryOutcome};
 use crate::flow::{Credit, DEFAULT_WINDOW, Grants};
 use crate::message::{EchoRequest, EchoResponse, Method};
 use crate::metadata::Metadata;
 use crate::status::{Code, Status};
-use crate::drain::{DrainReport, Grace};
 use crate::transport::{DEFAULT_MAX_MESSAGE_SIZE, Server, TransportError};
 
 /// How long connecting to the broker may take.
@@ -144,7 +144,9 @@ impl Server for MqttServer {
         // connection's packets are handled in order); the barrier makes sure the broker has
         // taken them before an embedded broker is stopped with us.
         if self.broker.is_some() {
-            let _ = g.within(self.link.barrier(&self.service.barrier_topic())).await;
+            let _ = g
+                .within(self.link.barrier(&self.service.barrier_topic()))
+                .await;
         }
         self.stop().await;
         report

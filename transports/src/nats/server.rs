@@ -27,12 +27,12 @@ use super::broker::NatsProcess;
 use super::client::{connect_client, publish};
 use super::wire::{self, Frame, WireError};
 use super::{Endpoint, QUEUE_GROUP, Target, cancel_subject};
+use crate::drain::{DrainReport, Grace};
 use crate::echo::{CallHead, Echo, ServerCall, UnaryOutcome};
 use crate::flow::{Credit, DEFAULT_WINDOW, Grants};
 use crate::message::{EchoRequest, EchoResponse, Method};
 use crate::metadata::Metadata;
 use crate::status::{Code, Status};
-use crate::drain::{DrainReport, Grace};
 use crate::transport::{ClientConfig, Server, TransportError};
 
 /// How long a shutdown step may wait on the broker (which may be gone).

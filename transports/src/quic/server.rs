@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use super::stream::{FrameReader, FrameWriter, ReadFail, WriteFail};
 use super::{ALPN, PIN_MARK, QuicOptions, STREAM_BUFFER, codes};
+use crate::drain::{DrainReport, Grace};
 use crate::echo::{CallHead, Echo, ServerCall, UnaryOutcome};
 use crate::message::{EchoRequest, EchoResponse, Method};
 use crate::metadata::Metadata;
@@ -29,7 +30,6 @@ use crate::tcp::codec::{
     Frame, MetadataHeader, OutHeader, Payload, ResponseHeader, StatusHeader, metadata_from_wire,
 };
 use crate::tls::{ServerTls, peer_identity, to_hex};
-use crate::drain::{DrainReport, Grace};
 use crate::transport::{Server, ServerConfig, TransportError};
 
 /// How long a client may take to complete its handshake.

@@ -26,12 +26,12 @@ use super::codec::{
 };
 use super::writer::{Outgoing, write_loop};
 use super::{ALPN, OUT_QUEUE, READ_CHUNK, STREAM_BUFFER};
+use crate::drain::{DrainReport, Grace};
 use crate::echo::{CallHead, Echo, ServerCall, UnaryOutcome};
 use crate::message::{EchoRequest, EchoResponse, Method};
 use crate::metadata::Metadata;
 use crate::status::{Code, Status};
 use crate::tls::{ServerTls, describe_handshake_error, peer_identity};
-use crate::drain::{DrainReport, Grace};
 use crate::transport::{Server, TransportError};
 
 /// How long a client may take to complete its TLS handshake before the server drops it.
