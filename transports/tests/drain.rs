@@ -334,3 +334,47 @@ async fn a_broker_service_peer_takes_the_new_calls() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn quic_refuses_streams_and_connections_during_a_drain() {
+    let t = AnyTransport::by_name("quic").expect("quic");
+    tokio::time::timeout(LIMIT, async {
+        let echo = Arc::new(Echo::default());
+        let server = serve(&t, "127.0.0.1:0", echo.clone()).await;
+        let endpoint = server.endpoint();
+        let c = connect(&t, &endpoint).await;
+        let o = CallOptions::default();
+        let in_flight = c.unary(delayed(1, Duration::from_millis(500)), &o);
+        tokio::pin!(in_flight);
+        tokio::select! {
+            r = &mut in_flight => panic!("the call ended early: {r:?}"),
+            _ = started(&echo, 1) => {}
+        }
+        let drain = tokio::spawn(server.drain(GRACE));
+        let refusal = async {
+            // A stream opened once the drain began is reset with DRAINING (0x11).
+            let refused = loop {
+                match c.unary(EchoRequest::new(vec![2u8]), &o).await {
+                    Ok(_) => tokio::task::yield_now().await,
+                    Err(s) => break s,
+                }
+            };
+            let dial = t.connect(&ClientConfig::default(), &endpoint).await;
+            (refused, dial.is_err())
+        };
+        let ((refused, dial_refused), done) = tokio::join!(refusal, &mut in_flight);
+        assert_eq!(refused.code(), Code::Unavailable, "{refused}");
+        assert!(refused.message().contains("draining"), "{refused}");
+        assert!(dial_refused, "a draining server accepted a new connection");
+        assert_eq!(
+            done.expect("the call in flight").message.payload[..],
+            [1u8; 16][..]
+        );
+        assert!(drain.await.expect("the drain task").is_clean());
+        // Closed at the end of the drain with SHUTDOWN, as the wire docs say.
+        let after = c.unary(EchoRequest::new(vec![3u8]), &o).await.unwrap_err();
+        assert!(after.message().contains("shutting down"), "{after}");
+    })
+    .await
+    .expect("timed out");
+}

@@ -35,6 +35,8 @@ use crate::metadata::Metadata;
 use crate::status::{Code, Status};
 use crate::transport::{ClientConfig, Server, TransportError};
 
+/// How long the broker may take to confirm a starting server's subscriptions.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a shutdown step may wait on the broker (which may be gone).
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
@@ -104,15 +106,43 @@ impl NatsServer {
             .await
             .map_err(|e| sub_err("the cancel subject", e))?;
         let inbox = client.new_inbox();
-        let frames = client
+        let mut frames = client
             .subscribe(Subject::from(format!("{inbox}.*")))
             .await
             .map_err(|e| sub_err("the server inbox", e))?;
-        // Once the broker has our subscriptions, a client connecting next finds a responder.
+        // Once the broker has our subscriptions, a client connecting next finds a responder
+        // (and a peer draining out of the queue group leaves us to take its calls). `flush` only
+        // writes them out: our own message coming back proves the broker has processed them, as
+        // it handles one connection's operations in order.
+        let ready = Subject::from(format!("{inbox}.ready"));
         client
-            .flush()
+            .publish(ready.clone(), Bytes::new())
             .await
-            .map_err(|e| TransportError::Protocol(format!("flushing subscriptions: {e}")))?;
+            .map_err(|e| {
+                TransportError::Protocol(format!("publishing to the server inbox: {e}"))
+            })?;
+        let confirmed = async {
+            while let Some(m) = frames.next().await {
+                if m.subject == ready {
+                    return true;
+                }
+            }
+            false
+        };
+        match tokio::time::timeout(SUBSCRIBE_TIMEOUT, confirmed).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(TransportError::Protocol(
+                    "the broker connection closed while subscribing".into(),
+                ));
+            }
+            Err(_) => {
+                return Err(TransportError::Timeout(format!(
+                    "the broker did not confirm the server's subscriptions within \
+                     {SUBSCRIBE_TIMEOUT:?}"
+                )));
+            }
+        }
         let shutdown = CancellationToken::new();
         let draining = shutdown.child_token();
         let tracker = TaskTracker::new();

@@ -62,9 +62,11 @@ impl Server for QuicServer {
     }
 
     async fn shutdown(self) {
-        self.shutdown.cancel();
+        // Closed before the tasks learn of it: a connection task that ended first would drop
+        // its connection, which quinn closes with code 0 instead of SHUTDOWN.
         self.endpoint
             .close(VarInt::from_u32(codes::SHUTDOWN), b"server shutting down");
+        self.shutdown.cancel();
         let _ = self.accept.await;
         self.conns.close();
         self.calls.close();
@@ -222,7 +224,10 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
     let mut draining = false;
     loop {
         let accepted = tokio::select! {
-            _ = &mut stop => return,
+            _ = &mut stop => {
+                conn.close(VarInt::from_u32(codes::SHUTDOWN), b"server shutting down");
+                return;
+            }
             _ = &mut drain, if !draining => {
                 // No more stream credit; what the client was already granted is refused below.
                 draining = true;

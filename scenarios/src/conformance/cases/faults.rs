@@ -619,6 +619,9 @@ async fn graceful_drain(ctx: Ctx) -> CaseResult {
             ));
         }
     };
+    // Closed before their broker stops, so they do not try to reconnect to it.
+    fresh.close().await;
+    c.close().await;
     restarted.stop().await;
     if let Some(b) = broker {
         b.stop().await;
