@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use super::stream::{FrameReader, FrameWriter, ReadFail, WriteFail};
 use super::{ALPN, PIN_MARK, QuicOptions, STREAM_BUFFER, codes};
-use crate::drain::{DrainReport, Grace};
+use crate::drain::{DrainReport, Grace, cut_status};
 use crate::echo::{CallHead, Echo, ServerCall, UnaryOutcome};
 use crate::message::{EchoRequest, EchoResponse, Method};
 use crate::metadata::Metadata;
@@ -481,6 +481,8 @@ async fn serve_unary(
                 // Nobody is listening any more.
                 return;
             }
+            let mut outcome = outcome;
+            outcome.status = cut_status(outcome.status, &shared.shutdown);
             outcome
         }
     };
