@@ -1,6 +1,9 @@
 //! `inproc`: the floor. No I/O at all: a unary call runs the shared echo logic in the caller's
 //! task (a task of its own only when it must wait), streams go through tokio channels to a
 //! handler task. What it measures is the harness's own cost.
+//!
+//! A drain closes the server to new connections and calls (`UNAVAILABLE`) and waits for the
+//! handler tasks of the calls in flight, up to its grace.
 
 use crate::transport::NetworkPath;
 use std::net::SocketAddr;
@@ -8,11 +11,14 @@ use std::net::SocketAddr;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::call::{CallEvent, CancelSignal, EventReceiver, call_ended};
+use crate::drain::{DrainReport, Grace, cut_status};
 use crate::echo::{CallHead, Echo, ServerCall, UnaryOutcome};
 use crate::message::{EchoRequest, EchoResponse, Method};
 use crate::metadata::Metadata;
@@ -32,9 +38,12 @@ pub struct Inproc;
 #[derive(Debug)]
 struct Shared {
     echo: Arc<Echo>,
+    /// Set on shutdown and drain: new calls fail with `UNAVAILABLE`.
     closed: AtomicBool,
     /// Cancelled on shutdown: every running handler and waiting client sees it.
     shutdown: CancellationToken,
+    /// Handler tasks: the calls in flight that wait or stream.
+    calls: TaskTracker,
 }
 
 fn registry() -> &'static Mutex<HashMap<u64, Weak<Shared>>> {
@@ -57,8 +66,26 @@ impl Server for InprocServer {
     }
 
     async fn shutdown(self) {
-        self.shared.closed.store(true, Ordering::Release);
+        self.close();
         self.shared.shutdown.cancel();
+        self.shared.calls.close();
+        self.shared.calls.wait().await;
+    }
+
+    async fn drain(self, grace: Duration) -> DrainReport {
+        let g = Grace::begin(grace, &self.shared.calls);
+        self.close();
+        g.settle(&self.shared.calls).await;
+        let report = g.report(&self.shared.calls);
+        self.shutdown().await;
+        report
+    }
+}
+
+impl InprocServer {
+    /// Admits nothing more: new calls fail with `UNAVAILABLE`, new connections find no server.
+    fn close(&self) {
+        self.shared.closed.store(true, Ordering::Release);
         if let Ok(mut r) = registry().lock() {
             r.remove(&self.id);
         }
@@ -128,12 +155,6 @@ impl Transport for Inproc {
                  new instance, reached by connecting again",
             ),
             (
-                Capability::GracefulDrain,
-                "inproc's Server::shutdown stops at once: it cancels the handlers of calls in \
-                 flight (they end with UNAVAILABLE) and closes every connection; there is no \
-                 drain-with-grace mode yet",
-            ),
-            (
                 Capability::StreamHop,
                 "inproc has no network hop: there is no byte stream for a proxy to cut or reset",
             ),
@@ -158,6 +179,7 @@ impl Transport for Inproc {
             echo,
             closed: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
+            calls: TaskTracker::new(),
         });
         registry()
             .lock()
@@ -278,15 +300,18 @@ impl Connection for InprocConnection {
                 let (tx, rx) = oneshot::channel();
                 let echo = self.shared.echo.clone();
                 let deadline = head.deadline;
-                tokio::spawn(async move {
+                self.shared.calls.spawn(async move {
                     let outcome = echo.unary(&head, request, &token).await;
                     let _ = tx.send(outcome);
                 });
-                let outcome = until_deadline(deadline, async {
+                let mut outcome = until_deadline(deadline, async {
                     rx.await
                         .map_err(|_| Status::unavailable("inproc handler ended without answer"))
                 })
                 .await?;
+                if !outcome.status.is_ok() {
+                    outcome.status = cut_status(outcome.status, &self.shared.shutdown);
+                }
                 into_reply(outcome)?
             }
         };
@@ -305,16 +330,17 @@ impl Connection for InprocConnection {
         let (req_tx, req_rx) = mpsc::channel(STREAM_BUFFER);
         let (ev_tx, ev_rx) = mpsc::channel(STREAM_BUFFER);
         let token = self.shared.shutdown.child_token();
-        let echo = self.shared.echo.clone();
+        let shared = self.shared.clone();
         let server_token = token.clone();
         let max = self.max_message_size;
-        tokio::spawn(async move {
+        self.shared.calls.spawn(async move {
             let mut call = InprocServerCall {
                 rx: req_rx,
                 tx: ev_tx,
                 max,
             };
-            let status = echo.handle(&head, &mut call, &server_token).await;
+            let status = shared.echo.handle(&head, &mut call, &server_token).await;
+            let status = cut_status(status, &shared.shutdown);
             let _ = call.tx.send(CallEvent::End(status)).await;
         });
         Ok((

@@ -7,6 +7,7 @@
 
 pub mod broker;
 pub mod call;
+pub mod drain;
 pub mod echo;
 pub(crate) mod flow;
 pub mod grpc;
@@ -23,6 +24,7 @@ pub mod tcp;
 pub mod tls;
 pub mod transport;
 
+pub use drain::DrainReport;
 pub use echo::{CallHead, Echo, EchoConfig, Observed, ServerCall};
 pub use message::{Directives, EchoRequest, EchoResponse, FailWith, Method, pattern};
 pub use metadata::{Metadata, MetadataValue};

@@ -5,7 +5,9 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use crate::drain::DrainReport;
 use crate::echo::Echo;
 use crate::message::{EchoRequest, EchoResponse, Method};
 use crate::metadata::Metadata;
@@ -194,6 +196,10 @@ macro_rules! registry {
 
             async fn shutdown(self) {
                 match self { $(AnyServer::$variant(s) => s.shutdown().await,)+ }
+            }
+
+            async fn drain(self, grace: Duration) -> DrainReport {
+                match self { $(AnyServer::$variant(s) => s.drain(grace).await,)+ }
             }
         }
     };

@@ -15,6 +15,7 @@ use thiserror::Error;
 use tokio::time::Instant;
 
 use crate::broker::BrokerError;
+use crate::drain::DrainReport;
 use crate::echo::Echo;
 use crate::message::{EchoRequest, EchoResponse, Method};
 use crate::metadata::Metadata;
@@ -309,8 +310,17 @@ pub trait Server: Send + Sync + 'static {
     /// What a client passes to `connect` to reach this server.
     fn endpoint(&self) -> String;
 
-    /// Stops accepting and closes every connection.
+    /// Stops at once: stops accepting, cancels the handlers of calls in flight (their clients
+    /// see `UNAVAILABLE`) and closes every connection.
     fn shutdown(self) -> impl Future<Output = ()> + Send;
+
+    /// Stops gracefully: from now on the server admits no new connection or call (its clients
+    /// learn so in the transport's own idiom, fail new calls with `UNAVAILABLE` and connect
+    /// again), lets the calls already in flight finish for up to `grace`, then closes as
+    /// [`shutdown`](Self::shutdown) does, cutting whatever still runs. With
+    /// [`Capability::GracefulDrain`] declared, calls that finish within the grace reach their
+    /// clients intact.
+    fn drain(self, grace: Duration) -> impl Future<Output = DrainReport> + Send;
 }
 
 /// A transport: a way to serve the `Echo` service and to call it.
@@ -460,8 +470,9 @@ pub enum Capability {
     /// A connection re-establishes its link by itself after the server (or the broker) it
     /// talks to restarts: the same connection works again without the caller re-dialling.
     Reconnect,
-    /// Shutting a server down lets calls already in flight finish before it closes their
-    /// connections.
+    /// [`Server::drain`] lets the calls already in flight finish (within its grace) before it
+    /// closes their connections, and a client's new calls fail fast with `UNAVAILABLE` so it
+    /// connects again.
     GracefulDrain,
 }
 

@@ -1,5 +1,7 @@
 //! `wirebench serve`: serves the echo service over one transport until told to stop, and
-//! reports where it listens as one JSON line on stdout (and in `--ready-file`).
+//! reports where it listens as one JSON line on stdout (and in `--ready-file`). SIGTERM drains
+//! the server (`Server::drain`, bounded by `--drain-grace`); Ctrl-C, a second SIGTERM or the end
+//! of stdin stop it at once.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,15 +19,19 @@ use wirebench_transports::{Capability, Echo, Server, ServerConfig, Transport};
 use crate::affinity::pin_current_thread;
 use crate::child::ReadyLine;
 use crate::exit::bad_input;
-
-/// How long the runtime's shutdown waits for blocking threads (the `--watch-stdin` reader).
-const STDIN_READER_GRACE: Duration = Duration::from_millis(100);
+use wirebench_scenarios::units::parse_duration;
 
 /// Arguments of `wirebench serve`.
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "The ready line, printed once the server accepts connections:\n  \
     {\"transport\":\"tcp\",\"endpoint\":\"127.0.0.1:40123\",\"pid\":4242}\n\n\
+    Stopping: SIGTERM drains the server: it takes no new connections or calls (its clients \
+    learn so and connect again), lets the calls in flight finish for up to --drain-grace, \
+    then closes, cutting whatever still runs (UNAVAILABLE); a line on stderr says how many \
+    calls finished and how many were cut. SIGINT (Ctrl-C), a second SIGTERM, or the end of \
+    standard input under --watch-stdin stop it at once. A broker transport's private broker \
+    (the default) stops with the server.\n\n\
     Examples:\n  wirebench serve --transport tcp --listen 127.0.0.1:7000\n  \
     wirebench serve --transport tcp --ready-file /tmp/tcp.ready &\n  \
     wirebench load --transport tcp --target 127.0.0.1:7000 --rate 5000 --duration 10s"
@@ -64,6 +70,9 @@ pub struct Args {
     /// outlives it).
     #[arg(long)]
     pub watch_stdin: bool,
+    /// How long a SIGTERM drain lets the calls in flight finish before it cuts them.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub drain_grace: Duration,
 }
 
 fn parse_tls_mode(s: &str) -> Result<TlsMode, String> {
@@ -163,7 +172,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
                     args.listen
                 ))
             })?;
-        let stop = stop_requested(args.watch_stdin);
+        // Watched from before the ready line: a parent may send SIGTERM as soon as it reads
+        // it, and before the handler exists that signal would kill rather than drain.
+        let mut stop = StopSignals::new(args.watch_stdin);
         let ready = ReadyLine {
             transport: transport.name().to_owned(),
             endpoint: server.endpoint(),
@@ -175,44 +186,68 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 .with_context(|| format!("writing the ready file {}", path.display()))?;
         }
         println!("{line}");
-        stop.await;
-        server.shutdown().await;
+        match stop.next().await {
+            Stop::Now => server.shutdown().await,
+            Stop::Drain => {
+                tokio::select! {
+                    report = server.drain(args.drain_grace) => {
+                        eprintln!("wirebench serve: {report}");
+                    }
+                    // Dropping the drain drops the server: the runtime's end closes every
+                    // connection and stops a private broker.
+                    _ = stop.next() => eprintln!("wirebench serve: stopped during the drain"),
+                }
+            }
+        }
         anyhow::Ok(())
     });
-    // Dropping a runtime waits for its blocking threads, and `--watch-stdin`'s reader sits in a
-    // read(2) of standard input that only the parent can end: without a bound, every SIGTERM
-    // became the parent's SIGKILL two seconds later (and two seconds per load point).
-    rt.shutdown_timeout(STDIN_READER_GRACE);
+    // The stdin watcher's blocking read cannot be cancelled: waiting for it (as dropping the
+    // runtime does) would keep a stopped server alive until its stdin closes.
+    rt.shutdown_background();
     served?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Waits for Ctrl-C, SIGTERM, or (with `watch_stdin`) the end of standard input. The signal
-/// handlers are installed when this is called, not when the future is first polled: a parent
-/// may send SIGTERM as soon as it reads the ready line, and before the handler exists that
-/// signal would kill the process instead of stopping it.
-fn stop_requested(watch_stdin: bool) -> impl Future<Output = ()> {
-    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
-    let int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
-    async move {
+/// How `wirebench serve` was asked to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// SIGTERM: drain.
+    Drain,
+    /// Ctrl-C, or the end of standard input: at once.
+    Now,
+}
+
+/// The stop requests of `wirebench serve`: SIGTERM, Ctrl-C, and (with `watch_stdin`) the end of
+/// standard input. Kept across requests, so a second one during a drain is seen too.
+struct StopSignals {
+    /// `None` when SIGTERM cannot be watched (then only the other two stop the server).
+    term: Option<tokio::signal::unix::Signal>,
+    watch_stdin: bool,
+    stdin_closed: bool,
+}
+
+impl StopSignals {
+    fn new(watch_stdin: bool) -> StopSignals {
+        StopSignals {
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
+            watch_stdin,
+            stdin_closed: false,
+        }
+    }
+
+    /// Waits for the next stop request.
+    async fn next(&mut self) -> Stop {
         let term = async {
-            match term {
-                Ok(mut s) => {
+            match &mut self.term {
+                Some(s) => {
                     s.recv().await;
                 }
-                Err(_) => std::future::pending().await,
+                None => std::future::pending().await,
             }
         };
-        let int = async {
-            match int {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending().await,
-            }
-        };
+        let watch = self.watch_stdin && !self.stdin_closed;
         let stdin_closed = async {
-            if !watch_stdin {
+            if !watch {
                 return std::future::pending().await;
             }
             let mut stdin = tokio::io::stdin();
@@ -225,9 +260,12 @@ fn stop_requested(watch_stdin: bool) -> impl Future<Output = ()> {
             }
         };
         tokio::select! {
-            _ = int => {}
-            _ = term => {}
-            _ = stdin_closed => {}
+            _ = tokio::signal::ctrl_c() => Stop::Now,
+            _ = term => Stop::Drain,
+            _ = stdin_closed => {
+                self.stdin_closed = true;
+                Stop::Now
+            }
         }
     }
 }

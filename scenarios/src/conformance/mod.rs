@@ -23,8 +23,8 @@ use wirebench_transports::broker::{
 use wirebench_transports::registry::{AnyConnection, AnyServer, AnyTransport};
 use wirebench_transports::tls::{TlsError, TlsMaterial, TlsMode};
 use wirebench_transports::{
-    Capability, ClientConfig, Echo, EchoConfig, Server, ServerConfig, Status, Transport,
-    TransportError, WireProtocol,
+    Capability, ClientConfig, DrainReport, Echo, EchoConfig, Server, ServerConfig, Status,
+    Transport, TransportError, WireProtocol,
 };
 
 pub use cases::all as cases;
@@ -340,10 +340,19 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Stops the server and waits for it.
+    /// Stops the server at once and waits for it.
     pub async fn stop(mut self) {
         if let Some(s) = self.server.take() {
             s.shutdown().await;
+        }
+    }
+
+    /// Drains the server (see [`Server::drain`]): the calls in flight may finish for up to
+    /// `grace`.
+    pub async fn drain(mut self, grace: Duration) -> DrainReport {
+        match self.server.take() {
+            Some(s) => s.drain(grace).await,
+            None => DrainReport::default(),
         }
     }
 }

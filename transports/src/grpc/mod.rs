@@ -190,12 +190,6 @@ impl Transport for Grpc {
                  reconnecting tonic Channel): once the server goes, calls fail with UNAVAILABLE \
                  and the caller connects again",
             ),
-            (
-                Capability::GracefulDrain,
-                "grpc's Server::shutdown stops at once: it cancels the handlers of calls in \
-                 flight (they end with UNAVAILABLE) and closes every connection; there is no \
-                 drain-with-grace mode yet",
-            ),
         ];
         Capabilities::all_except(GAPS)
     }

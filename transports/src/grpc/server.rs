@@ -2,6 +2,10 @@
 //! router over tonic's codec. Unary calls that need no waiting are answered in the request's
 //! own future; waiting unary calls and streams run the shared echo in a task of their own,
 //! whose cancellation token fires when hyper drops the call (client reset or gone).
+//!
+//! A drain closes the listener and asks each connection for HTTP/2's graceful shutdown (hyper
+//! sends GOAWAY, serves the streams already open to their end, then closes); the grace's end
+//! cancels the handlers still running, as `shutdown` does.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -29,6 +33,7 @@ use super::{
     method_path, parse_grpc_timeout, proto, to_tonic_metadata, to_tonic_status,
 };
 use crate::call::CallEvent;
+use crate::drain::{DrainReport, Grace, cut_status};
 use crate::echo::{CallHead, Echo, ServerCall, UnaryOutcome};
 use crate::message::{EchoRequest, EchoResponse, Method};
 use crate::metadata::Metadata;
@@ -38,16 +43,21 @@ use crate::transport::{Server, ServerConfig, TransportError};
 
 /// How long a client may take to complete its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long shutdown waits for a connection to finish its calls after GOAWAY.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a stop waits for a connection to send the status of its cancelled calls after
+/// GOAWAY.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A running `grpc` server.
 #[derive(Debug)]
 pub struct GrpcServer {
     addr: SocketAddr,
     shutdown: CancellationToken,
+    draining: CancellationToken,
     accept: JoinHandle<()>,
-    tracker: TaskTracker,
+    /// Connection tasks.
+    conns: TaskTracker,
+    /// Handler tasks: the calls in flight that wait or stream.
+    calls: TaskTracker,
 }
 
 impl Server for GrpcServer {
@@ -58,8 +68,34 @@ impl Server for GrpcServer {
     async fn shutdown(self) {
         self.shutdown.cancel();
         let _ = self.accept.await;
-        self.tracker.close();
-        self.tracker.wait().await;
+        self.conns.close();
+        self.calls.close();
+        self.conns.wait().await;
+        self.calls.wait().await;
+    }
+
+    async fn drain(self, grace: Duration) -> DrainReport {
+        let g = Grace::begin(grace, &self.calls);
+        self.draining.cancel();
+        let GrpcServer {
+            shutdown,
+            accept,
+            conns,
+            calls,
+            ..
+        } = self;
+        // The listener closes with the accept loop: new connections are refused from here.
+        let _ = accept.await;
+        // Each connection has sent GOAWAY and ends once its streams have.
+        let _ = g.settle(&conns).await && g.settle(&calls).await;
+        let report = g.report(&calls);
+        // Whatever still runs is cut, as by `shutdown`.
+        shutdown.cancel();
+        conns.close();
+        calls.close();
+        conns.wait().await;
+        calls.wait().await;
+        report
     }
 }
 
@@ -71,6 +107,10 @@ struct Shared {
     decode_limit: usize,
     /// Cancelled on shutdown; every waiting handler's token is a child of it.
     shutdown: CancellationToken,
+    /// Cancelled on drain (and with `shutdown`, its parent): stop accepting, GOAWAY.
+    draining: CancellationToken,
+    /// Where handler tasks run.
+    calls: TaskTracker,
 }
 
 impl GrpcServer {
@@ -106,24 +146,30 @@ impl GrpcServer {
             http2.adaptive_window(true);
         }
         let shutdown = CancellationToken::new();
+        let draining = shutdown.child_token();
+        let calls = TaskTracker::new();
         let shared = Arc::new(Shared {
             decode_limit: echo.config().max_message_size.saturating_add(FRAMING_SLACK),
             echo,
             shutdown: shutdown.clone(),
+            draining: draining.clone(),
+            calls: calls.clone(),
         });
-        let tracker = TaskTracker::new();
+        let conns = TaskTracker::new();
         let accept = tokio::spawn(accept_loop(
             listener,
             acceptor,
             http2,
             shared,
-            tracker.clone(),
+            conns.clone(),
         ));
         Ok(GrpcServer {
             addr,
             shutdown,
+            draining,
             accept,
-            tracker,
+            conns,
+            calls,
         })
     }
 }
@@ -137,10 +183,11 @@ async fn accept_loop(
     shared: Arc<Shared>,
     tracker: TaskTracker,
 ) {
-    let shutdown = shared.shutdown.clone();
+    let draining = shared.draining.clone();
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            // Draining or stopping: the listener is dropped on return, refusing newcomers.
+            _ = draining.cancelled() => return,
             a = listener.accept() => a,
         };
         let (stream, peer) = match accepted {
@@ -163,8 +210,9 @@ async fn accept_loop(
                 serve_connection(stream, None, &http2, shared).await;
                 return;
             };
+            // A drain abandons a handshake: the connection has no calls yet.
             let handshake = tokio::select! {
-                _ = shared.shutdown.cancelled() => return,
+                _ = shared.draining.cancelled() => return,
                 h = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => h,
             };
             match handshake {
@@ -188,7 +236,8 @@ async fn serve_connection<I>(io: I, identity: Option<Arc<str>>, http2: &Http2, s
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let shutdown = shared.shutdown.clone();
+    let stop = shared.shutdown.clone();
+    let draining = shared.draining.clone();
     let service = EchoService { shared, identity };
     let conn = http2.serve_connection(TokioIo::new(io), service);
     let mut conn = std::pin::pin!(conn);
@@ -197,13 +246,19 @@ where
             if let Err(e) = r {
                 tracing::debug!("grpc connection ended: {e}");
             }
+            return;
         }
-        _ = shutdown.cancelled() => {
-            // GOAWAY, then give the (now cancelled) calls a moment to send their status.
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn).await;
-        }
+        _ = draining.cancelled() => {}
     }
+    // GOAWAY: the client opens no new stream here; hyper serves the open ones to their end and
+    // then closes the connection. Draining, that is the whole story unless the grace runs out.
+    conn.as_mut().graceful_shutdown();
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = stop.cancelled() => {}
+    }
+    // Stopping: the handlers are cancelled; give them a moment to send their status.
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn).await;
 }
 
 /// The service of one connection: routes a request to its method.
@@ -367,8 +422,10 @@ async fn unary(
             let guard = token.clone().drop_guard();
             let (tx, rx) = oneshot::channel();
             let echo = shared.echo.clone();
-            tokio::spawn(async move {
-                let outcome = echo.unary(&head, request, &token).await;
+            let stopping = shared.shutdown.clone();
+            shared.calls.spawn(async move {
+                let mut outcome = echo.unary(&head, request, &token).await;
+                outcome.status = cut_status(outcome.status, &stopping);
                 let _ = tx.send(outcome);
             });
             let outcome = rx
@@ -413,13 +470,15 @@ async fn stream(
     let guard = token.clone().drop_guard();
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     let echo = shared.echo.clone();
-    tokio::spawn(async move {
+    let stopping = shared.shutdown.clone();
+    shared.calls.spawn(async move {
         let mut call = GrpcServerCall {
             requests,
             events: tx,
             token: token.clone(),
         };
         let status = echo.handle(&head, &mut call, &token).await;
+        let status = cut_status(status, &stopping);
         let _ = call.events.send(CallEvent::End(status)).await;
     });
     let mut body = ResponseStream {

@@ -17,7 +17,8 @@ use bytes::Bytes;
 use rumqttc::v5::Request;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{
-    ConnAck, Packet, Publish, PublishProperties, SubAck, SubscribeReasonCode,
+    ConnAck, Packet, Publish, PublishProperties, SubAck, SubscribeReasonCode, UnsubAck,
+    UnsubAckReason,
 };
 use rumqttc::v5::{AsyncClient, ClientError, ConnectionError, Event, EventLoop, MqttOptions};
 use rumqttc::{NetworkOptions, Outgoing};
@@ -32,7 +33,7 @@ const REQUEST_CAPACITY: usize = 1024;
 const MAX_INFLIGHT: u16 = 1024;
 /// Pause between attempts to reach a broker that went away.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
-/// How long a subscription may wait for the broker's acknowledgement.
+/// How long a subscription (or an unsubscription) may wait for the broker's acknowledgement.
 const SUBACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest packet the MQTT protocol can carry (its remaining length is at most 268,435,455).
 pub const PROTOCOL_MAX_PACKET: u32 = 268_435_455;
@@ -66,14 +67,16 @@ pub(super) struct LinkConfig {
     pub connect_timeout: Duration,
 }
 
-/// Subscription bookkeeping: SUBACKs are matched to callers by packet id, learnt from the
-/// event loop's `Outgoing::Subscribe(pkid)` events, which come in the order the SUBSCRIBE
-/// requests were queued (queueing is serialized by `Shared::subscribing`).
+/// Subscription bookkeeping: SUBACKs and UNSUBACKs are matched to callers by packet id, learnt
+/// from the event loop's `Outgoing::Subscribe(pkid)` and `Outgoing::Unsubscribe(pkid)` events,
+/// which come in the order the requests were queued (queueing is serialized by
+/// `Shared::subscribing`; SUBSCRIBE and UNSUBSCRIBE share one packet id space).
 #[derive(Default)]
 struct Subs {
-    /// Callers whose SUBSCRIBE is queued but has no packet id yet, in queue order.
+    /// Callers whose SUBSCRIBE or UNSUBSCRIBE is queued but has no packet id yet, in queue
+    /// order.
     queued: VecDeque<oneshot::Sender<Result<(), String>>>,
-    /// Callers waiting for the SUBACK of a packet id.
+    /// Callers waiting for the SUBACK or UNSUBACK of a packet id.
     sent: HashMap<u16, oneshot::Sender<Result<(), String>>>,
     /// Filters to restore after reconnecting to a broker that forgot them.
     filters: Vec<(String, QoS)>,
@@ -305,6 +308,27 @@ impl Link {
         subscribe(&self.handle, filter, qos, true).await
     }
 
+    /// Unsubscribes from `filter` and returns once the broker acknowledged it: from then on
+    /// it routes nothing for `filter` here (what it sent before has arrived: one connection's
+    /// packets come in order). The filter is no longer restored after a reconnection.
+    pub async fn unsubscribe(&self, filter: &str) -> Result<(), BrokerError> {
+        let handle = &self.handle;
+        handle.shared.subs().filters.retain(|(f, _)| f != filter);
+        let (tx, rx) = oneshot::channel();
+        {
+            let _queueing = handle.shared.subscribing.lock().await;
+            handle.shared.subs().queued.push_back(tx);
+            if handle.client.unsubscribe(filter).await.is_err() {
+                handle.shared.subs().queued.pop_back();
+                return Err(BrokerError::op(
+                    "unsubscribe",
+                    "the MQTT connection is closed",
+                ));
+            }
+        }
+        acknowledged(rx, "unsubscribe", "UNSUBACK", filter).await
+    }
+
     /// Returns once every message this connection published before the call has been taken
     /// by the broker: brokers handle one connection's packets in order, so the SUBACK of a
     /// later SUBSCRIBE (to a topic of this connection's own) comes after them.
@@ -348,13 +372,7 @@ async fn subscribe(
             ));
         }
     }
-    let acked = tokio::time::timeout(SUBACK_TIMEOUT, rx)
-        .await
-        .map_err(|_| {
-            BrokerError::Timeout(format!("no SUBACK for {filter} within {SUBACK_TIMEOUT:?}"))
-        })?
-        .map_err(|_| BrokerError::op("subscribe", "the MQTT connection broke"))?;
-    acked.map_err(|reason| BrokerError::op("subscribe", format!("{filter}: {reason}")))?;
+    acknowledged(rx, "subscribe", "SUBACK", filter).await?;
     if remember {
         let mut subs = handle.shared.subs();
         if !subs.filters.iter().any(|(f, _)| f == filter) {
@@ -362,6 +380,22 @@ async fn subscribe(
         }
     }
     Ok(())
+}
+
+/// Waits for the broker's acknowledgement (`ack`) of an `op` on `filter`.
+async fn acknowledged(
+    rx: oneshot::Receiver<Result<(), String>>,
+    op: &'static str,
+    ack: &str,
+    filter: &str,
+) -> Result<(), BrokerError> {
+    tokio::time::timeout(SUBACK_TIMEOUT, rx)
+        .await
+        .map_err(|_| {
+            BrokerError::Timeout(format!("no {ack} for {filter} within {SUBACK_TIMEOUT:?}"))
+        })?
+        .map_err(|_| BrokerError::op(op, "the MQTT connection broke"))?
+        .map_err(|reason| BrokerError::op(op, format!("{filter}: {reason}")))
 }
 
 /// Restores every remembered subscription after a reconnection, then says the link is up.
@@ -400,6 +434,23 @@ fn on_suback(handle: &LinkHandle, ack: &SubAck) {
     let _ = waiter.send(match refused {
         None => Ok(()),
         Some(code) => Err(format!("the broker refused the subscription: {code:?}")),
+    });
+}
+
+fn on_unsuback(handle: &LinkHandle, ack: &UnsubAck) {
+    let Some(waiter) = handle.shared.subs().sent.remove(&ack.pkid) else {
+        return;
+    };
+    // Nothing to unsubscribe from is as good as done.
+    let refused = ack.reasons.iter().find(|r| {
+        !matches!(
+            r,
+            UnsubAckReason::Success | UnsubAckReason::NoSubscriptionExisted
+        )
+    });
+    let _ = waiter.send(match refused {
+        None => Ok(()),
+        Some(code) => Err(format!("the broker refused to unsubscribe: {code:?}")),
     });
 }
 
@@ -445,13 +496,14 @@ async fn poll<I: Inbound>(
                     }
                 }
             }
-            Ok(Event::Outgoing(Outgoing::Subscribe(pkid))) => {
+            Ok(Event::Outgoing(Outgoing::Subscribe(pkid) | Outgoing::Unsubscribe(pkid))) => {
                 let mut subs = handle.shared.subs();
                 if let Some(w) = subs.queued.pop_front() {
                     subs.sent.insert(pkid, w);
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => on_suback(&handle, &ack),
+            Ok(Event::Incoming(Packet::UnsubAck(ack))) => on_unsuback(&handle, &ack),
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {
                 if handle.shared.closing.load(Ordering::Acquire) {
                     break;

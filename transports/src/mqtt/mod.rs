@@ -113,6 +113,15 @@
 //!   deadline (the broker tells a server nothing about its callers' liveness).
 //! - A connection whose broker goes away fails its calls in flight with `UNAVAILABLE` at once,
 //!   reconnects every 100 ms, restores its subscriptions, and serves new calls again.
+//! - A server shutting down answers the calls it is running `UNAVAILABLE` (streams: a `status`
+//!   without `Wb-Seq`) and disconnects. A **draining** server first unsubscribes from
+//!   `$share/wb-echo/P/call/+` and waits for the UNSUBACK — the broker then routes new calls to
+//!   the group's other members, or nowhere (they wait for their deadline, as above) — lets the
+//!   calls it already received run to their end, and then shuts down so. An embedded broker
+//!   the server started stops with it, closing its clients' connections: the server makes
+//!   sure the broker has taken every answer, but one the broker has not yet passed on is lost
+//!   with it. When every answer matters, drain a server whose broker outlives it (`listen =
+//!   mqtt://HOST:PORT...`).
 
 mod client;
 pub mod embedded;
@@ -310,11 +319,6 @@ impl Transport for Mqtt {
             (
                 Capability::Datagrams,
                 "mqtt runs over TCP to the broker: loss applies to datagrams, and TCP retransmits below us",
-            ),
-            (
-                Capability::GracefulDrain,
-                "the mqtt server's shutdown cancels the handlers of calls in flight and answers \
-                 them UNAVAILABLE before it disconnects; there is no drain-with-grace mode yet",
             ),
         ];
         Capabilities::all_except(GAPS)

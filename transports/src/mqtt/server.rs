@@ -4,10 +4,15 @@
 //! (`Echo::unary_now`, published with `try_publish`: no task, no await) and hands everything
 //! else to a task per call. The tables of running calls are locked briefly, never across an
 //! await, and never on the plain unary path.
+//!
+//! A drain unsubscribes from the service's shared subscription first (waiting for the
+//! UNSUBACK), lets the calls already received run to their end — cancels and stream frames
+//! still arrive — and then stops as `shutdown` does.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::QoS;
@@ -22,6 +27,7 @@ use super::embedded::EmbeddedBroker;
 use super::link::{Inbound, Link, LinkConfig, LinkHandle, Out, PublishError};
 use super::wire::{self, Frame, Props, WireError};
 use super::{Endpoint, SHARE_GROUP, Target, cancel_topic, fresh_id};
+use crate::drain::{DrainReport, Grace};
 use crate::echo::{CallHead, Echo, ServerCall, UnaryOutcome};
 use crate::flow::{Credit, DEFAULT_WINDOW, Grants};
 use crate::message::{EchoRequest, EchoResponse, Method};
@@ -30,7 +36,7 @@ use crate::status::{Code, Status};
 use crate::transport::{DEFAULT_MAX_MESSAGE_SIZE, Server, TransportError};
 
 /// How long connecting to the broker may take.
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The method a topic's last level names (exactly as [`Method::name`] spells it).
 fn method_of(level: &[u8]) -> Method {
@@ -98,8 +104,7 @@ impl MqttServer {
         link.subscribe(&format!("{}+", service.stream_prefix), qos)
             .await?;
         // Last: once requests can arrive, everything they lead to is in place.
-        link.subscribe(&format!("$share/{SHARE_GROUP}/{prefix}/call/+"), qos)
-            .await?;
+        link.subscribe(&service.call_filter(), qos).await?;
         Ok(MqttServer {
             endpoint: Endpoint {
                 host,
@@ -119,6 +124,39 @@ impl Server for MqttServer {
     }
 
     async fn shutdown(self) {
+        self.stop().await;
+    }
+
+    async fn drain(self, grace: Duration) -> DrainReport {
+        let g = Grace::begin(grace, &self.service.tracker);
+        // Once the broker acknowledged the UNSUBSCRIBE it routes no request here (the shared
+        // subscription's other members get them); those it sent before have arrived and are
+        // answered or running. Cancels and stream frames still come: their subscriptions stay.
+        let filter = self.service.call_filter();
+        match g.within(self.link.unsubscribe(&filter)).await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => tracing::warn!("mqtt server: draining: {e}"),
+            None => tracing::warn!("mqtt server: draining: no UNSUBACK within the grace"),
+        }
+        g.settle(&self.service.tracker).await;
+        let report = g.report(&self.service.tracker);
+        // The answers just published reach the broker before the DISCONNECT anyway (one
+        // connection's packets are handled in order); the barrier makes sure the broker has
+        // taken them before an embedded broker is stopped with us.
+        if self.broker.is_some() {
+            let _ = g
+                .within(self.link.barrier(&self.service.barrier_topic()))
+                .await;
+        }
+        self.stop().await;
+        report
+    }
+}
+
+impl MqttServer {
+    /// Stops at once: calls still running are answered `UNAVAILABLE` and their handlers
+    /// cancelled; then the link and an embedded broker are closed.
+    async fn stop(self) {
         self.service.stopping.cancel();
         // Calls still running learn why they end; their handlers see a cancellation.
         let going = Status::unavailable("server shutting down");
@@ -346,6 +384,16 @@ fn deliver_last(entry: &mut StreamEntry, item: Result<EchoRequest, Status>) {
 impl Service {
     fn calls(&self) -> MutexGuard<'_, Calls> {
         lock(&self.calls)
+    }
+
+    /// The service's shared subscription: requests and `open`s, `$share/G/P/call/+`.
+    fn call_filter(&self) -> String {
+        format!("$share/{SHARE_GROUP}/{}+", self.call_prefix)
+    }
+
+    /// A topic of this server's own, for [`Link::barrier`].
+    fn barrier_topic(&self) -> String {
+        format!("{}barrier", self.stream_prefix)
     }
 
     /// A request or `open`, on the polling task.

@@ -105,7 +105,15 @@
 //!
 //! At shutdown a server answers the requests it has received but not handled with
 //! `UNAVAILABLE`, and ends its running streams with a `status` frame (`UNAVAILABLE`, without
-//! `Wb-Seq`). A client whose broker connection breaks fails every call in flight with
+//! `Wb-Seq`). A **draining** server first drains its service subscription the NATS way
+//! (`UNSUB`, then a `PING`: the broker routes no new request to it — its queue-group peers get
+//! them, or callers get no-responders — and everything sent before the `UNSUB` still arrives
+//! and is answered); it keeps its cancel and stream subjects, so the calls in flight run to
+//! their end as usual, and it shuts down as above once they have (or its grace ran out). A
+//! private broker the server started stops with it, closing its clients' connections: an
+//! answer still on its way through the broker may be lost with it (or the client may see its
+//! connection go first). When every answer matters, drain a server whose broker outlives it
+//! (`listen = nats://HOST:PORT...`). A client whose broker connection breaks fails every call in flight with
 //! `UNAVAILABLE` at once, and new calls until it has reconnected (the client library
 //! reconnects by itself). A client whose inbox overflows (the library drops replies past
 //! 65,536 waiting) fails every call in flight with `RESOURCE_EXHAUSTED` rather than let one
@@ -274,12 +282,6 @@ impl Transport for Nats {
             (
                 Capability::Datagrams,
                 "nats runs over TCP to the broker: loss applies to datagrams, and TCP retransmits below us",
-            ),
-            (
-                Capability::GracefulDrain,
-                "the nats server's shutdown cancels the handlers of calls in flight (their \
-                 callers get UNAVAILABLE) before it unsubscribes; NATS's own drain is not used \
-                 yet",
             ),
         ];
         Capabilities::all_except(GAPS)

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use async_nats::client::traits::Publisher as _;
 use async_nats::message::OutboundMessage;
@@ -26,6 +27,7 @@ use super::broker::NatsProcess;
 use super::client::{connect_client, publish};
 use super::wire::{self, Frame, WireError};
 use super::{Endpoint, QUEUE_GROUP, Target, cancel_subject};
+use crate::drain::{DrainReport, Grace};
 use crate::echo::{CallHead, Echo, ServerCall, UnaryOutcome};
 use crate::flow::{Credit, DEFAULT_WINDOW, Grants};
 use crate::message::{EchoRequest, EchoResponse, Method};
@@ -33,8 +35,10 @@ use crate::metadata::Metadata;
 use crate::status::{Code, Status};
 use crate::transport::{ClientConfig, Server, TransportError};
 
+/// How long the broker may take to confirm a starting server's subscriptions.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a shutdown step may wait on the broker (which may be gone).
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
 /// The method a subject's last token names (exactly as [`Method::name`] spells it).
 fn method_of(token: &str) -> Method {
@@ -57,6 +61,9 @@ struct Running {
     endpoint: Endpoint,
     client: Client,
     shutdown: CancellationToken,
+    /// Cancelled on drain (and with `shutdown`, its parent): the request loop drains the
+    /// service subscription.
+    draining: CancellationToken,
     requests: JoinHandle<()>,
     control: JoinHandle<()>,
     tracker: TaskTracker,
@@ -99,16 +106,45 @@ impl NatsServer {
             .await
             .map_err(|e| sub_err("the cancel subject", e))?;
         let inbox = client.new_inbox();
-        let frames = client
+        let mut frames = client
             .subscribe(Subject::from(format!("{inbox}.*")))
             .await
             .map_err(|e| sub_err("the server inbox", e))?;
-        // Once the broker has our subscriptions, a client connecting next finds a responder.
+        // Once the broker has our subscriptions, a client connecting next finds a responder
+        // (and a peer draining out of the queue group leaves us to take its calls). `flush` only
+        // writes them out: our own message coming back proves the broker has processed them, as
+        // it handles one connection's operations in order.
+        let ready = Subject::from(format!("{inbox}.ready"));
         client
-            .flush()
+            .publish(ready.clone(), Bytes::new())
             .await
-            .map_err(|e| TransportError::Protocol(format!("flushing subscriptions: {e}")))?;
+            .map_err(|e| {
+                TransportError::Protocol(format!("publishing to the server inbox: {e}"))
+            })?;
+        let confirmed = async {
+            while let Some(m) = frames.next().await {
+                if m.subject == ready {
+                    return true;
+                }
+            }
+            false
+        };
+        match tokio::time::timeout(SUBSCRIBE_TIMEOUT, confirmed).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(TransportError::Protocol(
+                    "the broker connection closed while subscribing".into(),
+                ));
+            }
+            Err(_) => {
+                return Err(TransportError::Timeout(format!(
+                    "the broker did not confirm the server's subscriptions within \
+                     {SUBSCRIBE_TIMEOUT:?}"
+                )));
+            }
+        }
         let shutdown = CancellationToken::new();
+        let draining = shutdown.child_token();
         let tracker = TaskTracker::new();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let service = Arc::new(Service {
@@ -121,7 +157,11 @@ impl NatsServer {
             done_tx,
             tracker: tracker.clone(),
         });
-        let requests = tokio::spawn(service.clone().request_loop(requests, shutdown.clone()));
+        let requests = tokio::spawn(service.clone().request_loop(
+            requests,
+            shutdown.clone(),
+            draining.clone(),
+        ));
         let control =
             tokio::spawn(service.control_loop(frames, cancels, done_rx, shutdown.clone()));
         Ok(NatsServer(Box::new(Running {
@@ -131,6 +171,7 @@ impl NatsServer {
             },
             client,
             shutdown,
+            draining,
             requests,
             control,
             tracker,
@@ -145,17 +186,40 @@ impl Server for NatsServer {
     }
 
     async fn shutdown(self) {
-        let r = *self.0;
-        r.shutdown.cancel();
-        let _ = r.requests.await;
-        let _ = r.control.await;
-        r.tracker.close();
+        self.0.stop(false).await;
+    }
+
+    async fn drain(self, grace: Duration) -> DrainReport {
+        let mut r = *self.0;
+        let g = Grace::begin(grace, &r.tracker);
+        r.draining.cancel();
+        // The request loop ends once the broker has taken our UNSUB: no request reaches this
+        // server any more (its queue-group peers get them), and those it had sent before are
+        // answered or running.
+        let requests_done = g.within(&mut r.requests).await.is_some();
+        g.settle(&r.tracker).await;
+        let report = g.report(&r.tracker);
+        r.stop(requests_done).await;
+        report
+    }
+}
+
+impl Running {
+    /// Stops at once (what `drain` ends with): calls still running are told the server is
+    /// going and their handlers cancelled; a private broker is stopped last.
+    async fn stop(self, requests_done: bool) {
+        self.shutdown.cancel();
+        if !requests_done {
+            let _ = self.requests.await;
+        }
+        let _ = self.control.await;
+        self.tracker.close();
         // Handlers were cancelled; each ends promptly unless stuck publishing to a broker that
         // is gone. Bounded like the flush: a dead broker must not hold up a shutdown.
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, r.tracker.wait()).await;
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, r.client.flush()).await;
-        drop(r.client);
-        if let Some(b) = r.broker {
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.tracker.wait()).await;
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.client.flush()).await;
+        drop(self.client);
+        if let Some(b) = self.broker {
             b.stop().await;
         }
     }
@@ -218,18 +282,30 @@ impl Service {
         self: Arc<Self>,
         mut requests: async_nats::Subscriber,
         shutdown: CancellationToken,
+        draining: CancellationToken,
     ) {
         // Created once: a fresh `cancelled()` per message would register with the token
         // every time. Biased towards requests: while they keep coming, only they are polled.
         let stopping = shutdown.cancelled();
-        tokio::pin!(stopping);
+        let drain = draining.cancelled();
+        tokio::pin!(stopping, drain);
+        let mut drained = false;
         loop {
             let msg = tokio::select! {
                 biased;
                 m = requests.next() => m,
                 _ = &mut stopping => None,
+                _ = &mut drain, if !drained => {
+                    drained = true;
+                    // UNSUB, then PING: the subscription ends after the requests the broker
+                    // sent before taking the UNSUB, which are answered as usual meanwhile.
+                    if let Err(e) = requests.drain().await {
+                        tracing::debug!("nats server: draining the service subscription: {e}");
+                    }
+                    continue;
+                }
             };
-            // None: shutting down, or the client closed.
+            // None: shutting down, drained, or the client closed.
             let Some(msg) = msg else { break };
             // Decided synchronously, published with one await: no nested futures to move.
             match self.on_request(msg) {
@@ -245,12 +321,10 @@ impl Service {
                 None => {}
             }
         }
-        // Requests this server already holds would be lost to the queue group: refuse them
-        // so their callers learn at once. Unsubscribing closes the subscription once the
-        // broker stops sending.
         // Requests already delivered to us would be lost to the queue group: refuse them so
-        // their callers learn at once. Only what is buffered: with the broker gone, the
-        // subscription would never close. Bounded, so a dead broker cannot hold us here.
+        // their callers learn at once (after a completed drain there are none). Only what is
+        // buffered: with the broker gone, the subscription would never close. Bounded, so a
+        // dead broker cannot hold us here.
         let _ = requests.unsubscribe().await;
         let going = Status::unavailable("server shutting down");
         let refuse = async {

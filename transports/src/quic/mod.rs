@@ -33,12 +33,19 @@
 //! | `0x1` CANCELLED | RESET_STREAM + STOP_SENDING | client | the client cancelled the call (or its deadline passed) | server: handler observes the cancel |
 //! | `0x2` PROTOCOL_ERROR | RESET_STREAM + STOP_SENDING | either | the stream carried bytes that are not valid frames for it | `INTERNAL` for that call only |
 //! | `0x0` NO_ERROR | CONNECTION_CLOSE | client | the client closed the connection | server: every open call cancelled |
-//! | `0x10` SHUTDOWN | CONNECTION_CLOSE | server | the server is shutting down | client: open calls fail `UNAVAILABLE` |
+//! | `0x10` SHUTDOWN | CONNECTION_CLOSE | server | the server is shutting down (at once, or at the end of a drain) | client: open calls fail `UNAVAILABLE` |
+//! | `0x11` DRAINING | RESET_STREAM + STOP_SENDING | server | the server is draining: it refuses a call opened on its connection after the drain began | client: that call fails `UNAVAILABLE` (dial again) |
 //!
 //! Any other loss of the connection (idle timeout, a TLS failure, a transport error) fails the
 //! open calls with `UNAVAILABLE`; a stream reset by the server with any other code fails that
 //! call with `UNAVAILABLE`. A server treats every RESET_STREAM or STOP_SENDING that arrives
 //! before it sent STATUS as the client cancelling the call.
+//!
+//! **Drain.** A draining server refuses new connections (CONNECTION_REFUSED), grants no more
+//! streams on the connections it has (MAX_STREAMS stays where it is) and refuses, with
+//! `0x11` DRAINING, any stream the client opens with the credit it still holds. The calls
+//! already open run to their end; once every answer has been acknowledged (or the server's
+//! grace ran out, cancelling the calls left) it closes each connection with `0x10` SHUTDOWN.
 //!
 //! **Deadlines** travel in OPEN (`timeout_us`, from arrival), as on `tcp`; the client also
 //! enforces them and cancels (code `0x1`) on expiry.
@@ -103,6 +110,8 @@ pub mod codes {
     pub const PROTOCOL_ERROR: u32 = 0x2;
     /// The server is shutting down.
     pub const SHUTDOWN: u32 = 0x10;
+    /// The server is draining: it refuses a call opened after the drain began.
+    pub const DRAINING: u32 = 0x11;
 }
 
 /// Marks the certificate pin in an endpoint.
@@ -287,12 +296,6 @@ impl Transport for Quic {
                 Capability::Reconnect,
                 "a QUIC connection is one handshake's state: once the server goes (or closes \
                  it), it is over, its calls fail with UNAVAILABLE and the caller connects again",
-            ),
-            (
-                Capability::GracefulDrain,
-                "quic's Server::shutdown stops at once: it cancels the handlers of calls in \
-                 flight (they end with UNAVAILABLE) and closes every connection; there is no \
-                 drain-with-grace mode yet",
             ),
             (
                 Capability::StreamHop,

@@ -2,6 +2,10 @@
 //! call. A unary call that needs no waiting is answered as soon as its request is read; other
 //! calls run the shared echo while the same task watches the stream for the client's reset or
 //! STOP_SENDING, which cancel the handler's token.
+//!
+//! A drain refuses new connections and streams (see the wire docs), waits for the stream
+//! tasks — each holds on until the client acknowledged its answer — then closes every
+//! connection with `SHUTDOWN`, as `shutdown` does.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use super::stream::{FrameReader, FrameWriter, ReadFail, WriteFail};
 use super::{ALPN, PIN_MARK, QuicOptions, STREAM_BUFFER, codes};
+use crate::drain::{DrainReport, Grace, cut_status};
 use crate::echo::{CallHead, Echo, ServerCall, UnaryOutcome};
 use crate::message::{EchoRequest, EchoResponse, Method};
 use crate::metadata::Metadata;
@@ -40,8 +45,12 @@ pub struct QuicServer {
     pin: Option<[u8; 32]>,
     endpoint: quinn::Endpoint,
     shutdown: CancellationToken,
+    draining: CancellationToken,
     accept: JoinHandle<()>,
-    tracker: TaskTracker,
+    /// Connection tasks.
+    conns: TaskTracker,
+    /// Stream tasks: one per call in flight.
+    calls: TaskTracker,
 }
 
 impl Server for QuicServer {
@@ -53,14 +62,30 @@ impl Server for QuicServer {
     }
 
     async fn shutdown(self) {
-        self.shutdown.cancel();
+        // Closed before the tasks learn of it: a connection task that ended first would drop
+        // its connection, which quinn closes with code 0 instead of SHUTDOWN.
         self.endpoint
             .close(VarInt::from_u32(codes::SHUTDOWN), b"server shutting down");
+        self.shutdown.cancel();
         let _ = self.accept.await;
-        self.tracker.close();
-        self.tracker.wait().await;
+        self.conns.close();
+        self.calls.close();
+        self.conns.wait().await;
+        self.calls.wait().await;
         // Give the CONNECTION_CLOSE frames a moment to leave; never hang on it.
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+
+    async fn drain(self, grace: Duration) -> DrainReport {
+        let g = Grace::begin(grace, &self.calls);
+        // New connections are refused, each connection stops granting streams and refuses
+        // those the client could still open; a call's task ends once its answer is
+        // acknowledged, so closing after them loses nothing.
+        self.draining.cancel();
+        g.settle(&self.calls).await;
+        let report = g.report(&self.calls);
+        self.shutdown().await;
+        report
     }
 }
 
@@ -68,6 +93,10 @@ impl Server for QuicServer {
 struct Shared {
     echo: Arc<Echo>,
     shutdown: CancellationToken,
+    /// Cancelled on drain (and with `shutdown`, its parent).
+    draining: CancellationToken,
+    /// Where stream tasks run.
+    calls: TaskTracker,
 }
 
 impl QuicServer {
@@ -114,33 +143,43 @@ impl QuicServer {
             .local_addr()
             .map_err(|e| TransportError::io("reading the bound address", e))?;
         let shutdown = CancellationToken::new();
+        let draining = shutdown.child_token();
+        let calls = TaskTracker::new();
         let shared = Arc::new(Shared {
             echo,
             shutdown: shutdown.clone(),
+            draining: draining.clone(),
+            calls: calls.clone(),
         });
-        let tracker = TaskTracker::new();
-        let accept = tokio::spawn(accept_loop(endpoint.clone(), shared, tracker.clone()));
+        let conns = TaskTracker::new();
+        let accept = tokio::spawn(accept_loop(endpoint.clone(), shared, conns.clone()));
         Ok(QuicServer {
             addr,
             pin,
             endpoint,
             shutdown,
+            draining,
             accept,
-            tracker,
+            conns,
+            calls,
         })
     }
 }
 
-async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, tracker: TaskTracker) {
+async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, conns: TaskTracker) {
     loop {
         let incoming = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
             i = endpoint.accept() => i,
         };
         let Some(incoming) = incoming else { return };
+        if shared.draining.is_cancelled() {
+            // CONNECTION_REFUSED at once: the client does not wait out its handshake timeout.
+            incoming.refuse();
+            continue;
+        }
         let shared = shared.clone();
-        let conn_tracker = tracker.clone();
-        tracker.spawn(async move {
+        conns.spawn(async move {
             let peer = incoming.remote_address();
             let connecting = match incoming.accept() {
                 Ok(c) => c,
@@ -164,12 +203,12 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, tracker: Ta
                     return;
                 }
             };
-            serve_connection(conn, shared, conn_tracker).await;
+            serve_connection(conn, shared).await;
         });
     }
 }
 
-async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>, tracker: TaskTracker) {
+async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
     let identity: Option<Arc<str>> = conn
         .peer_identity()
         .and_then(|any| {
@@ -178,16 +217,35 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>, tracker:
         })
         .and_then(|certs| peer_identity(&certs))
         .map(Arc::from);
+    // Created once, not per stream: each `cancelled()` registers with its token.
+    let stop = shared.shutdown.cancelled();
+    let drain = shared.draining.cancelled();
+    tokio::pin!(stop, drain);
+    let mut draining = false;
     loop {
         let accepted = tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
+            _ = &mut stop => {
+                conn.close(VarInt::from_u32(codes::SHUTDOWN), b"server shutting down");
+                return;
+            }
+            _ = &mut drain, if !draining => {
+                // No more stream credit; what the client was already granted is refused below.
+                draining = true;
+                conn.set_max_concurrent_bi_streams(VarInt::from_u32(0));
+                continue;
+            }
             a = conn.accept_bi() => a,
         };
         match accepted {
+            Ok((mut send, mut recv)) if draining => {
+                let _ = send.reset(VarInt::from_u32(codes::DRAINING));
+                let _ = recv.stop(VarInt::from_u32(codes::DRAINING));
+            }
             Ok((send, recv)) => {
                 let shared = shared.clone();
                 let identity = identity.clone();
-                tracker.spawn(serve_stream(send, recv, shared, identity));
+                let calls = shared.calls.clone();
+                calls.spawn(serve_stream(send, recv, shared, identity));
             }
             Err(e) => {
                 tracing::debug!("quic {}: connection ended: {e}", conn.remote_address());
@@ -267,26 +325,43 @@ async fn serve_stream(
     shared: Arc<Shared>,
     identity: Option<Arc<str>>,
 ) {
+    let mut writer = FrameWriter::new(send);
+    answer(recv, &mut writer, &shared, identity).await;
+    if shared.draining.is_cancelled() {
+        // Draining: the connection is closed once no call runs, and a close drops what the
+        // client has not acknowledged yet, so the call holds on until its answer arrived.
+        tokio::select! {
+            _ = writer.send.stopped() => {}
+            _ = shared.shutdown.cancelled() => {}
+        }
+    }
+}
+
+async fn answer(
+    recv: quinn::RecvStream,
+    writer: &mut FrameWriter,
+    shared: &Shared,
+    identity: Option<Arc<str>>,
+) {
     let max = shared.echo.config().max_message_size;
     let mut reader = FrameReader::new(recv, max);
-    let mut writer = FrameWriter::new(send);
     let head = match reader.next(|f| open_head(f, &identity)).await {
         Ok(Some(Ok(Ok(head)))) => head,
         Ok(Some(Ok(Err(status)))) => {
-            let _ = write_status(&mut writer, &status).await;
+            let _ = write_status(writer, &status).await;
             writer.finish();
             reader.stop(codes::NO_ERROR);
             return;
         }
-        Ok(Some(Err(why))) => return protocol_error(&mut reader, &mut writer, &why),
-        Err(ReadFail::Protocol(why)) => return protocol_error(&mut reader, &mut writer, &why),
+        Ok(Some(Err(why))) => return protocol_error(&mut reader, writer, &why),
+        Err(ReadFail::Protocol(why)) => return protocol_error(&mut reader, writer, &why),
         // Ended or reset before OPEN: nothing to answer.
         Ok(None) | Err(_) => return,
     };
     if head.method == Method::Unary {
-        serve_unary(head, reader, writer, &shared).await;
+        serve_unary(head, reader, writer, shared).await;
     } else {
-        serve_streaming(head, reader, writer, &shared).await;
+        serve_streaming(head, reader, writer, shared).await;
     }
 }
 
@@ -353,7 +428,7 @@ async fn client_gone(reader: &mut FrameReader, stopped: impl std::future::Future
 async fn serve_unary(
     head: CallHead,
     mut reader: FrameReader,
-    mut writer: FrameWriter,
+    writer: &mut FrameWriter,
     shared: &Shared,
 ) {
     let max = shared.echo.config().max_message_size;
@@ -364,17 +439,17 @@ async fn serve_unary(
         )),
         Ok(Some(Incoming::Cancel)) | Err(ReadFail::Reset(_)) | Err(ReadFail::Lost(_)) => return,
         Ok(Some(Incoming::Protocol(why))) => {
-            return protocol_error(&mut reader, &mut writer, &why);
+            return protocol_error(&mut reader, writer, &why);
         }
         Err(e) => {
             let why = format!("{e:?}");
-            return protocol_error(&mut reader, &mut writer, &why);
+            return protocol_error(&mut reader, writer, &why);
         }
     };
     let request = match request {
         Ok(r) => r,
         Err(status) => {
-            if write_status(&mut writer, &status).await.is_ok() {
+            if write_status(writer, &status).await.is_ok() {
                 writer.finish();
             }
             let _ = reader.finish().await;
@@ -406,10 +481,12 @@ async fn serve_unary(
                 // Nobody is listening any more.
                 return;
             }
+            let mut outcome = outcome;
+            outcome.status = cut_status(outcome.status, &shared.shutdown);
             outcome
         }
     };
-    if write_unary(&mut writer, outcome).await.is_ok() {
+    if write_unary(writer, outcome).await.is_ok() {
         writer.finish();
     }
     let _ = reader.finish().await;
@@ -418,7 +495,7 @@ async fn serve_unary(
 async fn serve_streaming(
     head: CallHead,
     mut reader: FrameReader,
-    writer: FrameWriter,
+    writer: &mut FrameWriter,
     shared: &Shared,
 ) {
     let max = shared.echo.config().max_message_size;
@@ -480,7 +557,7 @@ async fn serve_streaming(
     };
     let handle = async {
         let status = shared.echo.handle(&head, &mut call, &token).await;
-        if !token.is_cancelled() && write_status(&mut call.writer, &status).await.is_ok() {
+        if !token.is_cancelled() && write_status(call.writer, &status).await.is_ok() {
             call.writer.finish();
         }
     };
@@ -496,13 +573,13 @@ async fn serve_streaming(
 /// When the client gives up (reset, STOP_SENDING, connection lost) the call cancels its
 /// token and never completes: the echo runs every operation under that token, so it observes
 /// the cancellation itself.
-struct QuicServerCall {
+struct QuicServerCall<'a> {
     rx: mpsc::Receiver<Result<EchoRequest, Status>>,
-    writer: FrameWriter,
+    writer: &'a mut FrameWriter,
     token: CancellationToken,
 }
 
-impl QuicServerCall {
+impl QuicServerCall<'_> {
     async fn client_gone<T>(&self) -> T {
         self.token.cancel();
         std::future::pending().await
@@ -519,7 +596,7 @@ impl QuicServerCall {
     }
 }
 
-impl ServerCall for QuicServerCall {
+impl ServerCall for QuicServerCall<'_> {
     async fn recv(&mut self) -> Result<Option<EchoRequest>, Status> {
         let next = self.rx.recv().await;
         // A reset closes the channel too: it is not a half-close.

@@ -50,6 +50,9 @@ impl ReadFail {
             ReadFail::Reset(code) if code.into_inner() == u64::from(codes::CANCELLED) => {
                 Status::cancelled(format!("the {side} cancelled the call"))
             }
+            ReadFail::Reset(code) if code.into_inner() == u64::from(codes::DRAINING) => {
+                Status::unavailable(format!("the {side} is draining: call not accepted"))
+            }
             ReadFail::Reset(code) => {
                 Status::unavailable(format!("the {side} reset the stream (code {code})"))
             }
@@ -86,6 +89,9 @@ pub(super) fn write_status(e: &WriteError, side: &str) -> Status {
     match e {
         WriteError::Stopped(code) if code.into_inner() == u64::from(codes::PROTOCOL_ERROR) => {
             Status::internal(format!("the {side} stopped the stream: protocol error"))
+        }
+        WriteError::Stopped(code) if code.into_inner() == u64::from(codes::DRAINING) => {
+            Status::unavailable(format!("the {side} is draining: call not accepted"))
         }
         WriteError::Stopped(_) => Status::cancelled(format!("the {side} stopped reading the call")),
         WriteError::ConnectionLost(c) => connection_status(c),

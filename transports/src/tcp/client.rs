@@ -101,7 +101,9 @@ enum Slot {
 
 struct Pending {
     calls: HashMap<u32, Slot>,
-    /// Set once the connection is gone: the status every new call fails with.
+    /// Set once the connection takes no new calls (the server said GOAWAY, or the connection
+    /// is gone): the status every new call fails with, and the calls still open when the
+    /// connection ends.
     dead: Option<Status>,
 }
 
@@ -169,27 +171,41 @@ impl Shared {
             .unwrap_or_else(|| Status::unavailable("tcp connection closed"))
     }
 
-    /// Fails every call and refuses new ones.
+    /// Refuses new calls with `status` (the latest GOAWAY's reason wins); calls already open
+    /// go on.
+    fn go_away(&self, status: Status) {
+        self.lock().dead = Some(status);
+    }
+
+    /// Fails every call still waiting and refuses new ones. A GOAWAY received before says why
+    /// better than the end of the connection does: its status is kept. A unary answer already
+    /// in (its last frames may come just before the server closes) stays for its caller.
     fn fail_all(&self, status: Status) {
-        let calls = {
+        let mut wakers = Vec::new();
+        let mut streams = Vec::new();
+        let status = {
             let mut p = self.lock();
-            if p.dead.is_none() {
-                p.dead = Some(status.clone());
-            }
-            std::mem::take(&mut p.calls)
-        };
-        for (_, slot) in calls {
-            match slot {
-                Slot::Unary(mut u) => {
-                    // The caller polls a slot that is gone: wake it so it sees `dead`.
-                    if let Some(w) = u.waker.take() {
-                        w.wake();
+            let status = p.dead.get_or_insert(status).clone();
+            p.calls.retain(|_, slot| match slot {
+                Slot::Unary(u) => {
+                    if u.end.is_none() {
+                        u.end = Some(status.clone());
+                        wakers.extend(u.waker.take());
                     }
+                    true
                 }
                 Slot::Stream(tx) => {
-                    let _ = tx.try_send(CallEvent::End(status.clone()));
+                    streams.push(tx.clone());
+                    false
                 }
-            }
+            });
+            status
+        };
+        for w in wakers {
+            w.wake();
+        }
+        for tx in streams {
+            let _ = tx.try_send(CallEvent::End(status.clone()));
         }
     }
 }
@@ -511,7 +527,7 @@ async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, shared: &Arc<Shared>) -> Sta
                 // connection, which is the connection-level backpressure documented in `tcp`).
                 let _ = tx.send(ev).await;
             }
-            Routed::GoAway(status) => return status,
+            Routed::Fatal(status) => return status,
         }
     }
 }
@@ -519,7 +535,8 @@ async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, shared: &Arc<Shared>) -> Sta
 enum Routed {
     Done,
     Wait(mpsc::Sender<CallEvent>, CallEvent),
-    GoAway(Status),
+    /// The connection cannot go on: every call fails with this.
+    Fatal(Status),
 }
 
 fn route(shared: &Arc<Shared>, frame: Frame<'_>) -> Routed {
@@ -552,13 +569,16 @@ fn route(shared: &Arc<Shared>, frame: Frame<'_>) -> Routed {
         },
         Frame::Status(id, h) => (id, CallEvent::End(h.status())),
         Frame::GoAway(h) => {
+            // No new calls here (they fail at once, so the caller dials again); calls already
+            // open keep reading until they end or the server closes the connection.
             let s = h.status();
-            return Routed::GoAway(Status::unavailable(format!(
-                "server closed the connection: {s}"
+            shared.go_away(Status::unavailable(format!(
+                "server sent GOAWAY, no new calls on this connection: {s}"
             )));
+            return Routed::Done;
         }
         Frame::Open(..) | Frame::Message { .. } | Frame::HalfClose(_) | Frame::Cancel(_) => {
-            return Routed::GoAway(Status::internal(
+            return Routed::Fatal(Status::internal(
                 "protocol error: server sent a client-only frame",
             ));
         }

@@ -36,8 +36,28 @@
 //! by \[HEADERS\] RESPONSE STATUS (or STATUS alone on error). CANCEL ends a call from the client
 //! side; the server's handler observes it and sends nothing more for that stream id.
 //! Frames for a stream id the receiver does not know (a call already ended or cancelled) are
-//! ignored. GOAWAY says why the sender is closing the connection (its status code and
-//! message); every call still open on it fails with `UNAVAILABLE`.
+//! ignored.
+//!
+//! ## GOAWAY and drain
+//!
+//! A server's GOAWAY (stream 0) says it takes no new calls on this connection, and why (its
+//! status code and message). From then on the client opens no call there (its library fails
+//! new calls at once with `UNAVAILABLE`, so the caller connects again, elsewhere or to the
+//! restarted server); calls already open go on and end as usual, unless the server closes
+//! the connection first, which fails those still open with `UNAVAILABLE`. A server sends it:
+//!
+//! - **shutting down at once**, with code 14 `UNAVAILABLE`, or on a **protocol error**, with
+//!   code 13 `INTERNAL` (below): it closes the connection right after, every call still open
+//!   fails;
+//! - **draining**, with code 14 `UNAVAILABLE` (message `server draining: ...`): it keeps
+//!   reading the connection and answering the calls already open (their MESSAGE,
+//!   HALF_CLOSE and CANCEL frames still count), answers an OPEN that arrives after its GOAWAY
+//!   (sent before the client saw it) with STATUS 14 `UNAVAILABLE` at once, and closes the
+//!   connection as soon as no call is open. When its grace runs out first, it cancels the
+//!   calls left, sends a second GOAWAY and closes: those calls fail with `UNAVAILABLE`. A
+//!   draining server accepts no new connection either (its listener is closed).
+//!
+//! A server that receives GOAWAY from a client treats it as a protocol error.
 //!
 //! Errors that close the connection (after a GOAWAY with code 13 `INTERNAL` naming the
 //! problem and its byte offset): a wrong preface, an unknown kind, a header present where
@@ -206,12 +226,6 @@ impl Transport for Tcp {
                 Capability::Reconnect,
                 "a tcp connection is one socket: once the server goes, its calls fail with \
                  UNAVAILABLE and the caller connects again",
-            ),
-            (
-                Capability::GracefulDrain,
-                "tcp's Server::shutdown stops at once: it cancels the handlers of calls in \
-                 flight (they end with UNAVAILABLE) and closes every connection; there is no \
-                 drain-with-grace mode yet",
             ),
         ];
         Capabilities::all_except(GAPS)

@@ -1,10 +1,15 @@
 //! The `tcp` server: one reader per connection routes frames to calls; unary calls that need no
 //! waiting are answered inline by the reader (no task, no timer), the rest get a task each.
 //! Under TLS the same reader and writer run over the two halves of a rustls stream.
+//!
+//! A drain ends the accept loop (dropping the listener), and each connection sends GOAWAY,
+//! refuses OPENs that arrive after it, and closes once its last call has ended; the grace's
+//! end, like `shutdown`, cancels whatever still runs.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
@@ -21,6 +26,7 @@ use super::codec::{
 };
 use super::writer::{Outgoing, write_loop};
 use super::{ALPN, OUT_QUEUE, READ_CHUNK, STREAM_BUFFER};
+use crate::drain::{DrainReport, Grace};
 use crate::echo::{CallHead, Echo, ServerCall, UnaryOutcome};
 use crate::message::{EchoRequest, EchoResponse, Method};
 use crate::metadata::Metadata;
@@ -29,7 +35,7 @@ use crate::tls::{ServerTls, describe_handshake_error, peer_identity};
 use crate::transport::{Server, TransportError};
 
 /// How long a client may take to complete its TLS handshake before the server drops it.
-const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a server queues for its writer.
 enum Out {
@@ -88,9 +94,16 @@ impl Out {
 #[derive(Debug)]
 pub struct TcpServer {
     addr: SocketAddr,
+    /// Stops at once: handlers are cancelled, connections closed.
     shutdown: CancellationToken,
+    /// Stops admitting: the accept loop ends, each connection says GOAWAY and closes once its
+    /// calls have ended. A child of `shutdown`, which implies it.
+    draining: CancellationToken,
     accept: JoinHandle<()>,
-    tracker: TaskTracker,
+    /// Connection tasks.
+    conns: TaskTracker,
+    /// Handler tasks: the calls in flight (calls answered inline never wait).
+    calls: TaskTracker,
 }
 
 impl TcpServer {
@@ -116,19 +129,28 @@ impl TcpServer {
             .local_addr()
             .map_err(|e| TransportError::io("reading the bound address", e))?;
         let shutdown = CancellationToken::new();
-        let tracker = TaskTracker::new();
+        let stop = Signals {
+            now: shutdown.clone(),
+            draining: shutdown.child_token(),
+        };
+        let draining = stop.draining.clone();
+        let conns = TaskTracker::new();
+        let calls = TaskTracker::new();
         let accept = tokio::spawn(accept_loop(
             listener,
             echo,
             acceptor,
-            shutdown.clone(),
-            tracker.clone(),
+            stop,
+            conns.clone(),
+            calls.clone(),
         ));
         Ok(TcpServer {
             addr,
             shutdown,
+            draining,
             accept,
-            tracker,
+            conns,
+            calls,
         })
     }
 
@@ -146,21 +168,58 @@ impl Server for TcpServer {
     async fn shutdown(self) {
         self.shutdown.cancel();
         let _ = self.accept.await;
-        self.tracker.close();
-        self.tracker.wait().await;
+        self.conns.close();
+        self.calls.close();
+        self.conns.wait().await;
+        self.calls.wait().await;
     }
+
+    async fn drain(self, grace: Duration) -> DrainReport {
+        let g = Grace::begin(grace, &self.calls);
+        self.draining.cancel();
+        // The listener closes with the accept loop: new connections are refused from here.
+        let TcpServer {
+            shutdown,
+            accept,
+            conns,
+            calls,
+            ..
+        } = self;
+        let _ = accept.await;
+        // A connection ends once its calls have; the handler tasks end just after they answer.
+        let _ = g.settle(&conns).await && g.settle(&calls).await;
+        let report = g.report(&calls);
+        // Whatever still runs is cut, as by `shutdown`.
+        shutdown.cancel();
+        conns.close();
+        calls.close();
+        conns.wait().await;
+        calls.wait().await;
+        report
+    }
+}
+
+/// The server's two stop signals, as every connection watches them.
+#[derive(Clone, Debug)]
+struct Signals {
+    /// Stop at once.
+    now: CancellationToken,
+    /// Stop admitting calls (cancelled by `now` too).
+    draining: CancellationToken,
 }
 
 async fn accept_loop(
     listener: TcpListener,
     echo: Arc<Echo>,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
+    stop: Signals,
+    conns: TaskTracker,
+    calls: TaskTracker,
 ) {
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            // Draining or stopping: the listener is dropped on return, refusing newcomers.
+            _ = stop.draining.cancelled() => return,
             a = listener.accept() => a,
         };
         match accepted {
@@ -169,23 +228,23 @@ async fn accept_loop(
                     tracing::warn!("tcp {peer}: cannot set TCP_NODELAY: {e}");
                 }
                 let echo = echo.clone();
-                let shutdown = shutdown.clone();
-                let conn_tracker = tracker.clone();
+                let stop = stop.clone();
+                let calls = calls.clone();
                 let tls = tls.clone();
-                tracker.spawn(async move {
+                conns.spawn(async move {
                     let Some(acceptor) = tls else {
                         let (rd, wr) = stream.into_split();
                         let conn = ConnInfo {
                             peer,
                             identity: None,
                         };
-                        serve_connection(rd, wr, conn, echo, shutdown, conn_tracker).await;
+                        serve_connection(rd, wr, conn, echo, stop, calls).await;
                         return;
                     };
                     // The handshake runs in the connection's own task: a slow or silent client
-                    // never holds up the accept loop.
+                    // never holds up the accept loop. A drain abandons it: it has no calls.
                     let handshake = tokio::select! {
-                        _ = shutdown.cancelled() => return,
+                        _ = stop.draining.cancelled() => return,
                         h = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => h,
                     };
                     let tls = match handshake {
@@ -207,13 +266,13 @@ async fn accept_loop(
                         .map(Arc::from);
                     let (rd, wr) = tokio::io::split(tls);
                     let conn = ConnInfo { peer, identity };
-                    serve_connection(rd, wr, conn, echo, shutdown, conn_tracker).await;
+                    serve_connection(rd, wr, conn, echo, stop, calls).await;
                 });
             }
             Err(e) => {
                 // EMFILE and friends: keep serving the connections we have, retry shortly.
                 tracing::warn!("tcp accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
     }
@@ -243,15 +302,20 @@ struct Conn {
     calls: HashMap<u32, Entry>,
     done_tx: mpsc::UnboundedSender<u32>,
     done_rx: mpsc::UnboundedReceiver<u32>,
+    /// Where handler tasks run (the server's calls in flight).
     tracker: TaskTracker,
     peer: SocketAddr,
     identity: Option<Arc<str>>,
+    /// GOAWAY sent: new OPENs are refused, the connection closes once `calls` is empty.
+    draining: bool,
 }
 
 /// Why a connection's read loop stopped.
 enum Stop {
     Eof,
     Shutdown,
+    /// Drained: GOAWAY was sent and every call has ended.
+    Drained,
     Protocol(String),
     Io(std::io::Error),
 }
@@ -261,7 +325,7 @@ async fn serve_connection<R, W>(
     wr: W,
     info: ConnInfo,
     echo: Arc<Echo>,
-    shutdown: CancellationToken,
+    signals: Signals,
     tracker: TaskTracker,
 ) where
     R: AsyncRead + Unpin,
@@ -283,10 +347,11 @@ async fn serve_connection<R, W>(
         tracker,
         peer,
         identity: info.identity,
+        draining: false,
     };
-    let stop = conn.read_loop(rd, &shutdown).await;
+    let stop = conn.read_loop(rd, &signals).await;
     let goaway = match &stop {
-        Stop::Eof => None,
+        Stop::Eof | Stop::Drained => None,
         Stop::Shutdown => Some(Status::unavailable("server shutting down")),
         Stop::Protocol(msg) => {
             tracing::warn!("tcp {peer}: closing connection: {msg}");
@@ -312,13 +377,13 @@ async fn serve_connection<R, W>(
 }
 
 impl Conn {
-    async fn read_loop<R: AsyncRead + Unpin>(
-        &mut self,
-        mut rd: R,
-        shutdown: &CancellationToken,
-    ) -> Stop {
+    async fn read_loop<R: AsyncRead + Unpin>(&mut self, mut rd: R, signals: &Signals) -> Stop {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut decoder = Decoder::server(self.echo.config().max_message_size);
+        // Created once: a fresh `cancelled()` per read would register with the token each time.
+        let stop_now = signals.now.cancelled();
+        let drain = signals.draining.cancelled();
+        tokio::pin!(stop_now, drain);
         loop {
             let step = match decoder.decode(&mut buf) {
                 Ok(Decoded::Frame(frame)) => self.on_frame(frame),
@@ -326,20 +391,39 @@ impl Conn {
                     buf.reserve(n.max(READ_CHUNK));
                     let read = tokio::select! {
                         biased;
-                        r = rd.read_buf(&mut buf) => r,
-                        _ = shutdown.cancelled() => return Stop::Shutdown,
+                        r = rd.read_buf(&mut buf) => Some(r),
+                        _ = &mut stop_now => return Stop::Shutdown,
+                        _ = &mut drain, if !self.draining => {
+                            // `draining` is a child of `now`: cancelled with it, too.
+                            if signals.now.is_cancelled() {
+                                return Stop::Shutdown;
+                            }
+                            self.draining = true;
+                            let why = Status::unavailable(
+                                "server draining: no new calls on this connection",
+                            );
+                            if self.out.send(Out::GoAway(StatusHeader::of(&why))).await.is_err() {
+                                return Stop::Eof;
+                            }
+                            None
+                        }
+                        Some(id) = self.done_rx.recv(), if self.draining => {
+                            self.calls.remove(&id);
+                            None
+                        }
                     };
                     match read {
-                        Ok(0) if buf.is_empty() => return Stop::Eof,
-                        Ok(0) => {
+                        None => Ok(Step::Done),
+                        Some(Ok(0)) if buf.is_empty() => return Stop::Eof,
+                        Some(Ok(0)) => {
                             return Stop::Protocol(format!(
                                 "connection closed in the middle of a frame ({} bytes of it \
                                  received)",
                                 buf.len()
                             ));
                         }
-                        Ok(_) => continue,
-                        Err(e) => return Stop::Io(e),
+                        Some(Ok(_)) => continue,
+                        Some(Err(e)) => return Stop::Io(e),
                     }
                 }
                 Err(e) => return Stop::Protocol(describe(&e)),
@@ -356,6 +440,13 @@ impl Conn {
                     let _ = tx.send(item).await;
                 }
                 Err(msg) => return Stop::Protocol(msg),
+            }
+            if self.draining {
+                // Drained once no call is left: the client will open none here after GOAWAY.
+                self.reap();
+                if self.calls.is_empty() {
+                    return Stop::Drained;
+                }
             }
         }
     }
@@ -384,6 +475,11 @@ impl Conn {
                 self.reap();
                 if self.calls.contains_key(&id) {
                     return Err(format!("stream id {id} opened twice"));
+                }
+                if self.draining {
+                    // Sent before our GOAWAY reached the client: refused, it dials again.
+                    let status = Status::unavailable("server draining: call not accepted");
+                    return Ok(Step::Send(Out::Status(id, StatusHeader::of(&status))));
                 }
                 let head = match self.head(open) {
                     Ok(h) => h,

@@ -84,8 +84,8 @@ pub(super) const CASES: &[Case] = &[
         graceful_drain,
         "faults",
         &[Capability::Unary, Capability::GracefulDrain],
-        "10 calls in flight when the server shuts down all finish OK; a new connection to the \
-         restarted server works",
+        "10 calls in flight when the server drains (5 s grace) all finish OK; a new \
+         connection to the restarted server works",
         60,
         false
     ),
@@ -101,6 +101,8 @@ const KEEPALIVE: Duration = Duration::from_secs(1);
 const DEAD_PEER_BOUND: Duration = Duration::from_secs(12);
 /// From the restarted server accepting to the first successful call.
 const RECONNECT_BOUND: Duration = Duration::from_secs(5);
+/// The grace `graceful_drain` gives its server: ten times the calls' own delay.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// Re-dial backoff: the first pause, doubled after each failure up to the cap.
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 const BACKOFF_CAP: Duration = Duration::from_millis(800);
@@ -534,7 +536,21 @@ async fn reconnect_after_restart(ctx: Ctx) -> CaseResult {
 
 async fn graceful_drain(ctx: Ctx) -> CaseResult {
     const IN_FLIGHT: u64 = 10;
-    let server = ctx.server().await?;
+    // A broker transport's server drains off a broker that stays up (the environment's, else
+    // one started for this case), so the restarted server can join the same service on it.
+    let broker = if ctx.transport.broker().is_some() && ctx.env.broker_url.is_none() {
+        Some(ctx.broker().await?)
+    } else {
+        None
+    };
+    let config = match &broker {
+        Some(b) => ServerConfig {
+            listen: b.url(),
+            ..ctx.server_config()
+        },
+        None => ctx.server_config(),
+    };
+    let server = ctx.serve(config, ctx.env.echo.clone()).await?;
     let old = server.endpoint.clone();
     let c = ctx.connect(&old).await?;
     let d = Directives {
@@ -548,25 +564,39 @@ async fn graceful_drain(ctx: Ctx) -> CaseResult {
     }));
     let echo = server.echo.clone();
     let before = echo.calls();
-    let shutdown = async {
+    let drain = async {
         wait_calls(&echo, before + IN_FLIGHT, Duration::from_secs(5)).await?;
-        tokio::time::timeout(Duration::from_secs(10), server.stop())
+        tokio::time::timeout(DRAIN_GRACE * 2, server.drain(DRAIN_GRACE))
             .await
-            .map_err(|_| Failure("the server's shutdown took over 10 s".into()))
+            .map_err(|_| {
+                Failure(format!(
+                    "the server's drain took over {:?} (grace {DRAIN_GRACE:?})",
+                    DRAIN_GRACE * 2
+                ))
+            })
     };
-    let (results, stopped) = tokio::join!(calls, shutdown);
-    stopped?;
+    let (results, drained) = tokio::join!(calls, drain);
+    let report = drained?;
     for (i, r) in results.into_iter().enumerate() {
-        let r = r.map_err(|s| Failure(format!("in-flight call {i} failed on shutdown: {s}")))?;
+        let r = r.map_err(|s| Failure(format!("in-flight call {i} failed on drain: {s}")))?;
         ensure!(
             r.message.payload[..] == [i as u8; 32][..],
             "in-flight call {i} returned a different payload"
         );
     }
-    let listen = match ctx.transport.network_path(&old) {
-        Ok(hop) if ctx.transport.broker().is_none() => hop.addr.to_string(),
-        _ if ctx.transport.broker().is_some() => old.clone(),
-        _ => ctx.server_config().listen,
+    ensure!(
+        report.is_clean(),
+        "every call finished, yet the server reports it cut some: {report}"
+    );
+    // The same address: a broker transport's endpoint names the broker and the service, which
+    // serving on it joins; a point-to-point server binds its old socket address again.
+    let listen = if ctx.transport.broker().is_some() {
+        old.clone()
+    } else {
+        match ctx.transport.network_path(&old) {
+            Ok(hop) => hop.addr.to_string(),
+            Err(_) => ctx.server_config().listen,
+        }
     };
     let restarted = serve_again(
         &ctx,
@@ -578,6 +608,25 @@ async fn graceful_drain(ctx: Ctx) -> CaseResult {
     .await?;
     let fresh = ctx.connect(&restarted.endpoint).await?;
     ping(&fresh).await.map_err(Failure)?;
+    // A call on the drained connection must not hang: it fails fast (the server said it takes
+    // no more) or, where the connection follows the service (a broker), works.
+    let old_note = match tokio::time::timeout(ATTEMPT_TIMEOUT * 2, ping(&c)).await {
+        Ok(Ok(())) => "a call on the old connection works".to_owned(),
+        Ok(Err(e)) => format!("a call on the old connection fails: {e}"),
+        Err(_) => {
+            return Err(Failure(
+                "a call on the drained connection hung past its own deadline".into(),
+            ));
+        }
+    };
+    // Closed before their broker stops, so they do not try to reconnect to it.
+    fresh.close().await;
+    c.close().await;
     restarted.stop().await;
-    Ok(Some(format!("{IN_FLIGHT} in-flight calls finished OK")))
+    if let Some(b) = broker {
+        b.stop().await;
+    }
+    Ok(Some(format!(
+        "{IN_FLIGHT} in-flight calls finished OK ({report}); {old_note}"
+    )))
 }
