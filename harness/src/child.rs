@@ -19,6 +19,12 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+/// How long a stopped server child may take to exit after SIGTERM before it gets SIGKILL.
+const KILL_AFTER: Duration = Duration::from_secs(2);
+/// The drain grace a child started by `ServerCommand::Serve` gets: calls still running after it
+/// are cut (UNAVAILABLE) and the child exits, well inside `KILL_AFTER`.
+const DRAIN_GRACE: Duration = Duration::from_millis(1500);
+
 /// The line a server prints on stdout once it accepts connections.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadyLine {
@@ -121,6 +127,9 @@ impl ServerCommand {
                 let mut c = Command::new(&exe);
                 c.args(["serve", "--transport", transport, "--listen", listen]);
                 c.arg("--watch-stdin");
+                // Its SIGTERM drain must end before `terminate`'s SIGKILL would.
+                c.arg("--drain-grace")
+                    .arg(format!("{}ms", DRAIN_GRACE.as_millis()));
                 for (k, v) in options {
                     c.arg("--option").arg(format!("{k}={v}"));
                 }
@@ -333,7 +342,7 @@ impl ChildServer {
         }
         let pgid = Pid::from_raw(self.child.id() as i32);
         let _ = killpg(pgid, Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(2);
+        let deadline = Instant::now() + KILL_AFTER;
         while Instant::now() < deadline {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
                 return;
