@@ -12,6 +12,7 @@ use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -109,6 +110,60 @@ impl Grace {
             cut: calls.len(),
             took: self.began.elapsed(),
         }
+    }
+}
+
+/// The tasks of a server that accepts connections itself and runs waiting calls in tasks
+/// (`tcp`, `grpc`), and how such a server stops: at once, or drained.
+#[derive(Debug)]
+pub(crate) struct ServerTasks {
+    /// Stops at once: handlers are cancelled, connections closed.
+    pub(crate) shutdown: CancellationToken,
+    /// Stops admitting: the accept loop ends (closing the listener) and each connection tells
+    /// its client so in its protocol's terms (GOAWAY), then ends once its calls have. A child
+    /// of `shutdown`, which implies it.
+    pub(crate) draining: CancellationToken,
+    pub(crate) accept: JoinHandle<()>,
+    /// Connection tasks.
+    pub(crate) conns: TaskTracker,
+    /// Handler tasks: the calls in flight that wait or stream (inline answers never wait).
+    pub(crate) calls: TaskTracker,
+}
+
+impl ServerTasks {
+    /// Cancels everything and waits until every task has ended.
+    pub(crate) async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.accept.await;
+        self.conns.close();
+        self.calls.close();
+        self.conns.wait().await;
+        self.calls.wait().await;
+    }
+
+    /// Stops admitting, lets the calls in flight end within `grace`, then stops at once.
+    pub(crate) async fn drain(self, grace: Duration) -> DrainReport {
+        let g = Grace::begin(grace, &self.calls);
+        self.draining.cancel();
+        let ServerTasks {
+            shutdown,
+            accept,
+            conns,
+            calls,
+            ..
+        } = self;
+        // The listener closes with the accept loop: new connections are refused from here.
+        let _ = accept.await;
+        // A connection ends once its calls have; the handler tasks end just after they answer.
+        let _ = g.settle(&conns).await && g.settle(&calls).await;
+        let report = g.report(&calls);
+        // Whatever still runs is cut, as by `shutdown`.
+        shutdown.cancel();
+        conns.close();
+        calls.close();
+        conns.wait().await;
+        calls.wait().await;
+        report
     }
 }
 

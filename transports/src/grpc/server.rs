@@ -20,7 +20,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
@@ -33,7 +32,7 @@ use super::{
     method_path, parse_grpc_timeout, proto, to_tonic_metadata, to_tonic_status,
 };
 use crate::call::CallEvent;
-use crate::drain::{DrainReport, Grace, cut_status};
+use crate::drain::{DrainReport, ServerTasks, cut_status};
 use crate::echo::{CallHead, Echo, ServerCall, UnaryOutcome};
 use crate::message::{EchoRequest, EchoResponse, Method};
 use crate::metadata::Metadata;
@@ -51,13 +50,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub struct GrpcServer {
     addr: SocketAddr,
-    shutdown: CancellationToken,
-    draining: CancellationToken,
-    accept: JoinHandle<()>,
-    /// Connection tasks.
-    conns: TaskTracker,
-    /// Handler tasks: the calls in flight that wait or stream.
-    calls: TaskTracker,
+    tasks: ServerTasks,
 }
 
 impl Server for GrpcServer {
@@ -66,36 +59,12 @@ impl Server for GrpcServer {
     }
 
     async fn shutdown(self) {
-        self.shutdown.cancel();
-        let _ = self.accept.await;
-        self.conns.close();
-        self.calls.close();
-        self.conns.wait().await;
-        self.calls.wait().await;
+        self.tasks.shutdown().await;
     }
 
+    /// Each connection sends GOAWAY (hyper's graceful shutdown) and ends once its streams have.
     async fn drain(self, grace: Duration) -> DrainReport {
-        let g = Grace::begin(grace, &self.calls);
-        self.draining.cancel();
-        let GrpcServer {
-            shutdown,
-            accept,
-            conns,
-            calls,
-            ..
-        } = self;
-        // The listener closes with the accept loop: new connections are refused from here.
-        let _ = accept.await;
-        // Each connection has sent GOAWAY and ends once its streams have.
-        let _ = g.settle(&conns).await && g.settle(&calls).await;
-        let report = g.report(&calls);
-        // Whatever still runs is cut, as by `shutdown`.
-        shutdown.cancel();
-        conns.close();
-        calls.close();
-        conns.wait().await;
-        calls.wait().await;
-        report
+        self.tasks.drain(grace).await
     }
 }
 
@@ -165,11 +134,13 @@ impl GrpcServer {
         ));
         Ok(GrpcServer {
             addr,
-            shutdown,
-            draining,
-            accept,
-            conns,
-            calls,
+            tasks: ServerTasks {
+                shutdown,
+                draining,
+                accept,
+                conns,
+                calls,
+            },
         })
     }
 }

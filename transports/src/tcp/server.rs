@@ -15,7 +15,6 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -26,7 +25,7 @@ use super::codec::{
 };
 use super::writer::{Outgoing, write_loop};
 use super::{ALPN, OUT_QUEUE, READ_CHUNK, STREAM_BUFFER};
-use crate::drain::{DrainReport, Grace};
+use crate::drain::{DrainReport, ServerTasks};
 use crate::echo::{CallHead, Echo, ServerCall, UnaryOutcome};
 use crate::message::{EchoRequest, EchoResponse, Method};
 use crate::metadata::Metadata;
@@ -94,16 +93,7 @@ impl Out {
 #[derive(Debug)]
 pub struct TcpServer {
     addr: SocketAddr,
-    /// Stops at once: handlers are cancelled, connections closed.
-    shutdown: CancellationToken,
-    /// Stops admitting: the accept loop ends, each connection says GOAWAY and closes once its
-    /// calls have ended. A child of `shutdown`, which implies it.
-    draining: CancellationToken,
-    accept: JoinHandle<()>,
-    /// Connection tasks.
-    conns: TaskTracker,
-    /// Handler tasks: the calls in flight (calls answered inline never wait).
-    calls: TaskTracker,
+    tasks: ServerTasks,
 }
 
 impl TcpServer {
@@ -146,11 +136,13 @@ impl TcpServer {
         ));
         Ok(TcpServer {
             addr,
-            shutdown,
-            draining,
-            accept,
-            conns,
-            calls,
+            tasks: ServerTasks {
+                shutdown,
+                draining,
+                accept,
+                conns,
+                calls,
+            },
         })
     }
 
@@ -166,36 +158,11 @@ impl Server for TcpServer {
     }
 
     async fn shutdown(self) {
-        self.shutdown.cancel();
-        let _ = self.accept.await;
-        self.conns.close();
-        self.calls.close();
-        self.conns.wait().await;
-        self.calls.wait().await;
+        self.tasks.shutdown().await;
     }
 
     async fn drain(self, grace: Duration) -> DrainReport {
-        let g = Grace::begin(grace, &self.calls);
-        self.draining.cancel();
-        // The listener closes with the accept loop: new connections are refused from here.
-        let TcpServer {
-            shutdown,
-            accept,
-            conns,
-            calls,
-            ..
-        } = self;
-        let _ = accept.await;
-        // A connection ends once its calls have; the handler tasks end just after they answer.
-        let _ = g.settle(&conns).await && g.settle(&calls).await;
-        let report = g.report(&calls);
-        // Whatever still runs is cut, as by `shutdown`.
-        shutdown.cancel();
-        conns.close();
-        calls.close();
-        conns.wait().await;
-        calls.wait().await;
-        report
+        self.tasks.drain(grace).await
     }
 }
 
