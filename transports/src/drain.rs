@@ -114,7 +114,8 @@ impl Grace {
 }
 
 /// The tasks of a server that accepts connections itself and runs waiting calls in tasks
-/// (`tcp`, `grpc`), and how such a server stops: at once, or drained.
+/// (`tcp`, `grpc`, `quic`), and how such a server stops: at once, or drained (`quic` closes its
+/// endpoint around `shutdown` and drains by its own rule, see its module).
 #[derive(Debug)]
 pub(crate) struct ServerTasks {
     /// Stops at once: handlers are cancelled, connections closed.

@@ -14,14 +14,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use quinn::VarInt;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::stream::{FrameReader, FrameWriter, ReadFail, WriteFail};
 use super::{ALPN, PIN_MARK, QuicOptions, STREAM_BUFFER, codes};
-use crate::drain::{DrainReport, Grace, cut_status};
+use crate::drain::{DrainReport, Grace, ServerTasks, cut_status};
 use crate::echo::{CallHead, Echo, ServerCall, UnaryOutcome};
 use crate::message::{EchoRequest, EchoResponse, Method};
 use crate::metadata::Metadata;
@@ -44,13 +43,8 @@ pub struct QuicServer {
     /// SHA-256 of a self-signed certificate, published in the endpoint.
     pin: Option<[u8; 32]>,
     endpoint: quinn::Endpoint,
-    shutdown: CancellationToken,
-    draining: CancellationToken,
-    accept: JoinHandle<()>,
-    /// Connection tasks.
-    conns: TaskTracker,
-    /// Stream tasks: one per call in flight.
-    calls: TaskTracker,
+    /// Stream tasks are the calls in flight (one per call).
+    tasks: ServerTasks,
 }
 
 impl Server for QuicServer {
@@ -66,24 +60,19 @@ impl Server for QuicServer {
         // its connection, which quinn closes with code 0 instead of SHUTDOWN.
         self.endpoint
             .close(VarInt::from_u32(codes::SHUTDOWN), b"server shutting down");
-        self.shutdown.cancel();
-        let _ = self.accept.await;
-        self.conns.close();
-        self.calls.close();
-        self.conns.wait().await;
-        self.calls.wait().await;
+        self.tasks.shutdown().await;
         // Give the CONNECTION_CLOSE frames a moment to leave; never hang on it.
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
 
     async fn drain(self, grace: Duration) -> DrainReport {
-        let g = Grace::begin(grace, &self.calls);
+        let g = Grace::begin(grace, &self.tasks.calls);
         // New connections are refused, each connection stops granting streams and refuses
         // those the client could still open; a call's task ends once its answer is
         // acknowledged, so closing after them loses nothing.
-        self.draining.cancel();
-        g.settle(&self.calls).await;
-        let report = g.report(&self.calls);
+        self.tasks.draining.cancel();
+        g.settle(&self.tasks.calls).await;
+        let report = g.report(&self.tasks.calls);
         self.shutdown().await;
         report
     }
@@ -157,11 +146,13 @@ impl QuicServer {
             addr,
             pin,
             endpoint,
-            shutdown,
-            draining,
-            accept,
-            conns,
-            calls,
+            tasks: ServerTasks {
+                shutdown,
+                draining,
+                accept,
+                conns,
+                calls,
+            },
         })
     }
 }
