@@ -164,11 +164,15 @@ mod tests {
         );
         let none = BrokerArgs::default();
         assert!(none.validate().is_ok());
-        // A port nobody listens on: bind one, learn it, close it.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
+        // A port nobody listens on, held for the whole test: a socket bound but never
+        // listening refuses connections. Binding, learning the port and closing it raced
+        // (CI, stop 11): a parallel test could take the freed port, or the connect could
+        // pick it as its own source port and open a TCP self-connection.
+        let held =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        held.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
             .unwrap();
+        let port = held.local_addr().unwrap().as_socket().unwrap().port();
         let closed = BrokerArgs {
             nats_url: Some(format!("nats://127.0.0.1:{port}")),
             ..BrokerArgs::default()
@@ -184,6 +188,7 @@ mod tests {
             e.contains("--mqtt-url") && e.contains("no broker accepts"),
             "{e}"
         );
+        drop(held);
     }
 
     #[test]
