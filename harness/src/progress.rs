@@ -107,6 +107,14 @@ impl Progress {
         }
     }
 
+    /// A line between steps (not a step of its own).
+    pub fn note(&mut self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(format!("  {line}")),
+            None => eprintln!("      {line}"),
+        }
+    }
+
     /// Removes the bar.
     pub fn finish(mut self) {
         self.shutdown();

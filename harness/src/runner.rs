@@ -523,6 +523,7 @@ pub fn run_point(transport: AnyTransport, spec: &LoadSpec, ctx: &RunContext) -> 
         validity,
         histograms,
         intervals,
+        repeats: Vec::new(),
     })
 }
 

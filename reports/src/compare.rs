@@ -10,6 +10,14 @@
 //! change must exceed the threshold plus a noise allowance instead: the threshold again for
 //! rates and latencies, `/proc`'s 10 ms tick resolution for CPU; the table says "no spread".
 //! Runs whose parameters differ, or that are invalid on either side, are listed, not judged.
+//!
+//! Repeated runs (a suite's `repeat = N`, at least [`MIN_REPEATS`] valid on each side) are
+//! judged differently, because on a shared machine the spread *between* runs (a fresh server,
+//! another moment of the host) is several times the spread *within* one: the values are the
+//! medians of the repeats, and a change counts only when it exceeds the threshold **and** a
+//! one-sided exact Mann–Whitney rank test over the repeats says NEW is worse (or better) with
+//! p at most [`CompareConfig::rank_alpha`] (5 against 5 repeats: at most one of the 25 pairs
+//! out of order).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -102,7 +110,14 @@ pub struct CompareConfig {
     pub resamples: usize,
     /// Seed of the bootstrap (decisions are reproducible).
     pub seed: u64,
+    /// Repeated runs: the one-sided p-value of the rank test at or below which a change
+    /// beyond the threshold counts.
+    pub rank_alpha: f64,
 }
+
+/// Valid repeats needed on each side to judge by the rank test (3 against 3 can reach
+/// p = 0.05 at best).
+pub const MIN_REPEATS: usize = 3;
 
 impl Default for CompareConfig {
     fn default() -> CompareConfig {
@@ -114,6 +129,7 @@ impl Default for CompareConfig {
             confidence: 0.95,
             resamples: 1000,
             seed: 1,
+            rank_alpha: 0.01,
         }
     }
 }
@@ -171,8 +187,23 @@ pub struct MetricComparison {
     pub threshold: f64,
     /// Confidence interval of NEW/BASE − 1, when the runs have intervals to resample.
     pub interval: Option<(f64, f64)>,
+    /// Repeated runs: the rank test over the repeats (`base` and `new` are then medians).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank: Option<RankTest>,
     /// The decision.
     pub verdict: Verdict,
+}
+
+/// The rank test of one metric over repeated runs.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RankTest {
+    /// Valid repeats in BASE.
+    pub base_runs: usize,
+    /// Valid repeats in NEW.
+    pub new_runs: usize,
+    /// One-sided exact p-value that NEW is this much worse (or better, for the direction of
+    /// the change) by chance.
+    pub p: f64,
 }
 
 /// One run (transport × load point) present in both files.
@@ -373,6 +404,10 @@ fn compare_run(base: &RunRecord, new: &RunRecord, cfg: &CompareConfig) -> RunCom
         out.skipped = Some(why);
         return out;
     }
+    if let Some(metrics) = compare_repeats(base, new, cfg) {
+        out.metrics = metrics;
+        return out;
+    }
     let (bs, ns) = (Samples::of(base), Samples::of(new));
     let lat_metrics = [Metric::P50, Metric::P99, Metric::P999];
     let qs: Vec<f64> = lat_metrics.iter().filter_map(|m| m.quantile()).collect();
@@ -411,6 +446,7 @@ fn compare_run(base: &RunRecord, new: &RunRecord, cfg: &CompareConfig) -> RunCom
                 change: 0.0,
                 threshold,
                 interval: None,
+                rank: None,
                 verdict: Verdict::Missing,
             });
             continue;
@@ -444,10 +480,136 @@ fn compare_run(base: &RunRecord, new: &RunRecord, cfg: &CompareConfig) -> RunCom
             change,
             threshold,
             interval,
+            rank: None,
             verdict,
         });
     }
     out
+}
+
+/// A metric's values over the valid repeats of a run.
+fn repeat_values(r: &RunRecord, m: Metric) -> Vec<f64> {
+    r.repeats
+        .iter()
+        .filter(|x| x.valid)
+        .filter_map(|x| match m {
+            Metric::Throughput => Some(x.throughput_per_s),
+            Metric::P50 => Some(x.p50_ns as f64),
+            Metric::P99 => Some(x.p99_ns as f64),
+            Metric::P999 => Some(x.p999_ns as f64),
+            Metric::CpuClient => Some(x.cpu_client_us),
+            Metric::CpuServer => x.cpu_server_us,
+        })
+        .collect()
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+/// Mann–Whitney U of `new` over `base`: the pairs in which the NEW value is the higher one
+/// (`new_higher`) or the lower one, ties counting a half.
+fn mann_whitney_u(base: &[f64], new: &[f64], new_higher: bool) -> f64 {
+    let mut u = 0.0;
+    for b in base {
+        for n in new {
+            if n == b {
+                u += 0.5;
+            } else if (n > b) == new_higher {
+                u += 1.0;
+            }
+        }
+    }
+    u
+}
+
+/// P(U ≥ u) for U of `m` NEW against `k` BASE values under "no difference" (every ordering
+/// equally likely), exactly: the count of orderings with each U follows from where the largest
+/// value sits (a NEW value there is above all `k` BASE values).
+fn rank_tail(k: usize, m: usize, u: usize) -> f64 {
+    // counts[j][x]: orderings of i BASE and j NEW values with U = x, for the current i.
+    let mut prev: Vec<Vec<f64>> = vec![vec![1.0]; m + 1];
+    for i in 1..=k {
+        let mut row: Vec<Vec<f64>> = Vec::with_capacity(m + 1);
+        row.push(vec![1.0]);
+        for j in 1..=m {
+            let mut v = vec![0.0; i * j + 1];
+            for (x, c) in row[j - 1].iter().enumerate() {
+                v[x + i] += c;
+            }
+            for (x, c) in prev[j].iter().enumerate() {
+                v[x] += c;
+            }
+            row.push(v);
+        }
+        prev = row;
+    }
+    let dist = &prev[m];
+    let total: f64 = dist.iter().sum();
+    dist.iter().skip(u).sum::<f64>() / total
+}
+
+/// The verdicts of repeated runs, when both sides have enough valid repeats.
+fn compare_repeats(
+    base: &RunRecord,
+    new: &RunRecord,
+    cfg: &CompareConfig,
+) -> Option<Vec<MetricComparison>> {
+    let valid = |r: &RunRecord| r.repeats.iter().filter(|x| x.valid).count();
+    if valid(base) < MIN_REPEATS || valid(new) < MIN_REPEATS {
+        return None;
+    }
+    let mut out = Vec::new();
+    for m in Metric::ALL {
+        let (b, n) = (repeat_values(base, m), repeat_values(new, m));
+        if b.len() < MIN_REPEATS || n.len() < MIN_REPEATS {
+            continue;
+        }
+        let (bm, nm) = (median(&b), median(&n));
+        let threshold = cfg.threshold(m);
+        let change = if bm > 0.0 { nm / bm - 1.0 } else { 0.0 };
+        // The test looks in the direction the medians moved.
+        let u = mann_whitney_u(&b, &n, change > 0.0);
+        let p = rank_tail(b.len(), n.len(), u.floor() as usize);
+        let worse = if m.higher_is_better() {
+            change < 0.0
+        } else {
+            change > 0.0
+        };
+        let verdict = if bm <= 0.0 {
+            Verdict::Missing
+        } else if change.abs() <= threshold {
+            Verdict::Same
+        } else if p > cfg.rank_alpha {
+            Verdict::Noise
+        } else if worse {
+            Verdict::Regressed
+        } else {
+            Verdict::Improved
+        };
+        out.push(MetricComparison {
+            metric: m,
+            base: bm,
+            new: nm,
+            change,
+            threshold,
+            interval: None,
+            rank: Some(RankTest {
+                base_runs: b.len(),
+                new_runs: n.len(),
+                p,
+            }),
+            verdict,
+        });
+    }
+    Some(out)
 }
 
 /// Compares every run of `new` with the run of the same transport and load point in `base`.
@@ -539,9 +701,11 @@ fn rows(c: &Comparison) -> Vec<[String; 7]> {
                 fmt_value(m.metric, m.base),
                 fmt_value(m.metric, m.new),
                 pct(m.change),
-                m.interval.map_or("no spread".into(), |(lo, hi)| {
-                    format!("[{}, {}]", pct(lo), pct(hi))
-                }),
+                match (m.rank, m.interval) {
+                    (Some(r), _) => format!("{} vs {} runs, p={:.3}", r.base_runs, r.new_runs, r.p),
+                    (None, Some((lo, hi))) => format!("[{}, {}]", pct(lo), pct(hi)),
+                    (None, None) => "no spread".into(),
+                },
                 format!("{} (±{:.0}%)", m.verdict.label(), m.threshold * 100.0),
             ]);
         }
@@ -555,7 +719,7 @@ const HEADER: [&str; 7] = [
     "base",
     "new",
     "change",
-    "95% interval",
+    "noise (interval or rank test)",
     "verdict",
 ];
 
@@ -696,7 +860,87 @@ mod tests {
             },
             histograms: RunHistograms::default(),
             intervals,
+            repeats: Vec::new(),
         }
+    }
+
+    /// A run repeated once per p50 in `p50s_us` (other figures proportional), all valid.
+    fn repeated(p50s_us: &[f64]) -> RunRecord {
+        let runs: Vec<RunRecord> = p50s_us
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| {
+                let mut r = run("unary-1", p * 1e3, 0.05, 3, i as u64 + 1);
+                r.summary.latency.p50_ns = (p * 1e3) as u64;
+                r.summary.throughput_per_s = 1e6 / p;
+                r
+            })
+            .collect();
+        RunRecord::from_repeats(runs).unwrap()
+    }
+
+    #[test]
+    fn rank_tail_is_exact() {
+        // 5 against 5: 252 orderings; U = 25 only when every NEW value is above every BASE.
+        assert!((rank_tail(5, 5, 25) - 1.0 / 252.0).abs() < 1e-12);
+        assert!((rank_tail(5, 5, 24) - 2.0 / 252.0).abs() < 1e-12);
+        assert!((rank_tail(5, 5, 23) - 4.0 / 252.0).abs() < 1e-12);
+        assert!((rank_tail(3, 3, 9) - 1.0 / 20.0).abs() < 1e-12);
+        assert!((rank_tail(4, 6, 0) - 1.0).abs() < 1e-12);
+        // Symmetric around k·m/2.
+        assert!((rank_tail(4, 4, 9) - (1.0 - rank_tail(4, 4, 8)) - 0.0).abs() < 0.2);
+    }
+
+    #[test]
+    fn repeats_fold_into_the_median_one() {
+        let r = repeated(&[40.0, 30.0, 50.0, 35.0, 45.0]);
+        assert_eq!(r.repeats.len(), 5);
+        assert_eq!(r.summary.latency.p50_ns, 40_000);
+        assert_eq!(r.repeats[1].p50_ns, 30_000, "repeats stay in the order run");
+    }
+
+    #[test]
+    fn repeated_runs_judge_by_the_spread_between_runs() {
+        let cfg = CompareConfig::default();
+        let base = results(vec![repeated(&[40.0, 30.0, 49.0, 35.0, 45.0])]);
+        // Shifted by 20% but overlapping: beyond the threshold, inside the noise.
+        let shifted = results(vec![repeated(&[48.0, 36.0, 58.0, 42.0, 54.0])]);
+        let c = compare(&base, "b", &shifted, "n", &cfg);
+        let p50 = c.runs[0]
+            .metrics
+            .iter()
+            .find(|m| m.metric == Metric::P50)
+            .unwrap();
+        assert!(p50.change > cfg.threshold(Metric::P50), "{p50:?}");
+        assert_eq!(p50.verdict, Verdict::Noise, "{p50:?}");
+        assert!(c.regressions().is_empty(), "{c:?}");
+        // Every repeat 20 µs slower: a regression, found by the rank test.
+        let slow = results(vec![repeated(&[70.0, 66.0, 75.0, 68.0, 72.0])]);
+        let c = compare(&base, "b", &slow, "n", &cfg);
+        let p50 = c.runs[0]
+            .metrics
+            .iter()
+            .find(|m| m.metric == Metric::P50)
+            .unwrap();
+        assert_eq!(p50.verdict, Verdict::Regressed, "{p50:?}");
+        assert_eq!(p50.rank.map(|r| (r.base_runs, r.new_runs)), Some((5, 5)));
+        assert!(
+            render_text(&c).contains("5 vs 5 runs, p=0.004"),
+            "{}",
+            render_text(&c)
+        );
+        // And the other way round: improved, not regressed.
+        let c = compare(&slow, "b", &base, "n", &cfg);
+        let p50 = c.runs[0]
+            .metrics
+            .iter()
+            .find(|m| m.metric == Metric::P50)
+            .unwrap();
+        assert_eq!(p50.verdict, Verdict::Improved, "{p50:?}");
+        // A single run on one side falls back to the per-second bootstrap.
+        let single = results(vec![run("unary-1", 70e3, 0.05, 3, 9)]);
+        let c = compare(&base, "b", &single, "n", &cfg);
+        assert!(c.runs[0].metrics.iter().all(|m| m.rank.is_none()));
     }
 
     /// Fewer resamples than the command's default: debug builds resample slowly.

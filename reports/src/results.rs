@@ -617,6 +617,78 @@ pub struct RunRecord {
     pub histograms: RunHistograms,
     /// Per-second series.
     pub intervals: Vec<IntervalRecord>,
+    /// When the suite repeats the point (`repeat = N`): what each repeat measured, in the order
+    /// run, each with its own server. The fields above are those of one of them, the
+    /// representative repeat (the valid one with the median p50). `compare` judges repeated
+    /// runs by these values: their spread is the noise *between* runs, which the per-second
+    /// intervals of one run cannot show.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repeats: Vec<RepeatSummary>,
+}
+
+/// One repeat of a repeated load point: the figures `compare` judges.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RepeatSummary {
+    /// Completed calls per second.
+    pub throughput_per_s: f64,
+    /// Median latency, ns.
+    pub p50_ns: u64,
+    /// 99th percentile latency, ns.
+    pub p99_ns: u64,
+    /// 99.9th percentile latency, ns.
+    pub p999_ns: u64,
+    /// Client CPU µs per call.
+    pub cpu_client_us: f64,
+    /// Server CPU µs per call, when the server's process was known.
+    pub cpu_server_us: Option<f64>,
+    /// Whether this repeat's numbers measure the transport.
+    pub valid: bool,
+}
+
+impl RepeatSummary {
+    /// The figures of one run.
+    pub fn of(r: &RunRecord) -> RepeatSummary {
+        let s = &r.summary;
+        RepeatSummary {
+            throughput_per_s: s.throughput_per_s,
+            p50_ns: s.latency.p50_ns,
+            p99_ns: s.latency.p99_ns,
+            p999_ns: s.latency.p999_ns,
+            cpu_client_us: s.client.cpu_us_per_call,
+            cpu_server_us: s.server.as_ref().map(|u| u.cpu_us_per_call),
+            valid: r.validity.valid,
+        }
+    }
+}
+
+impl RunRecord {
+    /// Folds the repeats of one load point into one record: the valid repeat with the median
+    /// p50 (any repeat when none is valid) carries the full record, every repeat's figures go
+    /// into [`RunRecord::repeats`]. `None` for no runs; one run is returned as it is.
+    pub fn from_repeats(mut runs: Vec<RunRecord>) -> Option<RunRecord> {
+        if runs.len() <= 1 {
+            return runs.pop();
+        }
+        let repeats: Vec<RepeatSummary> = runs.iter().map(RepeatSummary::of).collect();
+        let mut order: Vec<usize> = (0..runs.len())
+            .filter(|&i| runs[i].validity.valid)
+            .collect();
+        if order.is_empty() {
+            order = (0..runs.len()).collect();
+        }
+        order.sort_by_key(|&i| runs[i].summary.latency.p50_ns);
+        let pick = order[(order.len() - 1) / 2];
+        let mut rep = runs.swap_remove(pick);
+        let invalid = repeats.iter().filter(|r| !r.valid).count();
+        if invalid > 0 && rep.validity.valid {
+            rep.validity.notes.push(format!(
+                "{invalid} of {} repeats invalid; the figures shown are of a valid one",
+                repeats.len()
+            ));
+        }
+        rep.repeats = repeats;
+        Some(rep)
+    }
 }
 
 /// A load point not run against a transport.

@@ -132,6 +132,15 @@ fn full() -> Results {
             latency: lat,
             histogram: hist,
         }],
+        repeats: vec![RepeatSummary {
+            throughput_per_s: 99.9,
+            p50_ns: 1,
+            p99_ns: 2,
+            p999_ns: 3,
+            cpu_client_us: 4.0,
+            cpu_server_us: Some(5.0),
+            valid: true,
+        }],
     });
     let run0 = r.runs[0].clone();
     let phase =

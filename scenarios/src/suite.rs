@@ -118,7 +118,14 @@ pub struct LoadPoint {
     pub spec: LoadSpec,
     /// Only against these transports (`None`: all selected).
     pub transports: Option<Vec<String>>,
+    /// Times the point runs against each transport, each with its own server (1: once). The
+    /// spread of repeated runs is the noise between runs, which `compare` needs to tell a
+    /// regression from a noisy machine.
+    pub repeat: u32,
 }
+
+/// The most repeats a load point may ask for.
+pub const MAX_REPEAT: u32 = 50;
 
 /// A parsed suite.
 #[derive(Clone, Debug, PartialEq)]
@@ -257,6 +264,7 @@ struct PointToml {
     duration: Option<toml::Spanned<String>>,
     requests: Option<u64>,
     seed: Option<u64>,
+    repeat: Option<u32>,
     timeout: Option<toml::Spanned<String>>,
     stall_at: Option<toml::Spanned<String>>,
     stall_for: Option<toml::Spanned<String>>,
@@ -728,9 +736,16 @@ fn resolve_point(
         },
     };
     spec.validate().map_err(at)?;
+    let repeat = pick!(p, d, repeat).unwrap_or(1);
+    if !(1..=MAX_REPEAT).contains(&repeat) {
+        return Err(at(format!(
+            "repeat: expected 1 to {MAX_REPEAT} runs, got {repeat}"
+        )));
+    }
     Ok(LoadPoint {
         spec,
         transports: pick!(p, d, transports),
+        repeat,
     })
 }
 
@@ -786,6 +801,24 @@ requests = 50
 
     fn err(text: &str) -> String {
         Suite::parse(text, "bad.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn repeat_defaults_to_once_and_is_bounded() {
+        let s = Suite::parse(
+            "name = \"t\"\n[defaults]\nrepeat = 5\n[[load]]\nname = \"a\"\n\
+             [[load]]\nname = \"b\"\nrepeat = 1\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!((s.load[0].repeat, s.load[1].repeat), (5, 1));
+        let s = Suite::parse("name = \"t\"\n[[load]]\nname = \"a\"\n", "t.toml").unwrap();
+        assert_eq!(s.load[0].repeat, 1);
+        let e = err("name = \"t\"\n[[load]]\nname = \"a\"\nrepeat = 0\n");
+        assert!(
+            e.contains("bad.toml:2") && e.contains("repeat: expected 1 to 50"),
+            "{e}"
+        );
     }
 
     #[test]

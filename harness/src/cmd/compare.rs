@@ -32,6 +32,11 @@ intervals' histograms) to get a confidence interval for NEW/BASE, and the change
 when that interval excludes no change. CPU per call has no per-interval data: it is judged on \
 the threshold widened by /proc's 10 ms accounting resolution. Runs marked invalid on either \
 side are listed, not judged. Runs present in one file only are listed, not failed.\n\n\
+Repeated runs (a suite's `repeat = N` or `run --repeat N`, at least 3 valid repeats on each \
+side) are judged by their spread between runs instead, which on a shared machine is several \
+times the spread within one run: the medians of the repeats are compared, and a change beyond \
+the threshold counts only when a one-sided exact Mann-Whitney rank test over the repeats gives \
+p <= --rank-alpha (5 against 5 repeats: at most one of the 25 pairs out of order).\n\n\
 Default thresholds: throughput 15%, p50 15%, p99 30%, p99.9 50%, CPU 25%.\n\n\
 Exit codes: 0 no regression, 1 a regression, 2 unusable input.",
     after_help = "Examples:\n  wirebench compare ci/baseline.json target/ci-run/results.json\n  \
@@ -55,6 +60,9 @@ pub struct Args {
     /// Bootstrap resamples.
     #[arg(long, default_value_t = 1000)]
     pub resamples: usize,
+    /// Repeated runs: the rank test's one-sided p-value at or below which a change counts.
+    #[arg(long, default_value_t = 0.01)]
+    pub rank_alpha: f64,
     /// Also write the output to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -97,6 +105,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
             args.confidence
         )));
     }
+    if !(args.rank_alpha > 0.0 && args.rank_alpha < 0.5) {
+        return Err(bad_input(format!(
+            "--rank-alpha {} must be in (0, 0.5)",
+            args.rank_alpha
+        )));
+    }
     if args.resamples < 100 {
         return Err(bad_input("--resamples must be at least 100"));
     }
@@ -105,6 +119,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut cfg = CompareConfig {
         confidence: args.confidence,
         resamples: args.resamples,
+        rank_alpha: args.rank_alpha,
         ..CompareConfig::default()
     };
     let mut thresholds: BTreeMap<Metric, f64> = cfg.thresholds.clone();

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use wirebench_reports::histogram::{encode, summarize};
-use wirebench_reports::results::{FloorRecord, Results, RunFailure, Skipped, SuiteRecord};
+use wirebench_reports::results::{
+    FloorRecord, Results, RunFailure, RunRecord, Skipped, SuiteRecord,
+};
 use wirebench_scenarios::faultplan::PolicyChoice;
 use wirebench_scenarios::suite::Suite;
 use wirebench_scenarios::units::parse_duration;
@@ -79,6 +81,11 @@ pub struct Args {
     /// Skip the suite's fault plans (`[[fault]]`).
     #[arg(long)]
     pub no_faults: bool,
+    /// Run every load point this many times per transport, each with its own server
+    /// (overrides the suite's `repeat`; 1 to 50). `compare` judges repeated runs by their
+    /// spread between runs.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(wirebench_scenarios::suite::MAX_REPEAT)))]
+    pub repeat: Option<u32>,
     /// Plain progress lines even on a terminal.
     #[arg(long)]
     pub plain: bool,
@@ -290,9 +297,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
             {
                 continue;
             }
-            plan.push((*t, p.spec.clone()));
-            steps += 1;
-            total += p.spec.estimate() + Duration::from_millis(300);
+            let repeat = args.repeat.unwrap_or(p.repeat);
+            plan.push((*t, p.spec.clone(), repeat));
+            steps += repeat as usize;
+            total += (p.spec.estimate() + Duration::from_millis(300)) * repeat;
         }
     }
     // Fault plans: each plan against each of its transports, without and/or with a policy.
@@ -422,7 +430,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
     }
 
-    for (t, spec) in &plan {
+    for (t, spec, repeat) in &plan {
         if interrupted.load(Ordering::SeqCst) {
             break;
         }
@@ -438,44 +446,73 @@ pub fn run(args: Args) -> Result<ExitCode> {
             save(&results, &results_path)?;
             continue;
         }
-        progress.begin(
-            &format!("{name} {}", spec.name),
-            spec.estimate() + Duration::from_millis(300),
-        );
-        match run_point(*t, spec, &ctx) {
-            Ok(r) => {
-                let s = &r.summary;
-                progress.end(&format!(
-                    "{name} {}: {:.0} calls/s, p50 {:.1} µs, p99 {:.1} µs{}",
-                    spec.name,
-                    s.throughput_per_s,
-                    s.latency.p50_ns as f64 / 1e3,
-                    s.latency.p99_ns as f64 / 1e3,
-                    if r.validity.valid {
-                        String::new()
-                    } else {
-                        format!(" — INVALID: {}", r.validity.reasons.join("; "))
-                    }
-                ));
-                results.runs.push(r);
+        // Repeats run back to back, each with its own server; they fold into one record
+        // (see `RunRecord::from_repeats`), saved after every repeat so an interrupted run
+        // keeps what it measured.
+        let mut done: Vec<RunRecord> = Vec::new();
+        let slot = results.runs.len();
+        for i in 0..*repeat {
+            if interrupted.load(Ordering::SeqCst) {
+                break;
             }
-            Err(e) => {
-                // Bad input about the whole run (an unreachable --target) stops it; anything
-                // else is recorded and the run goes on.
-                if args.target.is_some() && crate::exit::is_bad_input(&e) {
-                    progress.end(&format!("{name} {}: {e:#}", spec.name));
-                    finish(&mut results, &results_path, &dir, false, false)?;
-                    return Err(e);
+            let label = if *repeat > 1 {
+                format!("{name} {} ({}/{repeat})", spec.name, i + 1)
+            } else {
+                format!("{name} {}", spec.name)
+            };
+            progress.begin(&label, spec.estimate() + Duration::from_millis(300));
+            match run_point(*t, spec, &ctx) {
+                Ok(r) => {
+                    let s = &r.summary;
+                    progress.end(&format!(
+                        "{label}: {:.0} calls/s, p50 {:.1} µs, p99 {:.1} µs{}",
+                        s.throughput_per_s,
+                        s.latency.p50_ns as f64 / 1e3,
+                        s.latency.p99_ns as f64 / 1e3,
+                        if r.validity.valid {
+                            String::new()
+                        } else {
+                            format!(" — INVALID: {}", r.validity.reasons.join("; "))
+                        }
+                    ));
+                    done.push(r);
+                    results.runs.truncate(slot);
+                    results.runs.extend(RunRecord::from_repeats(done.clone()));
                 }
-                progress.end(&format!("{name} {}: FAILED: {e:#}", spec.name));
-                results.errors.push(RunFailure {
-                    transport: name.into(),
-                    point: spec.name.clone(),
-                    error: format!("{e:#}"),
-                });
+                Err(e) => {
+                    // Bad input about the whole run (an unreachable --target) stops it;
+                    // anything else is recorded and the run goes on.
+                    if args.target.is_some() && crate::exit::is_bad_input(&e) {
+                        progress.end(&format!("{label}: {e:#}"));
+                        finish(&mut results, &results_path, &dir, false, false)?;
+                        return Err(e);
+                    }
+                    progress.end(&format!("{label}: FAILED: {e:#}"));
+                    results.errors.push(RunFailure {
+                        transport: name.into(),
+                        point: if *repeat > 1 {
+                            format!("{} (repeat {})", spec.name, i + 1)
+                        } else {
+                            spec.name.clone()
+                        },
+                        error: format!("{e:#}"),
+                    });
+                }
             }
+            save(&results, &results_path)?;
         }
-        save(&results, &results_path)?;
+        if done.len() > 1 {
+            let p50s: Vec<String> = done
+                .iter()
+                .map(|r| format!("{:.1}", r.summary.latency.p50_ns as f64 / 1e3))
+                .collect();
+            progress.note(&format!(
+                "{name} {}: p50 over {} repeats: {} µs",
+                spec.name,
+                done.len(),
+                p50s.join(", ")
+            ));
+        }
     }
     for (t, fp, policy) in &fault_plan {
         if interrupted.load(Ordering::SeqCst) {
