@@ -524,6 +524,7 @@ pub fn run_point(transport: AnyTransport, spec: &LoadSpec, ctx: &RunContext) -> 
         histograms,
         intervals,
         repeats: Vec::new(),
+        gate: None,
     })
 }
 

@@ -138,14 +138,18 @@ fn spectrum_points(h: &hdrhistogram::Histogram<u64>) -> Vec<(f64, f64)> {
 }
 
 fn validity_cell(r: &RunRecord) -> String {
-    if r.validity.valid {
-        "<span class=\"valid\">valid</span>".into()
+    let mut cell = if r.validity.valid {
+        "<span class=\"valid\">valid</span>".to_owned()
     } else {
         format!(
             "<span class=\"invalid\" title=\"{}\">INVALID</span>",
             escape(&r.validity.reasons.join("; "))
         )
+    };
+    if let Some(line) = r.repeats_line() {
+        let _ = write!(cell, " <span class=\"muted\">{}</span>", escape(&line));
     }
+    cell
 }
 
 fn cpu_cell(r: &RunRecord) -> String {

@@ -44,11 +44,14 @@ pub fn render(results: &Results) -> String {
                 .server
                 .as_ref()
                 .map_or("–".to_owned(), |u| format!("{:.1}", u.cpu_us_per_call));
-            let validity = if r.validity.valid {
+            let mut validity = if r.validity.valid {
                 "valid".to_owned()
             } else {
                 format!("**INVALID**: {}", r.validity.reasons.join("; "))
             };
+            if let Some(line) = r.repeats_line() {
+                validity = format!("{validity}; {line}");
+            }
             let _ = writeln!(
                 out,
                 "| {} | {} | {} | {} | {} | {} | {:.1} / {server} | {} |",

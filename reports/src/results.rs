@@ -624,6 +624,10 @@ pub struct RunRecord {
     /// intervals of one run cannot show.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub repeats: Vec<RepeatSummary>,
+    /// The metrics whose regression fails `compare`'s gate for this point, as its suite says
+    /// (`gate = [...]`); absent: every metric but p99.9.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<Vec<String>>,
 }
 
 /// One repeat of a repeated load point: the figures `compare` judges.
@@ -662,6 +666,21 @@ impl RepeatSummary {
 }
 
 impl RunRecord {
+    /// For a repeated point, one line on its repeats: `median of 5 repeats (p50 29.4–49.0 µs)`.
+    pub fn repeats_line(&self) -> Option<String> {
+        if self.repeats.len() < 2 {
+            return None;
+        }
+        let p50s = self.repeats.iter().map(|r| r.p50_ns);
+        let (lo, hi) = (p50s.clone().min()?, p50s.max()?);
+        Some(format!(
+            "median of {} repeats (p50 {:.1}–{:.1} µs)",
+            self.repeats.len(),
+            lo as f64 / 1e3,
+            hi as f64 / 1e3
+        ))
+    }
+
     /// Folds the repeats of one load point into one record: the valid repeat with the median
     /// p50 (any repeat when none is valid) carries the full record, every repeat's figures go
     /// into [`RunRecord::repeats`]. `None` for no runs; one run is returned as it is.

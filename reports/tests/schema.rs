@@ -141,6 +141,7 @@ fn full() -> Results {
             cpu_server_us: Some(5.0),
             valid: true,
         }],
+        gate: Some(vec!["throughput".into(), "p50".into()]),
     });
     let run0 = r.runs[0].clone();
     let phase =

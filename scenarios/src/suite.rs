@@ -122,7 +122,20 @@ pub struct LoadPoint {
     /// spread of repeated runs is the noise between runs, which `compare` needs to tell a
     /// regression from a noisy machine.
     pub repeat: u32,
+    /// The metrics whose regression fails `compare`'s gate for this point (names of
+    /// [`GATE_METRICS`]); `None`: every metric but p99.9.
+    pub gate: Option<Vec<String>>,
 }
+
+/// The metric names a point's `gate` may list (those of `wirebench compare`).
+pub const GATE_METRICS: [&str; 6] = [
+    "throughput",
+    "p50",
+    "p99",
+    "p99.9",
+    "cpu-client",
+    "cpu-server",
+];
 
 /// The most repeats a load point may ask for.
 pub const MAX_REPEAT: u32 = 50;
@@ -265,6 +278,7 @@ struct PointToml {
     requests: Option<u64>,
     seed: Option<u64>,
     repeat: Option<u32>,
+    gate: Option<Vec<String>>,
     timeout: Option<toml::Spanned<String>>,
     stall_at: Option<toml::Spanned<String>>,
     stall_for: Option<toml::Spanned<String>>,
@@ -742,10 +756,22 @@ fn resolve_point(
             "repeat: expected 1 to {MAX_REPEAT} runs, got {repeat}"
         )));
     }
+    let gate = pick!(p, d, gate);
+    if let Some(bad) = gate
+        .iter()
+        .flatten()
+        .find(|m| !GATE_METRICS.contains(&m.as_str()))
+    {
+        return Err(at(format!(
+            "gate: unknown metric {bad:?}; expected some of {}",
+            GATE_METRICS.join(", ")
+        )));
+    }
     Ok(LoadPoint {
         spec,
         transports: pick!(p, d, transports),
         repeat,
+        gate,
     })
 }
 
@@ -814,6 +840,8 @@ requests = 50
         assert_eq!((s.load[0].repeat, s.load[1].repeat), (5, 1));
         let s = Suite::parse("name = \"t\"\n[[load]]\nname = \"a\"\n", "t.toml").unwrap();
         assert_eq!(s.load[0].repeat, 1);
+        let g = err("name = \"t\"\n[[load]]\nname = \"a\"\ngate = [\"p42\"]\n");
+        assert!(g.contains("gate: unknown metric \"p42\""), "{g}");
         let e = err("name = \"t\"\n[[load]]\nname = \"a\"\nrepeat = 0\n");
         assert!(
             e.contains("bad.toml:2") && e.contains("repeat: expected 1 to 50"),

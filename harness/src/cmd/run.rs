@@ -298,7 +298,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 continue;
             }
             let repeat = args.repeat.unwrap_or(p.repeat);
-            plan.push((*t, p.spec.clone(), repeat));
+            plan.push((*t, p.spec.clone(), repeat, p.gate.clone()));
             steps += repeat as usize;
             total += (p.spec.estimate() + Duration::from_millis(300)) * repeat;
         }
@@ -430,7 +430,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
     }
 
-    for (t, spec, repeat) in &plan {
+    for (t, spec, repeat, gate) in &plan {
         if interrupted.load(Ordering::SeqCst) {
             break;
         }
@@ -462,7 +462,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
             };
             progress.begin(&label, spec.estimate() + Duration::from_millis(300));
             match run_point(*t, spec, &ctx) {
-                Ok(r) => {
+                Ok(mut r) => {
+                    r.gate = gate.clone();
                     let s = &r.summary;
                     progress.end(&format!(
                         "{label}: {:.0} calls/s, p50 {:.1} µs, p99 {:.1} µs{}",

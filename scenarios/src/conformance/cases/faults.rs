@@ -422,6 +422,25 @@ async fn serve_again(ctx: &Ctx, config: ServerConfig) -> Result<TestServer, Fail
 }
 
 /// One small call with its own deadline.
+/// The server config that serves again where a stopped server was (endpoint `old`): a broker
+/// transport's endpoint names the broker and the service's subject prefix, which serving on it
+/// joins; a point-to-point server binds its old socket address again (its endpoint may carry
+/// more, such as a QUIC certificate pin).
+fn same_address(ctx: &Ctx, old: &str) -> ServerConfig {
+    let listen = if ctx.transport.broker().is_some() {
+        old.to_owned()
+    } else {
+        match ctx.transport.network_path(old) {
+            Ok(hop) => hop.addr.to_string(),
+            Err(_) => ctx.server_config().listen,
+        }
+    };
+    ServerConfig {
+        listen,
+        ..ctx.server_config()
+    }
+}
+
 async fn ping(c: &AnyConnection) -> Result<(), String> {
     c.unary(
         EchoRequest::new(vec![7u8; 16]),
@@ -468,21 +487,7 @@ async fn reconnect_after_restart(ctx: Ctx) -> CaseResult {
     let c = ctx.connect(&old).await?;
     ping(&c).await.map_err(Failure)?;
     server.stop().await;
-    // The same address: a broker transport's endpoint names the broker and the server's
-    // subject prefix, which serving on it keeps; a point-to-point server binds its old socket
-    // address again (its endpoint may carry more, such as a QUIC certificate pin).
-    let listen = if ctx.transport.broker().is_some() {
-        old.clone()
-    } else {
-        match ctx.transport.network_path(&old) {
-            Ok(hop) => hop.addr.to_string(),
-            Err(_) => ctx.server_config().listen,
-        }
-    };
-    let config = ServerConfig {
-        listen,
-        ..ctx.server_config()
-    };
+    let config = same_address(&ctx, &old);
     let server = serve_again(&ctx, config).await?;
     let note = if reconnects {
         ensure!(
@@ -588,24 +593,7 @@ async fn graceful_drain(ctx: Ctx) -> CaseResult {
         report.is_clean(),
         "every call finished, yet the server reports it cut some: {report}"
     );
-    // The same address: a broker transport's endpoint names the broker and the service, which
-    // serving on it joins; a point-to-point server binds its old socket address again.
-    let listen = if ctx.transport.broker().is_some() {
-        old.clone()
-    } else {
-        match ctx.transport.network_path(&old) {
-            Ok(hop) => hop.addr.to_string(),
-            Err(_) => ctx.server_config().listen,
-        }
-    };
-    let restarted = serve_again(
-        &ctx,
-        ServerConfig {
-            listen,
-            ..ctx.server_config()
-        },
-    )
-    .await?;
+    let restarted = serve_again(&ctx, same_address(&ctx, &old)).await?;
     let fresh = ctx.connect(&restarted.endpoint).await?;
     ping(&fresh).await.map_err(Failure)?;
     // A call on the drained connection must not hang: it fails fast (the server said it takes
