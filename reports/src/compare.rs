@@ -27,7 +27,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::histogram;
-use crate::results::{Results, RunRecord};
+use crate::results::{RepeatSummary, Results, RunRecord};
 
 /// What is compared for every run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -366,16 +366,20 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-fn point_value(run: &RunRecord, m: Metric) -> Option<f64> {
-    let s = &run.summary;
+/// A metric's value in one run's (or one repeat's) figures.
+fn value(x: &RepeatSummary, m: Metric) -> Option<f64> {
     Some(match m {
-        Metric::Throughput => s.throughput_per_s,
-        Metric::P50 => s.latency.p50_ns as f64,
-        Metric::P99 => s.latency.p99_ns as f64,
-        Metric::P999 => s.latency.p999_ns as f64,
-        Metric::CpuClient => s.client.cpu_us_per_call,
-        Metric::CpuServer => s.server.as_ref()?.cpu_us_per_call,
+        Metric::Throughput => x.throughput_per_s,
+        Metric::P50 => x.p50_ns as f64,
+        Metric::P99 => x.p99_ns as f64,
+        Metric::P999 => x.p999_ns as f64,
+        Metric::CpuClient => x.cpu_client_us,
+        Metric::CpuServer => x.cpu_server_us?,
     })
+}
+
+fn point_value(run: &RunRecord, m: Metric) -> Option<f64> {
+    value(&RepeatSummary::of(run), m)
 }
 
 /// The noise allowance when there is no spread to resample: for CPU, the relative
@@ -526,14 +530,7 @@ fn repeat_values(r: &RunRecord, m: Metric) -> Vec<f64> {
     r.repeats
         .iter()
         .filter(|x| x.valid)
-        .filter_map(|x| match m {
-            Metric::Throughput => Some(x.throughput_per_s),
-            Metric::P50 => Some(x.p50_ns as f64),
-            Metric::P99 => Some(x.p99_ns as f64),
-            Metric::P999 => Some(x.p999_ns as f64),
-            Metric::CpuClient => Some(x.cpu_client_us),
-            Metric::CpuServer => x.cpu_server_us,
-        })
+        .filter_map(|x| value(x, m))
         .collect()
 }
 
@@ -954,22 +951,14 @@ mod tests {
         // Shifted by 30% but overlapping: beyond the threshold, inside the noise.
         let shifted = results(vec![repeated(&[52.0, 39.0, 63.0, 45.0, 58.0])]);
         let c = compare(&base, "b", &shifted, "n", &cfg);
-        let p50 = c.runs[0]
-            .metrics
-            .iter()
-            .find(|m| m.metric == Metric::P50)
-            .unwrap();
+        let p50 = metric(&c, "unary-1", Metric::P50);
         assert!(p50.change > cfg.threshold(Metric::P50), "{p50:?}");
         assert_eq!(p50.verdict, Verdict::Noise, "{p50:?}");
         assert!(c.regressions().is_empty(), "{c:?}");
         // Every repeat 20 µs slower: a regression, found by the rank test.
         let slow = results(vec![repeated(&[70.0, 66.0, 75.0, 68.0, 72.0])]);
         let c = compare(&base, "b", &slow, "n", &cfg);
-        let p50 = c.runs[0]
-            .metrics
-            .iter()
-            .find(|m| m.metric == Metric::P50)
-            .unwrap();
+        let p50 = metric(&c, "unary-1", Metric::P50);
         assert_eq!(p50.verdict, Verdict::Regressed, "{p50:?}");
         assert_eq!(p50.rank.map(|r| (r.base_runs, r.new_runs)), Some((5, 5)));
         assert!(
@@ -979,28 +968,16 @@ mod tests {
         );
         // And the other way round: improved, not regressed.
         let c = compare(&slow, "b", &base, "n", &cfg);
-        let p50 = c.runs[0]
-            .metrics
-            .iter()
-            .find(|m| m.metric == Metric::P50)
-            .unwrap();
+        let p50 = metric(&c, "unary-1", Metric::P50);
         assert_eq!(p50.verdict, Verdict::Improved, "{p50:?}");
         // A metric the point does not gate is judged and shown, but fails nothing.
         let mut slow_ungated = results(vec![repeated(&[70.0, 66.0, 75.0, 68.0, 72.0])]);
         slow_ungated.runs[0].gate = Some(vec!["throughput".into()]);
         let c = compare(&base, "b", &slow_ungated, "n", &cfg);
-        let p50 = c.runs[0]
-            .metrics
-            .iter()
-            .find(|m| m.metric == Metric::P50)
-            .unwrap();
+        let p50 = metric(&c, "unary-1", Metric::P50);
         assert_eq!((p50.verdict, p50.gated), (Verdict::Regressed, false));
         assert!(render_text(&c).contains("REGRESSED, not gated"));
-        let tput = c.runs[0]
-            .metrics
-            .iter()
-            .find(|m| m.metric == Metric::Throughput)
-            .unwrap();
+        let tput = metric(&c, "unary-1", Metric::Throughput);
         assert!(tput.gated);
         assert_eq!(c.regressions().len(), 1, "{:?}", c.regressions());
         // --gate overrides the suite's list.
@@ -1038,13 +1015,17 @@ mod tests {
         r
     }
 
-    fn verdict(c: &Comparison, point: &str, m: Metric) -> Verdict {
+    /// Metric `m` of the run at `point`.
+    fn metric<'a>(c: &'a Comparison, point: &str, m: Metric) -> &'a MetricComparison {
         c.runs
             .iter()
             .find(|r| r.point == point)
             .and_then(|r| r.metrics.iter().find(|x| x.metric == m))
-            .map(|x| x.verdict)
             .unwrap()
+    }
+
+    fn verdict(c: &Comparison, point: &str, m: Metric) -> Verdict {
+        metric(c, point, m).verdict
     }
 
     #[test]
@@ -1103,11 +1084,7 @@ mod tests {
         let base = results(vec![run("short", 50_000.0, 0.1, 1, 1)]);
         let modest = results(vec![run("short", 70_000.0, 0.1, 1, 2)]);
         let c = compare(&base, "b", &modest, "n", &cfg());
-        let m = c.runs[0]
-            .metrics
-            .iter()
-            .find(|m| m.metric == Metric::P50)
-            .unwrap();
+        let m = metric(&c, "short", Metric::P50);
         assert!(m.interval.is_none());
         assert_eq!(m.verdict, Verdict::Noise);
         let huge = results(vec![run("short", 500_000.0, 0.1, 1, 2)]);
