@@ -1,5 +1,6 @@
 //! The `tcp` client: calls multiplexed over one connection by stream id; a reader task routes
-//! each frame to its call, a writer task batches outgoing frames.
+//! each frame to its call; a lone call writes its own request, concurrent calls share the
+//! writer task's batched writes.
 
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -16,8 +17,8 @@ use super::codec::{
     Decoded, Decoder, EncodeError, FLAG_END_STREAM, Frame, OpenHeader, OutHeader, PREFACE, Payload,
     RequestHeader, WriteBatch, metadata_from_wire,
 };
-use super::writer::{Outgoing, write_loop};
-use super::{ALPN, OUT_QUEUE, READ_CHUNK, STREAM_BUFFER, check_header_size};
+use super::writer::{Flush, FrameTx, Outgoing};
+use super::{ALPN, READ_CHUNK, STREAM_BUFFER, check_header_size};
 use crate::call::{CallEvent, CancelSignal, EventReceiver, call_ended};
 use crate::message::{EchoRequest, EchoResponse, Method};
 use crate::metadata::Metadata;
@@ -46,7 +47,6 @@ enum Out {
     },
     HalfClose(u32),
     Cancel(u32),
-    Close,
 }
 
 static EMPTY: Bytes = Bytes::new();
@@ -75,12 +75,7 @@ impl Outgoing for Out {
             }
             Out::HalfClose(id) => batch.push(*id, 0, OutHeader::HalfClose, &EMPTY),
             Out::Cancel(id) => batch.push(*id, 0, OutHeader::Cancel, &EMPTY),
-            Out::Close => Ok(()),
         }
-    }
-
-    fn is_close(&self) -> bool {
-        matches!(self, Out::Close)
     }
 }
 
@@ -108,8 +103,7 @@ struct Pending {
 }
 
 struct Shared {
-    out: mpsc::Sender<Out>,
-    sent: AtomicU64,
+    out: FrameTx,
     received: AtomicU64,
     pending: Mutex<Pending>,
     next_id: AtomicU32,
@@ -131,14 +125,15 @@ impl Shared {
         }
     }
 
-    fn register(&self, slot: Slot) -> Result<u32, Status> {
+    /// Registers a call; returns its stream id and how many calls are open with it.
+    fn register(&self, slot: Slot) -> Result<(u32, usize), Status> {
         let mut p = self.lock();
         if let Some(dead) = &p.dead {
             return Err(dead.clone());
         }
         let id = self.next_id();
         p.calls.insert(id, slot);
-        Ok(id)
+        Ok((id, p.calls.len()))
     }
 
     /// Tells the server a call is cancelled, without waiting (called from `Drop`).
@@ -149,19 +144,16 @@ impl Shared {
         }
     }
 
-    fn send_now(self: &Arc<Self>, item: Out) {
-        if let Err(mpsc::error::TrySendError::Full(item)) = self.out.try_send(item) {
-            let me = self.clone();
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    let _ = me.out.send(item).await;
-                });
-            }
-        }
+    fn send_now(&self, item: Out) {
+        // A closed connection has no call left to tell.
+        let _ = self.out.send_now(item);
     }
 
-    async fn send(&self, item: Out) -> Result<(), Status> {
-        self.out.send(item).await.map_err(|_| self.dead_status())
+    async fn send(&self, item: Out, flush: Flush) -> Result<(), Status> {
+        self.out
+            .send(item, flush)
+            .await
+            .map_err(|_| self.dead_status())
     }
 
     fn dead_status(&self) -> Status {
@@ -223,7 +215,7 @@ impl std::fmt::Debug for TcpConnection {
 
 impl Drop for TcpConnection {
     fn drop(&mut self) {
-        let _ = self.shared.out.try_send(Out::Close);
+        self.shared.out.close();
     }
 }
 
@@ -270,12 +262,11 @@ impl TcpConnection {
     fn over<R, W>(rd: R, wr: W, max_message_size: usize) -> TcpConnection
     where
         R: AsyncRead + Unpin + Send + 'static,
-        W: AsyncWrite + Unpin + Send + 'static,
+        W: AsyncWrite + Send + 'static,
     {
-        let (tx, rx) = mpsc::channel(OUT_QUEUE);
+        let (out, writer) = FrameTx::new(wr, Some(&PREFACE));
         let shared = Arc::new(Shared {
-            out: tx,
-            sent: AtomicU64::new(0),
+            out,
             received: AtomicU64::new(0),
             pending: Mutex::new(Pending {
                 calls: HashMap::new(),
@@ -286,7 +277,7 @@ impl TcpConnection {
         });
         let writer_shared = shared.clone();
         tokio::spawn(async move {
-            if let Err(e) = write_loop(wr, rx, Some(&PREFACE), &writer_shared.sent).await {
+            if let Err(e) = writer.run().await {
                 writer_shared.fail_all(Status::unavailable(format!("tcp write failed: {e}")));
             }
         });
@@ -361,7 +352,7 @@ impl Connection for TcpConnection {
         let open = OpenHeader::new(Method::Unary.as_u8(), options.timeout, &options.metadata);
         let header = RequestHeader::from(&request.directives);
         check_header_size(&options.metadata, &request.directives)?;
-        let id = self.shared.register(Slot::Unary(UnarySlot::default()))?;
+        let (id, in_flight) = self.shared.register(Slot::Unary(UnarySlot::default()))?;
         let _guard = UnaryGuard {
             shared: &self.shared,
             id,
@@ -373,7 +364,14 @@ impl Connection for TcpConnection {
             payload: request.payload,
         };
         until_deadline(deadline, async {
-            self.shared.send(out).await?;
+            // A lone call writes its request itself; with others in flight the writer task
+            // packs the requests queued meanwhile into one write.
+            let flush = if in_flight == 1 {
+                Flush::Now
+            } else {
+                Flush::Batch
+            };
+            self.shared.send(out, flush).await?;
             poll_fn(|cx| self.poll_unary(id, cx)).await
         })
         .await
@@ -388,8 +386,8 @@ impl Connection for TcpConnection {
         let deadline = options.deadline();
         let open = OpenHeader::new(method.as_u8(), options.timeout, &options.metadata);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let id = self.shared.register(Slot::Stream(tx))?;
-        if let Err(e) = self.shared.send(Out::Open(id, open)).await {
+        let (id, _) = self.shared.register(Slot::Stream(tx))?;
+        if let Err(e) = self.shared.send(Out::Open(id, open), Flush::Batch).await {
             self.shared.lock().calls.remove(&id);
             return Err(e);
         }
@@ -407,13 +405,13 @@ impl Connection for TcpConnection {
 
     fn wire_bytes(&self) -> Option<WireBytes> {
         Some(WireBytes {
-            sent: self.shared.sent.load(Ordering::Relaxed),
+            sent: self.shared.out.written(),
             received: self.shared.received.load(Ordering::Relaxed),
         })
     }
 
     async fn close(&self) {
-        let _ = self.shared.out.send(Out::Close).await;
+        self.shared.out.close();
         self.shared
             .fail_all(Status::unavailable("tcp connection closed by the client"));
     }
@@ -468,7 +466,7 @@ impl CallSender for TcpSender {
             payload: request.payload,
             end: false,
         };
-        self.shared.send(item).await
+        self.shared.send(item, Flush::Batch).await
     }
 
     async fn close_send(&mut self) -> Result<(), Status> {
@@ -476,7 +474,9 @@ impl CallSender for TcpSender {
             return Ok(());
         }
         self.closed = true;
-        self.shared.send(Out::HalfClose(self.id)).await
+        self.shared
+            .send(Out::HalfClose(self.id), Flush::Batch)
+            .await
     }
 }
 

@@ -159,8 +159,6 @@ use crate::transport::{
     Capabilities, Capability, ClientConfig, ServerConfig, Transport, TransportError,
 };
 
-/// Frames queued for a connection's writer before callers wait.
-const OUT_QUEUE: usize = 1024;
 /// Messages buffered per call and direction.
 const STREAM_BUFFER: usize = 64;
 /// Read buffer growth step.

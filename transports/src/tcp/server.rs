@@ -23,8 +23,8 @@ use super::codec::{
     ArchivedOpenHeader, DecodeError, Decoded, Decoder, EncodeError, Frame, MetadataHeader,
     OutHeader, Payload, ResponseHeader, StatusHeader, WriteBatch, metadata_from_wire,
 };
-use super::writer::{Outgoing, write_loop};
-use super::{ALPN, OUT_QUEUE, READ_CHUNK, STREAM_BUFFER};
+use super::writer::{Flush, FrameTx, Outgoing};
+use super::{ALPN, READ_CHUNK, STREAM_BUFFER};
 use crate::drain::{DrainReport, ServerTasks};
 use crate::echo::{CallHead, Echo, ServerCall, UnaryOutcome};
 use crate::message::{EchoRequest, EchoResponse, Method};
@@ -265,7 +265,7 @@ struct ConnInfo {
 
 struct Conn {
     echo: Arc<Echo>,
-    out: mpsc::Sender<Out>,
+    out: FrameTx,
     calls: HashMap<u32, Entry>,
     done_tx: mpsc::UnboundedSender<u32>,
     done_rx: mpsc::UnboundedReceiver<u32>,
@@ -299,11 +299,8 @@ async fn serve_connection<R, W>(
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let peer = info.peer;
-    let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
-    let writer = tokio::spawn(async move {
-        let written = std::sync::atomic::AtomicU64::new(0);
-        write_loop(wr, out_rx, None, &written).await
-    });
+    let (out_tx, writer) = FrameTx::new(wr, None);
+    let writer = tokio::spawn(writer.run());
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let mut conn = Conn {
         echo,
@@ -336,7 +333,10 @@ async fn serve_connection<R, W>(
         }
     }
     if let Some(status) = goaway {
-        let _ = conn.out.send(Out::GoAway(StatusHeader::of(&status))).await;
+        let _ = conn
+            .out
+            .send(Out::GoAway(StatusHeader::of(&status)), Flush::Now)
+            .await;
     }
     drop(conn);
     // The writer ends once every handler has dropped its sender, then shuts the socket.
@@ -355,6 +355,8 @@ impl Conn {
             let step = match decoder.decode(&mut buf) {
                 Ok(Decoded::Frame(frame)) => self.on_frame(frame),
                 Ok(Decoded::NeedMore(n)) => {
+                    // The replies to every frame of this read go out in one write.
+                    self.out.flush();
                     buf.reserve(n.max(READ_CHUNK));
                     let read = tokio::select! {
                         biased;
@@ -369,7 +371,8 @@ impl Conn {
                             let why = Status::unavailable(
                                 "server draining: no new calls on this connection",
                             );
-                            if self.out.send(Out::GoAway(StatusHeader::of(&why))).await.is_err() {
+                            let goaway = Out::GoAway(StatusHeader::of(&why));
+                            if self.out.send(goaway, Flush::Now).await.is_err() {
                                 return Stop::Eof;
                             }
                             None
@@ -398,12 +401,16 @@ impl Conn {
             match step {
                 Ok(Step::Done) => {}
                 Ok(Step::Send(item)) => {
-                    if self.out.send(item).await.is_err() {
+                    if self.out.send(item, Flush::Later).await.is_err() {
                         return Stop::Eof;
                     }
                 }
                 Ok(Step::Deliver(tx, item)) => {
-                    // Backpressure: a handler that is not reading holds back this connection.
+                    // Backpressure: a handler that is not reading holds back this connection
+                    // (and the replies queued so far go out before it waits).
+                    if tx.capacity() == 0 {
+                        self.out.flush();
+                    }
                     let _ = tx.send(item).await;
                 }
                 Err(msg) => return Stop::Protocol(msg),
@@ -548,7 +555,7 @@ impl Conn {
                 self.tracker.spawn(async move {
                     let outcome = echo.unary(&head, request, &cancel).await;
                     if !cancel.is_cancelled() {
-                        let _ = out.send(Out::unary(id, outcome)).await;
+                        let _ = out.send(Out::unary(id, outcome), Flush::Now).await;
                     }
                     let _ = done.send(id);
                 });
@@ -580,7 +587,7 @@ impl Conn {
             let status = echo.handle(&head, &mut call, &cancel).await;
             if !cancel.is_cancelled()
                 && out
-                    .send(Out::Status(id, StatusHeader::of(&status)))
+                    .send(Out::Status(id, StatusHeader::of(&status)), Flush::Batch)
                     .await
                     .is_err()
             {
@@ -607,7 +614,7 @@ fn describe(e: &DecodeError) -> String {
 struct TcpServerCall {
     id: u32,
     rx: mpsc::Receiver<Result<EchoRequest, Status>>,
-    out: mpsc::Sender<Out>,
+    out: FrameTx,
 }
 
 impl ServerCall for TcpServerCall {
@@ -617,7 +624,10 @@ impl ServerCall for TcpServerCall {
 
     async fn send_headers(&mut self, headers: Metadata) -> Result<(), Status> {
         self.out
-            .send(Out::Headers(self.id, MetadataHeader::of(&headers)))
+            .send(
+                Out::Headers(self.id, MetadataHeader::of(&headers)),
+                Flush::Batch,
+            )
             .await
             .map_err(|_| Status::new(Code::Cancelled, "connection closed"))
     }
@@ -625,7 +635,10 @@ impl ServerCall for TcpServerCall {
     async fn send(&mut self, response: EchoResponse) -> Result<(), Status> {
         let header = ResponseHeader::of(&response);
         self.out
-            .send(Out::Response(self.id, header, response.payload))
+            .send(
+                Out::Response(self.id, header, response.payload),
+                Flush::Batch,
+            )
             .await
             .map_err(|_| Status::new(Code::Cancelled, "connection closed"))
     }

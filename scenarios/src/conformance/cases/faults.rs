@@ -110,6 +110,21 @@ const BACKOFF_CAP: Duration = Duration::from_millis(800);
 /// whole bound.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How long closing a connection or stopping a server may take before the case calls it a hang.
+const CLEANUP_BOUND: Duration = Duration::from_secs(5);
+
+/// Awaits `fut` for at most `within`; a timeout is a failure naming `what` was awaited, so a
+/// hang in a multi-step case says which step hung instead of running into the case timeout.
+async fn step<F: std::future::Future>(
+    what: &str,
+    within: Duration,
+    fut: F,
+) -> Result<F::Output, Failure> {
+    tokio::time::timeout(within, fut)
+        .await
+        .map_err(|_| Failure(format!("{what}: no result within {within:?}")))
+}
+
 /// Waits until the server has started `n` calls (a poll: the echo counts calls, it has no
 /// watch for them), up to `within`.
 async fn wait_calls(echo: &Echo, n: u64, within: Duration) -> Result<(), Failure> {
@@ -544,7 +559,7 @@ async fn graceful_drain(ctx: Ctx) -> CaseResult {
     // A broker transport's server drains off a broker that stays up (the environment's, else
     // one started for this case), so the restarted server can join the same service on it.
     let broker = if ctx.transport.broker().is_some() && ctx.env.broker_url.is_none() {
-        Some(ctx.broker().await?)
+        Some(step("starting a broker", CLEANUP_BOUND * 2, ctx.broker()).await??)
     } else {
         None
     };
@@ -555,9 +570,14 @@ async fn graceful_drain(ctx: Ctx) -> CaseResult {
         },
         None => ctx.server_config(),
     };
-    let server = ctx.serve(config, ctx.env.echo.clone()).await?;
+    let server = step(
+        "starting the server",
+        CLEANUP_BOUND,
+        ctx.serve(config, ctx.env.echo.clone()),
+    )
+    .await??;
     let old = server.endpoint.clone();
-    let c = ctx.connect(&old).await?;
+    let c = step("connecting", ATTEMPT_TIMEOUT * 5, ctx.connect(&old)).await??;
     let d = Directives {
         delay: Duration::from_millis(500),
         ..Default::default()
@@ -580,7 +600,9 @@ async fn graceful_drain(ctx: Ctx) -> CaseResult {
                 ))
             })
     };
+    let calls = step("the in-flight calls", DRAIN_GRACE * 3, calls);
     let (results, drained) = tokio::join!(calls, drain);
+    let results = results?;
     let report = drained?;
     for (i, r) in results.into_iter().enumerate() {
         let r = r.map_err(|s| Failure(format!("in-flight call {i} failed on drain: {s}")))?;
@@ -594,25 +616,42 @@ async fn graceful_drain(ctx: Ctx) -> CaseResult {
         "every call finished, yet the server reports it cut some: {report}"
     );
     let restarted = serve_again(&ctx, same_address(&ctx, &old)).await?;
-    let fresh = ctx.connect(&restarted.endpoint).await?;
-    ping(&fresh).await.map_err(Failure)?;
+    let fresh = step(
+        "connecting to the restarted server",
+        ATTEMPT_TIMEOUT * 5,
+        ctx.connect(&restarted.endpoint),
+    )
+    .await??;
+    step(
+        "a call to the restarted server",
+        ATTEMPT_TIMEOUT * 2,
+        ping(&fresh),
+    )
+    .await?
+    .map_err(|e| Failure(format!("a call to the restarted server: {e}")))?;
     // A call on the drained connection must not hang: it fails fast (the server said it takes
     // no more) or, where the connection follows the service (a broker), works.
-    let old_note = match tokio::time::timeout(ATTEMPT_TIMEOUT * 2, ping(&c)).await {
-        Ok(Ok(())) => "a call on the old connection works".to_owned(),
-        Ok(Err(e)) => format!("a call on the old connection fails: {e}"),
-        Err(_) => {
-            return Err(Failure(
-                "a call on the drained connection hung past its own deadline".into(),
-            ));
-        }
+    let old_note = match step(
+        "a call on the drained connection",
+        ATTEMPT_TIMEOUT * 2,
+        ping(&c),
+    )
+    .await?
+    {
+        Ok(()) => "a call on the old connection works".to_owned(),
+        Err(e) => format!("a call on the old connection fails: {e}"),
     };
     // Closed before their broker stops, so they do not try to reconnect to it.
-    fresh.close().await;
-    c.close().await;
-    restarted.stop().await;
+    step("closing the new connection", CLEANUP_BOUND, fresh.close()).await?;
+    step("closing the drained connection", CLEANUP_BOUND, c.close()).await?;
+    step(
+        "stopping the restarted server",
+        CLEANUP_BOUND,
+        restarted.stop(),
+    )
+    .await?;
     if let Some(b) = broker {
-        b.stop().await;
+        step("stopping the broker", CLEANUP_BOUND, b.stop()).await?;
     }
     Ok(Some(format!(
         "{IN_FLIGHT} in-flight calls finished OK ({report}); {old_note}"
