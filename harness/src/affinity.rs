@@ -66,6 +66,29 @@ impl CpusSeen {
     }
 }
 
+/// The CPUs a thread ran on, noted from a runtime hook on that thread (lock-free, so it can
+/// be called at every unpark without a timer of its own).
+#[derive(Debug, Default)]
+pub struct CpuMask(std::sync::atomic::AtomicU64);
+
+impl CpuMask {
+    /// Notes the CPU the calling thread is on (CPUs past 63 are not recorded).
+    pub fn note_current(&self) {
+        if let Some(c) = current_cpu()
+            && c < 64
+        {
+            self.0
+                .fetch_or(1 << c, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// What was noted.
+    pub fn seen(&self) -> CpusSeen {
+        let bits = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        CpusSeen((0..64).filter(|c| bits & (1 << c) != 0).collect())
+    }
+}
+
 impl std::fmt::Display for CpusSeen {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.0.is_empty() {

@@ -9,7 +9,6 @@ use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
@@ -24,7 +23,7 @@ use wirebench_transports::{
     CallOptions, ClientConfig, Connection, Echo, EchoRequest, Server, ServerConfig, Transport,
 };
 
-use crate::affinity::{CpusSeen, Pin, current_cpu, pin_current_thread};
+use crate::affinity::{CpuMask, CpusSeen, Pin, current_cpu, pin_current_thread};
 use crate::load::{self, EngineOptions, NoHooks, Target};
 use wirebench_scenarios::load::{Length, LoadSpec, Mode};
 
@@ -172,6 +171,21 @@ pub fn measure_floor(cfg: &ProbeConfig) -> Result<Probe> {
     })
 }
 
+/// A pinned server thread's runtime: single-threaded, noting its CPU at every wake-up (a hook,
+/// not a polling timer: a pending timer would make every park arm a kernel hrtimer, a cost
+/// the blocking floor server does not pay).
+fn server_runtime(cpu: Option<usize>) -> Result<(tokio::runtime::Runtime, Arc<CpuMask>)> {
+    pin(cpu)?;
+    let cpus = Arc::new(CpuMask::default());
+    cpus.note_current();
+    let noted = cpus.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .on_thread_unpark(move || noted.note_current())
+        .build()?;
+    Ok((rt, cpus))
+}
+
 /// Measures a transport the same way: unary calls (`cfg.in_flight` at a time), the server on
 /// its own thread and single-threaded runtime, the client on another. A broker transport starts
 /// a private broker (its own process, not pinned).
@@ -187,27 +201,20 @@ pub fn measure_transport_on(
 ) -> Result<Probe> {
     let (client_cpu, server_cpu) = cfg.pin.cpus().unzip();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(tokio::sync::Notify::new());
     let stop_server = stop.clone();
     let server = std::thread::Builder::new()
         .name(format!("{}-server", transport.name()))
         .spawn(move || -> Result<CpusSeen> {
-            pin(server_cpu)?;
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
+            let (rt, cpus) = server_runtime(server_cpu)?;
             rt.block_on(async move {
                 let server = transport
                     .serve(&server_config, Arc::new(Echo::default()))
                     .await?;
                 let _ = ready_tx.send(server.endpoint());
-                let mut cpus = CpusSeen::default();
-                while !stop_server.load(Ordering::Acquire) {
-                    cpus.note(current_cpu());
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                stop_server.notified().await;
                 server.shutdown().await;
-                Ok(cpus)
+                Ok(cpus.seen())
             })
         })?;
     // A broker transport may start its broker first (JetStream recovers its storage).
@@ -235,7 +242,7 @@ pub fn measure_transport_on(
         ..EngineOptions::default()
     };
     let result = load::run(&spec, &target, &engine, &mut NoHooks);
-    stop.store(true, Ordering::Release);
+    stop.notify_one();
     let server_cpus = server
         .join()
         .map_err(|_| anyhow!("{} server thread panicked", transport.name()))??;
@@ -372,15 +379,12 @@ pub fn measure_plain(
 fn run_probe<T: PlainTarget>(name: &str, target: T, cfg: &ProbeConfig) -> Result<Probe> {
     let (client_cpu, server_cpu) = cfg.pin.cpus().unzip();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(tokio::sync::Notify::new());
     let stop_server = stop.clone();
     let server = std::thread::Builder::new()
         .name(format!("{name}-server"))
         .spawn(move || -> Result<CpusSeen> {
-            pin(server_cpu)?;
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
+            let (rt, cpus) = server_runtime(server_cpu)?;
             rt.block_on(async move {
                 let (running, endpoint) = match target.serve().await {
                     Ok(r) => r,
@@ -390,13 +394,9 @@ fn run_probe<T: PlainTarget>(name: &str, target: T, cfg: &ProbeConfig) -> Result
                     }
                 };
                 let _ = ready_tx.send(Ok((endpoint, target)));
-                let mut cpus = CpusSeen::default();
-                while !stop_server.load(Ordering::Acquire) {
-                    cpus.note(current_cpu());
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                stop_server.notified().await;
                 T::stop(running).await;
-                Ok(cpus)
+                Ok(cpus.seen())
             })
         })?;
     let ready = ready_rx
@@ -409,12 +409,12 @@ fn run_probe<T: PlainTarget>(name: &str, target: T, cfg: &ProbeConfig) -> Result
             return Err(e.context(format!("starting the {name} server")));
         }
         Err(e) => {
-            stop.store(true, Ordering::Release);
+            stop.notify_one();
             return Err(e);
         }
     };
     let result = run_client(target, endpoint, cfg, client_cpu);
-    stop.store(true, Ordering::Release);
+    stop.notify_one();
     let server_cpus = server
         .join()
         .map_err(|_| anyhow!("{name} server thread panicked"))??;
