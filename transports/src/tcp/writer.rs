@@ -325,3 +325,130 @@ impl WriterTask {
         shut
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncRead, AsyncReadExt, duplex};
+
+    use super::*;
+
+    /// Raw bytes as one "frame".
+    struct Raw(Vec<u8>);
+
+    impl Outgoing for Raw {
+        fn encode(&self, batch: &mut WriteBatch) -> Result<(), EncodeError> {
+            batch.push_raw(&self.0);
+            Ok(())
+        }
+    }
+
+    const LIMIT: Duration = Duration::from_secs(10);
+
+    #[tokio::test]
+    async fn a_sender_writes_without_the_writer_task() {
+        let (w, mut r) = duplex(1 << 16);
+        // The writer task is never run: only the sender's own write can deliver.
+        let (tx, _writer) = FrameTx::new(w, None);
+        tx.send(Raw(b"hello".to_vec()), Flush::Now).await.unwrap();
+        let mut got = [0u8; 5];
+        tokio::time::timeout(LIMIT, r.read_exact(&mut got))
+            .await
+            .expect("direct write arrived")
+            .unwrap();
+        assert_eq!(&got, b"hello");
+        assert_eq!(tx.written(), 5);
+    }
+
+    #[tokio::test]
+    async fn later_frames_wait_for_flush_and_go_in_one_write() {
+        let (w, mut r) = duplex(1 << 16);
+        let (tx, _writer) = FrameTx::new(w, None);
+        tx.send(Raw(b"ab".to_vec()), Flush::Later).await.unwrap();
+        tx.send(Raw(b"cd".to_vec()), Flush::Later).await.unwrap();
+        let mut buf = [0u8; 8];
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut rb = tokio::io::ReadBuf::new(&mut buf);
+        assert!(
+            Pin::new(&mut r).poll_read(&mut cx, &mut rb).is_pending(),
+            "nothing is written before flush"
+        );
+        tx.flush();
+        let n = tokio::time::timeout(LIMIT, r.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&buf[..n], b"abcd");
+    }
+
+    #[tokio::test]
+    async fn a_slow_reader_holds_senders_back_and_order_is_kept() {
+        // A pipe far smaller than the frames: most of each frame waits in the batch.
+        let (w, mut r) = duplex(4096);
+        let (tx, writer) = FrameTx::new(w, Some(b"P"));
+        let writer = tokio::spawn(writer.run());
+        let frame = |i: u8| Raw(vec![i; 700 * 1024]);
+        let sender = tokio::spawn(async move {
+            for i in 1..=4u8 {
+                tx.send(frame(i), Flush::Now).await.unwrap();
+            }
+            // Dropping the last sender closes the write side once everything is written.
+        });
+        // Nothing is read yet: the third frame finds the batch over its high-water mark, so
+        // the sender cannot finish however long it runs.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!sender.is_finished(), "the sender waits for room");
+        let mut all = Vec::new();
+        tokio::time::timeout(LIMIT, r.read_to_end(&mut all))
+            .await
+            .expect("everything arrives, then EOF")
+            .unwrap();
+        tokio::time::timeout(LIMIT, sender).await.unwrap().unwrap();
+        writer.await.unwrap().unwrap();
+        assert_eq!(all.len(), 1 + 4 * 700 * 1024);
+        assert_eq!(all[0], b'P');
+        for (i, chunk) in all[1..].chunks(700 * 1024).enumerate() {
+            assert!(
+                chunk.iter().all(|&b| b == i as u8 + 1),
+                "frame {i} in order"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_fails_senders_and_the_writer_task() {
+        let (w, r) = duplex(64);
+        let (tx, writer) = FrameTx::new(w, None);
+        let writer = tokio::spawn(writer.run());
+        drop(r);
+        // The first send may be taken (or fail at once); once the failure is seen every send
+        // fails and the writer task reports it.
+        let _ = tx.send(Raw(vec![1; 128]), Flush::Now).await;
+        let err = tokio::time::timeout(LIMIT, writer)
+            .await
+            .expect("writer ends")
+            .unwrap()
+            .expect_err("the write failed");
+        assert_eq!(err.kind(), std::io::ErrorKind::BrokenPipe);
+        assert!(tx.send(Raw(vec![2]), Flush::Now).await.is_err());
+        assert!(tx.send_now(Raw(vec![3])).is_err());
+    }
+
+    #[tokio::test]
+    async fn close_writes_what_is_queued_then_ends() {
+        let (w, mut r) = duplex(1 << 16);
+        let (tx, writer) = FrameTx::new(w, None);
+        let writer = tokio::spawn(writer.run());
+        tx.send(Raw(b"last".to_vec()), Flush::Later).await.unwrap();
+        tx.close();
+        assert!(tx.send(Raw(b"late".to_vec()), Flush::Now).await.is_err());
+        let mut all = Vec::new();
+        tokio::time::timeout(LIMIT, r.read_to_end(&mut all))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(all, b"last");
+        writer.await.unwrap().unwrap();
+    }
+}
