@@ -184,6 +184,13 @@ pub struct ClientConfig {
     /// never). Transports without a probe on their wire declare no
     /// [`Capability::DeadPeerDetection`] and ignore it.
     pub keepalive: Option<Duration>,
+    /// Run the connection's own tasks (reader, writer) on the current thread's
+    /// [`tokio::task::LocalSet`] rather than on the runtime. For single-threaded drivers whose
+    /// callers are `LocalSet` tasks (the load engine's workers): a runtime task waking a
+    /// `LocalSet` task makes the current-thread scheduler poll its driver once more (one more
+    /// `epoll_wait`) per call. Honoured by transports whose client tasks are our own (`tcp`);
+    /// others ignore it. Connect inside a `LocalSet` when it is set (tokio panics otherwise).
+    pub local_tasks: bool,
 }
 
 impl Default for ClientConfig {
@@ -194,6 +201,7 @@ impl Default for ClientConfig {
             options: Options::new(),
             tls: None,
             keepalive: None,
+            local_tasks: false,
         }
     }
 }

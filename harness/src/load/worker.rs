@@ -108,6 +108,9 @@ pub fn run_worker(
         .build()
         .map_err(|e| format!("starting worker runtime: {e}"))?;
     let local = tokio::task::LocalSet::new();
+    let mut plan = plan;
+    // The callers are this LocalSet's tasks: the connections' own tasks join them.
+    plan.client.local_tasks = true;
     local.block_on(&rt, async move {
         match plan.fault.as_ref().and_then(|f| f.policy.clone()) {
             // A fault run with a resilience policy: every connection is the policy's layer,

@@ -235,7 +235,7 @@ impl TcpConnection {
                 .map_err(|e| TransportError::io("setting TCP_NODELAY", e))?;
             let Some(tls) = &config.tls else {
                 let (rd, wr) = stream.into_split();
-                return Ok(TcpConnection::over(rd, wr, config.max_message_size));
+                return Ok(TcpConnection::over(rd, wr, config));
             };
             let tls_err = |reason: String| TransportError::Tls {
                 endpoint: endpoint.to_owned(),
@@ -252,14 +252,14 @@ impl TcpConnection {
                 .await
                 .map_err(|e| tls_err(describe_handshake_error(&e)))?;
             let (rd, wr) = tokio::io::split(stream);
-            Ok(TcpConnection::over(rd, wr, config.max_message_size))
+            Ok(TcpConnection::over(rd, wr, config))
         };
         tokio::time::timeout(config.connect_timeout, connect)
             .await
             .map_err(|_| TransportError::Timeout(format!("connecting to {endpoint}")))?
     }
 
-    fn over<R, W>(rd: R, wr: W, max_message_size: usize) -> TcpConnection
+    fn over<R, W>(rd: R, wr: W, config: &ClientConfig) -> TcpConnection
     where
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Send + 'static,
@@ -273,16 +273,17 @@ impl TcpConnection {
                 dead: None,
             }),
             next_id: AtomicU32::new(1),
-            max_message_size,
+            max_message_size: config.max_message_size,
         });
         let writer_shared = shared.clone();
-        tokio::spawn(async move {
+        let local = config.local_tasks;
+        spawn(local, async move {
             if let Err(e) = writer.run().await {
                 writer_shared.fail_all(Status::unavailable(format!("tcp write failed: {e}")));
             }
         });
         let reader_shared = shared.clone();
-        tokio::spawn(async move {
+        spawn(local, async move {
             let status = read_loop(rd, &reader_shared).await;
             reader_shared.fail_all(status);
         });
@@ -324,6 +325,16 @@ impl TcpConnection {
             )),
             _ => Err(status),
         })
+    }
+}
+
+/// Spawns one of the connection's tasks: on the runtime, or on the current `LocalSet` (see
+/// [`ClientConfig::local_tasks`]).
+fn spawn(local: bool, task: impl std::future::Future<Output = ()> + Send + 'static) {
+    if local {
+        tokio::task::spawn_local(task);
+    } else {
+        tokio::spawn(task);
     }
 }
 
