@@ -33,6 +33,8 @@ const REQUEST_CAPACITY: usize = 1024;
 const MAX_INFLIGHT: u16 = 1024;
 /// Pause between attempts to reach a broker that went away.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+/// How long `close` waits for the polling task to send what is queued and the DISCONNECT.
+const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 /// How long a subscription (or an unsubscription) may wait for the broker's acknowledgement.
 const SUBACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest packet the MQTT protocol can carry (its remaining length is at most 268,435,455).
@@ -118,7 +120,8 @@ impl std::fmt::Debug for LinkHandle {
 #[derive(Debug)]
 pub(super) struct Link {
     handle: LinkHandle,
-    task: JoinHandle<()>,
+    /// The polling task; taken by `close`, which waits for it to end.
+    task: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
 /// An outgoing message.
@@ -294,7 +297,10 @@ impl Link {
             task.abort();
             return Err(BrokerError::Connect { url, reason });
         }
-        Ok(Link { handle, task })
+        Ok(Link {
+            handle,
+            task: std::sync::Mutex::new(Some(task)),
+        })
     }
 
     /// What publishes.
@@ -336,13 +342,30 @@ impl Link {
         subscribe(&self.handle, topic, QoS::AtMostOnce, false).await
     }
 
-    /// Disconnects cleanly and ends the polling task.
+    /// Disconnects cleanly and ends the polling task. Waits (up to [`CLOSE_FLUSH`]) for the
+    /// task to put the DISCONNECT on the wire: rumqttc writes requests in order, so what was
+    /// published before (a draining server's last answers) reaches the broker first. Ending
+    /// the task at once instead lost such answers whenever it had not run yet.
     pub async fn close(&self) {
         self.handle.shared.closing.store(true, Ordering::Release);
         let _ = self.handle.shared.up.send_replace(false);
+        let task = self.take_task();
         if self.handle.client.try_disconnect().is_err() {
-            self.task.abort();
+            if let Some(t) = task {
+                t.abort();
+            }
+            return;
         }
+        if let Some(mut t) = task
+            && tokio::time::timeout(CLOSE_FLUSH, &mut t).await.is_err()
+        {
+            tracing::debug!("mqtt: the connection did not close within {CLOSE_FLUSH:?}");
+            t.abort();
+        }
+    }
+
+    fn take_task(&self) -> Option<JoinHandle<()>> {
+        self.task.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 
@@ -350,7 +373,9 @@ impl Drop for Link {
     fn drop(&mut self) {
         self.handle.shared.closing.store(true, Ordering::Release);
         let _ = self.handle.client.try_disconnect();
-        self.task.abort();
+        if let Some(t) = self.take_task() {
+            t.abort();
+        }
     }
 }
 
