@@ -261,7 +261,7 @@ impl FrameTx {
     /// Writes what [`Flush::Later`] left queued.
     pub(crate) fn flush(&self) {
         let mut st = self.wire.lock();
-        if !st.active && !st.batch.is_empty() && !st.done && st.failed.is_none() {
+        if !st.active && !st.batch.is_empty() && !st.closed() {
             st.write_direct(&self.wire.written);
         }
     }

@@ -415,12 +415,12 @@ async fn serve_again(ctx: &Ctx, config: ServerConfig) -> Result<TestServer, Fail
     let until = Instant::now() + RECONNECT_BOUND;
     let mut pause = BACKOFF_FIRST;
     loop {
-        let attempt = tokio::time::timeout(
+        let attempt = step(
+            "serving again on the old address",
             ATTEMPT_TIMEOUT * 5,
             ctx.serve(config.clone(), ctx.env.echo.clone()),
         )
-        .await
-        .map_err(|_| Failure("serving again on the old address took over 5 s".into()))?;
+        .await?;
         match attempt {
             Ok(s) => return Ok(s),
             Err(Failure(e)) if Instant::now() + pause > until => {
@@ -436,7 +436,6 @@ async fn serve_again(ctx: &Ctx, config: ServerConfig) -> Result<TestServer, Fail
     }
 }
 
-/// One small call with its own deadline.
 /// The server config that serves again where a stopped server was (endpoint `old`): a broker
 /// transport's endpoint names the broker and the service's subject prefix, which serving on it
 /// joins; a point-to-point server binds its old socket address again (its endpoint may carry
@@ -456,6 +455,7 @@ fn same_address(ctx: &Ctx, old: &str) -> ServerConfig {
     }
 }
 
+/// One small call with its own deadline.
 async fn ping(c: &AnyConnection) -> Result<(), String> {
     c.unary(
         EchoRequest::new(vec![7u8; 16]),
@@ -591,14 +591,12 @@ async fn graceful_drain(ctx: Ctx) -> CaseResult {
     let before = echo.calls();
     let drain = async {
         wait_calls(&echo, before + IN_FLIGHT, Duration::from_secs(5)).await?;
-        tokio::time::timeout(DRAIN_GRACE * 2, server.drain(DRAIN_GRACE))
-            .await
-            .map_err(|_| {
-                Failure(format!(
-                    "the server's drain took over {:?} (grace {DRAIN_GRACE:?})",
-                    DRAIN_GRACE * 2
-                ))
-            })
+        step(
+            &format!("the server's drain (grace {DRAIN_GRACE:?})"),
+            DRAIN_GRACE * 2,
+            server.drain(DRAIN_GRACE),
+        )
+        .await
     };
     let calls = step("the in-flight calls", DRAIN_GRACE * 3, calls);
     let (results, drained) = tokio::join!(calls, drain);
