@@ -183,6 +183,80 @@ fn run_writes_valid_results_and_reports() {
     );
 }
 
+/// A point's repeats are spread over the run (round 1 runs every point, then round 2, ...),
+/// so they sample the host's drift instead of a few seconds of it; each point still folds
+/// its repeats into one record, in suite order.
+#[test]
+fn run_interleaves_repeats() {
+    let dir = temp_dir("repeats");
+    let suite = dir.join("repeats.toml");
+    std::fs::write(
+        &suite,
+        "name = \"repeats\"\n[defaults]\nwarmup = \"10ms\"\nrequests = 50\nrepeat = 3\n\
+         [[load]]\nname = \"first\"\nconcurrency = 1\n\
+         [[load]]\nname = \"second\"\nconcurrency = 2\nrepeat = 2\n",
+    )
+    .expect("test setup");
+    let out = dir.join("out");
+    let mut c = bin();
+    c.args([
+        "run",
+        "--plain",
+        "--no-conformance",
+        "--no-floor",
+        "--no-faults",
+        "--transport",
+        "inproc",
+        "--suite",
+    ])
+    .arg(&suite)
+    .arg("--out")
+    .arg(&out);
+    let o = run(c, Duration::from_secs(60));
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    let err = stderr(&o);
+    let order: Vec<&str> = err
+        .lines()
+        .filter_map(|l| {
+            [
+                "first (1/3)",
+                "first (2/3)",
+                "first (3/3)",
+                "second (1/2)",
+                "second (2/2)",
+            ]
+            .into_iter()
+            .find(|p| l.contains(&format!("inproc {p}:")))
+        })
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "first (1/3)",
+            "second (1/2)",
+            "first (2/3)",
+            "second (2/2)",
+            "first (3/3)"
+        ],
+        "stderr: {err}"
+    );
+    let results: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("results.json")).expect("test setup"),
+    )
+    .expect("test setup");
+    let runs = results["runs"].as_array().expect("test setup");
+    let folded: Vec<(&str, usize)> = runs
+        .iter()
+        .map(|r| {
+            (
+                r["point"].as_str().unwrap_or("?"),
+                r["repeats"].as_array().map_or(0, Vec::len),
+            )
+        })
+        .collect();
+    assert_eq!(folded, [("first", 3), ("second", 2)], "runs: {runs:?}");
+}
+
 #[test]
 fn load_json_validates_and_serve_target_works() {
     let dir = temp_dir("load");

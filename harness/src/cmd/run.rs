@@ -430,12 +430,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
     }
 
-    for (t, spec, repeat, gate) in &plan {
-        if interrupted.load(Ordering::SeqCst) {
-            break;
-        }
-        let name = t.name();
+    // Repeats are interleaved: round 1 runs every point once, round 2 again, and so on, each
+    // repeat with its own server. On a shared machine the host's state drifts over tens of
+    // seconds; back-to-back repeats all saw one state, so a file's spread understated the
+    // noise between files and `compare`'s rank test took that drift for a change. Spread over
+    // the whole run, each point's repeats sample it. A point's repeats fold into one record
+    // (see `RunRecord::from_repeats`), saved after every repeat so an interrupted run keeps
+    // what it measured.
+    let mut runnable = vec![true; plan.len()];
+    for (k, (t, spec, _, _)) in plan.iter().enumerate() {
         if let Some((cap, reason)) = t.capabilities().first_missing(&spec.needs()) {
+            let name = t.name();
             results.skipped.push(Skipped {
                 transport: name.into(),
                 point: spec.name.clone(),
@@ -443,18 +448,22 @@ pub fn run(args: Args) -> Result<ExitCode> {
             });
             progress.begin(&format!("{name} {}", spec.name), Duration::ZERO);
             progress.end(&format!("{name} {}: unsupported ({reason})", spec.name));
-            save(&results, &results_path)?;
-            continue;
+            runnable[k] = false;
         }
-        // Repeats run back to back, each with its own server; they fold into one record
-        // (see `RunRecord::from_repeats`), saved after every repeat so an interrupted run
-        // keeps what it measured.
-        let mut done: Vec<RunRecord> = Vec::new();
-        let slot = results.runs.len();
-        for i in 0..*repeat {
+    }
+    save(&results, &results_path)?;
+    let first_slot = results.runs.len();
+    let mut done: Vec<Vec<RunRecord>> = vec![Vec::new(); plan.len()];
+    let rounds = plan.iter().map(|p| p.2).max().unwrap_or(0);
+    'rounds: for i in 0..rounds {
+        for (k, (t, spec, repeat, gate)) in plan.iter().enumerate() {
             if interrupted.load(Ordering::SeqCst) {
-                break;
+                break 'rounds;
             }
+            if !runnable[k] || i >= *repeat {
+                continue;
+            }
+            let name = t.name();
             let label = if *repeat > 1 {
                 format!("{name} {} ({}/{repeat})", spec.name, i + 1)
             } else {
@@ -476,9 +485,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
                             format!(" — INVALID: {}", r.validity.reasons.join("; "))
                         }
                     ));
-                    done.push(r);
-                    results.runs.truncate(slot);
-                    results.runs.extend(RunRecord::from_repeats(done.clone()));
+                    done[k].push(r);
+                    results.runs.truncate(first_slot);
+                    results.runs.extend(
+                        done.iter()
+                            .filter_map(|d| RunRecord::from_repeats(d.clone())),
+                    );
                 }
                 Err(e) => {
                     // Bad input about the whole run (an unreachable --target) stops it;
@@ -501,18 +513,18 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 }
             }
             save(&results, &results_path)?;
-        }
-        if done.len() > 1 {
-            let p50s: Vec<String> = done
-                .iter()
-                .map(|r| format!("{:.1}", r.summary.latency.p50_ns as f64 / 1e3))
-                .collect();
-            progress.note(&format!(
-                "{name} {}: p50 over {} repeats: {} µs",
-                spec.name,
-                done.len(),
-                p50s.join(", ")
-            ));
+            if i + 1 == *repeat && done[k].len() > 1 {
+                let p50s: Vec<String> = done[k]
+                    .iter()
+                    .map(|r| format!("{:.1}", r.summary.latency.p50_ns as f64 / 1e3))
+                    .collect();
+                progress.note(&format!(
+                    "{name} {}: p50 over {} repeats: {} µs",
+                    spec.name,
+                    done[k].len(),
+                    p50s.join(", ")
+                ));
+            }
         }
     }
     for (t, fp, policy) in &fault_plan {
