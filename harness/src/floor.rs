@@ -2,8 +2,9 @@
 //! in flight — and the same measurement through a transport, so that every transport is shown
 //! next to the floor measured in the same run. Transports can also be probed with several
 //! calls in flight on their connection (a simple throughput measurement), and `nats` beside its
-//! yardstick, a minimal plain async-nats request/reply pair, both driven by one plain client
-//! loop so that the pair is compared like for like.
+//! yardstick, a minimal plain async-nats request/reply pair, and `tcp` beside its own, the floor's
+//! ping-pong on tokio, each pair driven by one plain client loop so that it is compared like
+//! for like.
 
 use std::future::Future;
 use std::io::{Read, Write};
@@ -357,6 +358,89 @@ impl PlainTarget for NatsBaseline {
     }
 
     async fn close(_conn: BaselineClient) {}
+}
+
+/// The yardstick for `tcp`: the floor's ping-pong with tokio on both sides (current-thread
+/// runtimes, a `TCP_NODELAY` socket, no framing, no codec), through the plain client loop. Its
+/// gap to the floor is what an async runtime alone costs (epoll instead of a blocking read,
+/// the scheduler), so `tcp*` next to it shows what the transport itself adds.
+struct TokioPingPong {
+    payload: usize,
+}
+
+/// A `TokioPingPong` client: one socket and its read buffer (one call at a time).
+struct PingPongConn(tokio::sync::Mutex<(tokio::net::TcpStream, Vec<u8>)>);
+
+impl PlainTarget for TokioPingPong {
+    type Running = tokio::task::AbortHandle;
+    type Conn = PingPongConn;
+
+    async fn serve(&self) -> Result<(Self::Running, String)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding the tokio ping-pong listener")?;
+        let addr = listener.local_addr()?;
+        let payload = self.payload.max(1);
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let _ = s.set_nodelay(true);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; payload];
+                    while s.read_exact(&mut buf).await.is_ok() {
+                        if s.write_all(&buf).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Ok((task.abort_handle(), addr.to_string()))
+    }
+
+    async fn stop(running: Self::Running) {
+        running.abort();
+    }
+
+    async fn connect(&self, endpoint: &str) -> Result<PingPongConn> {
+        let s = tokio::net::TcpStream::connect(endpoint)
+            .await
+            .with_context(|| format!("connecting to the tokio ping-pong at {endpoint}"))?;
+        s.set_nodelay(true)?;
+        Ok(PingPongConn(tokio::sync::Mutex::new((
+            s,
+            vec![0u8; self.payload.max(1)],
+        ))))
+    }
+
+    async fn call(conn: &PingPongConn, payload: Bytes) -> Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut guard = conn.0.lock().await;
+        let (s, buf) = &mut *guard;
+        // The floor sends at least one byte; so does its yardstick.
+        let out: &[u8] = if payload.is_empty() {
+            &[0x5a]
+        } else {
+            &payload
+        };
+        s.write_all(out).await?;
+        s.read_exact(&mut buf[..out.len()]).await?;
+        Ok(())
+    }
+
+    async fn close(_conn: PingPongConn) {}
+}
+
+/// Measures `tokio-min*`, the minimal tokio ping-pong (see [`TokioPingPong`]), with the plain
+/// client loop.
+pub fn measure_tokio_ping_pong(cfg: &ProbeConfig) -> Result<Probe> {
+    run_probe(
+        "tokio-min*",
+        TokioPingPong {
+            payload: cfg.payload,
+        },
+        cfg,
+    )
 }
 
 /// Measures the minimal plain async-nats request/reply pair (`nats-min*`), the yardstick for

@@ -13,13 +13,13 @@ use crate::brokers::{Availability, BrokerArgs, availability};
 use crate::exit::bad_input;
 use crate::floor::{
     LatencySummary, Probe, ProbeConfig, measure_floor, measure_nats_baseline, measure_plain,
-    measure_transport_on,
+    measure_tokio_ping_pong, measure_transport_on,
 };
 
 /// Arguments of `wirebench floor`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  wirebench floor\n  wirebench floor --vs tcp,inproc --pin same --duration 5s\n  wirebench floor --vs nats,tcp --in-flight 64\n\nWith nats, two more rows compare it with its yardstick through one plain client\nloop: nats* (our transport) and nats-min* (a minimal plain async-nats\nrequest/reply pair on its own private broker). Brokers run as their own\nprocess, unpinned."
+    after_help = "Examples:\n  wirebench floor\n  wirebench floor --vs tcp,inproc --pin same --duration 5s\n  wirebench floor --vs nats,tcp --in-flight 64\n\nWith nats, two more rows compare it with its yardstick through one plain client\nloop: nats* (our transport) and nats-min* (a minimal plain async-nats\nrequest/reply pair on its own private broker). Brokers run as their own\nprocess, unpinned. With tcp (and --in-flight 1), tcp* is shown next to\ntokio-min*: the floor's ping-pong on tokio current-thread runtimes, no framing\n(what an async runtime alone adds to the floor)."
 )]
 pub struct Args {
     /// Measured time per probe (e.g. 3s, 500ms).
@@ -57,7 +57,7 @@ fn print_row(p: &Probe, floor_p50: u64) {
     let s = LatencySummary::of(&p.histogram);
     let rate = s.count as f64 / p.elapsed.as_secs_f64().max(1e-9);
     println!(
-        "{:<9} {:>9} {:>10.0} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7.2}x  client {} / server {}",
+        "{:<10} {:>9} {:>10.0} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7.2}x  client {} / server {}",
         p.name,
         s.count,
         rate,
@@ -100,7 +100,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         args.payload, args.duration, args.pin, args.in_flight
     );
     println!(
-        "{:<9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}  cpus",
+        "{:<10} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}  cpus",
         "probe",
         "calls",
         "calls/s",
@@ -134,10 +134,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let ours = measure_plain(t, &cfg, args.brokers.server_config(&t))?;
         print_row(&ours, floor_p50);
         measured_any = true;
-        if let AnyTransport::Nats(_) = t {
+        let yardstick = match t {
             // The like-for-like pair: ours and the yardstick through the same plain loop.
-            let url = args.brokers.url_for(&t).map(str::to_owned);
-            let min = measure_nats_baseline(&cfg, url)?;
+            AnyTransport::Nats(_) => {
+                let url = args.brokers.url_for(&t).map(str::to_owned);
+                Some(measure_nats_baseline(&cfg, url)?)
+            }
+            // One call at a time: the yardstick's socket carries one message in flight.
+            AnyTransport::Tcp(_) if cfg.in_flight == 1 => Some(measure_tokio_ping_pong(&cfg)?),
+            _ => None,
+        };
+        if let Some(min) = yardstick {
             print_row(&min, floor_p50);
             let (o, m) = (
                 LatencySummary::of(&ours.histogram),
