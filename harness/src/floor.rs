@@ -584,3 +584,42 @@ fn run_client<T: PlainTarget>(
         .map_err(|e| anyhow!("probe task failed: {e}"))?
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `f` on its own thread and fails the test if it takes longer than `limit`.
+    fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(limit).expect("probe finished in time")
+    }
+
+    /// The floor and its tokio yardstick each complete round trips of every payload size
+    /// (an echo that answered short would leave `read_exact` waiting: the time limit fails it).
+    #[test]
+    fn floor_and_tokio_ping_pong_measure_round_trips() {
+        for payload in [0usize, 1, 64, 70_000] {
+            let cfg = ProbeConfig {
+                payload,
+                duration: Duration::from_millis(100),
+                warmup: Duration::from_millis(10),
+                pin: Pin::None,
+                in_flight: 1,
+            };
+            let floor = within(Duration::from_secs(20), move || measure_floor(&cfg)).unwrap();
+            let tokio = within(Duration::from_secs(20), move || {
+                measure_tokio_ping_pong(&cfg)
+            })
+            .unwrap();
+            for p in [&floor, &tokio] {
+                assert!(p.histogram.len() > 0, "{} at {payload} B: no round trips", p.name);
+                assert!(!p.client_cpus.0.is_empty() && !p.server_cpus.0.is_empty());
+            }
+            assert_eq!(tokio.name, "tokio-min*");
+        }
+    }
+}
