@@ -616,7 +616,7 @@ mod tests {
             })
             .unwrap();
             for p in [&floor, &tokio] {
-                assert!(p.histogram.len() > 0, "{} at {payload} B: no round trips", p.name);
+                assert!(!p.histogram.is_empty(), "{} at {payload} B: no round trips", p.name);
                 assert!(!p.client_cpus.0.is_empty() && !p.server_cpus.0.is_empty());
             }
             assert_eq!(tokio.name, "tokio-min*");
