@@ -172,6 +172,73 @@ pub fn measure_floor(cfg: &ProbeConfig) -> Result<Probe> {
     })
 }
 
+/// What a thread spinning on one CPU saw of the host: every stretch longer than
+/// [`GAP_NS`] between two consecutive clock reads is time the thread did not run (an
+/// interrupt, the hypervisor taking the vCPU). No process can pace requests or answer them
+/// more evenly than this, so it bounds what an open loop's generator lag can be here.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct HostGaps {
+    /// The CPU spun on.
+    pub cpu: usize,
+    /// How long it spun, ns.
+    pub spun_ns: u64,
+    /// Gaps longer than 10 µs.
+    pub over_10us: u64,
+    /// Gaps longer than 50 µs.
+    pub over_50us: u64,
+    /// Gaps longer than 100 µs.
+    pub over_100us: u64,
+    /// The time lost in gaps, ns.
+    pub lost_ns: u64,
+    /// The longest gap, ns.
+    pub longest_ns: u64,
+}
+
+/// The shortest stretch between two clock reads counted as a gap.
+pub const GAP_NS: u64 = 10_000;
+
+impl HostGaps {
+    /// Accounts the time between two consecutive clock reads.
+    fn note(&mut self, delta_ns: u64) {
+        self.spun_ns += delta_ns;
+        self.longest_ns = self.longest_ns.max(delta_ns);
+        if delta_ns > GAP_NS {
+            self.over_10us += 1;
+            self.lost_ns += delta_ns;
+            self.over_50us += u64::from(delta_ns > 50_000);
+            self.over_100us += u64::from(delta_ns > 100_000);
+        }
+    }
+
+    /// Gaps longer than 50 µs per second spun.
+    pub fn over_50us_per_s(&self) -> f64 {
+        self.over_50us as f64 / (self.spun_ns as f64 / 1e9).max(1e-9)
+    }
+}
+
+/// Spins on `cpu` for `duration` and reports the gaps (see [`HostGaps`]).
+pub fn measure_host_gaps(cpu: usize, duration: Duration) -> Result<HostGaps> {
+    std::thread::Builder::new()
+        .name(format!("gaps-{cpu}"))
+        .spawn(move || -> Result<HostGaps> {
+            pin(Some(cpu))?;
+            let mut g = HostGaps {
+                cpu,
+                ..HostGaps::default()
+            };
+            let start = Instant::now();
+            let mut last = start;
+            while last - start < duration {
+                let now = Instant::now();
+                g.note((now - last).as_nanos() as u64);
+                last = now;
+            }
+            Ok(g)
+        })?
+        .join()
+        .map_err(|_| anyhow!("the gap probe on CPU {cpu} panicked"))?
+}
+
 /// A pinned server thread's runtime: single-threaded, noting its CPU at every wake-up (a hook,
 /// not a polling timer: a pending timer would make every park arm a kernel hrtimer, a cost
 /// the blocking floor server does not pay).
@@ -598,6 +665,20 @@ mod tests {
         rx.recv_timeout(limit).expect("probe finished in time")
     }
 
+    #[test]
+    fn host_gaps_count_only_long_stretches() {
+        let mut g = HostGaps::default();
+        for d in [30, 40, 9_999, 10_000, 10_001, 50_001, 100_001, 2_000_000] {
+            g.note(d);
+        }
+        assert_eq!((g.over_10us, g.over_50us, g.over_100us), (4, 3, 2));
+        assert_eq!(g.lost_ns, 10_001 + 50_001 + 100_001 + 2_000_000);
+        assert_eq!(g.longest_ns, 2_000_000);
+        assert_eq!(g.spun_ns, 2_180_072);
+        let probed = measure_host_gaps(0, Duration::from_millis(20)).unwrap();
+        assert!(probed.spun_ns >= 20_000_000 && probed.lost_ns <= probed.spun_ns);
+    }
+
     /// The floor and its tokio yardstick each complete round trips of every payload size
     /// (an echo that answered short would leave `read_exact` waiting: the time limit fails it).
     #[test]
@@ -616,7 +697,11 @@ mod tests {
             })
             .unwrap();
             for p in [&floor, &tokio] {
-                assert!(!p.histogram.is_empty(), "{} at {payload} B: no round trips", p.name);
+                assert!(
+                    !p.histogram.is_empty(),
+                    "{} at {payload} B: no round trips",
+                    p.name
+                );
                 assert!(!p.client_cpus.0.is_empty() && !p.server_cpus.0.is_empty());
             }
             assert_eq!(tokio.name, "tokio-min*");

@@ -12,8 +12,8 @@ use crate::affinity::Pin;
 use crate::brokers::{Availability, BrokerArgs, availability};
 use crate::exit::bad_input;
 use crate::floor::{
-    LatencySummary, Probe, ProbeConfig, measure_floor, measure_nats_baseline, measure_plain,
-    measure_tokio_ping_pong, measure_transport_on,
+    LatencySummary, Probe, ProbeConfig, measure_floor, measure_host_gaps, measure_nats_baseline,
+    measure_plain, measure_tokio_ping_pong, measure_transport_on,
 };
 
 /// Arguments of `wirebench floor`.
@@ -160,6 +160,25 @@ pub fn run(args: Args) -> Result<ExitCode> {
                     / (m.count as f64 / min.elapsed.as_secs_f64()).max(1e-9),
             );
         }
+    }
+    // The host's own jitter on the CPUs the floor ran on: the limit of any pacing here.
+    for cpu in floor
+        .client_cpus
+        .0
+        .iter()
+        .chain(&floor.server_cpus.0)
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        let g = measure_host_gaps(*cpu, Duration::from_secs(1))?;
+        println!(
+            "host: a thread spinning 1 s on CPU {cpu} lost {:.2}% of it in {} gaps over 10 µs \
+             ({:.0}/s over 50 µs, {} over 100 µs, longest {} µs)",
+            g.lost_ns as f64 * 100.0 / g.spun_ns.max(1) as f64,
+            g.over_10us,
+            g.over_50us_per_s(),
+            g.over_100us,
+            us(g.longest_ns),
+        );
     }
     if measured_any {
         println!(
