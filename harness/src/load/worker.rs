@@ -2,7 +2,8 @@
 //! wake-ups), its share of the connections and callers, and its own [`Recorder`].
 //!
 //! Closed loop: each caller calls, waits, records, calls again. Open loop: a dispatcher walks
-//! the schedule and hands each due request to an idle caller; latency runs from the
+//! the schedule and hands each due request to an idle caller, and a caller that finishes
+//! while the next request is already due starts it itself; latency runs from the
 //! intended start, service time from the actual start, and the generator's lag (actual start
 //! minus the later of the intended start and the moment a caller was free) is recorded
 //! beside them.
@@ -486,65 +487,108 @@ struct Pool {
     /// Idle callers, each with the moment it became idle, longest idle first.
     free: RefCell<std::collections::VecDeque<(usize, Instant)>>,
     freed: Notify,
-}
-
-async fn open_caller<C: Connection>(sh: Rc<Shared<C>>, pool: Rc<Pool>, me: usize, conn: usize) {
-    loop {
-        pool.slots[me].go.notified().await;
-        let Some(t) = pool.slots[me].ticket.take() else {
-            return;
-        };
-        let start = Instant::now();
-        if t.measured {
-            sh.rec
-                .borrow_mut()
-                .lag(start.saturating_duration_since(t.intended.max(t.ready)));
-        }
-        let r = call_slot(&sh, conn, t.measured, t.stall).await;
-        let done = Instant::now();
-        finish_call(&sh, t.measured, &r, t.intended, Some(done - start), done);
-        pool.free.borrow_mut().push_back((me, Instant::now()));
-        pool.freed.notify_one();
-    }
-}
-
-async fn dispatcher<C: Connection>(
-    sh: Rc<Shared<C>>,
-    pool: Rc<Pool>,
-    mut starts: Starts,
+    /// The schedule, shared: the dispatcher walks it, and a caller that finishes a call while
+    /// the next request is already due starts that request itself — handing it to another
+    /// caller task would put it behind every task queued meanwhile (a burst of replies), and
+    /// that wait is generator lag.
+    starts: RefCell<Starts>,
     t0: Instant,
-) -> std::io::Result<()> {
-    let pacer = Pacer::new()?;
-    loop {
-        let intended = t0 + starts.next_offset();
-        if !sh.admit(intended) {
-            return Ok(());
-        }
-        // The caller's idle-since time tells whether the request had to wait for it
-        // (backpressure from the system under test) or was late by the generator's fault.
-        let (slot, ready) = loop {
-            if let Some(free) = pool.free.borrow_mut().pop_front() {
-                break free;
-            }
-            pool.freed.notified().await;
-        };
-        pacer.sleep_until(intended).await?;
+    /// The next request's intended start: admitted, not yet issued (`None` once admission
+    /// closed).
+    next: Cell<Option<Instant>>,
+}
+
+impl Pool {
+    /// Admits the schedule's next request as [`Pool::next`].
+    fn advance<C>(&self, sh: &Shared<C>) {
+        let intended = self.t0 + self.starts.borrow_mut().next_offset();
+        self.next.set(sh.admit(intended).then_some(intended));
+    }
+
+    /// Issues the pending request (intended at `intended`) to a caller free since `ready`,
+    /// and admits the one after it.
+    fn issue<C>(&self, sh: &Shared<C>, intended: Instant, ready: Instant) -> Ticket {
         let measured = intended >= sh.measure_start;
         if measured {
             sh.in_flight.set(sh.in_flight.get() + 1);
             let mut rec = sh.rec.borrow_mut();
             rec.sent(intended);
+            // The caller's idle-since time tells whether the request had to wait for it
+            // (backpressure from the system under test) or was late by the generator's fault.
             if ready > intended {
                 rec.backpressured += 1;
             }
         }
         let stall = measured && sh.take_stall(intended);
-        pool.slots[slot].ticket.set(Some(Ticket {
+        self.advance(sh);
+        Ticket {
             intended,
             ready,
             measured,
             stall,
-        }));
+        }
+    }
+
+    /// For a caller that just finished at `now`: the pending request, if it is due.
+    fn take_due<C>(&self, sh: &Shared<C>, now: Instant) -> Option<Ticket> {
+        let intended = self.next.get().filter(|&t| t <= now)?;
+        // Another caller idle since earlier could have taken it: the delay is the generator's.
+        let ready = self.free.borrow().front().map_or(now, |&(_, since)| since);
+        Some(self.issue(sh, intended, ready))
+    }
+}
+
+async fn open_caller<C: Connection>(sh: Rc<Shared<C>>, pool: Rc<Pool>, me: usize, conn: usize) {
+    loop {
+        pool.slots[me].go.notified().await;
+        let Some(mut t) = pool.slots[me].ticket.take() else {
+            return;
+        };
+        loop {
+            let start = Instant::now();
+            if t.measured {
+                sh.rec
+                    .borrow_mut()
+                    .lag(start.saturating_duration_since(t.intended.max(t.ready)));
+            }
+            let r = call_slot(&sh, conn, t.measured, t.stall).await;
+            let done = Instant::now();
+            finish_call(&sh, t.measured, &r, t.intended, Some(done - start), done);
+            match pool.take_due(&sh, Instant::now()) {
+                Some(next) => t = next,
+                None => break,
+            }
+            // Behind schedule a call that completes without waiting (inproc) would loop here
+            // for good: let the other tasks have their turn.
+            tokio::task::coop::consume_budget().await;
+        }
+        pool.free.borrow_mut().push_back((me, Instant::now()));
+        pool.freed.notify_one();
+    }
+}
+
+async fn dispatcher<C: Connection>(sh: Rc<Shared<C>>, pool: Rc<Pool>) -> std::io::Result<()> {
+    let pacer = Pacer::new()?;
+    pool.advance(&sh);
+    loop {
+        let Some(intended) = pool.next.get() else {
+            return Ok(());
+        };
+        // Wait for an idle caller, then for the due time; a caller finishing meanwhile may
+        // take the request itself (then look again).
+        if pool.free.borrow().is_empty() {
+            pool.freed.notified().await;
+            continue;
+        }
+        pacer.sleep_until(intended).await?;
+        if pool.next.get() != Some(intended) {
+            continue;
+        }
+        let Some((slot, ready)) = pool.free.borrow_mut().pop_front() else {
+            continue;
+        };
+        let ticket = pool.issue(&sh, intended, ready);
+        pool.slots[slot].ticket.set(Some(ticket));
         pool.slots[slot].go.notify_one();
         // When behind schedule nothing above waits: let the callers run.
         tokio::task::coop::consume_budget().await;
@@ -659,12 +703,20 @@ async fn drive<C: Connection>(
                     .collect(),
                 free: RefCell::new((0..callers).map(|i| (i, start.t0)).collect()),
                 freed: Notify::new(),
+                starts: RefCell::new(Starts::new(
+                    *schedule,
+                    *rate,
+                    plan.index,
+                    plan.workers,
+                    spec.seed,
+                )),
+                t0: start.t0,
+                next: Cell::new(None),
             });
             for i in 0..callers {
                 tokio::task::spawn_local(open_caller(sh.clone(), pool.clone(), i, i % nconn));
             }
-            let starts = Starts::new(*schedule, *rate, plan.index, plan.workers, spec.seed);
-            if let Err(e) = dispatcher(sh.clone(), pool.clone(), starts, start.t0).await {
+            if let Err(e) = dispatcher(sh.clone(), pool.clone()).await {
                 tracing::error!("open-loop pacer failed: {e}");
                 sh.closed_at.set(Some(Instant::now()));
             }
