@@ -626,8 +626,8 @@ pub fn judge(
     }
     if s.incomplete > 0 {
         reasons.push(format!(
-            "{} calls were still unanswered when the run stopped waiting; they are missing \
-             from the histograms",
+            "{} calls were still unanswered (or, in an open loop, never sent: every caller \
+             was stuck) when the run stopped waiting; they are missing from the histograms",
             s.incomplete
         ));
     }

@@ -202,3 +202,52 @@ fn open_loop_latency_includes_a_stall_that_service_time_does_not() {
         assert!(m.backpressured > 0, "{name}");
     }
 }
+
+/// A server that stops answering (a stall far longer than the run) with every caller stuck:
+/// the open loop still ends `drain` after its nominal end, and the calls it could not send
+/// count as unanswered instead of vanishing from the record.
+#[test]
+fn open_loop_ends_when_every_caller_is_stuck() {
+    for name in ["inproc", "tcp"] {
+        let (_served, target) = serve(name);
+        let spec = LoadSpec {
+            mode: Mode::Open {
+                rate: 200.0,
+                schedule: Schedule::Constant,
+                max_in_flight: 1,
+            },
+            warmup: Duration::ZERO,
+            length: Length::Duration(Duration::from_millis(500)),
+            stall: Some(Stall {
+                at: Duration::from_millis(100),
+                duration: Duration::from_secs(600),
+            }),
+            ..LoadSpec::default()
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let opts = EngineOptions {
+                drain: Duration::from_millis(200),
+                ..EngineOptions::default()
+            };
+            let _ = tx.send(load::run(&spec, &target, &opts, &mut NoHooks));
+        });
+        let out = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("{name}: the run did not end with its callers stuck"))
+            .expect("load run succeeded");
+        let answered = out.merged.latency.len();
+        // 500 ms at 200/s: 100 requests, ~20 answered before the stall, one stuck in it, the
+        // rest never sent.
+        assert!(
+            (99..=101).contains(&(answered + out.incomplete)),
+            "{name}: {answered} answered + {} unanswered should be the 100 scheduled",
+            out.incomplete
+        );
+        assert!(
+            out.incomplete >= 70,
+            "{name}: {} unanswered",
+            out.incomplete
+        );
+    }
+}

@@ -105,7 +105,8 @@ impl Hooks for NoHooks {}
 pub struct Outcome {
     /// Merged recorders.
     pub merged: Merged,
-    /// Measured calls left unanswered.
+    /// Measured calls left unanswered, and in an open loop those due but never sent because
+    /// every caller was stuck until the drain ran out.
     pub incomplete: u64,
     /// Bytes on the wire during the measured phase (when every connection counts them).
     pub wire: Option<WireBytes>,

@@ -529,6 +529,27 @@ impl Pool {
         }
     }
 
+    /// Measured requests due before admission closed that no caller was free to send (every
+    /// caller stuck in a call until the drain ran out); consumes the rest of the schedule.
+    fn unsent<C>(&self, sh: &Shared<C>) -> u64 {
+        let Some(first) = self.next.take() else {
+            return 0;
+        };
+        let until = sh.closed_at.get().unwrap_or(first).max(first);
+        let mut left = sh.remaining.get();
+        let mut n = u64::from(first >= sh.measure_start);
+        loop {
+            let t = self.t0 + self.starts.borrow_mut().next_offset();
+            if t >= until || left == Some(0) {
+                return n;
+            }
+            if t >= sh.measure_start {
+                n += 1;
+                left = left.map(|l| l - 1);
+            }
+        }
+    }
+
     /// For a caller that just finished at `now`: the pending request, if it is due.
     fn take_due<C>(&self, sh: &Shared<C>, now: Instant) -> Option<Ticket> {
         let intended = self.next.get().filter(|&t| t <= now)?;
@@ -567,17 +588,35 @@ async fn open_caller<C: Connection>(sh: Rc<Shared<C>>, pool: Rc<Pool>, me: usize
     }
 }
 
-async fn dispatcher<C: Connection>(sh: Rc<Shared<C>>, pool: Rc<Pool>) -> std::io::Result<()> {
+/// Walks the schedule until admission closes; returns the measured requests that were due
+/// but never sent because every caller was still stuck in a call `drain` after admission
+/// closed (a server that stopped answering, with no deadline set).
+async fn dispatcher<C: Connection>(
+    sh: Rc<Shared<C>>,
+    pool: Rc<Pool>,
+    drain: Duration,
+) -> std::io::Result<u64> {
     let pacer = Pacer::new()?;
     pool.advance(&sh);
     loop {
         let Some(intended) = pool.next.get() else {
-            return Ok(());
+            return Ok(0);
         };
         // Wait for an idle caller, then for the due time; a caller finishing meanwhile may
         // take the request itself (then look again).
         if pool.free.borrow().is_empty() {
-            pool.freed.notified().await;
+            // Look up now and then: the nominal end or an interruption closes admission
+            // without a notification, and callers that never return must not hold the run.
+            let _ = tokio::time::timeout(Duration::from_millis(100), pool.freed.notified()).await;
+            sh.check_close();
+            if sh
+                .closed_at
+                .get()
+                .is_some_and(|c| Instant::now() >= c + drain)
+                && pool.free.borrow().is_empty()
+            {
+                return Ok(pool.unsent(&sh));
+            }
             continue;
         }
         pacer.sleep_until(intended).await?;
@@ -716,10 +755,14 @@ async fn drive<C: Connection>(
             for i in 0..callers {
                 tokio::task::spawn_local(open_caller(sh.clone(), pool.clone(), i, i % nconn));
             }
-            if let Err(e) = dispatcher(sh.clone(), pool.clone()).await {
-                tracing::error!("open-loop pacer failed: {e}");
-                sh.closed_at.set(Some(Instant::now()));
-            }
+            let unsent = match dispatcher(sh.clone(), pool.clone(), plan.drain).await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!("open-loop pacer failed: {e}");
+                    sh.closed_at.set(Some(Instant::now()));
+                    0
+                }
+            };
             let pool2 = pool.clone();
             let drained = wait_until(&sh, &pool.freed, plan.drain, move || {
                 pool2.free.borrow().len() == callers
@@ -728,6 +771,7 @@ async fn drive<C: Connection>(
             if !drained {
                 incomplete = sh.in_flight.get();
             }
+            incomplete += unsent;
             // Wake every caller with no ticket: they return.
             for s in &pool.slots {
                 s.ticket.set(None);
