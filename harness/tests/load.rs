@@ -53,18 +53,48 @@ fn serve(name: &str) -> (Served, Target) {
 }
 
 fn run_with_timeout(spec: LoadSpec, target: Target) -> load::Outcome {
+    run_with(
+        spec,
+        target,
+        EngineOptions::default(),
+        Duration::from_secs(60),
+    )
+}
+
+/// Runs the engine with `opts`, failing the test if it has not returned within `limit`.
+fn run_with(spec: LoadSpec, target: Target, opts: EngineOptions, limit: Duration) -> load::Outcome {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let _ = tx.send(load::run(
-            &spec,
-            &target,
-            &EngineOptions::default(),
-            &mut NoHooks,
-        ));
+        let _ = tx.send(load::run(&spec, &target, &opts, &mut NoHooks));
     });
-    rx.recv_timeout(Duration::from_secs(60))
-        .expect("load run finished within 60 s")
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("load run did not finish within {limit:?}"))
         .expect("load run succeeded")
+}
+
+/// An open loop at `rate`/s with one call in flight, whose server stalls for `stall` once,
+/// `at` into the measured phase.
+fn stalled_open_loop(
+    rate: f64,
+    warmup: Duration,
+    length: Duration,
+    at: Duration,
+    stall: Duration,
+) -> LoadSpec {
+    LoadSpec {
+        mode: Mode::Open {
+            rate,
+            schedule: Schedule::Constant,
+            max_in_flight: 1,
+        },
+        warmup,
+        length: Length::Duration(length),
+        stall: Some(Stall {
+            at,
+            duration: stall,
+        }),
+        ..LoadSpec::default()
+    }
 }
 
 #[test]
@@ -163,20 +193,13 @@ fn open_loop_latency_includes_a_stall_that_service_time_does_not() {
     let stall = Duration::from_secs(1);
     for name in ["inproc", "tcp"] {
         let (_served, target) = serve(name);
-        let spec = LoadSpec {
-            mode: Mode::Open {
-                rate: 500.0,
-                schedule: Schedule::Constant,
-                max_in_flight: 1,
-            },
-            warmup: Duration::from_millis(100),
-            length: Length::Duration(Duration::from_secs(3)),
-            stall: Some(Stall {
-                at: Duration::from_millis(500),
-                duration: stall,
-            }),
-            ..LoadSpec::default()
-        };
+        let spec = stalled_open_loop(
+            500.0,
+            Duration::from_millis(100),
+            Duration::from_secs(3),
+            Duration::from_millis(500),
+            stall,
+        );
         let out = run_with_timeout(spec, target);
         let m = &out.merged;
         let service = m.service.as_ref().expect("test setup");
@@ -210,32 +233,19 @@ fn open_loop_latency_includes_a_stall_that_service_time_does_not() {
 fn open_loop_ends_when_every_caller_is_stuck() {
     for name in ["inproc", "tcp"] {
         let (_served, target) = serve(name);
-        let spec = LoadSpec {
-            mode: Mode::Open {
-                rate: 200.0,
-                schedule: Schedule::Constant,
-                max_in_flight: 1,
-            },
-            warmup: Duration::ZERO,
-            length: Length::Duration(Duration::from_millis(500)),
-            stall: Some(Stall {
-                at: Duration::from_millis(100),
-                duration: Duration::from_secs(600),
-            }),
-            ..LoadSpec::default()
+        let spec = stalled_open_loop(
+            200.0,
+            Duration::ZERO,
+            Duration::from_millis(500),
+            Duration::from_millis(100),
+            Duration::from_secs(600),
+        );
+        let opts = EngineOptions {
+            drain: Duration::from_millis(200),
+            ..EngineOptions::default()
         };
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let opts = EngineOptions {
-                drain: Duration::from_millis(200),
-                ..EngineOptions::default()
-            };
-            let _ = tx.send(load::run(&spec, &target, &opts, &mut NoHooks));
-        });
-        let out = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("{name}: the run did not end with its callers stuck"))
-            .expect("load run succeeded");
+        // The run must end on its own, long before the stall would.
+        let out = run_with(spec, target, opts, Duration::from_secs(30));
         let answered = out.merged.latency.len();
         // 500 ms at 200/s: 100 requests, ~20 answered before the stall, one stuck in it, the
         // rest never sent.
