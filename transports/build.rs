@@ -1,5 +1,5 @@
-//! Generates the gRPC messages and client of `proto/echo.proto` with protox (pure Rust, no
-//! protoc needed) and tonic-prost-build.
+//! Generates the gRPC messages and client of `proto/echo.proto`, and the `floor` yardstick's
+//! `proto/yardstick.proto`, with protox (pure Rust, no protoc needed) and tonic-prost-build.
 
 use std::error::Error;
 
@@ -14,6 +14,12 @@ fn main() -> Result<(), Box<dyn Error>> {
         // The server is routed by hand (see src/grpc/server.rs): the generated unary handler
         // cannot send trailing metadata with an OK status.
         .build_server(false)
+        .build_transport(false)
+        .compile_fds(fds)?;
+    // The `floor` command's gRPC yardstick: stock generated server and client.
+    let fds = protox::compile(["yardstick.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .bytes(".")
         .build_transport(false)
         .compile_fds(fds)?;
     Ok(())

@@ -17,8 +17,10 @@ use bytes::Bytes;
 use futures::future::join_all;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
+use wirebench_transports::grpc::baseline as grpc_min;
 use wirebench_transports::nats::baseline::{BaselineClient, BaselineServer};
 use wirebench_transports::nats::broker::NatsProcess;
+use wirebench_transports::quic::baseline as quic_min;
 use wirebench_transports::registry::{AnyConnection, AnyServer, AnyTransport};
 use wirebench_transports::{
     CallOptions, ClientConfig, Connection, Echo, EchoRequest, Server, ServerConfig, Transport,
@@ -498,6 +500,80 @@ impl PlainTarget for TokioPingPong {
     async fn close(_conn: PingPongConn) {}
 }
 
+/// The yardstick for `quic`: stock quinn, one stream per call carrying the raw payload (see
+/// [`wirebench_transports::quic::baseline`]).
+#[derive(Default)]
+struct QuinnBaseline {
+    /// The server's throwaway certificate, for the client to trust (set by `serve`).
+    cert: std::sync::OnceLock<Vec<u8>>,
+}
+
+impl PlainTarget for QuinnBaseline {
+    type Running = quic_min::BaselineServer;
+    type Conn = quic_min::BaselineClient;
+
+    async fn serve(&self) -> Result<(Self::Running, String)> {
+        let server = quic_min::BaselineServer::start()?;
+        let addr = server.addr()?;
+        let _ = self.cert.set(server.certificate());
+        Ok((server, addr.to_string()))
+    }
+
+    async fn stop(running: Self::Running) {
+        running.stop();
+    }
+
+    async fn connect(&self, endpoint: &str) -> Result<Self::Conn> {
+        let addr = endpoint
+            .parse()
+            .with_context(|| format!("the quinn yardstick's address {endpoint}"))?;
+        let cert = self.cert.get().cloned().unwrap_or_default();
+        Ok(quic_min::BaselineClient::connect(addr, cert).await?)
+    }
+
+    async fn call(conn: &Self::Conn, payload: Bytes) -> Result<()> {
+        conn.call(&payload).await?;
+        Ok(())
+    }
+
+    async fn close(conn: Self::Conn) {
+        conn.close();
+    }
+}
+
+/// The yardstick for `grpc`: tonic's stock server and Channel (see
+/// [`wirebench_transports::grpc::baseline`]).
+struct TonicBaseline;
+
+impl PlainTarget for TonicBaseline {
+    type Running = grpc_min::BaselineServer;
+    type Conn = grpc_min::BaselineClient;
+
+    async fn serve(&self) -> Result<(Self::Running, String)> {
+        let server = grpc_min::BaselineServer::start()?;
+        let addr = server.addr();
+        Ok((server, addr.to_string()))
+    }
+
+    async fn stop(running: Self::Running) {
+        running.stop();
+    }
+
+    async fn connect(&self, endpoint: &str) -> Result<Self::Conn> {
+        let addr = endpoint
+            .parse()
+            .with_context(|| format!("the tonic yardstick's address {endpoint}"))?;
+        Ok(grpc_min::BaselineClient::connect(addr).await?)
+    }
+
+    async fn call(conn: &Self::Conn, payload: Bytes) -> Result<()> {
+        conn.call(payload).await?;
+        Ok(())
+    }
+
+    async fn close(_conn: Self::Conn) {}
+}
+
 /// Measures `tokio-min*`, the minimal tokio ping-pong (see [`TokioPingPong`]), with the plain
 /// client loop.
 pub fn measure_tokio_ping_pong(cfg: &ProbeConfig) -> Result<Probe> {
@@ -508,6 +584,18 @@ pub fn measure_tokio_ping_pong(cfg: &ProbeConfig) -> Result<Probe> {
         },
         cfg,
     )
+}
+
+/// Measures `quinn-min*`, the minimal quinn request/response (see [`QuinnBaseline`]), with the
+/// plain client loop.
+pub fn measure_quinn_baseline(cfg: &ProbeConfig) -> Result<Probe> {
+    run_probe("quinn-min*", QuinnBaseline::default(), cfg)
+}
+
+/// Measures `tonic-min*`, the minimal tonic unary echo (see [`TonicBaseline`]), with the plain
+/// client loop.
+pub fn measure_tonic_baseline(cfg: &ProbeConfig) -> Result<Probe> {
+    run_probe("tonic-min*", TonicBaseline, cfg)
 }
 
 /// Measures the minimal plain async-nats request/reply pair (`nats-min*`), the yardstick for
@@ -705,6 +793,33 @@ mod tests {
                 assert!(!p.client_cpus.0.is_empty() && !p.server_cpus.0.is_empty());
             }
             assert_eq!(tokio.name, "tokio-min*");
+        }
+    }
+
+    #[test]
+    fn quinn_and_tonic_yardsticks_measure_round_trips() {
+        for in_flight in [1, 4] {
+            let cfg = ProbeConfig {
+                payload: 64,
+                duration: Duration::from_millis(100),
+                warmup: Duration::from_millis(10),
+                pin: Pin::None,
+                in_flight,
+            };
+            let quinn = within(Duration::from_secs(20), move || {
+                measure_quinn_baseline(&cfg)
+            });
+            let tonic = within(Duration::from_secs(20), move || {
+                measure_tonic_baseline(&cfg)
+            });
+            for (p, name) in [
+                (quinn.unwrap(), "quinn-min*"),
+                (tonic.unwrap(), "tonic-min*"),
+            ] {
+                assert_eq!(p.name, name);
+                assert!(!p.histogram.is_empty(), "{name}: no round trips");
+                assert!(!p.client_cpus.0.is_empty() && !p.server_cpus.0.is_empty());
+            }
         }
     }
 }

@@ -13,13 +13,14 @@ use crate::brokers::{Availability, BrokerArgs, availability};
 use crate::exit::bad_input;
 use crate::floor::{
     LatencySummary, Probe, ProbeConfig, measure_floor, measure_host_gaps, measure_nats_baseline,
-    measure_plain, measure_tokio_ping_pong, measure_transport_on,
+    measure_plain, measure_quinn_baseline, measure_tokio_ping_pong, measure_tonic_baseline,
+    measure_transport_on,
 };
 
 /// Arguments of `wirebench floor`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  wirebench floor\n  wirebench floor --vs tcp,inproc --pin same --duration 5s\n  wirebench floor --vs nats,tcp --in-flight 64\n\nWith nats, two more rows compare it with its yardstick through one plain client\nloop: nats* (our transport) and nats-min* (a minimal plain async-nats\nrequest/reply pair on its own private broker). Brokers run as their own\nprocess, unpinned. With tcp (and --in-flight 1), tcp* is shown next to\ntokio-min*: the floor's ping-pong on tokio current-thread runtimes, no framing\n(what an async runtime alone adds to the floor)."
+    after_help = "Examples:\n  wirebench floor\n  wirebench floor --vs tcp,inproc --pin same --duration 5s\n  wirebench floor --vs nats,tcp --in-flight 64\n\nWith nats, two more rows compare it with its yardstick through one plain client\nloop: nats* (our transport) and nats-min* (a minimal plain async-nats\nrequest/reply pair on its own private broker). Brokers run as their own\nprocess, unpinned. With tcp (and --in-flight 1), tcp* is shown next to\ntokio-min*: the floor's ping-pong on tokio current-thread runtimes, no framing\n(what an async runtime alone adds to the floor). With quic, quinn-min* is stock\nquinn with one stream per call and the raw payload; with grpc, tonic-min* is\ntonic's stock generated server and Channel client (a one-method .proto)."
 )]
 pub struct Args {
     /// Measured time per probe (e.g. 3s, 500ms).
@@ -142,6 +143,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }
             // One call at a time: the yardstick's socket carries one message in flight.
             AnyTransport::Tcp(_) if cfg.in_flight == 1 => Some(measure_tokio_ping_pong(&cfg)?),
+            AnyTransport::Quic(_) => Some(measure_quinn_baseline(&cfg)?),
+            AnyTransport::Grpc(_) => Some(measure_tonic_baseline(&cfg)?),
             _ => None,
         };
         if let Some(min) = yardstick {

@@ -54,6 +54,7 @@
 //!
 //! [PROTOCOL-HTTP2]: https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md
 
+pub mod baseline;
 mod client;
 mod server;
 

@@ -79,6 +79,7 @@
 //! The maximum message size is the transport-neutral `ClientConfig::max_message_size` /
 //! `EchoConfig::max_message_size`.
 
+pub mod baseline;
 mod client;
 mod server;
 mod stream;
