@@ -188,9 +188,23 @@ pub struct ClientConfig {
     /// [`tokio::task::LocalSet`] rather than on the runtime. For single-threaded drivers whose
     /// callers are `LocalSet` tasks (the load engine's workers): a runtime task waking a
     /// `LocalSet` task makes the current-thread scheduler poll its driver once more (one more
-    /// `epoll_wait`) per call. Honoured by transports whose client tasks are our own (`tcp`);
-    /// others ignore it. Connect inside a `LocalSet` when it is set (tokio panics otherwise).
+    /// `epoll_wait`) per call. Honoured by transports whose connection tasks are our own (`tcp`'s
+    /// reader and writer, `grpc`'s h2 connection); others (quinn's drivers, the broker
+    /// clients' tasks) ignore it. Connect inside a `LocalSet` when it is set (tokio panics otherwise).
     pub local_tasks: bool,
+}
+
+/// Spawns one of a client connection's own tasks: on the runtime, or on the current
+/// `LocalSet` (see [`ClientConfig::local_tasks`]).
+pub(crate) fn spawn_connection_task(
+    local: bool,
+    task: impl Future<Output = ()> + Send + 'static,
+) -> tokio::task::AbortHandle {
+    if local {
+        tokio::task::spawn_local(task).abort_handle()
+    } else {
+        tokio::spawn(task).abort_handle()
+    }
 }
 
 impl Default for ClientConfig {

@@ -30,7 +30,7 @@ use crate::status::{Code, Status};
 use crate::tls::describe_handshake_error;
 use crate::transport::{
     CallOptions, CallSender, ClientConfig, Connection, TransportError, UnaryReply, WireBytes,
-    until_deadline,
+    spawn_connection_task, until_deadline,
 };
 
 /// One HTTP/2 connection as the tower service tonic's client calls, on h2 directly: a
@@ -458,7 +458,7 @@ async fn open(
         counters: counters.clone(),
     };
     let Some(tls) = &config.tls else {
-        return handshake(counted, options, endpoint, config.keepalive).await;
+        return handshake(counted, options, endpoint, config).await;
     };
     let tls_err = |reason: String| TransportError::Tls {
         endpoint: endpoint.to_owned(),
@@ -482,14 +482,14 @@ async fn open(
             String::from_utf8_lossy(p)
         )));
     }
-    handshake(stream, options, endpoint, config.keepalive).await
+    handshake(stream, options, endpoint, config).await
 }
 
 async fn handshake<I>(
     io: I,
     options: &GrpcOptions,
     endpoint: &str,
-    keepalive: Option<Duration>,
+    config: &ClientConfig,
 ) -> Result<(H2, AbortHandle), TransportError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -514,11 +514,13 @@ where
         .map_err(|e| TransportError::Protocol(format!("HTTP/2 handshake with {endpoint}: {e}")))?;
     // h2 has no keepalive timer of its own (hyper's lives above it): with `keepalive` set, a
     // PING goes out every interval and an unanswered one ends the connection.
-    let pinger = keepalive.and_then(|k| conn.ping_pong().map(|p| (p, k)));
+    let pinger = config
+        .keepalive
+        .and_then(|k| conn.ping_pong().map(|p| (p, k)));
     let endpoint = endpoint.to_owned();
     let ended = Arc::new(OnceLock::new());
     let reason = ended.clone();
-    let task = tokio::spawn(async move {
+    let task = spawn_connection_task(config.local_tasks, async move {
         // The reason is recorded before the connection (and with it the streams) is dropped,
         // so the failing calls can name it.
         let why = tokio::select! {
@@ -533,7 +535,7 @@ where
         };
         let _ = reason.set(why);
     });
-    Ok((H2 { send, ended }, task.abort_handle()))
+    Ok((H2 { send, ended }, task))
 }
 
 /// Pings every interval; returns (why the peer is considered dead) once a PING goes

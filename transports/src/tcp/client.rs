@@ -26,7 +26,7 @@ use crate::status::Status;
 use crate::tls::describe_handshake_error;
 use crate::transport::{
     CallOptions, CallSender, ClientConfig, Connection, TransportError, UnaryReply, WireBytes,
-    until_deadline,
+    spawn_connection_task, until_deadline,
 };
 
 /// What a client queues for its writer.
@@ -277,13 +277,13 @@ impl TcpConnection {
         });
         let writer_shared = shared.clone();
         let local = config.local_tasks;
-        spawn(local, async move {
+        spawn_connection_task(local, async move {
             if let Err(e) = writer.run().await {
                 writer_shared.fail_all(Status::unavailable(format!("tcp write failed: {e}")));
             }
         });
         let reader_shared = shared.clone();
-        spawn(local, async move {
+        spawn_connection_task(local, async move {
             let status = read_loop(rd, &reader_shared).await;
             reader_shared.fail_all(status);
         });
@@ -325,16 +325,6 @@ impl TcpConnection {
             )),
             _ => Err(status),
         })
-    }
-}
-
-/// Spawns one of the connection's tasks: on the runtime, or on the current `LocalSet` (see
-/// [`ClientConfig::local_tasks`]).
-fn spawn(local: bool, task: impl std::future::Future<Output = ()> + Send + 'static) {
-    if local {
-        tokio::task::spawn_local(task);
-    } else {
-        tokio::spawn(task);
     }
 }
 
