@@ -236,7 +236,9 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
                 let shared = shared.clone();
                 let identity = identity.clone();
                 let calls = shared.calls.clone();
-                calls.spawn(serve_stream(send, recv, shared, identity));
+                // Boxed: a call's future is a couple of KiB, and tokio moves a task's future
+                // (spawning, finishing) by copying it; behind a box only the pointer moves.
+                calls.spawn(Box::pin(serve_stream(send, recv, shared, identity)));
             }
             Err(e) => {
                 tracing::debug!("quic {}: connection ended: {e}", conn.remote_address());
@@ -352,7 +354,9 @@ async fn answer(
     if head.method == Method::Unary {
         serve_unary(head, reader, writer, shared).await;
     } else {
-        serve_streaming(head, reader, writer, shared).await;
+        // Boxed: the streaming machinery would otherwise size every call's task, unary ones
+        // included (spawning copies the whole future).
+        Box::pin(serve_streaming(head, reader, writer, shared)).await;
     }
 }
 
@@ -449,38 +453,51 @@ async fn serve_unary(
     };
     let outcome = match shared.echo.unary_now(&head, request) {
         Ok(outcome) => outcome,
+        // Boxed, as the streaming path is: only calls that wait pay for the waiting state.
         Err(request) => {
-            // The call waits: watch the stream meanwhile, so the handler observes a client
-            // that gives up.
-            let token = shared.shutdown.child_token();
-            let stopped = writer.send.stopped();
-            let answer = shared.echo.unary(&head, request, &token);
-            tokio::pin!(answer);
-            let gone = client_gone(&mut reader, stopped);
-            tokio::pin!(gone);
-            let mut gone_done = false;
-            let outcome = loop {
-                tokio::select! {
-                    o = &mut answer => break o,
-                    _ = &mut gone, if !gone_done => {
-                        gone_done = true;
-                        token.cancel();
-                    }
-                }
-            };
-            if gone_done {
+            match Box::pin(wait_unary(&head, request, &mut reader, writer, shared)).await {
+                Some(outcome) => outcome,
                 // Nobody is listening any more.
-                return;
+                None => return,
             }
-            let mut outcome = outcome;
-            outcome.status = cut_status(outcome.status, &shared.shutdown);
-            outcome
         }
     };
     if write_unary(writer, outcome).await.is_ok() {
         writer.finish();
     }
     let _ = reader.finish().await;
+}
+
+/// Runs a unary call that waits (a delay, a deadline to honour) while watching the stream,
+/// so that the handler observes a client that gives up; `None` when it did.
+async fn wait_unary(
+    head: &CallHead,
+    request: EchoRequest,
+    reader: &mut FrameReader,
+    writer: &mut FrameWriter,
+    shared: &Shared,
+) -> Option<UnaryOutcome> {
+    let token = shared.shutdown.child_token();
+    let stopped = writer.send.stopped();
+    let answer = shared.echo.unary(head, request, &token);
+    tokio::pin!(answer);
+    let gone = client_gone(reader, stopped);
+    tokio::pin!(gone);
+    let mut gone_done = false;
+    let mut outcome = loop {
+        tokio::select! {
+            o = &mut answer => break o,
+            _ = &mut gone, if !gone_done => {
+                gone_done = true;
+                token.cancel();
+            }
+        }
+    };
+    if gone_done {
+        return None;
+    }
+    outcome.status = cut_status(outcome.status, &shared.shutdown);
+    Some(outcome)
 }
 
 async fn serve_streaming(

@@ -1,6 +1,10 @@
 //! Frames over one QUIC stream: a reader that feeds the shared `tcp` decoder from a
 //! `RecvStream`, and a writer that encodes with the shared `WriteBatch` into a `SendStream`
-//! without copying large payloads.
+//! without copying large payloads. Their codec buffers come from a per-thread spare pool and go
+//! back to it when the stream ends: with a stream per call, fresh ones would cost every call
+//! several allocations on each side.
+
+use std::cell::RefCell;
 
 use bytes::{Bytes, BytesMut};
 use quinn::{ConnectionError, ReadError, RecvStream, SendStream, VarInt, WriteError};
@@ -13,6 +17,45 @@ use crate::tcp::codec::{Decoded, Decoder, EncodeError, Frame, OutHeader, WriteBa
 const READ_CHUNK: usize = 64 * 1024;
 /// The frame prefix's stream id on QUIC (ignored by receivers, must be non-zero).
 pub(super) const FRAME_STREAM_ID: u32 = 1;
+
+/// Spare decoders and write batches kept per thread (enough for every call in flight on a busy
+/// connection; beyond it, a finished stream's buffers are freed).
+const SPARE_MAX: usize = 256;
+/// A write batch whose buffer grew past this (a large header) is not kept.
+const SPARE_KEEP_BYTES: usize = 16 * 1024;
+
+/// Codec buffers of finished streams, waiting for the next stream on this thread.
+#[derive(Default)]
+struct Spare {
+    decoders: Vec<Decoder>,
+    writers: Vec<(WriteBatch, Vec<Bytes>)>,
+}
+
+thread_local! {
+    static SPARE: RefCell<Spare> = RefCell::new(Spare::default());
+}
+
+fn spare_decoder(max_payload: usize) -> Decoder {
+    let reused = SPARE
+        .try_with(|s| s.borrow_mut().decoders.pop())
+        .ok()
+        .flatten();
+    match reused {
+        Some(mut d) => {
+            d.reuse_frames_only(max_payload);
+            d
+        }
+        None => Decoder::frames_only(max_payload),
+    }
+}
+
+fn spare_writer() -> (WriteBatch, Vec<Bytes>) {
+    SPARE
+        .try_with(|s| s.borrow_mut().writers.pop())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| (WriteBatch::new(), Vec::with_capacity(4)))
+}
 
 /// Why reading a stream stopped.
 #[derive(Debug)]
@@ -112,7 +155,7 @@ impl FrameReader {
         FrameReader {
             recv,
             buf: BytesMut::new(),
-            decoder: Decoder::frames_only(max_payload),
+            decoder: spare_decoder(max_payload),
         }
     }
 
@@ -184,6 +227,20 @@ impl FrameReader {
     }
 }
 
+impl Drop for FrameReader {
+    fn drop(&mut self) {
+        // An empty stand-in: `AlignedVec::new` does not allocate.
+        let decoder = std::mem::replace(&mut self.decoder, Decoder::unallocated());
+        // During thread exit the pool may be gone already: then the decoder is just freed.
+        let _ = SPARE.try_with(|s| {
+            let mut s = s.borrow_mut();
+            if s.decoders.len() < SPARE_MAX {
+                s.decoders.push(decoder);
+            }
+        });
+    }
+}
+
 /// Writes frames to one stream.
 pub(super) struct FrameWriter {
     pub(super) send: SendStream,
@@ -202,10 +259,11 @@ pub(super) enum WriteFail {
 
 impl FrameWriter {
     pub(super) fn new(send: SendStream) -> FrameWriter {
+        let (batch, chunks) = spare_writer();
         FrameWriter {
             send,
-            batch: WriteBatch::new(),
-            chunks: Vec::with_capacity(4),
+            batch,
+            chunks,
         }
     }
 
@@ -254,5 +312,20 @@ impl FrameWriter {
     /// Abandons the sending side with `code`.
     pub(super) fn reset(&mut self, code: u32) {
         let _ = self.send.reset(VarInt::from_u32(code));
+    }
+}
+
+impl Drop for FrameWriter {
+    fn drop(&mut self) {
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut chunks = std::mem::take(&mut self.chunks);
+        batch.reset(SPARE_KEEP_BYTES);
+        chunks.clear();
+        let _ = SPARE.try_with(|s| {
+            let mut s = s.borrow_mut();
+            if s.writers.len() < SPARE_MAX {
+                s.writers.push((batch, chunks));
+            }
+        });
     }
 }

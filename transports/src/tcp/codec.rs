@@ -365,6 +365,28 @@ impl Decoder {
         }
     }
 
+    /// A placeholder that owns no memory (to move a decoder out of a struct that is dropped).
+    pub fn unallocated() -> Decoder {
+        Decoder {
+            max_payload: 0,
+            expect_preface: false,
+            skipping: 0,
+            offset: 0,
+            aligned: AlignedVec::new(),
+        }
+    }
+
+    /// Makes this decoder one for a new byte stream with no preface (the next QUIC stream),
+    /// keeping its header buffer: a transport with a stream per call reuses decoders rather
+    /// than allocate one per call.
+    pub fn reuse_frames_only(&mut self, max_payload: usize) {
+        self.max_payload = max_payload;
+        self.expect_preface = false;
+        self.skipping = 0;
+        self.offset = 0;
+        self.aligned.clear();
+    }
+
     /// Decodes the next frame from the front of `buf`, consuming its bytes. Payloads are split
     /// off `buf` without copying.
     pub fn decode<'a>(&'a mut self, buf: &mut BytesMut) -> Result<Decoded<'a>, DecodeError> {
@@ -685,6 +707,20 @@ impl WriteBatch {
             }
         }
         self.head.clear();
+        self.open_from = 0;
+        self.written_in_first = 0;
+        self.frames = 0;
+        self.bytes = 0;
+    }
+
+    /// Empties the batch, keeping its buffers for reuse unless they grew past `keep` bytes
+    /// (a batch that once carried a huge frame should not hold that memory forever).
+    pub fn reset(&mut self, keep: usize) {
+        self.segments.clear();
+        self.head.clear();
+        if self.head.capacity() > keep {
+            self.head = Vec::new();
+        }
         self.open_from = 0;
         self.written_in_first = 0;
         self.frames = 0;
@@ -1149,6 +1185,78 @@ mod tests {
                 matches!(&got[1], Owned::Message(3, _, Payload::Bytes(b), false) if b[..] == [2u8; 10])
             );
         }
+    }
+
+    /// A decoder dropped in the middle of skipping an oversized payload and reused for another
+    /// stream (QUIC pools them) starts from a clean state: no skip left, new limit, offsets from 0.
+    #[test]
+    fn a_reused_decoder_starts_clean() {
+        let msg = |id, n: usize| {
+            Owned::Message(
+                id,
+                RequestHeader::from(&Directives::default()),
+                Payload::Bytes(Bytes::from(vec![7u8; n])),
+                false,
+            )
+        };
+        let big = encode(&[msg(1, 10_000)], false);
+        let mut d = Decoder::frames_only(100);
+        // Only part of the oversized frame arrives: the decoder is left skipping.
+        let mut buf = BytesMut::from(&big[..200]);
+        assert!(matches!(
+            d.decode(&mut buf).unwrap(),
+            Decoded::Frame(Frame::Message {
+                payload: Payload::TooLarge(10_000),
+                ..
+            })
+        ));
+        d.reuse_frames_only(20_000);
+        let mut buf = BytesMut::from(&big[..]);
+        match d.decode(&mut buf).unwrap() {
+            Decoded::Frame(Frame::Message {
+                payload: Payload::Bytes(b),
+                ..
+            }) => assert_eq!(b.len(), 10_000),
+            other => panic!("expected the whole frame, got {other:?}"),
+        }
+        assert!(buf.is_empty());
+        // Garbage in a reused decoder is reported from offset 0 of its new stream.
+        d.reuse_frames_only(100);
+        let mut buf = BytesMut::from(&[0u8, 0, 0, 0, 0, 0, 0x7f, 0, 1, 0, 0, 0][..]);
+        let e = d.decode(&mut buf).unwrap_err().to_string();
+        assert!(e.contains("at byte 0"), "{e}");
+    }
+
+    /// A batch reset with frames queued and partly written encodes the next frames as a fresh
+    /// batch would; one whose buffer grew past the limit lets the memory go.
+    #[test]
+    fn a_reset_batch_is_as_good_as_new() {
+        let status = StatusHeader::of(&crate::status::Status::ok());
+        let big = Bytes::from(vec![3u8; 10_000]);
+        let mut b = WriteBatch::new();
+        b.push(1, 0, OutHeader::Status(&status), &big).unwrap();
+        b.push(1, 0, OutHeader::Status(&status), &Bytes::new())
+            .unwrap();
+        b.advance(5);
+        b.reset(1 << 20);
+        assert!(b.is_empty());
+        b.push(3, 0, OutHeader::Status(&status), &Bytes::from_static(b"hi"))
+            .unwrap();
+        let mut fresh = WriteBatch::new();
+        fresh
+            .push(3, 0, OutHeader::Status(&status), &Bytes::from_static(b"hi"))
+            .unwrap();
+        assert_eq!(b.to_vec(), fresh.to_vec());
+        let mut b = WriteBatch::new();
+        b.push(
+            1,
+            0,
+            OutHeader::Status(&status),
+            &Bytes::from(vec![1u8; 2000]),
+        )
+        .unwrap();
+        b.reset(64);
+        assert_eq!(b.head.capacity(), 0);
     }
 
     #[test]
