@@ -35,26 +35,35 @@ thread_local! {
     static SPARE: RefCell<Spare> = RefCell::new(Spare::default());
 }
 
-fn spare_decoder(max_payload: usize) -> Decoder {
-    let reused = SPARE
-        .try_with(|s| s.borrow_mut().decoders.pop())
+/// Takes a spare from the list `pick` names, if this thread has one.
+fn take_spare<T>(pick: fn(&mut Spare) -> &mut Vec<T>) -> Option<T> {
+    // During thread exit the pool may be gone already: then there is no spare.
+    SPARE
+        .try_with(|s| pick(&mut s.borrow_mut()).pop())
         .ok()
-        .flatten();
-    match reused {
+        .flatten()
+}
+
+/// Keeps `item` in the list `pick` names, unless it is full (or the pool is gone: then the
+/// item is just freed).
+fn give_spare<T>(pick: fn(&mut Spare) -> &mut Vec<T>, item: T) {
+    let _ = SPARE.try_with(|s| {
+        let mut s = s.borrow_mut();
+        let list = pick(&mut s);
+        if list.len() < SPARE_MAX {
+            list.push(item);
+        }
+    });
+}
+
+fn spare_decoder(max_payload: usize) -> Decoder {
+    match take_spare(|s| &mut s.decoders) {
         Some(mut d) => {
             d.reuse_frames_only(max_payload);
             d
         }
         None => Decoder::frames_only(max_payload),
     }
-}
-
-fn spare_writer() -> (WriteBatch, Vec<Bytes>) {
-    SPARE
-        .try_with(|s| s.borrow_mut().writers.pop())
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| (WriteBatch::new(), Vec::with_capacity(4)))
 }
 
 /// Why reading a stream stopped.
@@ -231,13 +240,7 @@ impl Drop for FrameReader {
     fn drop(&mut self) {
         // An empty stand-in: `AlignedVec::new` does not allocate.
         let decoder = std::mem::replace(&mut self.decoder, Decoder::unallocated());
-        // During thread exit the pool may be gone already: then the decoder is just freed.
-        let _ = SPARE.try_with(|s| {
-            let mut s = s.borrow_mut();
-            if s.decoders.len() < SPARE_MAX {
-                s.decoders.push(decoder);
-            }
-        });
+        give_spare(|s| &mut s.decoders, decoder);
     }
 }
 
@@ -259,7 +262,8 @@ pub(super) enum WriteFail {
 
 impl FrameWriter {
     pub(super) fn new(send: SendStream) -> FrameWriter {
-        let (batch, chunks) = spare_writer();
+        let (batch, chunks) = take_spare(|s| &mut s.writers)
+            .unwrap_or_else(|| (WriteBatch::new(), Vec::with_capacity(4)));
         FrameWriter {
             send,
             batch,
@@ -321,11 +325,6 @@ impl Drop for FrameWriter {
         let mut chunks = std::mem::take(&mut self.chunks);
         batch.reset(SPARE_KEEP_BYTES);
         chunks.clear();
-        let _ = SPARE.try_with(|s| {
-            let mut s = s.borrow_mut();
-            if s.writers.len() < SPARE_MAX {
-                s.writers.push((batch, chunks));
-            }
-        });
+        give_spare(|s| &mut s.writers, (batch, chunks));
     }
 }

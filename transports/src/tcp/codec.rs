@@ -356,35 +356,32 @@ impl Decoder {
     }
 
     fn new(max_payload: usize, expect_preface: bool) -> Decoder {
+        Decoder::with_buffer(max_payload, expect_preface, AlignedVec::with_capacity(256))
+    }
+
+    /// The one place a decoder's starting state is written (new and reused decoders alike).
+    fn with_buffer(max_payload: usize, expect_preface: bool, aligned: AlignedVec<16>) -> Decoder {
         Decoder {
             max_payload,
             expect_preface,
             skipping: 0,
             offset: 0,
-            aligned: AlignedVec::with_capacity(256),
+            aligned,
         }
     }
 
     /// A placeholder that owns no memory (to move a decoder out of a struct that is dropped).
     pub fn unallocated() -> Decoder {
-        Decoder {
-            max_payload: 0,
-            expect_preface: false,
-            skipping: 0,
-            offset: 0,
-            aligned: AlignedVec::new(),
-        }
+        Decoder::with_buffer(0, false, AlignedVec::new())
     }
 
     /// Makes this decoder one for a new byte stream with no preface (the next QUIC stream),
     /// keeping its header buffer: a transport with a stream per call reuses decoders rather
     /// than allocate one per call.
     pub fn reuse_frames_only(&mut self, max_payload: usize) {
-        self.max_payload = max_payload;
-        self.expect_preface = false;
-        self.skipping = 0;
-        self.offset = 0;
-        self.aligned.clear();
+        let mut aligned = std::mem::take(&mut self.aligned);
+        aligned.clear();
+        *self = Decoder::with_buffer(max_payload, false, aligned);
     }
 
     /// Decodes the next frame from the front of `buf`, consuming its bytes. Payloads are split
@@ -687,11 +684,18 @@ impl WriteBatch {
         }
         self.segments.drain(..done);
         if self.segments.is_empty() && self.bytes == 0 {
-            self.head.clear();
-            self.open_from = 0;
-            self.written_in_first = 0;
-            self.frames = 0;
+            self.clear();
         }
+    }
+
+    /// Forgets everything queued, keeping the buffers.
+    fn clear(&mut self) {
+        self.segments.clear();
+        self.head.clear();
+        self.open_from = 0;
+        self.written_in_first = 0;
+        self.frames = 0;
+        self.bytes = 0;
     }
 
     /// Moves everything queued out as owned chunks, for writers that take ownership of what
@@ -706,25 +710,16 @@ impl WriteBatch {
                 Segment::Payload(b) => out.push(b.slice(skip..)),
             }
         }
-        self.head.clear();
-        self.open_from = 0;
-        self.written_in_first = 0;
-        self.frames = 0;
-        self.bytes = 0;
+        self.clear();
     }
 
     /// Empties the batch, keeping its buffers for reuse unless they grew past `keep` bytes
     /// (a batch that once carried a huge frame should not hold that memory forever).
     pub fn reset(&mut self, keep: usize) {
-        self.segments.clear();
-        self.head.clear();
+        self.clear();
         if self.head.capacity() > keep {
             self.head = Vec::new();
         }
-        self.open_from = 0;
-        self.written_in_first = 0;
-        self.frames = 0;
-        self.bytes = 0;
     }
 
     /// Copies everything queued into one contiguous buffer (for tests and simple writers).
