@@ -196,8 +196,11 @@ async fn stream_integrity(ctx: Ctx) -> CaseResult {
         Ok::<_, wirebench_transports::Status>(Ok(expected))
     };
     let (sent, checked) = tokio::join!(send, check);
+    // The receiving half first: when a call ends early, the sender only learns that it ended
+    // (FAILED_PRECONDITION), while the receiver holds the status that says why.
+    let checked = checked?;
     sent?;
-    match checked? {
+    match checked {
         Ok(n) => {
             ensure!(n == N, "stream ended after {n} of {N} messages");
             Ok(Some(format!("{N} messages in order")))
