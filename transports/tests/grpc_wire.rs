@@ -1,7 +1,8 @@
 //! The `grpc` server spoken to by a client that knows nothing of our types: the `h2` crate
 //! with hand-built gRPC frames (5-byte prefix + hand-encoded protobuf), checking what a stock
 //! gRPC client would see — `:status`, `content-type`, the message bytes, `grpc-status` and
-//! `grpc-message` trailers, metadata as headers and trailers.
+//! `grpc-message` trailers, metadata as headers and trailers. Also, on raw h2 frames, that a
+//! backlog of small DATA frames (h2's flood guard) costs neither side its connection.
 
 // Test helpers: a failed unwrap is the test failing, with its location.
 #![allow(clippy::unwrap_used)]
@@ -13,7 +14,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, Request};
 use tokio::net::TcpStream;
 use wirebench_transports::grpc::Grpc;
-use wirebench_transports::{Echo, Server, ServerConfig, Transport};
+use wirebench_transports::{
+    CallOptions, CallReceiver, CallSender, ClientConfig, Connection, Echo, EchoRequest, Method,
+    Server, ServerConfig, Transport,
+};
 
 const LIMIT: Duration = Duration::from_secs(10);
 
@@ -214,4 +218,142 @@ async fn plain_h2_client_speaks_to_the_grpc_server() {
     .await
     .expect("timed out");
     server.shutdown().await;
+}
+
+/// Protobuf varint field of any value.
+fn varint_field(number: u8, mut value: u64) -> Vec<u8> {
+    let mut v = vec![number << 3];
+    loop {
+        let low = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            v.push(low);
+            return v;
+        }
+        v.push(low | 0x80);
+    }
+}
+
+/// Small messages, one DATA frame each: what a gRPC client streaming small messages sends.
+const SMALL_FRAMES: u64 = 20_000;
+
+/// h2 (0.4.16 on) closes a connection whose unread small DATA frames cost more than a budget
+/// (`GOAWAY(ENHANCE_YOUR_CALM, "too_many_data_frames")`), within flow control. A bidi handler
+/// that stops reading for a moment must not cost its connection: 20,000 one-message frames
+/// queue while the first request's 300 ms delay holds the handler, then all come back in order.
+/// (At hyper's 1 MiB connection window the budget held ~2,100 such frames.)
+#[tokio::test]
+async fn a_backlog_of_small_request_frames_keeps_the_connection() {
+    let server = Grpc
+        .serve(&ServerConfig::loopback(), Arc::new(Echo::default()))
+        .await
+        .unwrap();
+    let tcp = TcpStream::connect(server.endpoint()).await.unwrap();
+    let (client, conn) = h2::client::Builder::new()
+        .initial_window_size(16 << 20)
+        .initial_connection_window_size(64 << 20)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    tokio::time::timeout(LIMIT, async {
+        let req = Request::post("http://localhost/wirebench.echo.v1.Echo/Bidi")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let mut ready = client.ready().await.unwrap();
+        let (response, mut send) = ready.send_request(req, false).unwrap();
+        // directives { delay_us: 300_000 }: the handler sleeps before reading on.
+        send.send_data(frame(&field(2, &varint_field(5, 300_000))), false)
+            .unwrap();
+        for seq in 0..SMALL_FRAMES {
+            send.send_data(frame(&field(1, &seq.to_le_bytes())), false)
+                .unwrap();
+        }
+        send.send_data(Bytes::new(), true).unwrap();
+        let (parts, mut recv) = response.await.unwrap().into_parts();
+        assert_eq!(parts.status, 200);
+        let mut data = BytesMut::new();
+        while let Some(chunk) = recv.data().await {
+            let chunk = chunk.unwrap_or_else(|e| panic!("the response failed: {e}"));
+            let _ = recv.flow_control().release_capacity(chunk.len());
+            data.extend_from_slice(&chunk);
+        }
+        let trailers = recv.trailers().await.unwrap().unwrap();
+        assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+        // The delayed request's empty echo (an empty message), then every number in order.
+        let mut expected: Vec<u8> = frame(&[]).to_vec();
+        for seq in 0..SMALL_FRAMES {
+            expected.extend_from_slice(&frame(&field(1, &seq.to_le_bytes())));
+        }
+        assert!(
+            data[..] == expected[..],
+            "responses differ from the requests"
+        );
+    })
+    .await
+    .expect("timed out");
+    server.shutdown().await;
+}
+
+/// The client side of the same guard: a server streams 20,000 small messages, one DATA frame
+/// each, to a caller that reads only after 300 ms; every message arrives. (At h2's default
+/// budget for the client's 5 MiB window, about 10,800 such frames closed the connection.)
+#[tokio::test]
+async fn a_backlog_of_small_response_frames_keeps_the_connection() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = listener.local_addr().unwrap().to_string();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut conn = h2::server::handshake(tcp).await.unwrap();
+        let (request, mut respond) = conn.accept().await.unwrap().unwrap();
+        tokio::spawn(async move {
+            // Keep driving the connection (flow control, the client's reads).
+            while let Some(Ok(_)) = conn.accept().await {}
+        });
+        assert_eq!(request.uri().path(), "/wirebench.echo.v1.Echo/ServerStream");
+        let head = http::Response::builder()
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap();
+        let mut send = respond.send_response(head, false).unwrap();
+        for seq in 0..SMALL_FRAMES {
+            send.send_data(frame(&field(1, &seq.to_le_bytes())), false)
+                .unwrap();
+        }
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        send.send_trailers(trailers).unwrap();
+        // Hold the stream until the client has read it all.
+        std::future::poll_fn(|cx| send.poll_reset(cx)).await.ok();
+    });
+    tokio::time::timeout(LIMIT, async {
+        let c = Grpc
+            .connect(&ClientConfig::default(), &endpoint)
+            .await
+            .unwrap();
+        let (mut s, mut r) = c
+            .open(Method::ServerStream, &CallOptions::default())
+            .await
+            .unwrap();
+        s.send(EchoRequest::new(Vec::new())).await.unwrap();
+        s.close_send().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut expected = 0u64;
+        while let Some(m) = r
+            .recv()
+            .await
+            .unwrap_or_else(|e| panic!("after {expected} messages: {e}"))
+        {
+            assert_eq!(m.payload[..], expected.to_le_bytes(), "message {expected}");
+            expected += 1;
+        }
+        assert_eq!(expected, SMALL_FRAMES);
+    })
+    .await
+    .expect("timed out");
+    server.abort();
 }

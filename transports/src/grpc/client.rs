@@ -245,6 +245,10 @@ const DEFAULT_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 /// The client's connection window unless `connection_window` says otherwise (hyper's).
 const DEFAULT_CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 
+/// The client's budget for unread small DATA frames (h2 charges each frame under 256 bytes
+/// 256 minus its size): as the server's, half its 16 MiB connection window, ~34,000 frames.
+const SMALL_FRAME_BUDGET: usize = 8 * 1024 * 1024;
+
 /// Bytes moved by a connection, counted below TLS.
 #[derive(Debug, Default)]
 struct Counters {
@@ -503,11 +507,15 @@ where
     // responses buffered before their callers read them: default to hyper's windows, as the
     // server does.
     builder.initial_window_size(options.stream_window.unwrap_or(DEFAULT_STREAM_WINDOW));
-    builder.initial_connection_window_size(
-        options
-            .connection_window
-            .unwrap_or(DEFAULT_CONNECTION_WINDOW),
-    );
+    let connection_window = options
+        .connection_window
+        .unwrap_or(DEFAULT_CONNECTION_WINDOW);
+    builder.initial_connection_window_size(connection_window);
+    // h2's guard against floods of small DATA frames closes the connection once the unread
+    // ones cost more than its budget (by default half the connection window: ~10,800 frames
+    // of a small message at 5 MiB). A server streaming small messages to a caller that reads
+    // late fills it within flow control: give the client the server's tolerance.
+    builder.data_frame_budget((connection_window as usize / 2).max(SMALL_FRAME_BUDGET));
     let (send, mut conn) = builder
         .handshake::<_, Bytes>(io)
         .await

@@ -49,7 +49,11 @@
 //! | `max_concurrent_streams` | server | SETTINGS_MAX_CONCURRENT_STREAMS; clients queue calls beyond it |
 //!
 //! Unset keys keep hyper's defaults (the client's windows: 2 MiB per stream, 5 MiB per
-//! connection). The maximum message size is the transport-neutral
+//! connection; the server's stream window: 1 MiB), except the server's connection window:
+//! 16 MiB, because h2 drops a whole connection with `GOAWAY(ENHANCE_YOUR_CALM)` when the
+//! small DATA frames it holds unread cost more than half that window (a gRPC message under
+//! ~250 bytes is one such frame): 1 MiB let a 2 ms stall of a streaming handler end every call
+//! on its connection. The client sets the same budget (8 MiB) on its side. The maximum message size is the transport-neutral
 //! `ClientConfig::max_message_size` / `EchoConfig::max_message_size`.
 //!
 //! [PROTOCOL-HTTP2]: https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md

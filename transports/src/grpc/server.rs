@@ -46,6 +46,15 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// GOAWAY.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The server's connection window unless `connection_window` says otherwise (hyper's default
+/// is 1 MiB). h2 (0.4.16 on) closes a connection with `GOAWAY(ENHANCE_YOUR_CALM,
+/// "too_many_data_frames")` once the small DATA frames it holds unread cost more than a budget
+/// of half this window, and hyper has no knob for that budget. gRPC clients send one small
+/// frame per small message, so with 1 MiB a handler that fell ~2,100 such frames behind (a
+/// 2 ms stall of its thread on a busy 2-vCPU VM) lost its whole connection; at 16 MiB it is
+/// ~34,000 frames.
+pub(super) const DEFAULT_SERVER_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+
 /// A running `grpc` server.
 #[derive(Debug)]
 pub struct GrpcServer {
@@ -109,7 +118,11 @@ impl GrpcServer {
         http2
             .timer(TokioTimer::new())
             .initial_stream_window_size(options.stream_window)
-            .initial_connection_window_size(options.connection_window)
+            .initial_connection_window_size(
+                options
+                    .connection_window
+                    .unwrap_or(DEFAULT_SERVER_CONNECTION_WINDOW),
+            )
             .max_concurrent_streams(options.max_concurrent_streams);
         if options.adaptive_window {
             http2.adaptive_window(true);
