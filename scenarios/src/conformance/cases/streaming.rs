@@ -1,4 +1,7 @@
-//! Streaming cases: each streaming method, empty streams and a 100k-message integrity check.
+//! Streaming cases: each streaming method, empty streams, a 100k-message integrity check and
+//! backlogs of small messages on either side of a call.
+
+use std::time::Duration;
 
 use wirebench_transports::{
     CallReceiver, CallSender, Capability, Connection, Directives, EchoRequest, Method, pattern,
@@ -47,7 +50,34 @@ pub(super) const CASES: &[Case] = &[
         120,
         false
     ),
+    case!(
+        backlog_at_server,
+        "streaming",
+        &[Capability::Bidi],
+        "20,000 8-byte messages queue while the handler sleeps 300 ms: all echoed in order, \
+         the connection stays usable",
+        60,
+        false
+    ),
+    case!(
+        backlog_at_client,
+        "streaming",
+        &[Capability::Bidi],
+        "20,000 8-byte answers queue while the caller reads nothing for 300 ms: all arrive in \
+         order, the connection stays usable",
+        60,
+        false
+    ),
 ];
+
+/// Messages in each backlog case: more small messages than limits that count messages or
+/// frames rather than bytes let a peer hold unread (h2's small-DATA-frame guard: ~2,100
+/// frames at hyper's 1 MiB connection window, ~10,800 at tonic's 5 MiB client window), while
+/// few enough bytes (160 KB of payload) that byte-counting flow control never has to stop the
+/// sender.
+const BACKLOG: u64 = 20_000;
+/// How long one side of a backlog case falls behind.
+const BACKLOG_STALL: Duration = Duration::from_millis(300);
 
 fn sized(request: usize, response: u32, seed: u64) -> EchoRequest {
     EchoRequest::new(noise(request, seed)).with_directives(Directives {
@@ -166,14 +196,87 @@ async fn stream_integrity(ctx: Ctx) -> CaseResult {
     const N: u64 = 100_000;
     let server = ctx.server().await?;
     let c = ctx.connect(&server.endpoint).await?;
+    sequenced(&c, N, Duration::ZERO, Duration::ZERO, false).await?;
+    Ok(Some(format!("{N} messages in order")))
+}
+
+/// The handler falls behind: the first request asks the server to sleep before it reads on,
+/// so the rest queue in the transport (the case that cost grpc connections to h2's
+/// small-DATA-frame guard, `docs/measurements.md`).
+async fn backlog_at_server(ctx: Ctx) -> CaseResult {
+    let server = ctx.server().await?;
+    let c = ctx.connect(&server.endpoint).await?;
+    sequenced(&c, BACKLOG, BACKLOG_STALL, Duration::ZERO, true).await?;
+    still_usable(&c).await?;
+    Ok(Some(format!(
+        "{BACKLOG} messages in order after a {} ms stall",
+        BACKLOG_STALL.as_millis()
+    )))
+}
+
+/// The caller falls behind: it sends everything but reads nothing at first, so the answers
+/// queue on its side.
+async fn backlog_at_client(ctx: Ctx) -> CaseResult {
+    let server = ctx.server().await?;
+    let c = ctx.connect(&server.endpoint).await?;
+    sequenced(&c, BACKLOG, Duration::ZERO, BACKLOG_STALL, true).await?;
+    still_usable(&c).await?;
+    Ok(Some(format!(
+        "{BACKLOG} answers in order, read after {} ms",
+        BACKLOG_STALL.as_millis()
+    )))
+}
+
+/// A unary call on `c` after a case's stream: a transport that survived a stream by dropping
+/// its connection would fail here.
+async fn still_usable<C: Connection>(c: &C) -> Result<(), Failure> {
+    let payload = noise(64, 7);
+    let r = c
+        .unary(EchoRequest::new(payload.clone()), &opts())
+        .await
+        .map_err(|s| Failure(format!("a unary call after the stream failed: {s}")))?;
+    ensure!(
+        r.message.payload == payload,
+        "a unary call after the stream echoed other bytes"
+    );
+    Ok(())
+}
+
+/// One bidi call of `n` sequence-numbered 8-byte messages, sent while the answers are read
+/// and checked: no gap, duplicate or reorder, and all `n` back. The first request carries a
+/// `server_delay` directive (the handler sleeps before reading on); the reader starts
+/// `read_after` late. With `trickle` the sender yields after every message, as a caller that
+/// produces messages one at a time does, so transports that coalesce what is queued (tonic's
+/// encoder, write batching) put each message in a write of its own: the small writes that
+/// per-frame or per-message limits count.
+async fn sequenced<C: Connection>(
+    c: &C,
+    n: u64,
+    server_delay: Duration,
+    read_after: Duration,
+    trickle: bool,
+) -> Result<(), Failure> {
     let (mut s, mut r) = c.open(Method::Bidi, &opts()).await?;
     let send = async move {
-        for seq in 0..N {
-            s.send(EchoRequest::new(seq.to_le_bytes().to_vec())).await?;
+        for seq in 0..n {
+            let mut req = EchoRequest::new(seq.to_le_bytes().to_vec());
+            if seq == 0 && !server_delay.is_zero() {
+                req = req.with_directives(Directives {
+                    delay: server_delay,
+                    ..Default::default()
+                });
+            }
+            s.send(req).await?;
+            if trickle {
+                tokio::task::yield_now().await;
+            }
         }
         s.close_send().await
     };
     let check = async move {
+        if !read_after.is_zero() {
+            tokio::time::sleep(read_after).await;
+        }
         let mut expected = 0u64;
         while let Some(m) = r.recv().await? {
             let Ok(bytes) = <[u8; 8]>::try_from(&m.payload[..]) else {
@@ -201,9 +304,9 @@ async fn stream_integrity(ctx: Ctx) -> CaseResult {
     let checked = checked?;
     sent?;
     match checked {
-        Ok(n) => {
-            ensure!(n == N, "stream ended after {n} of {N} messages");
-            Ok(Some(format!("{N} messages in order")))
+        Ok(got) => {
+            ensure!(got == n, "stream ended after {got} of {n} messages");
+            Ok(())
         }
         Err(reason) => Err(Failure(reason)),
     }
