@@ -196,7 +196,7 @@ async fn stream_integrity(ctx: Ctx) -> CaseResult {
     const N: u64 = 100_000;
     let server = ctx.server().await?;
     let c = ctx.connect(&server.endpoint).await?;
-    sequenced(&c, N, Duration::ZERO, Duration::ZERO, false).await?;
+    sequenced(&c, N, Stall::None).await?;
     Ok(Some(format!("{N} messages in order")))
 }
 
@@ -204,10 +204,7 @@ async fn stream_integrity(ctx: Ctx) -> CaseResult {
 /// so the rest queue in the transport (the case that cost grpc connections to h2's
 /// small-DATA-frame guard, `docs/measurements.md`).
 async fn backlog_at_server(ctx: Ctx) -> CaseResult {
-    let server = ctx.server().await?;
-    let c = ctx.connect(&server.endpoint).await?;
-    sequenced(&c, BACKLOG, BACKLOG_STALL, Duration::ZERO, true).await?;
-    still_usable(&c).await?;
+    backlog(ctx, Stall::Handler(BACKLOG_STALL)).await?;
     Ok(Some(format!(
         "{BACKLOG} messages in order after a {} ms stall",
         BACKLOG_STALL.as_millis()
@@ -217,19 +214,19 @@ async fn backlog_at_server(ctx: Ctx) -> CaseResult {
 /// The caller falls behind: it sends everything but reads nothing at first, so the answers
 /// queue on its side.
 async fn backlog_at_client(ctx: Ctx) -> CaseResult {
-    let server = ctx.server().await?;
-    let c = ctx.connect(&server.endpoint).await?;
-    sequenced(&c, BACKLOG, Duration::ZERO, BACKLOG_STALL, true).await?;
-    still_usable(&c).await?;
+    backlog(ctx, Stall::Reader(BACKLOG_STALL)).await?;
     Ok(Some(format!(
         "{BACKLOG} answers in order, read after {} ms",
         BACKLOG_STALL.as_millis()
     )))
 }
 
-/// A unary call on `c` after a case's stream: a transport that survived a stream by dropping
-/// its connection would fail here.
-async fn still_usable<C: Connection>(c: &C) -> Result<(), Failure> {
+/// `BACKLOG` messages behind `stall`, then a unary call on the same connection: a transport
+/// that survived the backlog by dropping its connection fails there.
+async fn backlog(ctx: Ctx, stall: Stall) -> Result<(), Failure> {
+    let server = ctx.server().await?;
+    let c = ctx.connect(&server.endpoint).await?;
+    sequenced(&c, BACKLOG, stall).await?;
     let payload = noise(64, 7);
     let r = c
         .unary(EchoRequest::new(payload.clone()), &opts())
@@ -242,27 +239,31 @@ async fn still_usable<C: Connection>(c: &C) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Which side of a [`sequenced`] call falls behind, and for how long.
+#[derive(Clone, Copy)]
+enum Stall {
+    /// Neither: the sender writes as fast as the transport takes messages.
+    None,
+    /// The first request carries a `delay` directive: the handler sleeps before reading on.
+    Handler(Duration),
+    /// The caller starts reading answers this late.
+    Reader(Duration),
+}
+
 /// One bidi call of `n` sequence-numbered 8-byte messages, sent while the answers are read
-/// and checked: no gap, duplicate or reorder, and all `n` back. The first request carries a
-/// `server_delay` directive (the handler sleeps before reading on); the reader starts
-/// `read_after` late. With `trickle` the sender yields after every message, as a caller that
-/// produces messages one at a time does, so transports that coalesce what is queued (tonic's
-/// encoder, write batching) put each message in a write of its own: the small writes that
-/// per-frame or per-message limits count.
-async fn sequenced<C: Connection>(
-    c: &C,
-    n: u64,
-    server_delay: Duration,
-    read_after: Duration,
-    trickle: bool,
-) -> Result<(), Failure> {
+/// and checked: no gap, duplicate or reorder, and all `n` back. Behind a [`Stall`] the sender
+/// also yields after every message, as a caller that produces messages one at a time does,
+/// so transports that coalesce what is queued (tonic's encoder, write batching) put each
+/// message in a write of its own: the small writes that per-frame or per-message limits count.
+async fn sequenced<C: Connection>(c: &C, n: u64, stall: Stall) -> Result<(), Failure> {
+    let trickle = !matches!(stall, Stall::None);
     let (mut s, mut r) = c.open(Method::Bidi, &opts()).await?;
     let send = async move {
         for seq in 0..n {
             let mut req = EchoRequest::new(seq.to_le_bytes().to_vec());
-            if seq == 0 && !server_delay.is_zero() {
+            if let (0, Stall::Handler(delay)) = (seq, stall) {
                 req = req.with_directives(Directives {
-                    delay: server_delay,
+                    delay,
                     ..Default::default()
                 });
             }
@@ -274,8 +275,8 @@ async fn sequenced<C: Connection>(
         s.close_send().await
     };
     let check = async move {
-        if !read_after.is_zero() {
-            tokio::time::sleep(read_after).await;
+        if let Stall::Reader(late) = stall {
+            tokio::time::sleep(late).await;
         }
         let mut expected = 0u64;
         while let Some(m) = r.recv().await? {
