@@ -13,11 +13,11 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use gungraun::prelude::*;
 use wirebench::load::recorder::Recorder;
-use wirebench_transports::echo::CallHead;
-use wirebench_transports::tcp::codec::{
+use wirebench_core::echo::CallHead;
+use wirebench_core::{Code, Directives, Echo, EchoRequest, Metadata, Method};
+use wirebench_wire::codec::{
     Decoded, Decoder, FLAG_END_STREAM, OpenHeader, OutHeader, PREFACE, RequestHeader, WriteBatch,
 };
-use wirebench_transports::{Code, Directives, Echo, EchoRequest, Metadata, Method};
 
 const PAYLOAD: usize = 64;
 

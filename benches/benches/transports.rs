@@ -8,11 +8,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use wirebench_benches::{BenchServer, client_runtime};
-use wirebench_transports::registry::AnyTransport;
-use wirebench_transports::{
+use wirebench_core::{
     CallOptions, CallReceiver, CallSender, ClientConfig, Connection, Directives, EchoRequest,
     Method, Transport,
 };
+use wirebench_transports::registry::AnyTransport;
 
 const SIZES: [(usize, &str); 4] = [
     (0, "0B"),
@@ -66,7 +66,7 @@ fn server_stream(c: &mut Criterion) {
     for (t, server) in servers() {
         if !t
             .capabilities()
-            .supports(wirebench_transports::Capability::ServerStream)
+            .supports(wirebench_core::Capability::ServerStream)
         {
             continue;
         }

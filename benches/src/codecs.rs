@@ -3,12 +3,12 @@
 //! in each wire format a wirebench user weighs, with the same logical content in every one:
 //!
 //! - **rkyv frames** — the `tcp`/`quic` transports' own codec
-//!   ([`wirebench_transports::tcp::codec`]): a request is an OPEN frame (method, timeout,
+//!   ([`wirebench_wire::codec`]): a request is an OPEN frame (method, timeout,
 //!   metadata) and a MESSAGE frame (directives + payload); a response is HEADERS (metadata),
 //!   RESPONSE (counters + payload) and STATUS. Headers are rkyv archives, each frame has a
 //!   12-byte prefix, and the payload is *not* part of the archive: it follows its header and is
 //!   split off the read buffer without a copy; payloads over
-//!   [`COPY_THRESHOLD`](wirebench_transports::tcp::codec::COPY_THRESHOLD) are handed to the
+//!   [`COPY_THRESHOLD`](wirebench_wire::codec::COPY_THRESHOLD) are handed to the
 //!   socket by reference (vectored write) instead of being copied. Decoded two ways: headers
 //!   validated and read in place (what the transport does), or validated and fully
 //!   deserialized into owned values.
@@ -33,13 +33,13 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use wirebench_transports::grpc::proto;
-use wirebench_transports::message::pattern;
-use wirebench_transports::tcp::codec::{
+use wirebench_core::message::pattern;
+use wirebench_core::{Code, Directives, EchoRequest, EchoResponse, Metadata, Method, Status};
+use wirebench_grpc::proto;
+use wirebench_wire::codec::{
     Decoded, Decoder, FLAG_END_STREAM, Frame, MetadataHeader, NO_TIMEOUT, OpenHeader, OutHeader,
     Payload, RequestHeader, ResponseHeader, StatusHeader, WireEntry, WriteBatch,
 };
-use wirebench_transports::{Code, Directives, EchoRequest, EchoResponse, Metadata, Method, Status};
 
 /// Payload sizes measured, with their labels.
 pub const SIZES: [(usize, &str); 4] = [
@@ -489,7 +489,7 @@ impl RkyvCall {
             &rkyv::to_bytes::<rkyv::rancor::Error>(&self.request).expect("serializable"),
         );
         let archived = rkyv::access::<
-            wirebench_transports::tcp::codec::ArchivedRequestHeader,
+            wirebench_wire::codec::ArchivedRequestHeader,
             rkyv::rancor::Error,
         >(&aligned)
         .expect("valid");
@@ -622,7 +622,7 @@ impl PbCall {
                 response_sizes: d.response_sizes,
                 response_interval: Duration::from_micros(d.response_interval_us),
                 delay: Duration::from_micros(d.delay_us),
-                fail: d.fail.map(|f| wirebench_transports::message::FailWith {
+                fail: d.fail.map(|f| wirebench_core::message::FailWith {
                     code: Code::from_u32(f.code),
                     message: f.message,
                     after: f.after,
@@ -870,14 +870,11 @@ impl<'a> SerdeCall<'a> {
                 response_sizes: d.response_sizes.clone(),
                 response_interval: Duration::from_micros(d.response_interval_us),
                 delay: Duration::from_micros(d.delay_us),
-                fail: d
-                    .fail
-                    .as_ref()
-                    .map(|f| wirebench_transports::message::FailWith {
-                        code: Code::from_u32(f.code),
-                        message: f.message.clone().into_owned(),
-                        after: f.after,
-                    }),
+                fail: d.fail.as_ref().map(|f| wirebench_core::message::FailWith {
+                    code: Code::from_u32(f.code),
+                    message: f.message.clone().into_owned(),
+                    after: f.after,
+                }),
                 report_deadline: d.report_deadline,
             },
             payload: self.payload.0.to_vec(),

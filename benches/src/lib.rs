@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
+use wirebench_core::{Echo, Server, ServerConfig, Transport};
 use wirebench_transports::registry::AnyTransport;
-use wirebench_transports::{Echo, Server, ServerConfig, Transport};
 
 /// A server running on its own thread and current-thread runtime until dropped.
 #[derive(Debug)]

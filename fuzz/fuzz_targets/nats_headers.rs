@@ -7,7 +7,7 @@
 
 use async_nats::HeaderMap;
 use libfuzzer_sys::fuzz_target;
-use wirebench_transports::nats::wire;
+use wirebench_nats::wire;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

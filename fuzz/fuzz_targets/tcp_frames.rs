@@ -6,7 +6,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use wirebench_transports::tcp::codec::{Decoded, Decoder, Frame};
+use wirebench_wire::codec::{Decoded, Decoder, Frame};
 
 fn run(mut decoder: Decoder, data: &[u8], chunk: usize) {
     let mut buf = BytesMut::new();
@@ -18,7 +18,7 @@ fn run(mut decoder: Decoder, data: &[u8], chunk: usize) {
                 match frame {
                     Frame::Open(_, h) => {
                         let _ = h.timeout();
-                        let _ = wirebench_transports::tcp::codec::metadata_from_wire(&h.metadata);
+                        let _ = wirebench_wire::codec::metadata_from_wire(&h.metadata);
                     }
                     Frame::Message { header, payload, .. } => {
                         let _ = header.directives();
@@ -28,12 +28,12 @@ fn run(mut decoder: Decoder, data: &[u8], chunk: usize) {
                         let _ = h.status();
                     }
                     Frame::Headers(_, h) => {
-                        let _ = wirebench_transports::tcp::codec::metadata_from_wire(&h.entries);
+                        let _ = wirebench_wire::codec::metadata_from_wire(&h.entries);
                     }
                     Frame::Response { header, payload, .. } => {
                         let _ = header.response(match payload {
-                            wirebench_transports::tcp::codec::Payload::Bytes(b) => b,
-                            wirebench_transports::tcp::codec::Payload::TooLarge(_) => {
+                            wirebench_wire::codec::Payload::Bytes(b) => b,
+                            wirebench_wire::codec::Payload::TooLarge(_) => {
                                 bytes::Bytes::new()
                             }
                         });

@@ -1,77 +1,119 @@
-//! Brokers for a run: the `--nats-url` and `--mqtt-url` flags every command that runs transports
-//! takes, whether a broker transport can run here, and what a missing broker means — the
-//! transport is *skipped* with the install hint, except under CI (`CI` set), where it fails the
-//! run. (`mqtt` embeds its broker, so it always runs.)
+//! Brokers for a run: the `--broker-url` flag every command that runs transports takes (the
+//! URL's scheme picks the transport: each broker transport declares its own), whether a broker
+//! transport can run here, and what a missing broker means — the transport is *skipped* with
+//! the install hint, except under CI (`CI` set), where it fails the run. (`mqtt` embeds its
+//! broker, so it always runs.)
 
 use std::net::ToSocketAddrs;
 use std::time::Duration;
 
+use wirebench_core::broker::Broker;
+use wirebench_core::{Capability, ServerConfig, Transport};
 use wirebench_scenarios::conformance::Env;
-use wirebench_transports::broker::Broker;
 use wirebench_transports::registry::AnyTransport;
-use wirebench_transports::{Capability, ServerConfig, Transport};
 
 use crate::exit::bad_input;
 
 /// Broker flags shared by the commands that run transports.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct BrokerArgs {
-    /// Use the NATS broker (or cluster member) at this URL for the `nats` transport instead of
-    /// starting a private nats-server (e.g. nats://127.0.0.1:4222).
-    #[arg(long, value_name = "URL")]
-    pub nats_url: Option<String>,
-    /// Use the MQTT 5 broker at this URL for the `mqtt` transport instead of its embedded
-    /// broker (e.g. mqtt://127.0.0.1:1883 for a local mosquitto).
-    #[arg(long, value_name = "URL")]
-    pub mqtt_url: Option<String>,
+    /// Use the broker at this URL instead of starting a private one, for the broker transport
+    /// whose scheme the URL has (repeatable: nats://127.0.0.1:4222 for `nats`,
+    /// mqtt://127.0.0.1:1883 for `mqtt`, e.g. a local mosquitto). `--nats-url` and
+    /// `--mqtt-url` are aliases.
+    #[arg(
+        long = "broker-url",
+        value_name = "URL",
+        alias = "nats-url",
+        alias = "mqtt-url"
+    )]
+    pub urls: Vec<String>,
 }
 
-/// Checks one broker URL flag: the scheme, then that something accepts TCP connections there.
-fn check_url(flag: &str, url: &str, scheme: &str) -> anyhow::Result<()> {
-    let Some(authority) = url
-        .strip_prefix(scheme)
-        .map(|r| r.split('/').next().unwrap_or(r))
-        .filter(|a| !a.is_empty())
-    else {
+/// The URL schemes of the brokers of this build's transports (`nats`, `mqtt`).
+fn schemes() -> Vec<&'static str> {
+    AnyTransport::all()
+        .iter()
+        .filter_map(|t| t.broker().map(|b| b.scheme()))
+        .collect()
+}
+
+/// Checks one broker URL: a known scheme, then that something accepts TCP connections there.
+fn check_url(url: &str) -> anyhow::Result<()> {
+    let known = schemes();
+    let scheme = url.split_once("://").map(|(s, _)| s);
+    if !scheme.is_some_and(|s| known.contains(&s)) {
         return Err(bad_input(format!(
-            "{flag} {url:?}: expected {scheme}HOST:PORT"
+            "--broker-url {url:?}: expected SCHEME://HOST:PORT with a scheme of this build's \
+             brokers ({})",
+            known
+                .iter()
+                .map(|s| format!("{s}://"))
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
-    };
+    }
+    let authority = url
+        .split_once("://")
+        .map(|(_, r)| r.split('/').next().unwrap_or(r))
+        .unwrap_or_default();
+    if authority.is_empty() {
+        return Err(bad_input(format!(
+            "--broker-url {url:?}: missing HOST:PORT after the scheme"
+        )));
+    }
     let addrs: Vec<_> = authority
         .to_socket_addrs()
-        .map_err(|e| bad_input(format!("{flag} {url:?}: cannot resolve {authority}: {e}")))?
+        .map_err(|e| {
+            bad_input(format!(
+                "--broker-url {url:?}: cannot resolve {authority}: {e}"
+            ))
+        })?
         .collect();
     let reachable = addrs
         .iter()
         .any(|a| std::net::TcpStream::connect_timeout(a, Duration::from_secs(3)).is_ok());
     if !reachable {
         return Err(bad_input(format!(
-            "{flag} {url:?}: no broker accepts connections at {authority}"
+            "--broker-url {url:?}: no broker accepts connections at {authority}"
         )));
     }
     Ok(())
 }
 
 impl BrokerArgs {
-    /// Checks the flags: each URL must have its broker's scheme and its broker must accept
-    /// TCP connections.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        if let Some(url) = &self.nats_url {
-            check_url("--nats-url", url, "nats://")?;
+    /// Brokers at these URLs.
+    pub fn with_urls(urls: impl IntoIterator<Item = String>) -> BrokerArgs {
+        BrokerArgs {
+            urls: urls.into_iter().collect(),
         }
-        if let Some(url) = &self.mqtt_url {
-            check_url("--mqtt-url", url, "mqtt://")?;
+    }
+
+    /// Checks the flags: each URL must have a broker's scheme, at most one per scheme, and
+    /// its broker must accept TCP connections.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for (i, url) in self.urls.iter().enumerate() {
+            check_url(url)?;
+            let scheme = url.split_once("://").map(|(s, _)| s);
+            if let Some(other) = self.urls[..i]
+                .iter()
+                .find(|u| u.split_once("://").map(|(s, _)| s) == scheme)
+            {
+                return Err(bad_input(format!(
+                    "--broker-url {url:?}: {other:?} already names the broker for this scheme"
+                )));
+            }
         }
         Ok(())
     }
 
-    /// The external broker for `transport`, if one was given.
+    /// The external broker for `transport`, if one was given: the URL with its broker's scheme.
     pub fn url_for(&self, transport: &AnyTransport) -> Option<&str> {
-        match transport {
-            AnyTransport::Nats(_) => self.nats_url.as_deref(),
-            AnyTransport::Mqtt(_) => self.mqtt_url.as_deref(),
-            _ => None,
-        }
+        let scheme = transport.broker()?.scheme();
+        self.urls
+            .iter()
+            .find(|u| u.split_once("://").is_some_and(|(s, _)| s == scheme))
+            .map(String::as_str)
     }
 
     /// How `transport`'s servers are started: on the external broker when given, else on
@@ -96,7 +138,7 @@ impl BrokerArgs {
                 Capability::BrokerDurable,
                 format!(
                     "the broker at {url} is external: the harness cannot restart it (run \
-                     without the broker's --*-url flag to use a private broker)"
+                     without --broker-url to use a private broker)"
                 ),
             ));
         }
@@ -141,27 +183,17 @@ pub fn availability(transport: &AnyTransport, brokers: &BrokerArgs) -> Availabil
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "nats", feature = "mqtt"))]
 mod tests {
     use super::*;
 
     #[test]
     fn urls_are_checked() {
-        let bad = BrokerArgs {
-            nats_url: Some("127.0.0.1:4222".into()),
-            ..BrokerArgs::default()
-        };
+        let bad = BrokerArgs::with_urls(["127.0.0.1:4222".to_owned()]);
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("nats://") && e.contains("mqtt://"), "{e}");
+        let bad = BrokerArgs::with_urls(["amqp://127.0.0.1:5672".to_owned()]);
         assert!(bad.validate().is_err());
-        let bad = BrokerArgs {
-            mqtt_url: Some("nats://127.0.0.1:4222".into()),
-            ..BrokerArgs::default()
-        };
-        assert!(
-            bad.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("expected mqtt://")
-        );
         let none = BrokerArgs::default();
         assert!(none.validate().is_ok());
         // A port nobody listens on, held for the whole test: a socket bound but never
@@ -173,30 +205,23 @@ mod tests {
         held.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
             .unwrap();
         let port = held.local_addr().unwrap().as_socket().unwrap().port();
-        let closed = BrokerArgs {
-            nats_url: Some(format!("nats://127.0.0.1:{port}")),
-            ..BrokerArgs::default()
-        };
-        let e = closed.validate().unwrap_err().to_string();
-        assert!(e.contains("no broker accepts connections"), "{e}");
-        let closed = BrokerArgs {
-            mqtt_url: Some(format!("mqtt://127.0.0.1:{port}")),
-            ..BrokerArgs::default()
-        };
-        let e = closed.validate().unwrap_err().to_string();
-        assert!(
-            e.contains("--mqtt-url") && e.contains("no broker accepts"),
-            "{e}"
-        );
+        for scheme in ["nats", "mqtt"] {
+            let closed = BrokerArgs::with_urls([format!("{scheme}://127.0.0.1:{port}")]);
+            let e = closed.validate().unwrap_err().to_string();
+            assert!(
+                e.contains("--broker-url") && e.contains("no broker accepts connections"),
+                "{e}"
+            );
+        }
         drop(held);
     }
 
     #[test]
-    fn external_brokers_withdraw_restarts() {
-        let args = BrokerArgs {
-            nats_url: Some("nats://127.0.0.1:4222".into()),
-            mqtt_url: Some("mqtt://127.0.0.1:1883".into()),
-        };
+    fn the_scheme_picks_the_transport() {
+        let args = BrokerArgs::with_urls([
+            "nats://127.0.0.1:4222".to_owned(),
+            "mqtt://127.0.0.1:1883".to_owned(),
+        ]);
         let nats = AnyTransport::by_name("nats").unwrap();
         let tcp = AnyTransport::by_name("tcp").unwrap();
         let env = args.env_for(&nats, &Env::default());
@@ -219,5 +244,10 @@ mod tests {
             availability(&mqtt, &BrokerArgs::default()),
             Availability::Ready
         );
+        let twice = BrokerArgs::with_urls([
+            "nats://127.0.0.1:1".to_owned(),
+            "nats://127.0.0.1:2".to_owned(),
+        ]);
+        assert!(twice.validate().is_err());
     }
 }

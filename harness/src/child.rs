@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use wirebench_transports::tls::TlsMode;
+use wirebench_tls::TlsMode;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;

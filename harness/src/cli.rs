@@ -53,8 +53,10 @@ pub enum Command {
 fn init_tracing(verbose: u8) {
     let default = match verbose {
         // Servers log the protocol errors that conformance cases provoke on purpose; the
-        // harness reports outcomes itself, so those logs show from -v on.
-        0 => "warn,wirebench_transports=error",
+        // harness reports outcomes itself, so those logs show from -v on. A target directive
+        // matches by prefix: `wirebench_` is every library crate (core, the transports,
+        // policy, ...), never this binary's own `wirebench::` target.
+        0 => "warn,wirebench_=error",
         1 => "info",
         2 => "debug",
         _ => "trace",

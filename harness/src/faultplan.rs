@@ -14,19 +14,20 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use wirebench_transports::policy::{PolicyConfig, ReconnectConfig};
+use wirebench_policy::{PolicyConfig, ReconnectConfig};
 
 use anyhow::{Context, Result, anyhow};
 use hdrhistogram::Histogram;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use wirebench_core::{Capability, ClientConfig, Code, Transport, WireProtocol};
 use wirebench_reports::histogram::{decode, encode, latency_histogram, summarize};
 use wirebench_reports::results::{
     Accounting, FaultEvent, FaultPhaseRecord, FaultRunRecord, IntervalRecord, RecoveryRecord,
     ServerInfo, Validity,
 };
 use wirebench_scenarios::faultplan::{FaultPlan, Phase, ProcessFault, ProcessTarget};
-use wirebench_transports::{AnyTransport, Capability, ClientConfig, Code, Transport, WireProtocol};
+use wirebench_transports::AnyTransport;
 
 use crate::child::{ChildServer, ServerCommand};
 use crate::exit::bad_input;

@@ -17,14 +17,11 @@ use bytes::Bytes;
 use futures::future::join_all;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use wirebench_transports::grpc::baseline as grpc_min;
-use wirebench_transports::nats::baseline::{BaselineClient, BaselineServer};
-use wirebench_transports::nats::broker::NatsProcess;
-use wirebench_transports::quic::baseline as quic_min;
-use wirebench_transports::registry::{AnyConnection, AnyServer, AnyTransport};
-use wirebench_transports::{
+use wirebench_core::Yardstick;
+use wirebench_core::{
     CallOptions, ClientConfig, Connection, Echo, EchoRequest, Server, ServerConfig, Transport,
 };
+use wirebench_transports::registry::{AnyConnection, AnyServer, AnyTransport, AnyYardstick};
 
 use crate::affinity::{CpuMask, CpusSeen, Pin, current_cpu, pin_current_thread};
 use crate::load::{self, EngineOptions, NoHooks, Target};
@@ -386,222 +383,37 @@ impl PlainTarget for TransportTarget {
     }
 }
 
-/// The minimal plain async-nats request/reply pair, on a private broker or `url`.
-struct NatsBaseline {
-    url: Option<String>,
-}
-
-/// The subject the yardstick answers on.
-const BASELINE_SUBJECT: &str = "wb.floor.baseline";
-
-impl PlainTarget for NatsBaseline {
-    type Running = (BaselineServer, Option<NatsProcess>);
-    type Conn = BaselineClient;
+/// A transport's yardstick (see `wirebench_core::yardstick`): each transport declares its own.
+impl PlainTarget for AnyYardstick {
+    type Running = <AnyYardstick as Yardstick>::Server;
+    type Conn = <AnyYardstick as Yardstick>::Client;
 
     async fn serve(&self) -> Result<(Self::Running, String)> {
-        let (url, broker) = match &self.url {
-            Some(u) => (u.clone(), None),
-            None => {
-                let b = NatsProcess::start(([127, 0, 0, 1], 0).into()).await?;
-                (b.url(), Some(b))
-            }
-        };
-        let server = BaselineServer::start(&url, BASELINE_SUBJECT).await?;
-        Ok(((server, broker), url))
-    }
-
-    async fn stop((server, broker): Self::Running) {
-        server.stop();
-        if let Some(b) = broker {
-            b.stop().await;
-        }
-    }
-
-    async fn connect(&self, endpoint: &str) -> Result<BaselineClient> {
-        Ok(BaselineClient::connect(endpoint, BASELINE_SUBJECT).await?)
-    }
-
-    async fn call(conn: &BaselineClient, payload: Bytes) -> Result<()> {
-        conn.call(payload).await?;
-        Ok(())
-    }
-
-    async fn close(_conn: BaselineClient) {}
-}
-
-/// The yardstick for `tcp`: the floor's ping-pong with tokio on both sides (current-thread
-/// runtimes, a `TCP_NODELAY` socket, no framing, no codec), through the plain client loop. Its
-/// gap to the floor is what an async runtime alone costs (epoll instead of a blocking read,
-/// the scheduler), so `tcp*` next to it shows what the transport itself adds.
-struct TokioPingPong {
-    payload: usize,
-}
-
-/// A `TokioPingPong` client: one socket and its read buffer (one call at a time).
-struct PingPongConn(tokio::sync::Mutex<(tokio::net::TcpStream, Vec<u8>)>);
-
-impl PlainTarget for TokioPingPong {
-    type Running = tokio::task::AbortHandle;
-    type Conn = PingPongConn;
-
-    async fn serve(&self) -> Result<(Self::Running, String)> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("binding the tokio ping-pong listener")?;
-        let addr = listener.local_addr()?;
-        let payload = self.payload.max(1);
-        let task = tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                let _ = s.set_nodelay(true);
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; payload];
-                    while s.read_exact(&mut buf).await.is_ok() {
-                        if s.write_all(&buf).await.is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-        });
-        Ok((task.abort_handle(), addr.to_string()))
+        Ok(Yardstick::serve(self).await?)
     }
 
     async fn stop(running: Self::Running) {
-        running.abort();
-    }
-
-    async fn connect(&self, endpoint: &str) -> Result<PingPongConn> {
-        let s = tokio::net::TcpStream::connect(endpoint)
-            .await
-            .with_context(|| format!("connecting to the tokio ping-pong at {endpoint}"))?;
-        s.set_nodelay(true)?;
-        Ok(PingPongConn(tokio::sync::Mutex::new((
-            s,
-            vec![0u8; self.payload.max(1)],
-        ))))
-    }
-
-    async fn call(conn: &PingPongConn, payload: Bytes) -> Result<()> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut guard = conn.0.lock().await;
-        let (s, buf) = &mut *guard;
-        // The floor sends at least one byte; so does its yardstick.
-        let out: &[u8] = if payload.is_empty() {
-            &[0x5a]
-        } else {
-            &payload
-        };
-        s.write_all(out).await?;
-        s.read_exact(&mut buf[..out.len()]).await?;
-        Ok(())
-    }
-
-    async fn close(_conn: PingPongConn) {}
-}
-
-/// The yardstick for `quic`: stock quinn, one stream per call carrying the raw payload (see
-/// [`wirebench_transports::quic::baseline`]).
-#[derive(Default)]
-struct QuinnBaseline {
-    /// The server's throwaway certificate, for the client to trust (set by `serve`).
-    cert: std::sync::OnceLock<Vec<u8>>,
-}
-
-impl PlainTarget for QuinnBaseline {
-    type Running = quic_min::BaselineServer;
-    type Conn = quic_min::BaselineClient;
-
-    async fn serve(&self) -> Result<(Self::Running, String)> {
-        let server = quic_min::BaselineServer::start()?;
-        let addr = server.addr()?;
-        let _ = self.cert.set(server.certificate());
-        Ok((server, addr.to_string()))
-    }
-
-    async fn stop(running: Self::Running) {
-        running.stop();
+        <AnyYardstick as Yardstick>::stop(running).await;
     }
 
     async fn connect(&self, endpoint: &str) -> Result<Self::Conn> {
-        let addr = endpoint
-            .parse()
-            .with_context(|| format!("the quinn yardstick's address {endpoint}"))?;
-        let cert = self.cert.get().cloned().unwrap_or_default();
-        Ok(quic_min::BaselineClient::connect(addr, cert).await?)
+        Ok(Yardstick::connect(self, endpoint).await?)
     }
 
     async fn call(conn: &Self::Conn, payload: Bytes) -> Result<()> {
-        conn.call(&payload).await?;
-        Ok(())
+        Ok(<AnyYardstick as Yardstick>::call(conn, payload).await?)
     }
 
     async fn close(conn: Self::Conn) {
-        conn.close();
+        <AnyYardstick as Yardstick>::close(conn).await;
     }
 }
 
-/// The yardstick for `grpc`: tonic's stock server and Channel (see
-/// [`wirebench_transports::grpc::baseline`]).
-struct TonicBaseline;
-
-impl PlainTarget for TonicBaseline {
-    type Running = grpc_min::BaselineServer;
-    type Conn = grpc_min::BaselineClient;
-
-    async fn serve(&self) -> Result<(Self::Running, String)> {
-        let server = grpc_min::BaselineServer::start()?;
-        let addr = server.addr();
-        Ok((server, addr.to_string()))
-    }
-
-    async fn stop(running: Self::Running) {
-        running.stop();
-    }
-
-    async fn connect(&self, endpoint: &str) -> Result<Self::Conn> {
-        let addr = endpoint
-            .parse()
-            .with_context(|| format!("the tonic yardstick's address {endpoint}"))?;
-        Ok(grpc_min::BaselineClient::connect(addr).await?)
-    }
-
-    async fn call(conn: &Self::Conn, payload: Bytes) -> Result<()> {
-        conn.call(payload).await?;
-        Ok(())
-    }
-
-    async fn close(_conn: Self::Conn) {}
-}
-
-/// Measures `tokio-min*`, the minimal tokio ping-pong (see [`TokioPingPong`]), with the plain
-/// client loop.
-pub fn measure_tokio_ping_pong(cfg: &ProbeConfig) -> Result<Probe> {
-    run_probe(
-        "tokio-min*",
-        TokioPingPong {
-            payload: cfg.payload,
-        },
-        cfg,
-    )
-}
-
-/// Measures `quinn-min*`, the minimal quinn request/response (see [`QuinnBaseline`]), with the
-/// plain client loop.
-pub fn measure_quinn_baseline(cfg: &ProbeConfig) -> Result<Probe> {
-    run_probe("quinn-min*", QuinnBaseline::default(), cfg)
-}
-
-/// Measures `tonic-min*`, the minimal tonic unary echo (see [`TonicBaseline`]), with the plain
-/// client loop.
-pub fn measure_tonic_baseline(cfg: &ProbeConfig) -> Result<Probe> {
-    run_probe("tonic-min*", TonicBaseline, cfg)
-}
-
-/// Measures the minimal plain async-nats request/reply pair (`nats-min*`), the yardstick for
-/// `nats`, on a private broker or the one at `url`, with the plain client loop.
-pub fn measure_nats_baseline(cfg: &ProbeConfig, url: Option<String>) -> Result<Probe> {
-    run_probe("nats-min*", NatsBaseline { url }, cfg)
+/// Measures a transport's yardstick (its `name()`, e.g. `nats-min*`) with the plain client
+/// loop, like for like with [`measure_plain`].
+pub fn measure_yardstick(yardstick: AnyYardstick, cfg: &ProbeConfig) -> Result<Probe> {
+    let name = yardstick.name();
+    run_probe(name, yardstick, cfg)
 }
 
 /// Measures a transport with the plain client loop (`<name>*`), for a like-for-like comparison
@@ -767,6 +579,18 @@ mod tests {
         assert!(probed.spun_ns >= 20_000_000 && probed.lost_ns <= probed.spun_ns);
     }
 
+    /// The yardstick transport `name` declares for `cfg`.
+    fn yardstick_of(name: &str, cfg: &ProbeConfig) -> AnyYardstick {
+        let config = wirebench_core::YardstickConfig {
+            payload: cfg.payload,
+            in_flight: cfg.in_flight,
+            broker_url: None,
+        };
+        AnyTransport::by_name(name)
+            .and_then(|t| t.yardstick(&config))
+            .expect("the transport declares a yardstick")
+    }
+
     /// The floor and its tokio yardstick each complete round trips of every payload size
     /// (an echo that answered short would leave `read_exact` waiting: the time limit fails it).
     #[test]
@@ -781,7 +605,7 @@ mod tests {
             };
             let floor = within(Duration::from_secs(20), move || measure_floor(&cfg)).unwrap();
             let tokio = within(Duration::from_secs(20), move || {
-                measure_tokio_ping_pong(&cfg)
+                measure_yardstick(yardstick_of("tcp", &cfg), &cfg)
             })
             .unwrap();
             for p in [&floor, &tokio] {
@@ -807,10 +631,10 @@ mod tests {
                 in_flight,
             };
             let quinn = within(Duration::from_secs(20), move || {
-                measure_quinn_baseline(&cfg)
+                measure_yardstick(yardstick_of("quic", &cfg), &cfg)
             });
             let tonic = within(Duration::from_secs(20), move || {
-                measure_tonic_baseline(&cfg)
+                measure_yardstick(yardstick_of("grpc", &cfg), &cfg)
             });
             for (p, name) in [
                 (quinn.unwrap(), "quinn-min*"),

@@ -9,6 +9,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
+use wirebench_core::transport::Options;
+use wirebench_core::{
+    CallOptions, Capability, ClientConfig, Code, Connection, Echo, EchoRequest, Server,
+    ServerConfig, Transport,
+};
 use wirebench_reports::histogram::{encode, summarize};
 use wirebench_reports::results::{
     IntervalRecord, ProcessUsage, RunHistograms, RunParams, RunRecord, RunSummary, ServerInfo,
@@ -16,13 +21,9 @@ use wirebench_reports::results::{
 };
 use wirebench_scenarios::load::{Length, LoadSpec, Mode};
 use wirebench_scenarios::suite::ValiditySpec;
+use wirebench_tls::{TlsMaterial, TlsMode};
+use wirebench_transports::AnyTransport;
 use wirebench_transports::registry::AnyServer;
-use wirebench_transports::tls::{TlsMaterial, TlsMode};
-use wirebench_transports::transport::Options;
-use wirebench_transports::{
-    AnyTransport, CallOptions, Capability, ClientConfig, Code, Connection, Echo, EchoRequest,
-    Server, ServerConfig, Transport,
-};
 
 use crate::affinity::{CpusSeen, Pin};
 use crate::child::{ChildServer, ServerCommand};

@@ -17,13 +17,12 @@
 use std::sync::Arc;
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use wirebench::brokers::{Availability, BrokerArgs, availability, in_ci};
+use wirebench::brokers::{Availability, BrokerArgs, availability};
 use wirebench::proxy::HarnessFaults;
+use wirebench_core::{Capability, Transport};
 use wirebench_scenarios::conformance::{self, Env, Outcome};
-use wirebench_transports::mqtt::mosquitto::Mosquitto;
+use wirebench_tls::{TlsMaterial, TlsMode};
 use wirebench_transports::registry::AnyTransport;
-use wirebench_transports::tls::{TlsMaterial, TlsMode};
-use wirebench_transports::{Capability, Transport};
 
 fn main() {
     let args = Arguments::from_args();
@@ -46,10 +45,11 @@ fn main() {
     }
     .with_tls(TlsMode::Mutual, material);
     let env_url = |name: &str| std::env::var(name).ok().filter(|u| !u.is_empty());
-    let brokers = BrokerArgs {
-        nats_url: env_url("WIREBENCH_NATS_URL"),
-        mqtt_url: env_url("WIREBENCH_MQTT_URL"),
-    };
+    let brokers = BrokerArgs::with_urls(
+        ["WIREBENCH_NATS_URL", "WIREBENCH_MQTT_URL"]
+            .into_iter()
+            .filter_map(env_url),
+    );
     let mut trials = Vec::new();
     for transport in AnyTransport::all() {
         let skip = match availability(&transport, &brokers) {
@@ -79,33 +79,10 @@ fn main() {
             add_cases(&mut trials, &label, transport, &env, skip);
         }
     }
-    // mqtt against an external broker: mosquitto, for this run only.
-    let mosquitto = match Mosquitto::start() {
-        Ok(m) => Some(m),
-        Err(e) if e.is_not_installed() && !in_ci() => {
-            eprintln!("skipping mqtt@mosquitto cases: {e}");
-            None
-        }
-        Err(e) => {
-            let why = format!("mosquitto: {e}");
-            trials.push(
-                Trial::test("mqtt@mosquitto::broker_available", move || {
-                    Err(Failed::from(why))
-                })
-                .with_kind("broker"),
-            );
-            None
-        }
-    };
-    if let (Some(m), Some(mqtt)) = (&mosquitto, AnyTransport::by_name("mqtt")) {
-        let external = BrokerArgs {
-            mqtt_url: Some(m.url()),
-            ..BrokerArgs::default()
-        };
-        let env = Arc::new(external.env_for(&mqtt, &plain));
-        add_cases(&mut trials, "mqtt@mosquitto", mqtt, &env, false);
-    }
+    #[cfg(feature = "mqtt")]
+    let mosquitto = mosquitto_cases(&mut trials, &plain);
     let conclusion = libtest_mimic::run(&args, trials);
+    #[cfg(feature = "mqtt")]
     drop(mosquitto);
     conclusion.exit();
 }
@@ -118,7 +95,7 @@ fn add_cases(
     env: &Arc<Env>,
     skip: bool,
 ) {
-    for case in conformance::cases() {
+    for case in conformance::cases::<AnyTransport>() {
         let name = format!("{label}::{}", case.name);
         let unsupported = conformance::precheck(&case, &transport, env).is_some();
         let env = env.clone();
@@ -142,4 +119,38 @@ fn add_cases(
             .with_ignored_flag(unsupported || skip),
         );
     }
+}
+
+/// mqtt against an external broker: mosquitto, started for this run only (kept running while
+/// the returned handle lives).
+#[cfg(feature = "mqtt")]
+fn mosquitto_cases(
+    trials: &mut Vec<Trial>,
+    plain: &Env,
+) -> Option<wirebench_transports::mqtt::mosquitto::Mosquitto> {
+    use wirebench::brokers::in_ci;
+    use wirebench_transports::mqtt::mosquitto::Mosquitto;
+    let mosquitto = match Mosquitto::start() {
+        Ok(m) => Some(m),
+        Err(e) if e.is_not_installed() && !in_ci() => {
+            eprintln!("skipping mqtt@mosquitto cases: {e}");
+            None
+        }
+        Err(e) => {
+            let why = format!("mosquitto: {e}");
+            trials.push(
+                Trial::test("mqtt@mosquitto::broker_available", move || {
+                    Err(Failed::from(why))
+                })
+                .with_kind("broker"),
+            );
+            None
+        }
+    };
+    if let (Some(m), Some(mqtt)) = (&mosquitto, AnyTransport::by_name("mqtt")) {
+        let external = BrokerArgs::with_urls([m.url()]);
+        let env = Arc::new(external.env_for(&mqtt, plain));
+        add_cases(trials, "mqtt@mosquitto", mqtt, &env, false);
+    }
+    mosquitto
 }

@@ -7,11 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use wirebench::load::{self, EngineOptions, NoHooks, Target};
+use wirebench_core::{ClientConfig, Code, Echo, Server, ServerConfig, Transport};
 use wirebench_scenarios::load::{Length, LoadSpec, Mode, Schedule, Stall};
+use wirebench_transports::AnyTransport;
 use wirebench_transports::registry::AnyServer;
-use wirebench_transports::{
-    AnyTransport, ClientConfig, Code, Echo, Server, ServerConfig, Transport,
-};
 
 /// A server on its own runtime, for the test's lifetime.
 struct Served {
@@ -133,9 +132,9 @@ fn closed_loop_counts_add_up() {
 fn streams_count_messages() {
     let (_served, target) = serve("tcp");
     for (method, sent, received) in [
-        (wirebench_transports::Method::Bidi, 5, 5),
-        (wirebench_transports::Method::ServerStream, 1, 5),
-        (wirebench_transports::Method::ClientStream, 5, 1),
+        (wirebench_core::Method::Bidi, 5, 5),
+        (wirebench_core::Method::ServerStream, 1, 5),
+        (wirebench_core::Method::ClientStream, 5, 1),
     ] {
         let spec = LoadSpec {
             method,
@@ -153,7 +152,7 @@ fn streams_count_messages() {
         assert_eq!(m.messages_received, 200 * received, "{method:?}");
         let per_message = m.message.as_ref().map_or(0, |h| h.len());
         match method {
-            wirebench_transports::Method::ClientStream => assert_eq!(per_message, 0),
+            wirebench_core::Method::ClientStream => assert_eq!(per_message, 0),
             _ => assert_eq!(per_message, 200 * 5, "{method:?}"),
         }
     }

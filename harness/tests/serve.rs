@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use wirebench_transports::registry::AnyTransport;
-use wirebench_transports::{
-    AnyConnection, CallOptions, ClientConfig, Code, Connection, Directives, EchoRequest, Transport,
+use wirebench_core::{
+    CallOptions, ClientConfig, Code, Connection, Directives, EchoRequest, Transport,
 };
+use wirebench_transports::registry::{AnyConnection, AnyTransport};
 
 const LIMIT: Duration = Duration::from_secs(30);
 

@@ -89,7 +89,7 @@ pub enum PolicyChoice {
     None,
     /// Run with the policy only (`runs = "with"`) or twice, without and with (`runs =
     /// "both"`). The configuration is passed through untouched to the policy layer
-    /// (`transports::policy::PolicyConfig`), which owns its format.
+    /// (`wirebench_policy::PolicyConfig`), which owns its format.
     With {
         /// Also run without the policy, for the side-by-side comparison.
         also_without: bool,

@@ -222,7 +222,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     if s.starts_with('-') {
         return Err(format!("{s:?}: durations cannot be negative"));
     }
-    crate::units::parse_duration(s)
+    crate::units::parse_duration(s).map_err(|e| e.to_string())
 }
 
 fn parse_probability(s: &str) -> Result<f64, String> {

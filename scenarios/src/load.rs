@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use wirebench_transports::tls::TlsMode;
-use wirebench_transports::{Capability, Method};
+use wirebench_core::tls::TlsMode;
+use wirebench_core::{Capability, Method};
 
 /// How requests are issued.
 #[derive(Clone, Debug, PartialEq)]

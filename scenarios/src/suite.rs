@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use thiserror::Error;
-use wirebench_transports::Method;
-use wirebench_transports::tls::TlsMode;
+use wirebench_core::Method;
+use wirebench_core::tls::TlsMode;
 
 use crate::faultplan::{FaultPlan, Phase, PolicyChoice, ProcessFault, ProcessTarget};
 use crate::load::{Length, LoadSpec, Mode, Schedule, Stall};
@@ -746,7 +746,9 @@ fn resolve_point(
             Some(t) => t
                 .get_ref()
                 .parse()
-                .map_err(|e: String| cx.err(t.span(), format!("load point {name:?}: tls: {e}")))?,
+                .map_err(|e: wirebench_core::tls::UnknownTlsMode| {
+                    cx.err(t.span(), format!("load point {name:?}: tls: {e}"))
+                })?,
         },
     };
     spec.validate().map_err(at)?;

@@ -1,37 +1,22 @@
-//! wirebench's RPC model — the `Echo` service, status codes, metadata, deadlines,
-//! cancellation, capabilities — and one module per transport implementing it.
+//! The facade over wirebench's transports: the [`registry`] that selects one by name at run
+//! time without boxing a call, with every transport crate behind a cargo feature of the same
+//! name (default: all). `cargo build --no-default-features --features tcp` builds a wirebench
+//! with `inproc` and `tcp` alone — no tonic, quinn or broker client in the tree.
 //!
-//! Every transport serves the same [`echo::Echo`] logic and is called through the same
-//! [`transport::Connection`] contract, so a comparison measures the transport alone.
-//! [`registry`] selects a transport by name at run time without boxing a call.
+//! Adding a transport is its crate (`transports/<name>/`, depending on `wirebench-core` and the
+//! shared crates it needs), a feature here, and one line in the `registry!` invocation.
+//! Nothing else in wirebench matches on transport names: a transport declares its
+//! capabilities, its broker URL scheme and its yardstick itself.
 
-pub mod broker;
-pub mod call;
-pub mod drain;
-pub mod echo;
-pub(crate) mod flow;
-pub mod grpc;
-pub mod inproc;
-pub mod message;
-pub mod metadata;
-pub mod mqtt;
-pub mod nats;
-pub mod policy;
-pub mod quic;
 pub mod registry;
-pub mod status;
-pub mod tcp;
-pub mod tls;
-pub mod transport;
 
-pub use drain::DrainReport;
-pub use echo::{CallHead, Echo, EchoConfig, Observed, ServerCall};
-pub use message::{Directives, EchoRequest, EchoResponse, FailWith, Method, pattern};
-pub use metadata::{Metadata, MetadataValue};
-pub use registry::{AnyConnection, AnyReceiver, AnySender, AnyServer, AnyTransport};
-pub use status::{Code, Status};
-pub use transport::{
-    CallOptions, CallReceiver, CallSender, Capabilities, Capability, ClientConfig, Connection,
-    NetworkPath, Server, ServerConfig, Transport, TransportError, UnaryReply, WireBytes,
-    WireProtocol,
+pub use registry::{
+    AnyBroker, AnyBrokerClient, AnyBrokerHandle, AnyConnection, AnyConsumer, AnyDelivery,
+    AnyReceiver, AnySender, AnyServer, AnySubscription, AnyTransport, AnyYardstick, names,
+    transport,
 };
+
+#[cfg(feature = "mqtt")]
+pub use wirebench_mqtt as mqtt;
+#[cfg(feature = "nats")]
+pub use wirebench_nats as nats;

@@ -1,50 +1,61 @@
 //! Run-time selection of a transport by name, by enum dispatch: a call through
-//! [`AnyConnection`] costs a `match`, never a box or a virtual call.
+//! [`AnyConnection`] costs a `match`, never a box or a virtual call. The same enums carry each
+//! transport's broker-level API ([`AnyBroker`] and its handle, client, subscription, consumer
+//! and delivery) and its yardstick ([`AnyYardstick`]); a transport without one has an
+//! uninhabited variant there.
 //!
-//! Adding a transport is one line in the `registry!` invocation below.
+//! Adding a transport is its crate, its cargo feature and one line in the `registry!`
+//! invocation below.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::drain::DrainReport;
-use crate::echo::Echo;
-use crate::message::{EchoRequest, EchoResponse, Method};
-use crate::metadata::Metadata;
-use crate::status::Status;
-use crate::transport::{
+use bytes::Bytes;
+use wirebench_core::broker::{
+    Broker, BrokerClient, BrokerClientConfig, BrokerError, BrokerHandle, BrokerTarget, Delivery,
+    DurableAck, DurableConsumer, DurableSpec, RestartMode, Subscription,
+};
+use wirebench_core::drain::DrainReport;
+use wirebench_core::echo::Echo;
+use wirebench_core::message::{EchoRequest, EchoResponse, Method};
+use wirebench_core::metadata::Metadata;
+use wirebench_core::status::Status;
+use wirebench_core::transport::{
     CallOptions, CallReceiver, CallSender, Capabilities, ClientConfig, Connection, NetworkPath,
     Server, ServerConfig, Transport, TransportError, UnaryReply, WireBytes,
 };
-
-use crate::{grpc, inproc, mqtt, nats, quic, tcp};
+use wirebench_core::yardstick::{Yardstick, YardstickConfig};
 
 macro_rules! registry {
-    ($($variant:ident => $ty:path = $name:literal),+ $(,)?) => {
+    ($($(#[$meta:meta])* $variant:ident => $ty:ty = $name:literal),+ $(,)?) => {
         /// One of the transports, selected by name.
         #[derive(Clone, Copy, Debug)]
         pub enum AnyTransport {
             $(
+                $(#[$meta])*
                 #[doc = concat!("The `", $name, "` transport.")]
                 $variant($ty),
             )+
         }
 
-        /// Names of every transport, in the order reports list them.
-        pub const NAMES: &[&str] = &[$($name),+];
+        /// Names of every transport this build has, in the order reports list them.
+        pub fn names() -> Vec<&'static str> {
+            AnyTransport::all().iter().map(|t| t.name()).collect()
+        }
 
         impl AnyTransport {
             /// The transport called `name`.
             pub fn by_name(name: &str) -> Option<AnyTransport> {
                 match name {
-                    $($name => Some(AnyTransport::$variant(<$ty>::default())),)+
+                    $($(#[$meta])* $name => Some(AnyTransport::$variant(<$ty>::default())),)+
                     _ => None,
                 }
             }
 
             /// Every transport.
             pub fn all() -> Vec<AnyTransport> {
-                vec![$(AnyTransport::$variant(<$ty>::default())),+]
+                vec![$($(#[$meta])* AnyTransport::$variant(<$ty>::default())),+]
             }
         }
 
@@ -52,6 +63,7 @@ macro_rules! registry {
         #[derive(Debug)]
         pub enum AnyConnection {
             $(
+                $(#[$meta])*
                 #[doc = concat!("A `", $name, "` connection.")]
                 $variant(<$ty as Transport>::Connection),
             )+
@@ -61,6 +73,7 @@ macro_rules! registry {
         #[derive(Debug)]
         pub enum AnySender {
             $(
+                $(#[$meta])*
                 #[doc = concat!("A `", $name, "` sender.")]
                 $variant(<<$ty as Transport>::Connection as Connection>::Sender),
             )+
@@ -70,6 +83,7 @@ macro_rules! registry {
         #[derive(Debug)]
         pub enum AnyReceiver {
             $(
+                $(#[$meta])*
                 #[doc = concat!("A `", $name, "` receiver.")]
                 $variant(<<$ty as Transport>::Connection as Connection>::Receiver),
             )+
@@ -81,6 +95,7 @@ macro_rules! registry {
         #[derive(Debug)]
         pub enum AnyServer {
             $(
+                $(#[$meta])*
                 #[doc = concat!("A `", $name, "` server.")]
                 $variant(<$ty as Transport>::Server),
             )+
@@ -89,13 +104,15 @@ macro_rules! registry {
         impl Transport for AnyTransport {
             type Connection = AnyConnection;
             type Server = AnyServer;
+            type Broker = AnyBroker;
+            type Yardstick = AnyYardstick;
 
             fn name(&self) -> &'static str {
-                match self { $(AnyTransport::$variant(t) => t.name(),)+ }
+                match self { $($(#[$meta])* AnyTransport::$variant(t) => t.name(),)+ }
             }
 
             fn capabilities(&self) -> Capabilities {
-                match self { $(AnyTransport::$variant(t) => t.capabilities(),)+ }
+                match self { $($(#[$meta])* AnyTransport::$variant(t) => t.capabilities(),)+ }
             }
 
             async fn serve(
@@ -104,7 +121,7 @@ macro_rules! registry {
                 echo: Arc<Echo>,
             ) -> Result<AnyServer, TransportError> {
                 match self {
-                    $(AnyTransport::$variant(t) => t.serve(config, echo).await.map(AnyServer::$variant),)+
+                    $($(#[$meta])* AnyTransport::$variant(t) => t.serve(config, echo).await.map(AnyServer::$variant),)+
                 }
             }
 
@@ -114,18 +131,29 @@ macro_rules! registry {
                 endpoint: &str,
             ) -> Result<AnyConnection, TransportError> {
                 match self {
-                    $(AnyTransport::$variant(t) => t.connect(config, endpoint).await.map(AnyConnection::$variant),)+
+                    $($(#[$meta])* AnyTransport::$variant(t) => Transport::connect(t, config, endpoint).await.map(AnyConnection::$variant),)+
                 }
             }
 
             fn network_path(&self, endpoint: &str) -> Result<NetworkPath, TransportError> {
-                match self { $(AnyTransport::$variant(t) => t.network_path(endpoint),)+ }
+                match self { $($(#[$meta])* AnyTransport::$variant(t) => t.network_path(endpoint),)+ }
             }
 
             fn endpoint_via(&self, endpoint: &str, via: SocketAddr) -> Result<String, TransportError> {
-                match self { $(AnyTransport::$variant(t) => t.endpoint_via(endpoint, via),)+ }
+                match self { $($(#[$meta])* AnyTransport::$variant(t) => t.endpoint_via(endpoint, via),)+ }
+            }
+
+            fn broker(&self) -> Option<AnyBroker> {
+                match self { $($(#[$meta])* AnyTransport::$variant(t) => t.broker().map(AnyBroker::$variant),)+ }
+            }
+
+            fn yardstick(&self, config: &YardstickConfig) -> Option<AnyYardstick> {
+                match self { $($(#[$meta])* AnyTransport::$variant(t) => t.yardstick(config).map(AnyYardstick::$variant),)+ }
             }
         }
+
+        brokers! { $($(#[$meta])* $variant => $ty),+ }
+        yardsticks! { $($(#[$meta])* $variant => $ty),+ }
 
         impl Connection for AnyConnection {
             type Sender = AnySender;
@@ -136,7 +164,7 @@ macro_rules! registry {
                 request: EchoRequest,
                 options: &CallOptions,
             ) -> Result<UnaryReply, Status> {
-                match self { $(AnyConnection::$variant(c) => c.unary(request, options).await,)+ }
+                match self { $($(#[$meta])* AnyConnection::$variant(c) => c.unary(request, options).await,)+ }
             }
 
             async fn open(
@@ -145,7 +173,7 @@ macro_rules! registry {
                 options: &CallOptions,
             ) -> Result<(AnySender, AnyReceiver), Status> {
                 match self {
-                    $(AnyConnection::$variant(c) => {
+                    $($(#[$meta])* AnyConnection::$variant(c) => {
                         let (s, r) = c.open(method, options).await?;
                         Ok((AnySender::$variant(s), AnyReceiver::$variant(r)))
                     })+
@@ -153,73 +181,359 @@ macro_rules! registry {
             }
 
             async fn close(&self) {
-                match self { $(AnyConnection::$variant(c) => c.close().await,)+ }
+                match self { $($(#[$meta])* AnyConnection::$variant(c) => c.close().await,)+ }
             }
 
             fn wire_bytes(&self) -> Option<WireBytes> {
-                match self { $(AnyConnection::$variant(c) => c.wire_bytes(),)+ }
+                match self { $($(#[$meta])* AnyConnection::$variant(c) => c.wire_bytes(),)+ }
             }
         }
 
         impl CallSender for AnySender {
             async fn send(&mut self, request: EchoRequest) -> Result<(), Status> {
-                match self { $(AnySender::$variant(s) => s.send(request).await,)+ }
+                match self { $($(#[$meta])* AnySender::$variant(s) => s.send(request).await,)+ }
             }
 
             async fn close_send(&mut self) -> Result<(), Status> {
-                match self { $(AnySender::$variant(s) => s.close_send().await,)+ }
+                match self { $($(#[$meta])* AnySender::$variant(s) => s.close_send().await,)+ }
             }
         }
 
         impl CallReceiver for AnyReceiver {
             async fn headers(&mut self) -> Result<Metadata, Status> {
-                match self { $(AnyReceiver::$variant(r) => r.headers().await,)+ }
+                match self { $($(#[$meta])* AnyReceiver::$variant(r) => r.headers().await,)+ }
             }
 
             async fn recv(&mut self) -> Result<Option<EchoResponse>, Status> {
-                match self { $(AnyReceiver::$variant(r) => r.recv().await,)+ }
+                match self { $($(#[$meta])* AnyReceiver::$variant(r) => r.recv().await,)+ }
             }
 
             fn trailers(&self) -> &Metadata {
-                match self { $(AnyReceiver::$variant(r) => r.trailers(),)+ }
+                match self { $($(#[$meta])* AnyReceiver::$variant(r) => r.trailers(),)+ }
             }
 
             fn cancel(&mut self) {
-                match self { $(AnyReceiver::$variant(r) => r.cancel(),)+ }
+                match self { $($(#[$meta])* AnyReceiver::$variant(r) => r.cancel(),)+ }
             }
         }
 
         impl Server for AnyServer {
             fn endpoint(&self) -> String {
-                match self { $(AnyServer::$variant(s) => s.endpoint(),)+ }
+                match self { $($(#[$meta])* AnyServer::$variant(s) => s.endpoint(),)+ }
             }
 
             async fn shutdown(self) {
-                match self { $(AnyServer::$variant(s) => s.shutdown().await,)+ }
+                match self { $($(#[$meta])* AnyServer::$variant(s) => s.shutdown().await,)+ }
             }
 
             async fn drain(self, grace: Duration) -> DrainReport {
-                match self { $(AnyServer::$variant(s) => s.drain(grace).await,)+ }
+                match self { $($(#[$meta])* AnyServer::$variant(s) => s.drain(grace).await,)+ }
+            }
+        }
+    };
+}
+
+macro_rules! brokers {
+    ($($(#[$meta:meta])* $variant:ident => $ty:ty),+ $(,)?) => {
+        /// A broker technology, selected at run time.
+        #[derive(Clone, Copy, Debug)]
+        pub enum AnyBroker {
+            $(
+                $(#[$meta])*
+                #[doc = concat!("`", stringify!($variant), "`.")]
+                $variant(<$ty as Transport>::Broker),
+            )+
+        }
+
+        /// A running broker of any technology.
+        // One per broker, not per message: its size does not matter.
+        #[allow(clippy::large_enum_variant)]
+        #[derive(Debug)]
+        pub enum AnyBrokerHandle {
+            $(
+                $(#[$meta])*
+                #[doc = concat!("`", stringify!($variant), "`.")]
+                $variant(<<$ty as Transport>::Broker as Broker>::Handle),
+            )+
+        }
+
+        /// A broker client of any technology.
+        // One per connection, not per message: its size does not matter.
+        #[allow(clippy::large_enum_variant)]
+        #[derive(Debug)]
+        pub enum AnyBrokerClient {
+            $(
+                $(#[$meta])*
+                #[doc = concat!("`", stringify!($variant), "`.")]
+                $variant(<<$ty as Transport>::Broker as Broker>::Client),
+            )+
+        }
+
+        /// A subscription of any technology.
+        #[derive(Debug)]
+        pub enum AnySubscription {
+            $(
+                $(#[$meta])*
+                #[doc = concat!("`", stringify!($variant), "`.")]
+                $variant(<<<$ty as Transport>::Broker as Broker>::Client as BrokerClient>::Subscription),
+            )+
+        }
+
+        /// A durable consumer of any technology.
+        // One per durable consumer; a transport without durable logs has an empty variant.
+        #[allow(clippy::large_enum_variant)]
+        #[derive(Debug)]
+        pub enum AnyConsumer {
+            $(
+                $(#[$meta])*
+                #[doc = concat!("`", stringify!($variant), "`.")]
+                $variant(<<<$ty as Transport>::Broker as Broker>::Client as BrokerClient>::Consumer),
+            )+
+        }
+
+        /// A durable delivery of any technology.
+        // Moved, never copied in bulk; a transport without durable logs has an empty variant,
+        // and boxing would cost an allocation per delivery.
+        #[allow(clippy::large_enum_variant)]
+        #[derive(Debug)]
+        pub enum AnyDelivery {
+            $(
+                $(#[$meta])*
+                #[doc = concat!("`", stringify!($variant), "`.")]
+                $variant(<<<<$ty as Transport>::Broker as Broker>::Client as BrokerClient>::Consumer as DurableConsumer>::Delivery),
+            )+
+        }
+
+        impl Broker for AnyBroker {
+            type Handle = AnyBrokerHandle;
+            type Client = AnyBrokerClient;
+
+            async fn start(&self, target: &BrokerTarget) -> Result<AnyBrokerHandle, BrokerError> {
+                match self { $($(#[$meta])* AnyBroker::$variant(b) => b.start(target).await.map(AnyBrokerHandle::$variant),)+ }
+            }
+
+            async fn connect(
+                &self,
+                url: &str,
+                config: &BrokerClientConfig,
+            ) -> Result<AnyBrokerClient, BrokerError> {
+                match self { $($(#[$meta])* AnyBroker::$variant(b) => Broker::connect(b, url, config).await.map(AnyBrokerClient::$variant),)+ }
+            }
+
+            fn check_available(&self) -> Result<(), BrokerError> {
+                match self { $($(#[$meta])* AnyBroker::$variant(b) => b.check_available(),)+ }
+            }
+            fn scheme(&self) -> &'static str {
+                match self { $($(#[$meta])* AnyBroker::$variant(b) => b.scheme(),)+ }
+            }
+
+        }
+
+        impl BrokerHandle for AnyBrokerHandle {
+            fn url(&self) -> String {
+                match self { $($(#[$meta])* AnyBrokerHandle::$variant(h) => h.url(),)+ }
+            }
+
+            fn can_restart(&self) -> bool {
+                match self { $($(#[$meta])* AnyBrokerHandle::$variant(h) => h.can_restart(),)+ }
+            }
+
+            async fn restart(&mut self, mode: RestartMode) -> Result<(), BrokerError> {
+                match self { $($(#[$meta])* AnyBrokerHandle::$variant(h) => h.restart(mode).await,)+ }
+            }
+
+            async fn stop(self) {
+                match self { $($(#[$meta])* AnyBrokerHandle::$variant(h) => h.stop().await,)+ }
+            }
+        }
+
+        impl BrokerClient for AnyBrokerClient {
+            type Subscription = AnySubscription;
+            type Consumer = AnyConsumer;
+
+            async fn publish(&self, topic: &str, payload: Bytes) -> Result<(), BrokerError> {
+                match self { $($(#[$meta])* AnyBrokerClient::$variant(c) => c.publish(topic, payload).await,)+ }
+            }
+
+            async fn flush(&self) -> Result<(), BrokerError> {
+                match self { $($(#[$meta])* AnyBrokerClient::$variant(c) => c.flush().await,)+ }
+            }
+
+            async fn subscribe(
+                &self,
+                topic: &str,
+                group: Option<&str>,
+            ) -> Result<AnySubscription, BrokerError> {
+                match self { $($(#[$meta])* AnyBrokerClient::$variant(c) => c.subscribe(topic, group).await.map(AnySubscription::$variant),)+ }
+            }
+
+            fn overflowed(&self) -> u64 {
+                match self { $($(#[$meta])* AnyBrokerClient::$variant(c) => c.overflowed(),)+ }
+            }
+
+            async fn await_overflow(&self, at_least: u64, within: Duration) -> u64 {
+                match self { $($(#[$meta])* AnyBrokerClient::$variant(c) => c.await_overflow(at_least, within).await,)+ }
+            }
+
+            async fn create_durable(&self, spec: &DurableSpec) -> Result<(), BrokerError> {
+                match self { $($(#[$meta])* AnyBrokerClient::$variant(c) => c.create_durable(spec).await,)+ }
+            }
+
+            async fn publish_durable(
+                &self,
+                topic: &str,
+                payload: Bytes,
+                dedup_id: Option<&str>,
+            ) -> Result<DurableAck, BrokerError> {
+                match self { $($(#[$meta])* AnyBrokerClient::$variant(c) => c.publish_durable(topic, payload, dedup_id).await,)+ }
+            }
+
+            async fn delete_durable(&self, name: &str) -> Result<(), BrokerError> {
+                match self { $($(#[$meta])* AnyBrokerClient::$variant(c) => c.delete_durable(name).await,)+ }
+            }
+
+            async fn durable_len(&self, name: &str) -> Result<u64, BrokerError> {
+                match self { $($(#[$meta])* AnyBrokerClient::$variant(c) => c.durable_len(name).await,)+ }
+            }
+
+            async fn consume(&self, durable: &str, consumer: &str) -> Result<AnyConsumer, BrokerError> {
+                match self { $($(#[$meta])* AnyBrokerClient::$variant(c) => c.consume(durable, consumer).await.map(AnyConsumer::$variant),)+ }
+            }
+
+            async fn close(&self) {
+                match self { $($(#[$meta])* AnyBrokerClient::$variant(c) => c.close().await,)+ }
+            }
+        }
+
+        impl Subscription for AnySubscription {
+            async fn next(&mut self) -> Option<Bytes> {
+                match self { $($(#[$meta])* AnySubscription::$variant(s) => Subscription::next(s).await,)+ }
+            }
+
+            fn try_next(&mut self) -> Option<Bytes> {
+                match self { $($(#[$meta])* AnySubscription::$variant(s) => s.try_next(),)+ }
+            }
+        }
+
+        impl DurableConsumer for AnyConsumer {
+            type Delivery = AnyDelivery;
+
+            async fn next(&mut self) -> Result<AnyDelivery, BrokerError> {
+                match self { $($(#[$meta])* AnyConsumer::$variant(c) => DurableConsumer::next(c).await.map(AnyDelivery::$variant),)+ }
+            }
+        }
+
+        impl Delivery for AnyDelivery {
+            fn payload(&self) -> &Bytes {
+                match self { $($(#[$meta])* AnyDelivery::$variant(d) => d.payload(),)+ }
+            }
+
+            fn redelivered(&self) -> bool {
+                match self { $($(#[$meta])* AnyDelivery::$variant(d) => d.redelivered(),)+ }
+            }
+
+            async fn ack(self) -> Result<(), BrokerError> {
+                match self { $($(#[$meta])* AnyDelivery::$variant(d) => d.ack().await,)+ }
+            }
+        }
+    };
+}
+
+macro_rules! yardsticks {
+    ($($(#[$meta:meta])* $variant:ident => $ty:ty),+ $(,)?) => {
+        /// The yardstick of any transport.
+        #[derive(Debug)]
+        pub enum AnyYardstick {
+            $(
+                $(#[$meta])*
+                #[doc = concat!("`", stringify!($variant), "`'s.")]
+                $variant(<$ty as Transport>::Yardstick),
+            )+
+        }
+
+        /// A running yardstick server of any transport.
+        // One per measurement, never per call: its size does not matter.
+        #[allow(clippy::large_enum_variant)]
+        #[derive(Debug)]
+        pub enum AnyYardstickServer {
+            $(
+                $(#[$meta])*
+                #[doc = concat!("`", stringify!($variant), "`'s.")]
+                $variant(<<$ty as Transport>::Yardstick as Yardstick>::Server),
+            )+
+        }
+
+        /// A yardstick client of any transport.
+        #[derive(Debug)]
+        pub enum AnyYardstickClient {
+            $(
+                $(#[$meta])*
+                #[doc = concat!("`", stringify!($variant), "`'s.")]
+                $variant(<<$ty as Transport>::Yardstick as Yardstick>::Client),
+            )+
+        }
+
+        impl Yardstick for AnyYardstick {
+            type Server = AnyYardstickServer;
+            type Client = AnyYardstickClient;
+
+            fn name(&self) -> &'static str {
+                match self { $($(#[$meta])* AnyYardstick::$variant(y) => y.name(),)+ }
+            }
+
+            async fn serve(&self) -> Result<(AnyYardstickServer, String), TransportError> {
+                match self {
+                    $($(#[$meta])* AnyYardstick::$variant(y) => y.serve().await.map(|(s, e)| (AnyYardstickServer::$variant(s), e)),)+
+                }
+            }
+
+            async fn stop(server: AnyYardstickServer) {
+                match server {
+                    $($(#[$meta])* AnyYardstickServer::$variant(s) => <<$ty as Transport>::Yardstick as Yardstick>::stop(s).await,)+
+                }
+            }
+
+            async fn connect(&self, endpoint: &str) -> Result<AnyYardstickClient, TransportError> {
+                match self {
+                    $($(#[$meta])* AnyYardstick::$variant(y) => y.connect(endpoint).await.map(AnyYardstickClient::$variant),)+
+                }
+            }
+
+            async fn call(client: &AnyYardstickClient, payload: Bytes) -> Result<(), TransportError> {
+                match client {
+                    $($(#[$meta])* AnyYardstickClient::$variant(c) => <<$ty as Transport>::Yardstick as Yardstick>::call(c, payload).await,)+
+                }
+            }
+
+            async fn close(client: AnyYardstickClient) {
+                match client {
+                    $($(#[$meta])* AnyYardstickClient::$variant(c) => <<$ty as Transport>::Yardstick as Yardstick>::close(c).await,)+
+                }
             }
         }
     };
 }
 
 registry! {
-    Inproc => inproc::Inproc = "inproc",
-    Tcp => tcp::Tcp = "tcp",
-    Nats => nats::Nats = "nats",
-    Grpc => grpc::Grpc = "grpc",
-    Quic => quic::Quic = "quic",
-    Mqtt => mqtt::Mqtt = "mqtt",
+    Inproc => wirebench_core::inproc::Inproc = "inproc",
+    #[cfg(feature = "tcp")]
+    Tcp => wirebench_tcp::Tcp = "tcp",
+    #[cfg(feature = "nats")]
+    Nats => wirebench_nats::Nats = "nats",
+    #[cfg(feature = "grpc")]
+    Grpc => wirebench_grpc::Grpc = "grpc",
+    #[cfg(feature = "quic")]
+    Quic => wirebench_quic::Quic = "quic",
+    #[cfg(feature = "mqtt")]
+    Mqtt => wirebench_mqtt::Mqtt = "mqtt",
 }
 
-/// The transport called `name`, or an error listing the known ones.
+/// The transport called `name`, or an error listing the ones this build has.
 pub fn transport(name: &str) -> Result<AnyTransport, TransportError> {
     AnyTransport::by_name(name).ok_or_else(|| {
         TransportError::Config(format!(
             "unknown transport {name:?} (known: {})",
-            NAMES.join(", ")
+            names().join(", ")
         ))
     })
 }

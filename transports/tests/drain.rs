@@ -10,12 +10,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wirebench_transports::broker::{AnyBrokerHandle, Broker, BrokerHandle, BrokerTarget};
-use wirebench_transports::registry::{AnyTransport, NAMES};
-use wirebench_transports::{
-    AnyConnection, CallOptions, CallReceiver, CallSender, ClientConfig, Code, Connection,
-    Directives, Echo, EchoRequest, Method, Server, ServerConfig, Status, Transport,
+use wirebench_core::broker::{Broker, BrokerHandle, BrokerTarget};
+use wirebench_core::{
+    CallOptions, CallReceiver, CallSender, ClientConfig, Code, Connection, Directives, Echo,
+    EchoRequest, Method, Server, ServerConfig, Status, Transport,
 };
+use wirebench_transports::AnyConnection;
+use wirebench_transports::{AnyBrokerHandle, AnyTransport, names};
 
 /// The bound on each transport's part of a test.
 const LIMIT: Duration = Duration::from_secs(30);
@@ -43,7 +44,7 @@ where
     F: Fn(AnyTransport) -> Fut,
     Fut: Future<Output = ()>,
 {
-    for name in NAMES.iter().filter(|n| only(n)) {
+    for name in names().iter().filter(|n| only(n)) {
         let t = AnyTransport::by_name(name).expect("registered transport");
         if !installed(&t) {
             continue;

@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
-use wirebench_transports::grpc::Grpc;
-use wirebench_transports::quic::Quic;
-use wirebench_transports::tls::{TlsMaterial, TlsMode};
-use wirebench_transports::transport::Options;
-use wirebench_transports::{
+use wirebench_core::transport::Options;
+use wirebench_core::{
     CallOptions, ClientConfig, Connection, Echo, EchoRequest, Server, ServerConfig, Transport,
 };
+use wirebench_grpc::Grpc;
+use wirebench_quic::Quic;
+use wirebench_tls::{TlsMaterial, TlsMode};
 
 const LIMIT: Duration = Duration::from_secs(20);
 

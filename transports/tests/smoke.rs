@@ -6,12 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use wirebench_transports::broker::Broker;
-use wirebench_transports::registry::{AnyTransport, NAMES};
-use wirebench_transports::{
+use wirebench_core::broker::Broker;
+use wirebench_core::{
     CallOptions, CallReceiver, CallSender, ClientConfig, Code, Connection, Directives, Echo,
     EchoRequest, FailWith, Method, Server, ServerConfig, Transport, pattern,
 };
+use wirebench_transports::{AnyTransport, names};
 
 const LIMIT: Duration = Duration::from_secs(10);
 
@@ -20,7 +20,7 @@ where
     F: Fn(AnyTransport, wirebench_transports::AnyConnection) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    for name in NAMES {
+    for name in names() {
         let t = AnyTransport::by_name(name).expect("registered transport");
         if let Some(b) = t.broker()
             && let Err(e) = b.check_available()
@@ -149,7 +149,7 @@ async fn streams_work() {
 #[tokio::test]
 async fn network_paths_and_rewritten_endpoints() {
     let elsewhere: std::net::SocketAddr = "127.0.0.1:9".parse().expect("an address");
-    for name in NAMES {
+    for name in names() {
         let t = AnyTransport::by_name(name).expect("registered transport");
         if let Some(b) = t.broker()
             && let Err(e) = b.check_available()

@@ -7,11 +7,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use wirebench_core::Transport;
 use wirebench_reports::conformance::{CaseOutcome, Verdict, matrix_text};
 use wirebench_scenarios::conformance::{self, CaseReport, Env, Outcome};
-use wirebench_transports::Transport;
+use wirebench_tls::{DEFAULT_SERVER_NAME, TlsMaterial, TlsMode};
 use wirebench_transports::registry::AnyTransport;
-use wirebench_transports::tls::{DEFAULT_SERVER_NAME, TlsMaterial, TlsMode};
 
 use crate::brokers::{Availability, BrokerArgs, availability};
 use crate::exit::{FAILED, bad_input};
@@ -25,8 +25,8 @@ use crate::proxy::HarnessFaults;
   wirebench conformance --case unary_large,stream_integrity
   wirebench conformance --transport tcp,grpc,quic --tls mtls
   wirebench conformance --tls tls --tls-dir ./certs --tls-server-name api.example
-  wirebench conformance --transport nats --nats-url nats://127.0.0.1:4222
-  wirebench conformance --transport mqtt --mqtt-url mqtt://127.0.0.1:1883
+  wirebench conformance --transport nats --broker-url nats://127.0.0.1:4222
+  wirebench conformance --transport mqtt --broker-url mqtt://127.0.0.1:1883
 
 Broker transports start a private broker per case: nats a nats-server from PATH or
 WIREBENCH_NATS_SERVER (without one it is skipped with an install hint, except when
@@ -53,7 +53,7 @@ pub struct Args {
     pub brokers: BrokerArgs,
     /// Run every case over TLS 1.3 (`tls`) or mutual TLS (`mtls`); transports without TLS
     /// report every case unsupported. The `tls` group sets up its own TLS either way.
-    #[arg(long, default_value_t = TlsMode::None, value_parser = parse_tls_mode)]
+    #[arg(long, default_value_t = TlsMode::None, )]
     pub tls: TlsMode,
     /// Certificates from this directory (`ca.pem`, `server.pem`, `server.key`, and for mtls
     /// `client.pem`, `client.key`) instead of a throwaway CA generated for the run.
@@ -62,10 +62,6 @@ pub struct Args {
     /// The name clients check the server certificate against (with --tls-dir).
     #[arg(long, default_value = DEFAULT_SERVER_NAME)]
     pub tls_server_name: String,
-}
-
-fn parse_tls_mode(s: &str) -> Result<TlsMode, String> {
-    s.parse()
 }
 
 /// The environment of a plaintext run: the harness's fault proxy; the `tls` group makes its
@@ -127,7 +123,7 @@ pub async fn run_all(
     mut on_done: impl FnMut(&CaseReport),
 ) -> Vec<CaseReport> {
     conformance::install_panic_counter();
-    let cases = conformance::cases();
+    let cases = conformance::cases::<AnyTransport>();
     let mut reports = Vec::new();
     for t in transports {
         let env = Arc::new(brokers.env_for(t, &env));
@@ -152,7 +148,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .as_deref()
         .map(|l| l.split(',').map(|s| s.trim().to_owned()).collect());
     if let Some(only) = &only {
-        let known: Vec<&str> = conformance::cases().iter().map(|c| c.name).collect();
+        let known: Vec<&str> = conformance::cases::<AnyTransport>()
+            .iter()
+            .map(|c| c.name)
+            .collect();
         for n in only {
             if !known.contains(&n.as_str()) {
                 return Err(bad_input(format!(

@@ -6,15 +6,14 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use wirebench_transports::registry::AnyTransport;
+use wirebench_core::{Transport, YardstickConfig};
 
 use crate::affinity::Pin;
 use crate::brokers::{Availability, BrokerArgs, availability};
 use crate::exit::bad_input;
 use crate::floor::{
-    LatencySummary, Probe, ProbeConfig, measure_floor, measure_host_gaps, measure_nats_baseline,
-    measure_plain, measure_quinn_baseline, measure_tokio_ping_pong, measure_tonic_baseline,
-    measure_transport_on,
+    LatencySummary, Probe, ProbeConfig, measure_floor, measure_host_gaps, measure_plain,
+    measure_transport_on, measure_yardstick,
 };
 
 /// Arguments of `wirebench floor`.
@@ -135,18 +134,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let ours = measure_plain(t, &cfg, args.brokers.server_config(&t))?;
         print_row(&ours, floor_p50);
         measured_any = true;
-        let yardstick = match t {
-            // The like-for-like pair: ours and the yardstick through the same plain loop.
-            AnyTransport::Nats(_) => {
-                let url = args.brokers.url_for(&t).map(str::to_owned);
-                Some(measure_nats_baseline(&cfg, url)?)
-            }
-            // One call at a time: the yardstick's socket carries one message in flight.
-            AnyTransport::Tcp(_) if cfg.in_flight == 1 => Some(measure_tokio_ping_pong(&cfg)?),
-            AnyTransport::Quic(_) => Some(measure_quinn_baseline(&cfg)?),
-            AnyTransport::Grpc(_) => Some(measure_tonic_baseline(&cfg)?),
-            _ => None,
+        // The like-for-like pair: ours and the transport's own yardstick through the same
+        // plain loop (a transport declares whether it has one for this measurement).
+        let ycfg = YardstickConfig {
+            payload: cfg.payload,
+            in_flight: cfg.in_flight,
+            broker_url: args.brokers.url_for(&t).map(str::to_owned),
         };
+        let yardstick = t
+            .yardstick(&ycfg)
+            .map(|y| measure_yardstick(y, &cfg))
+            .transpose()?;
         if let Some(min) = yardstick {
             print_row(&min, floor_p50);
             let (o, m) = (

@@ -5,14 +5,14 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use wirebench_transports::tls::TlsMode;
+use wirebench_tls::TlsMode;
 
 use anyhow::Result;
+use wirebench_core::{Capability, Method, Transport};
 use wirebench_reports::results::{Results, RunRecord, SuiteRecord};
 use wirebench_scenarios::load::{Length, LoadSpec, Mode, Schedule, Stall};
 use wirebench_scenarios::suite::ValiditySpec;
 use wirebench_scenarios::units::{parse_duration, parse_rate, parse_size};
-use wirebench_transports::{Capability, Method, Transport};
 
 use crate::affinity::Pin;
 use crate::brokers::{Availability, BrokerArgs, availability};
@@ -115,7 +115,7 @@ pub struct Args {
     pub stall_for: Option<Duration>,
     /// TLS between client and server: none, tls (TLS 1.3) or mtls (mutual TLS), with a
     /// throwaway CA and certificates generated for the run.
-    #[arg(long, default_value_t = TlsMode::None, value_parser = parse_tls_mode)]
+    #[arg(long, default_value_t = TlsMode::None, )]
     pub tls: TlsMode,
     /// CPU placement: none (the scheduler decides), same (client and server on CPU 0),
     /// split (client CPU 0, server CPU 1).
@@ -190,10 +190,6 @@ impl Args {
             tls: self.tls,
         }
     }
-}
-
-fn parse_tls_mode(s: &str) -> Result<TlsMode, String> {
-    s.parse()
 }
 
 fn us(ns: u64) -> String {

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use wirebench_core::{Capability, Transport};
 use wirebench_reports::histogram::{encode, summarize};
 use wirebench_reports::results::{
     FloorRecord, Results, RunFailure, RunRecord, Skipped, SuiteRecord,
@@ -17,7 +18,6 @@ use wirebench_scenarios::faultplan::PolicyChoice;
 use wirebench_scenarios::suite::Suite;
 use wirebench_scenarios::units::parse_duration;
 use wirebench_transports::registry::AnyTransport;
-use wirebench_transports::{Capability, Transport};
 
 use crate::affinity::Pin;
 use crate::brokers::{Availability, BrokerArgs, availability};

@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::io::AsyncReadExt;
+use wirebench_core::transport::Options;
+use wirebench_core::{Capability, Echo, Server, ServerConfig, Transport};
 use wirebench_reports::results::write_atomic;
-use wirebench_transports::tls::{DEFAULT_SERVER_NAME, TlsMaterial, TlsMode};
-use wirebench_transports::transport::Options;
-use wirebench_transports::{Capability, Echo, Server, ServerConfig, Transport};
+use wirebench_tls::{DEFAULT_SERVER_NAME, TlsMaterial, TlsMode};
 
 use crate::affinity::pin_current_thread;
 use crate::child::ReadyLine;
@@ -57,7 +57,7 @@ pub struct Args {
     pub options: Vec<String>,
     /// Serve over TLS 1.3 (`tls`) or mutual TLS (`mtls`, clients must present a certificate
     /// the CA signed), with the certificates in `--tls-dir`.
-    #[arg(long, default_value_t = TlsMode::None, value_parser = parse_tls_mode)]
+    #[arg(long, default_value_t = TlsMode::None, )]
     pub tls: TlsMode,
     /// PEM files for `--tls`: `server.pem`, `server.key`, and `ca.pem` (the CA that signs
     /// client certificates under mtls).
@@ -73,10 +73,6 @@ pub struct Args {
     /// How long a SIGTERM drain lets the calls in flight finish before it cuts them.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub drain_grace: Duration,
-}
-
-fn parse_tls_mode(s: &str) -> Result<TlsMode, String> {
-    s.parse()
 }
 
 /// Parses `KEY=VALUE` options.

@@ -14,8 +14,9 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
+use wirebench_core::{ClientConfig, WireBytes};
 use wirebench_scenarios::load::{Length, LoadSpec};
-use wirebench_transports::{AnyTransport, ClientConfig, WireBytes};
+use wirebench_transports::AnyTransport;
 
 use crate::affinity::CpusSeen;
 use recorder::{Merged, merge};
@@ -83,7 +84,7 @@ pub struct FaultMode {
     pub interval: Duration,
     /// The resilience policy every connection is wrapped in (`None`: plain connections,
     /// re-dialed by the engine when they break).
-    pub policy: Option<wirebench_transports::policy::PolicyConfig>,
+    pub policy: Option<wirebench_policy::PolicyConfig>,
 }
 
 /// Called by the coordinator at the edges of the measured phase.

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
+use wirebench_core::Code;
 use wirebench_reports::histogram::{encode, latency_histogram, summarize};
 use wirebench_reports::results::LatencySummary;
-use wirebench_transports::Code;
 
 /// Length of one interval of the time series.
 pub const INTERVAL: Duration = Duration::from_secs(1);

@@ -17,13 +17,14 @@ use std::time::{Duration, Instant};
 use futures::future::LocalBoxFuture;
 use nix::time::{ClockId, clock_gettime};
 use tokio::sync::Notify;
-use wirebench_scenarios::load::{LoadSpec, Mode};
-use wirebench_transports::policy::{self, TransportConnector};
-use wirebench_transports::registry::AnyConnection;
-use wirebench_transports::{
-    AnyTransport, CallOptions, CallReceiver, CallSender, ClientConfig, Code, Connection,
-    EchoRequest, Method, Transport, TransportError, WireBytes, pattern,
+use wirebench_core::{
+    CallOptions, CallReceiver, CallSender, ClientConfig, Code, Connection, EchoRequest, Method,
+    Transport, TransportError, WireBytes, pattern,
 };
+use wirebench_policy::{self, TransportConnector};
+use wirebench_scenarios::load::{LoadSpec, Mode};
+use wirebench_transports::AnyTransport;
+use wirebench_transports::registry::AnyConnection;
 
 use super::recorder::Recorder;
 use super::schedule::Starts;
@@ -122,7 +123,7 @@ pub fn run_worker(
                 let connect = move |i: u32| {
                     let connector = TransportConnector::new(t, c.clone(), e.clone());
                     let policy = policy.clone();
-                    async move { policy::layer(&policy, connector, seed + u64::from(i)).await }
+                    async move { wirebench_policy::layer(&policy, connector, seed + u64::from(i)).await }
                 };
                 connect_and_drive(plan, ready, start, connect, None).await
             }
@@ -372,7 +373,7 @@ async fn call<C: Connection>(sh: &Shared<C>, conn: &C, measured: bool, stall: bo
             sh.rec.borrow_mut().message(d);
         }
     };
-    let outcome: Result<(), wirebench_transports::Status> = async {
+    let outcome: Result<(), wirebench_core::Status> = async {
         match method {
             Method::ServerStream => {
                 let mut last = Instant::now();
@@ -402,7 +403,7 @@ async fn call<C: Connection>(sh: &Shared<C>, conn: &C, measured: bool, stall: bo
                     tx.send(req.clone()).await?;
                     r.sent += 1;
                     if rx.recv().await?.is_none() {
-                        return Err(wirebench_transports::Status::internal(
+                        return Err(wirebench_core::Status::internal(
                             "bidi call ended before answering a request",
                         ));
                     }

@@ -23,10 +23,10 @@ use tokio::sync::watch;
 
 use crate::pacer::Pacer;
 use tokio_util::sync::CancellationToken;
+use wirebench_core::WireProtocol;
 use wirebench_scenarios::conformance::{
     BoxFuture, FaultControl, FaultCounters, FaultInjector, FaultPath,
 };
-use wirebench_transports::WireProtocol;
 
 pub use spec::{Dir, Fault, FaultKind, Jitter, LossModel, SpecError};
 

@@ -16,16 +16,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
-use wirebench_transports::broker::{
-    AnyBroker, AnyBrokerClient, AnyBrokerHandle, Broker, BrokerClientConfig, BrokerError,
-    BrokerHandle, BrokerTarget, RestartMode,
+use wirebench_core::broker::{
+    Broker, BrokerClientConfig, BrokerError, BrokerHandle, BrokerTarget, RestartMode,
 };
-use wirebench_transports::registry::{AnyConnection, AnyServer, AnyTransport};
-use wirebench_transports::tls::{TlsError, TlsMaterial, TlsMode};
-use wirebench_transports::{
+use wirebench_core::tls::TlsMode;
+use wirebench_core::{
     Capability, ClientConfig, DrainReport, Echo, EchoConfig, Server, ServerConfig, Status,
     Transport, TransportError, WireProtocol,
 };
+use wirebench_tls::{TlsError, TlsMaterial};
 
 pub use cases::all as cases;
 
@@ -73,9 +72,9 @@ macro_rules! ensure {
     };
 }
 
-/// One conformance case.
-#[derive(Clone, Copy)]
-pub struct Case {
+/// One conformance case, run against transports of type `T` (the harness's registry type, or
+/// one transport's own type in that transport's tests).
+pub struct Case<T: Transport> {
     /// Unique name (`unary_large`).
     pub name: &'static str,
     /// Group for reports (`unary`, `streaming`, `deadline`, ...).
@@ -89,10 +88,18 @@ pub struct Case {
     /// The case fails if it runs longer than this.
     pub timeout: Duration,
     /// The case itself.
-    pub run: fn(Ctx) -> BoxFuture<'static, CaseResult>,
+    pub run: fn(Ctx<T>) -> BoxFuture<'static, CaseResult>,
 }
 
-impl fmt::Debug for Case {
+impl<T: Transport> Clone for Case<T> {
+    fn clone(&self) -> Case<T> {
+        *self
+    }
+}
+
+impl<T: Transport> Copy for Case<T> {}
+
+impl<T: Transport> fmt::Debug for Case<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Case")
             .field("name", &self.name)
@@ -322,24 +329,24 @@ impl Env {
 
 /// What a case gets: the transport and the environment.
 #[derive(Clone, Debug)]
-pub struct Ctx {
+pub struct Ctx<T> {
     /// The transport under test.
-    pub transport: AnyTransport,
+    pub transport: T,
     /// The environment.
     pub env: Arc<Env>,
 }
 
 /// A server started for one case.
 #[derive(Debug)]
-pub struct TestServer {
-    server: Option<AnyServer>,
+pub struct TestServer<S: Server> {
+    server: Option<S>,
     /// The echo service it serves (what it observed is readable here).
     pub echo: Arc<Echo>,
     /// Where to connect.
     pub endpoint: String,
 }
 
-impl TestServer {
+impl<S: Server> TestServer<S> {
     /// Stops the server at once and waits for it.
     pub async fn stop(mut self) {
         if let Some(s) = self.server.take() {
@@ -357,7 +364,7 @@ impl TestServer {
     }
 }
 
-impl Drop for TestServer {
+impl<S: Server> Drop for TestServer<S> {
     fn drop(&mut self) {
         if let Some(s) = self.server.take()
             && let Ok(rt) = tokio::runtime::Handle::try_current()
@@ -367,15 +374,15 @@ impl Drop for TestServer {
     }
 }
 
-impl Ctx {
+impl<T: Transport + Clone> Ctx<T> {
     /// A server with the environment's echo policy.
-    pub async fn server(&self) -> Result<TestServer, Failure> {
+    pub async fn server(&self) -> Result<TestServer<T::Server>, Failure> {
         self.server_with(self.env.echo.clone()).await
     }
 
     /// A server with a specific echo policy. A broker transport's server attaches to the
     /// environment's broker when it names one (else the transport starts a private broker).
-    pub async fn server_with(&self, echo: EchoConfig) -> Result<TestServer, Failure> {
+    pub async fn server_with(&self, echo: EchoConfig) -> Result<TestServer<T::Server>, Failure> {
         self.serve(self.server_config(), echo).await
     }
 
@@ -407,7 +414,7 @@ impl Ctx {
         &self,
         config: ServerConfig,
         echo: EchoConfig,
-    ) -> Result<TestServer, Failure> {
+    ) -> Result<TestServer<T::Server>, Failure> {
         let echo = Arc::new(Echo::new(echo));
         let server = self.transport.serve(&config, echo.clone()).await?;
         Ok(TestServer {
@@ -418,7 +425,7 @@ impl Ctx {
     }
 
     /// A connection with the environment's client configuration.
-    pub async fn connect(&self, endpoint: &str) -> Result<AnyConnection, Failure> {
+    pub async fn connect(&self, endpoint: &str) -> Result<T::Connection, Failure> {
         self.connect_with(endpoint, self.env.client.clone()).await
     }
 
@@ -427,18 +434,18 @@ impl Ctx {
         &self,
         endpoint: &str,
         config: ClientConfig,
-    ) -> Result<AnyConnection, Failure> {
-        Ok(self.transport.connect(&config, endpoint).await?)
+    ) -> Result<T::Connection, Failure> {
+        Ok(Transport::connect(&self.transport, &config, endpoint).await?)
     }
 
     /// The transport's declared capabilities.
-    pub fn transport_caps(&self) -> wirebench_transports::Capabilities {
+    pub fn transport_caps(&self) -> wirebench_core::Capabilities {
         self.transport.capabilities()
     }
 
     /// A broker for a broker case: the environment's external broker, or a private one
     /// started for this case (stopped when the returned handle drops).
-    pub async fn broker(&self) -> Result<TestBroker, Failure> {
+    pub async fn broker(&self) -> Result<TestBroker<T::Broker>, Failure> {
         let broker = self
             .transport
             .broker()
@@ -484,13 +491,13 @@ impl Ctx {
 
 /// A broker started (or attached to) for one case.
 #[derive(Debug)]
-pub struct TestBroker {
-    broker: AnyBroker,
-    handle: Option<AnyBrokerHandle>,
+pub struct TestBroker<B: Broker> {
+    broker: B,
+    handle: Option<B::Handle>,
 }
 
-impl TestBroker {
-    fn handle(&self) -> Result<&AnyBrokerHandle, Failure> {
+impl<B: Broker> TestBroker<B> {
+    fn handle(&self) -> Result<&B::Handle, Failure> {
         self.handle
             .as_ref()
             .ok_or_else(|| Failure("the case's broker was stopped".into()))
@@ -505,17 +512,14 @@ impl TestBroker {
     }
 
     /// A client with default settings.
-    pub async fn client(&self) -> Result<AnyBrokerClient, Failure> {
+    pub async fn client(&self) -> Result<B::Client, Failure> {
         self.client_with(&BrokerClientConfig::default()).await
     }
 
     /// A client with specific settings.
-    pub async fn client_with(
-        &self,
-        config: &BrokerClientConfig,
-    ) -> Result<AnyBrokerClient, Failure> {
+    pub async fn client_with(&self, config: &BrokerClientConfig) -> Result<B::Client, Failure> {
         let url = self.handle()?.url();
-        Ok(self.broker.connect(&url, config).await?)
+        Ok(Broker::connect(&self.broker, &url, config).await?)
     }
 
     /// Whether the harness can restart this broker.
@@ -556,7 +560,7 @@ pub struct CaseReport {
 }
 
 /// Decides, without running it, whether `case` can run against `transport`.
-pub fn precheck(case: &Case, transport: &AnyTransport, env: &Env) -> Option<Outcome> {
+pub fn precheck<T: Transport>(case: &Case<T>, transport: &T, env: &Env) -> Option<Outcome> {
     if let Some((cap, reason)) = transport.capabilities().first_missing(env.needs()) {
         return Some(Outcome::Unsupported {
             reason: format!(
@@ -615,13 +619,20 @@ pub fn install_panic_counter() {
 
 /// Runs one case against one transport (capability check, then the case under its timeout).
 /// With [`install_panic_counter`], a panic during the case fails it.
-pub async fn run_case(case: &Case, transport: AnyTransport, env: Arc<Env>) -> CaseReport {
+pub async fn run_case<T: Transport + Clone>(
+    case: &Case<T>,
+    transport: T,
+    env: Arc<Env>,
+) -> CaseReport {
     let started = Instant::now();
     let panics_before = PANICS.load(Ordering::SeqCst);
     let outcome = match precheck(case, &transport, &env) {
         Some(o) => o,
         None => {
-            let ctx = Ctx { transport, env };
+            let ctx = Ctx {
+                transport: transport.clone(),
+                env,
+            };
             match tokio::time::timeout(case.timeout, (case.run)(ctx)).await {
                 Ok(Ok(note)) => Outcome::Pass { note },
                 Ok(Err(Failure(reason))) => Outcome::Fail { reason },

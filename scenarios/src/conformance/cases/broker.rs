@@ -15,59 +15,62 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::future::join_all;
 use futures::{StreamExt as _, TryStreamExt as _};
-use wirebench_transports::Capability;
-use wirebench_transports::broker::{
-    AnyBrokerClient, AnySubscription, BrokerClient, BrokerClientConfig, Delivery, DurableConsumer,
-    DurableSpec, RestartMode, Subscription,
+use wirebench_core::Capability;
+use wirebench_core::broker::{
+    BrokerClient, BrokerClientConfig, Delivery, DurableConsumer, DurableSpec, RestartMode,
+    Subscription,
 };
 
 use super::case;
 use crate::conformance::{Case, CaseResult, Ctx, Failure};
 use crate::ensure;
+use wirebench_core::Transport;
 
-pub(super) const CASES: &[Case] = &[
-    case!(
-        fanout,
-        "broker",
-        &[Capability::Broker],
-        "each of 3 subscribers receives every one of 1000 messages, once"
-    ),
-    case!(
-        queue_group_once,
-        "broker",
-        &[Capability::Broker],
-        "3000 messages to a queue group of 3 reach exactly one member each"
-    ),
-    case!(
-        per_publisher_order,
-        "broker",
-        &[Capability::Broker],
-        "4 concurrent publishers: each one's 2000 messages arrive complete and in order"
-    ),
-    case!(
-        at_least_once,
-        "broker",
-        &[Capability::Broker, Capability::BrokerDurable],
-        "every acknowledged durable publish (32 in flight) is consumed although the broker is \
-         killed and restarted mid-run; duplicates are counted, not failed",
-        90,
-        false
-    ),
-    case!(
-        publish_dedup,
-        "broker",
-        &[Capability::Broker, Capability::BrokerDedup],
-        "a durable publish repeating a dedup id inside the window is acknowledged as a \
-         duplicate and stored once"
-    ),
-    case!(
-        slow_consumer,
-        "broker",
-        &[Capability::Broker],
-        "a subscriber that falls behind loses messages only with the overflow reported, and \
-         its subscription keeps working"
-    ),
-];
+pub(super) fn cases<T: Transport + Clone>() -> Vec<Case<T>> {
+    vec![
+        case!(
+            fanout,
+            "broker",
+            &[Capability::Broker],
+            "each of 3 subscribers receives every one of 1000 messages, once"
+        ),
+        case!(
+            queue_group_once,
+            "broker",
+            &[Capability::Broker],
+            "3000 messages to a queue group of 3 reach exactly one member each"
+        ),
+        case!(
+            per_publisher_order,
+            "broker",
+            &[Capability::Broker],
+            "4 concurrent publishers: each one's 2000 messages arrive complete and in order"
+        ),
+        case!(
+            at_least_once,
+            "broker",
+            &[Capability::Broker, Capability::BrokerDurable],
+            "every acknowledged durable publish (32 in flight) is consumed although the broker is \
+             killed and restarted mid-run; duplicates are counted, not failed",
+            90,
+            false
+        ),
+        case!(
+            publish_dedup,
+            "broker",
+            &[Capability::Broker, Capability::BrokerDedup],
+            "a durable publish repeating a dedup id inside the window is acknowledged as a \
+             duplicate and stored once"
+        ),
+        case!(
+            slow_consumer,
+            "broker",
+            &[Capability::Broker],
+            "a subscriber that falls behind loses messages only with the overflow reported, and \
+             its subscription keeps working"
+        ),
+    ]
+}
 
 /// How long a reader waits for the next message before the case fails.
 const STALL: Duration = Duration::from_secs(10);
@@ -107,7 +110,7 @@ fn parse_seq(b: &[u8]) -> Result<(u32, u64), Failure> {
     }
 }
 
-async fn next_within(sub: &mut AnySubscription, what: &str) -> Result<Bytes, Failure> {
+async fn next_within<S: Subscription>(sub: &mut S, what: &str) -> Result<Bytes, Failure> {
     match tokio::time::timeout(STALL, sub.next()).await {
         Ok(Some(m)) => Ok(m),
         Ok(None) => Err(Failure(format!("{what}: subscription closed"))),
@@ -116,18 +119,14 @@ async fn next_within(sub: &mut AnySubscription, what: &str) -> Result<Bytes, Fai
 }
 
 /// A reader: its client, its subscription to the topic, and one to `<topic>.end`.
-struct Reader {
-    client: AnyBrokerClient,
-    sub: AnySubscription,
-    end: AnySubscription,
+struct Reader<C: BrokerClient> {
+    client: C,
+    sub: C::Subscription,
+    end: C::Subscription,
 }
 
-impl Reader {
-    async fn new(
-        ctx_client: AnyBrokerClient,
-        topic: &str,
-        group: Option<&str>,
-    ) -> Result<Reader, Failure> {
+impl<C: BrokerClient> Reader<C> {
+    async fn new(ctx_client: C, topic: &str, group: Option<&str>) -> Result<Reader<C>, Failure> {
         let sub = ctx_client.subscribe(topic, group).await?;
         let end = ctx_client.subscribe(&format!("{topic}.end"), None).await?;
         Ok(Reader {
@@ -149,8 +148,8 @@ impl Reader {
     }
 }
 
-async fn publish_seqs(
-    client: &AnyBrokerClient,
+async fn publish_seqs<C: BrokerClient>(
+    client: &C,
     topic: &str,
     publisher: u32,
     n: u64,
@@ -161,7 +160,7 @@ async fn publish_seqs(
     Ok(())
 }
 
-async fn end(client: &AnyBrokerClient, topic: &str) -> Result<(), Failure> {
+async fn end<C: BrokerClient>(client: &C, topic: &str) -> Result<(), Failure> {
     client.flush().await?;
     client
         .publish(&format!("{topic}.end"), Bytes::from_static(END))
@@ -169,7 +168,7 @@ async fn end(client: &AnyBrokerClient, topic: &str) -> Result<(), Failure> {
     Ok(client.flush().await?)
 }
 
-async fn fanout(ctx: Ctx) -> CaseResult {
+async fn fanout<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     const SUBSCRIBERS: usize = 3;
     const N: u64 = 1000;
     let broker = ctx.broker().await?;
@@ -204,7 +203,7 @@ async fn fanout(ctx: Ctx) -> CaseResult {
     Ok(Some(format!("{SUBSCRIBERS} subscribers x {N} messages")))
 }
 
-async fn queue_group_once(ctx: Ctx) -> CaseResult {
+async fn queue_group_once<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     const MEMBERS: usize = 3;
     const N: u64 = 3000;
     let broker = ctx.broker().await?;
@@ -244,7 +243,7 @@ async fn queue_group_once(ctx: Ctx) -> CaseResult {
     )))
 }
 
-async fn per_publisher_order(ctx: Ctx) -> CaseResult {
+async fn per_publisher_order<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     const PUBLISHERS: u32 = 4;
     const N: u64 = 2000;
     let broker = ctx.broker().await?;
@@ -298,7 +297,7 @@ async fn per_publisher_order(ctx: Ctx) -> CaseResult {
     )))
 }
 
-async fn at_least_once(ctx: Ctx) -> CaseResult {
+async fn at_least_once<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     const N: u64 = 2000;
     const RETRY_PAUSE: Duration = Duration::from_millis(50);
     const IN_FLIGHT: usize = 32;
@@ -403,7 +402,7 @@ async fn at_least_once(ctx: Ctx) -> CaseResult {
     )))
 }
 
-async fn publish_dedup(ctx: Ctx) -> CaseResult {
+async fn publish_dedup<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     let broker = ctx.broker().await?;
     let topic = unique("dedup");
     let name = topic.replace('.', "_");
@@ -456,7 +455,7 @@ async fn publish_dedup(ctx: Ctx) -> CaseResult {
     )))
 }
 
-async fn slow_consumer(ctx: Ctx) -> CaseResult {
+async fn slow_consumer<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     const BUFFER: usize = 256;
     const N: u64 = 5000;
     let broker = ctx.broker().await?;

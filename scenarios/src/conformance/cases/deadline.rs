@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use wirebench_transports::echo::DEADLINE_REPORT_KEY;
-use wirebench_transports::{
+use wirebench_core::echo::DEADLINE_REPORT_KEY;
+use wirebench_core::{
     CallOptions, CallReceiver, CallSender, Capability, Code, Connection, Directives, EchoRequest,
     Method, Status,
 };
@@ -12,40 +12,43 @@ use wirebench_transports::{
 use super::{OBSERVE_WITHIN, case, drain, expect_code, opts};
 use crate::conformance::{Case, CaseResult, Ctx, Failure};
 use crate::ensure;
+use wirebench_core::Transport;
 
-pub(super) const CASES: &[Case] = &[
-    case!(
-        deadline_exceeded,
-        "deadline",
-        &[Capability::Unary],
-        "a call outliving its deadline fails with DEADLINE_EXCEEDED on time, on every method, \
-         and the server stops it"
-    ),
-    case!(
-        deadline_met,
-        "deadline",
-        &[Capability::Unary],
-        "a call finishing well within its deadline succeeds"
-    ),
-    case!(
-        deadline_propagation,
-        "deadline",
-        &[Capability::DeadlinePropagation],
-        "the server sees a budget no larger than the client's"
-    ),
-    case!(
-        cancel_before_first_message,
-        "cancel",
-        &[Capability::ClientStream, Capability::ServerCancel],
-        "a call cancelled before sending anything is observed cancelled by the server"
-    ),
-    case!(
-        cancel_after_first_response,
-        "cancel",
-        &[Capability::Bidi, Capability::ServerCancel],
-        "a call cancelled after its first response is observed cancelled by the server"
-    ),
-];
+pub(super) fn cases<T: Transport + Clone>() -> Vec<Case<T>> {
+    vec![
+        case!(
+            deadline_exceeded,
+            "deadline",
+            &[Capability::Unary],
+            "a call outliving its deadline fails with DEADLINE_EXCEEDED on time, on every method, \
+             and the server stops it"
+        ),
+        case!(
+            deadline_met,
+            "deadline",
+            &[Capability::Unary],
+            "a call finishing well within its deadline succeeds"
+        ),
+        case!(
+            deadline_propagation,
+            "deadline",
+            &[Capability::DeadlinePropagation],
+            "the server sees a budget no larger than the client's"
+        ),
+        case!(
+            cancel_before_first_message,
+            "cancel",
+            &[Capability::ClientStream, Capability::ServerCancel],
+            "a call cancelled before sending anything is observed cancelled by the server"
+        ),
+        case!(
+            cancel_after_first_response,
+            "cancel",
+            &[Capability::Bidi, Capability::ServerCancel],
+            "a call cancelled after its first response is observed cancelled by the server"
+        ),
+    ]
+}
 
 /// The deadline used by the timing checks.
 const DEADLINE: Duration = Duration::from_millis(300);
@@ -76,7 +79,7 @@ fn check_timing(what: &str, started: Instant, result: Result<(), Status>) -> Res
     Ok(())
 }
 
-async fn deadline_exceeded(ctx: Ctx) -> CaseResult {
+async fn deadline_exceeded<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     let server = ctx.server().await?;
     let c = ctx.connect(&server.endpoint).await?;
     let caps = ctx.transport_caps();
@@ -130,7 +133,7 @@ async fn deadline_exceeded(ctx: Ctx) -> CaseResult {
     Ok(Some(format!("methods: {}", methods.join(", "))))
 }
 
-async fn deadline_met(ctx: Ctx) -> CaseResult {
+async fn deadline_met<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     let server = ctx.server().await?;
     let c = ctx.connect(&server.endpoint).await?;
     let request = EchoRequest::new(vec![3u8; 8]).with_directives(Directives {
@@ -144,7 +147,7 @@ async fn deadline_met(ctx: Ctx) -> CaseResult {
     Ok(None)
 }
 
-async fn deadline_propagation(ctx: Ctx) -> CaseResult {
+async fn deadline_propagation<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     let server = ctx.server().await?;
     let c = ctx.connect(&server.endpoint).await?;
     let budget = Duration::from_secs(5);
@@ -185,7 +188,7 @@ async fn deadline_propagation(ctx: Ctx) -> CaseResult {
     )))
 }
 
-async fn cancel_before_first_message(ctx: Ctx) -> CaseResult {
+async fn cancel_before_first_message<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     let server = ctx.server().await?;
     let c = ctx.connect(&server.endpoint).await?;
     let (s, mut r) = c.open(Method::ClientStream, &opts()).await?;
@@ -204,7 +207,7 @@ async fn cancel_before_first_message(ctx: Ctx) -> CaseResult {
     Ok(None)
 }
 
-async fn cancel_after_first_response(ctx: Ctx) -> CaseResult {
+async fn cancel_after_first_response<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     let server = ctx.server().await?;
     let c = ctx.connect(&server.endpoint).await?;
     let (mut s, mut r) = c.open(Method::Bidi, &opts()).await?;

@@ -1,8 +1,8 @@
 //! Status codes and messages, metadata, and the message size limit.
 
 use bytes::Bytes;
-use wirebench_transports::echo::{ECHO_INITIAL_PREFIX, ECHO_TRAILING_PREFIX};
-use wirebench_transports::{
+use wirebench_core::echo::{ECHO_INITIAL_PREFIX, ECHO_TRAILING_PREFIX};
+use wirebench_core::{
     CallOptions, CallReceiver, CallSender, Capability, ClientConfig, Code, Connection, Directives,
     EchoConfig, EchoRequest, FailWith, Metadata, Method,
 };
@@ -10,46 +10,49 @@ use wirebench_transports::{
 use super::{case, drain, entries_with_prefix, expect_code, opts};
 use crate::conformance::{Case, CaseResult, Ctx, Failure};
 use crate::ensure;
+use wirebench_core::Transport;
 
-pub(super) const CASES: &[Case] = &[
-    case!(
-        status_roundtrip,
-        "status",
-        &[Capability::Unary],
-        "each of the 16 error codes arrives with its message"
-    ),
-    case!(
-        special_status_message,
-        "status",
-        &[Capability::Unary],
-        "a status message with whitespace, BMP and non-BMP characters arrives byte-exact"
-    ),
-    case!(
-        error_after_responses,
-        "status",
-        &[Capability::ServerStream],
-        "a stream failing after k responses delivers exactly k, then the status"
-    ),
-    case!(
-        unimplemented_method,
-        "status",
-        &[Capability::Unary],
-        "an unknown method fails with UNIMPLEMENTED and the connection stays usable"
-    ),
-    case!(
-        custom_metadata,
-        "metadata",
-        &[Capability::AsciiMetadata, Capability::BinaryMetadata],
-        "ASCII and binary metadata, duplicate keys, initial and trailing, echoed exactly"
-    ),
-    case!(
-        message_size_limit,
-        "limits",
-        &[Capability::MaxMessageSize],
-        "a message at the limit passes, one byte over fails with RESOURCE_EXHAUSTED, and the \
-         connection stays usable (both directions)"
-    ),
-];
+pub(super) fn cases<T: Transport + Clone>() -> Vec<Case<T>> {
+    vec![
+        case!(
+            status_roundtrip,
+            "status",
+            &[Capability::Unary],
+            "each of the 16 error codes arrives with its message"
+        ),
+        case!(
+            special_status_message,
+            "status",
+            &[Capability::Unary],
+            "a status message with whitespace, BMP and non-BMP characters arrives byte-exact"
+        ),
+        case!(
+            error_after_responses,
+            "status",
+            &[Capability::ServerStream],
+            "a stream failing after k responses delivers exactly k, then the status"
+        ),
+        case!(
+            unimplemented_method,
+            "status",
+            &[Capability::Unary],
+            "an unknown method fails with UNIMPLEMENTED and the connection stays usable"
+        ),
+        case!(
+            custom_metadata,
+            "metadata",
+            &[Capability::AsciiMetadata, Capability::BinaryMetadata],
+            "ASCII and binary metadata, duplicate keys, initial and trailing, echoed exactly"
+        ),
+        case!(
+            message_size_limit,
+            "limits",
+            &[Capability::MaxMessageSize],
+            "a message at the limit passes, one byte over fails with RESOURCE_EXHAUSTED, and the \
+             connection stays usable (both directions)"
+        ),
+    ]
+}
 
 fn failing(code: Code, message: &str, after: u32) -> Directives {
     Directives {
@@ -62,7 +65,7 @@ fn failing(code: Code, message: &str, after: u32) -> Directives {
     }
 }
 
-async fn status_roundtrip(ctx: Ctx) -> CaseResult {
+async fn status_roundtrip<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     let server = ctx.server().await?;
     let c = ctx.connect(&server.endpoint).await?;
     for code in Code::ALL.into_iter().skip(1) {
@@ -80,7 +83,7 @@ async fn status_roundtrip(ctx: Ctx) -> CaseResult {
     Ok(None)
 }
 
-async fn special_status_message(ctx: Ctx) -> CaseResult {
+async fn special_status_message<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     // gRPC interop's special_status_message text.
     const TEXT: &str = "\t\ntest with whitespace\r\nand Unicode BMP ☺ and non-BMP 😈\t\n";
     let server = ctx.server().await?;
@@ -95,7 +98,7 @@ async fn special_status_message(ctx: Ctx) -> CaseResult {
     Ok(None)
 }
 
-async fn error_after_responses(ctx: Ctx) -> CaseResult {
+async fn error_after_responses<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     let server = ctx.server().await?;
     let c = ctx.connect(&server.endpoint).await?;
     let (mut s, mut r) = c.open(Method::ServerStream, &opts()).await?;
@@ -135,7 +138,7 @@ async fn error_after_responses(ctx: Ctx) -> CaseResult {
     Ok(None)
 }
 
-async fn unimplemented_method(ctx: Ctx) -> CaseResult {
+async fn unimplemented_method<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     let server = ctx.server().await?;
     let c = ctx.connect(&server.endpoint).await?;
     let (mut s, mut r) = c.open(Method::Unimplemented, &opts()).await?;
@@ -155,7 +158,7 @@ async fn unimplemented_method(ctx: Ctx) -> CaseResult {
 
 fn request_metadata() -> Result<Metadata, Failure> {
     let mut md = Metadata::new();
-    let bad = |e: wirebench_transports::metadata::MetadataError| Failure(e.to_string());
+    let bad = |e: wirebench_core::metadata::MetadataError| Failure(e.to_string());
     md.append_ascii(format!("{ECHO_INITIAL_PREFIX}ascii"), "value 1")
         .map_err(bad)?;
     md.append_ascii(format!("{ECHO_INITIAL_PREFIX}ascii"), "value 2")
@@ -209,7 +212,7 @@ fn check_echo(
     Ok(())
 }
 
-async fn custom_metadata(ctx: Ctx) -> CaseResult {
+async fn custom_metadata<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     let server = ctx.server().await?;
     let c = ctx.connect(&server.endpoint).await?;
     let md = request_metadata()?;
@@ -232,7 +235,7 @@ async fn custom_metadata(ctx: Ctx) -> CaseResult {
     Ok(None)
 }
 
-async fn message_size_limit(ctx: Ctx) -> CaseResult {
+async fn message_size_limit<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     const LIMIT: usize = 64 * 1024;
     let server = ctx
         .server_with(EchoConfig {

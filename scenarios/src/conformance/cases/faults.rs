@@ -8,88 +8,90 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
-use wirebench_transports::broker::RestartMode;
-use wirebench_transports::{
-    AnyConnection, CallOptions, CallReceiver, CallSender, Capability, Connection, Directives, Echo,
-    EchoRequest, Method, ServerConfig, Status, Transport, pattern,
+use wirebench_core::broker::RestartMode;
+use wirebench_core::{
+    CallOptions, CallReceiver, CallSender, Capability, Connection, Directives, Echo, EchoRequest,
+    Method, ServerConfig, Status, Transport, pattern,
 };
 
 use super::{case, drain, noise, opts};
 use crate::conformance::{Case, CaseResult, Ctx, Failure, TestServer};
 use crate::ensure;
 
-pub(super) const CASES: &[Case] = &[
-    case!(
-        peer_reset_midstream,
-        "faults",
-        &[
-            Capability::ServerStream,
-            Capability::NetworkFaults,
-            Capability::StreamHop
-        ],
-        "a connection reset (RST) in the middle of a server stream fails the stream promptly, \
-         never hangs or ends it as if complete",
-        30,
-        true
-    ),
-    case!(
-        truncated_frame,
-        "faults",
-        &[
-            Capability::Unary,
-            Capability::NetworkFaults,
-            Capability::StreamHop
-        ],
-        "a connection closed mid-frame while a large reply is in flight fails the call, never \
-         delivers a partial message as a success",
-        30,
-        true
-    ),
-    case!(
-        dead_peer_detection,
-        "faults",
-        &[
-            Capability::Unary,
-            Capability::NetworkFaults,
-            Capability::DeadPeerDetection
-        ],
-        "with a 1 s keepalive asked, a call without a deadline fails within 12 s once the path \
-         is blackholed",
-        30,
-        true
-    ),
-    case!(
-        lossy_transfer,
-        "faults",
-        &[
-            Capability::Unary,
-            Capability::NetworkFaults,
-            Capability::Datagrams
-        ],
-        "1 MiB unary and a 100-message server stream under 2% random datagram loss arrive \
-         byte-exact",
-        60,
-        true
-    ),
-    case!(
-        reconnect_after_restart,
-        "faults",
-        &[Capability::Unary],
-        "after the server (or broker) restarts, the first call succeeds within 5 s: on the same \
-         connection where the transport reconnects by itself, else on a re-dialled one",
-        60,
-        false
-    ),
-    case!(
-        graceful_drain,
-        "faults",
-        &[Capability::Unary, Capability::GracefulDrain],
-        "10 calls in flight when the server drains (5 s grace) all finish OK; a new \
-         connection to the restarted server works",
-        60,
-        false
-    ),
-];
+pub(super) fn cases<T: Transport + Clone>() -> Vec<Case<T>> {
+    vec![
+        case!(
+            peer_reset_midstream,
+            "faults",
+            &[
+                Capability::ServerStream,
+                Capability::NetworkFaults,
+                Capability::StreamHop
+            ],
+            "a connection reset (RST) in the middle of a server stream fails the stream promptly, \
+             never hangs or ends it as if complete",
+            30,
+            true
+        ),
+        case!(
+            truncated_frame,
+            "faults",
+            &[
+                Capability::Unary,
+                Capability::NetworkFaults,
+                Capability::StreamHop
+            ],
+            "a connection closed mid-frame while a large reply is in flight fails the call, never \
+             delivers a partial message as a success",
+            30,
+            true
+        ),
+        case!(
+            dead_peer_detection,
+            "faults",
+            &[
+                Capability::Unary,
+                Capability::NetworkFaults,
+                Capability::DeadPeerDetection
+            ],
+            "with a 1 s keepalive asked, a call without a deadline fails within 12 s once the path \
+             is blackholed",
+            30,
+            true
+        ),
+        case!(
+            lossy_transfer,
+            "faults",
+            &[
+                Capability::Unary,
+                Capability::NetworkFaults,
+                Capability::Datagrams
+            ],
+            "1 MiB unary and a 100-message server stream under 2% random datagram loss arrive \
+             byte-exact",
+            60,
+            true
+        ),
+        case!(
+            reconnect_after_restart,
+            "faults",
+            &[Capability::Unary],
+            "after the server (or broker) restarts, the first call succeeds within 5 s: on the same \
+             connection where the transport reconnects by itself, else on a re-dialled one",
+            60,
+            false
+        ),
+        case!(
+            graceful_drain,
+            "faults",
+            &[Capability::Unary, Capability::GracefulDrain],
+            "10 calls in flight when the server drains (5 s grace) all finish OK; a new \
+             connection to the restarted server works",
+            60,
+            false
+        ),
+    ]
+}
 
 /// How promptly a reset must surface.
 const RESET_BOUND: Duration = Duration::from_secs(2);
@@ -145,7 +147,7 @@ async fn recv_within<R: CallReceiver>(
     r: &mut R,
     within: Duration,
     what: &str,
-) -> Result<Option<wirebench_transports::EchoResponse>, Failure> {
+) -> Result<Option<wirebench_core::EchoResponse>, Failure> {
     match tokio::time::timeout(within, r.recv()).await {
         Ok(Ok(m)) => Ok(m),
         Ok(Err(s)) => Err(Failure(format!("{what}: {s}"))),
@@ -153,7 +155,7 @@ async fn recv_within<R: CallReceiver>(
     }
 }
 
-async fn peer_reset_midstream(ctx: Ctx) -> CaseResult {
+async fn peer_reset_midstream<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     let server = ctx.server().await?;
     let (path, via) = ctx.fault_path(&server.endpoint, &[]).await?;
     let c = ctx.connect(&via).await?;
@@ -218,7 +220,7 @@ async fn peer_reset_midstream(ctx: Ctx) -> CaseResult {
     }
 }
 
-async fn truncated_frame(ctx: Ctx) -> CaseResult {
+async fn truncated_frame<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     // Large enough to span many TCP segments and proxy reads, small enough for every broker's
     // default message limit (nats-server: 1 MB).
     const REPLY: usize = 300_000;
@@ -265,7 +267,7 @@ async fn truncated_frame(ctx: Ctx) -> CaseResult {
     }
 }
 
-async fn dead_peer_detection(ctx: Ctx) -> CaseResult {
+async fn dead_peer_detection<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     let server = ctx.server().await?;
     let (path, via) = ctx.fault_path(&server.endpoint, &[]).await?;
     let mut config = ctx.env.client.clone();
@@ -312,7 +314,7 @@ async fn dead_peer_detection(ctx: Ctx) -> CaseResult {
     }
 }
 
-async fn lossy_transfer(ctx: Ctx) -> CaseResult {
+async fn lossy_transfer<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     const BIG: usize = 1 << 20;
     const MESSAGES: usize = 100;
     let server = ctx.server().await?;
@@ -411,7 +413,10 @@ where
 /// Serves on `config.listen` again. The old server's socket may linger briefly after its
 /// shutdown returned (a QUIC endpoint keeps its UDP socket until its closed connections have
 /// drained), so binding is retried with the same backoff for up to 5 s.
-async fn serve_again(ctx: &Ctx, config: ServerConfig) -> Result<TestServer, Failure> {
+async fn serve_again<T: Transport + Clone>(
+    ctx: &Ctx<T>,
+    config: ServerConfig,
+) -> Result<TestServer<T::Server>, Failure> {
     let until = Instant::now() + RECONNECT_BOUND;
     let mut pause = BACKOFF_FIRST;
     loop {
@@ -440,7 +445,7 @@ async fn serve_again(ctx: &Ctx, config: ServerConfig) -> Result<TestServer, Fail
 /// transport's endpoint names the broker and the service's subject prefix, which serving on it
 /// joins; a point-to-point server binds its old socket address again (its endpoint may carry
 /// more, such as a QUIC certificate pin).
-fn same_address(ctx: &Ctx, old: &str) -> ServerConfig {
+fn same_address<T: Transport + Clone>(ctx: &Ctx<T>, old: &str) -> ServerConfig {
     let listen = if ctx.transport.broker().is_some() {
         old.to_owned()
     } else {
@@ -456,7 +461,7 @@ fn same_address(ctx: &Ctx, old: &str) -> ServerConfig {
 }
 
 /// One small call with its own deadline.
-async fn ping(c: &AnyConnection) -> Result<(), String> {
+async fn ping<C: Connection>(c: &C) -> Result<(), String> {
     c.unary(
         EchoRequest::new(vec![7u8; 16]),
         &CallOptions::with_timeout(ATTEMPT_TIMEOUT),
@@ -466,7 +471,7 @@ async fn ping(c: &AnyConnection) -> Result<(), String> {
     .map_err(|s: Status| s.to_string())
 }
 
-async fn reconnect_after_restart(ctx: Ctx) -> CaseResult {
+async fn reconnect_after_restart<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     let reconnects = ctx.transport_caps().supports(Capability::Reconnect);
     // A broker transport's client talks to the broker: restart that when the harness owns it
     // (a private broker), which both the client and the echo server must survive. Otherwise
@@ -554,7 +559,7 @@ async fn reconnect_after_restart(ctx: Ctx) -> CaseResult {
     Ok(Some(note))
 }
 
-async fn graceful_drain(ctx: Ctx) -> CaseResult {
+async fn graceful_drain<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     const IN_FLIGHT: u64 = 10;
     // A broker transport's server drains off a broker that stays up (the environment's, else
     // one started for this case), so the restarted server can join the same service on it.

@@ -12,25 +12,25 @@ mod wire;
 
 use std::time::Duration;
 
-use wirebench_transports::{CallOptions, CallReceiver, EchoResponse, Metadata, Status};
+use wirebench_core::{CallOptions, CallReceiver, EchoResponse, Metadata, Status, Transport};
 
 use super::{Case, Failure};
 
-/// Every case, in report order.
-pub fn all() -> Vec<Case> {
+/// Every case, in report order, for transports of type `T`.
+pub fn all<T: Transport + Clone>() -> Vec<Case<T>> {
     let mut v = Vec::new();
-    v.extend_from_slice(unary::CASES);
-    v.extend_from_slice(streaming::CASES);
-    v.extend_from_slice(deadline::CASES);
-    v.extend_from_slice(errors::CASES);
-    v.extend_from_slice(wire::CASES);
-    v.extend_from_slice(faults::CASES);
-    v.extend_from_slice(broker::CASES);
-    v.extend_from_slice(tls::CASES);
+    v.extend(unary::cases());
+    v.extend(streaming::cases());
+    v.extend(deadline::cases());
+    v.extend(errors::cases());
+    v.extend(wire::cases());
+    v.extend(faults::cases());
+    v.extend(broker::cases());
+    v.extend(tls::cases());
     v
 }
 
-/// Builds a [`Case`] from an `async fn(Ctx) -> CaseResult`.
+/// Builds a [`Case`] from an `async fn(Ctx<T>) -> CaseResult`.
 macro_rules! case {
     ($name:ident, $group:literal, $needs:expr, $summary:literal) => {
         case!($name, $group, $needs, $summary, 30, false)
@@ -100,7 +100,7 @@ pub(crate) fn entries_with_prefix(md: &Metadata, prefix: &str) -> Vec<(String, V
 pub(crate) fn expect_code<T>(
     what: &str,
     result: Result<T, Status>,
-    code: wirebench_transports::Code,
+    code: wirebench_core::Code,
 ) -> Result<Status, Failure> {
     match result {
         Ok(_) => Err(Failure(format!("{what}: succeeded, expected {code}"))),

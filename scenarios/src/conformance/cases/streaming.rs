@@ -3,72 +3,75 @@
 
 use std::time::Duration;
 
-use wirebench_transports::{
+use wirebench_core::{
     CallReceiver, CallSender, Capability, Connection, Directives, EchoRequest, Method, pattern,
 };
 
 use super::{INTEROP_REQUEST_SIZES, INTEROP_RESPONSE_SIZES, case, drain, noise, opts};
 use crate::conformance::{Case, CaseResult, Ctx, Failure};
 use crate::ensure;
+use wirebench_core::Transport;
 
-pub(super) const CASES: &[Case] = &[
-    case!(
-        server_stream,
-        "streaming",
-        &[Capability::ServerStream],
-        "4 responses of 31415, 9, 2653 and 58979 B arrive in order"
-    ),
-    case!(
-        client_stream,
-        "streaming",
-        &[Capability::ClientStream],
-        "4 requests totalling 74,922 B are all counted by the server"
-    ),
-    case!(
-        bidi_ping_pong,
-        "streaming",
-        &[Capability::Bidi],
-        "4 request/response exchanges in lockstep, sizes as requested"
-    ),
-    case!(
-        bidi_half_duplex,
-        "streaming",
-        &[Capability::Bidi],
-        "all requests first, then all responses, in order"
-    ),
-    case!(
-        empty_stream,
-        "streaming",
-        &[Capability::Bidi],
-        "a bidi call with no requests ends OK with no responses"
-    ),
-    case!(
-        stream_integrity,
-        "streaming",
-        &[Capability::Bidi],
-        "100,000 sequence-numbered messages: no gap, duplicate or reorder",
-        120,
-        false
-    ),
-    case!(
-        backlog_at_server,
-        "streaming",
-        &[Capability::Bidi],
-        "20,000 8-byte messages queue while the handler sleeps 300 ms: all echoed in order, \
-         the connection stays usable",
-        60,
-        false
-    ),
-    case!(
-        backlog_at_client,
-        "streaming",
-        &[Capability::Bidi],
-        "20,000 8-byte answers queue while the caller reads nothing for 300 ms: all arrive in \
-         order, the connection stays usable",
-        60,
-        false
-    ),
-];
+pub(super) fn cases<T: Transport + Clone>() -> Vec<Case<T>> {
+    vec![
+        case!(
+            server_stream,
+            "streaming",
+            &[Capability::ServerStream],
+            "4 responses of 31415, 9, 2653 and 58979 B arrive in order"
+        ),
+        case!(
+            client_stream,
+            "streaming",
+            &[Capability::ClientStream],
+            "4 requests totalling 74,922 B are all counted by the server"
+        ),
+        case!(
+            bidi_ping_pong,
+            "streaming",
+            &[Capability::Bidi],
+            "4 request/response exchanges in lockstep, sizes as requested"
+        ),
+        case!(
+            bidi_half_duplex,
+            "streaming",
+            &[Capability::Bidi],
+            "all requests first, then all responses, in order"
+        ),
+        case!(
+            empty_stream,
+            "streaming",
+            &[Capability::Bidi],
+            "a bidi call with no requests ends OK with no responses"
+        ),
+        case!(
+            stream_integrity,
+            "streaming",
+            &[Capability::Bidi],
+            "100,000 sequence-numbered messages: no gap, duplicate or reorder",
+            120,
+            false
+        ),
+        case!(
+            backlog_at_server,
+            "streaming",
+            &[Capability::Bidi],
+            "20,000 8-byte messages queue while the handler sleeps 300 ms: all echoed in order, \
+             the connection stays usable",
+            60,
+            false
+        ),
+        case!(
+            backlog_at_client,
+            "streaming",
+            &[Capability::Bidi],
+            "20,000 8-byte answers queue while the caller reads nothing for 300 ms: all arrive in \
+             order, the connection stays usable",
+            60,
+            false
+        ),
+    ]
+}
 
 /// Messages in each backlog case: more small messages than limits that count messages or
 /// frames rather than bytes let a peer hold unread (h2's small-DATA-frame guard: ~2,100
@@ -86,7 +89,7 @@ fn sized(request: usize, response: u32, seed: u64) -> EchoRequest {
     })
 }
 
-async fn server_stream(ctx: Ctx) -> CaseResult {
+async fn server_stream<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     let server = ctx.server().await?;
     let c = ctx.connect(&server.endpoint).await?;
     let (mut s, mut r) = c.open(Method::ServerStream, &opts()).await?;
@@ -111,7 +114,7 @@ async fn server_stream(ctx: Ctx) -> CaseResult {
     Ok(None)
 }
 
-async fn client_stream(ctx: Ctx) -> CaseResult {
+async fn client_stream<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     let server = ctx.server().await?;
     let c = ctx.connect(&server.endpoint).await?;
     let (mut s, mut r) = c.open(Method::ClientStream, &opts()).await?;
@@ -132,7 +135,7 @@ async fn client_stream(ctx: Ctx) -> CaseResult {
     Ok(None)
 }
 
-async fn bidi_ping_pong(ctx: Ctx) -> CaseResult {
+async fn bidi_ping_pong<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     let server = ctx.server().await?;
     let c = ctx.connect(&server.endpoint).await?;
     let (mut s, mut r) = c.open(Method::Bidi, &opts()).await?;
@@ -159,7 +162,7 @@ async fn bidi_ping_pong(ctx: Ctx) -> CaseResult {
     Ok(None)
 }
 
-async fn bidi_half_duplex(ctx: Ctx) -> CaseResult {
+async fn bidi_half_duplex<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     let server = ctx.server().await?;
     let c = ctx.connect(&server.endpoint).await?;
     let (mut s, mut r) = c.open(Method::Bidi, &opts()).await?;
@@ -181,7 +184,7 @@ async fn bidi_half_duplex(ctx: Ctx) -> CaseResult {
     Ok(None)
 }
 
-async fn empty_stream(ctx: Ctx) -> CaseResult {
+async fn empty_stream<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     let server = ctx.server().await?;
     let c = ctx.connect(&server.endpoint).await?;
     let (mut s, mut r) = c.open(Method::Bidi, &opts()).await?;
@@ -192,7 +195,7 @@ async fn empty_stream(ctx: Ctx) -> CaseResult {
     Ok(None)
 }
 
-async fn stream_integrity(ctx: Ctx) -> CaseResult {
+async fn stream_integrity<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     const N: u64 = 100_000;
     let server = ctx.server().await?;
     let c = ctx.connect(&server.endpoint).await?;
@@ -203,7 +206,7 @@ async fn stream_integrity(ctx: Ctx) -> CaseResult {
 /// The handler falls behind: the first request asks the server to sleep before it reads on,
 /// so the rest queue in the transport (the case that cost grpc connections to h2's
 /// small-DATA-frame guard, `docs/measurements.md`).
-async fn backlog_at_server(ctx: Ctx) -> CaseResult {
+async fn backlog_at_server<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     backlog(ctx, Stall::Handler(BACKLOG_STALL)).await?;
     Ok(Some(format!(
         "{BACKLOG} messages in order after a {} ms stall",
@@ -213,7 +216,7 @@ async fn backlog_at_server(ctx: Ctx) -> CaseResult {
 
 /// The caller falls behind: it sends everything but reads nothing at first, so the answers
 /// queue on its side.
-async fn backlog_at_client(ctx: Ctx) -> CaseResult {
+async fn backlog_at_client<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     backlog(ctx, Stall::Reader(BACKLOG_STALL)).await?;
     Ok(Some(format!(
         "{BACKLOG} answers in order, read after {} ms",
@@ -223,7 +226,7 @@ async fn backlog_at_client(ctx: Ctx) -> CaseResult {
 
 /// `BACKLOG` messages behind `stall`, then a unary call on the same connection: a transport
 /// that survived the backlog by dropping its connection fails there.
-async fn backlog(ctx: Ctx, stall: Stall) -> Result<(), Failure> {
+async fn backlog<T: Transport + Clone>(ctx: Ctx<T>, stall: Stall) -> Result<(), Failure> {
     let server = ctx.server().await?;
     let c = ctx.connect(&server.endpoint).await?;
     sequenced(&c, BACKLOG, stall).await?;
@@ -297,7 +300,7 @@ async fn sequenced<C: Connection>(c: &C, n: u64, stall: Stall) -> Result<(), Fai
             }
             expected += 1;
         }
-        Ok::<_, wirebench_transports::Status>(Ok(expected))
+        Ok::<_, wirebench_core::Status>(Ok(expected))
     };
     let (sent, checked) = tokio::join!(send, check);
     // The receiving half first: when a call ends early, the sender only learns that it ended

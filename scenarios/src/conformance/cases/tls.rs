@@ -7,68 +7,70 @@
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use wirebench_transports::echo::{AUTHORIZATION_KEY, PEER_IDENTITY_KEY};
-use wirebench_transports::registry::AnyConnection;
-use wirebench_transports::tls::{TlsMaterial, TlsMode};
-use wirebench_transports::{
+use wirebench_core::echo::{AUTHORIZATION_KEY, PEER_IDENTITY_KEY};
+use wirebench_core::tls::TlsMode;
+use wirebench_core::{
     CallOptions, CallReceiver, CallSender, Capability, ClientConfig, Code, Connection, Directives,
     EchoConfig, EchoRequest, Metadata, Method, Transport,
 };
+use wirebench_tls::TlsMaterial;
 
 use super::{OBSERVE_WITHIN, case, drain, expect_code, opts};
 use crate::conformance::{Case, CaseResult, Ctx, Failure, TestServer};
 use crate::ensure;
 
-pub(super) const CASES: &[Case] = &[
-    case!(
-        tls_plaintext_to_tls,
-        "tls",
-        &[Capability::Tls, Capability::Plaintext, Capability::Unary],
-        "a plaintext client meeting a TLS server fails fast with a clear error, no hang"
-    ),
-    case!(
-        tls_wrong_ca,
-        "tls",
-        &[Capability::Tls, Capability::Unary],
-        "a server certificate from an untrusted CA is refused"
-    ),
-    case!(
-        tls_hostname_mismatch,
-        "tls",
-        &[Capability::Tls, Capability::Unary],
-        "a server certificate not valid for the expected name is refused"
-    ),
-    case!(
-        mtls_identity,
-        "tls",
-        &[Capability::MutualTls, Capability::Unary],
-        "under mutual TLS the server's handler sees the client certificate's identity"
-    ),
-    case!(
-        mtls_missing_client_cert,
-        "tls",
-        &[Capability::MutualTls, Capability::Unary],
-        "a client without a certificate is refused by a mutual-TLS server"
-    ),
-    case!(
-        token_missing,
-        "auth",
-        &[Capability::TokenAuth, Capability::Unary],
-        "a call without a bearer token fails UNAUTHENTICATED, the connection stays usable"
-    ),
-    case!(
-        token_wrong,
-        "auth",
-        &[Capability::TokenAuth, Capability::Unary],
-        "a call with a wrong bearer token fails UNAUTHENTICATED, the connection stays usable"
-    ),
-    case!(
-        max_concurrent_streams,
-        "limits",
-        &[Capability::MaxConcurrentStreams, Capability::Unary],
-        "with a limit of 1 stream per connection, 10 concurrent calls all succeed, one at a time"
-    ),
-];
+pub(super) fn cases<T: Transport + Clone>() -> Vec<Case<T>> {
+    vec![
+        case!(
+            tls_plaintext_to_tls,
+            "tls",
+            &[Capability::Tls, Capability::Plaintext, Capability::Unary],
+            "a plaintext client meeting a TLS server fails fast with a clear error, no hang"
+        ),
+        case!(
+            tls_wrong_ca,
+            "tls",
+            &[Capability::Tls, Capability::Unary],
+            "a server certificate from an untrusted CA is refused"
+        ),
+        case!(
+            tls_hostname_mismatch,
+            "tls",
+            &[Capability::Tls, Capability::Unary],
+            "a server certificate not valid for the expected name is refused"
+        ),
+        case!(
+            mtls_identity,
+            "tls",
+            &[Capability::MutualTls, Capability::Unary],
+            "under mutual TLS the server's handler sees the client certificate's identity"
+        ),
+        case!(
+            mtls_missing_client_cert,
+            "tls",
+            &[Capability::MutualTls, Capability::Unary],
+            "a client without a certificate is refused by a mutual-TLS server"
+        ),
+        case!(
+            token_missing,
+            "auth",
+            &[Capability::TokenAuth, Capability::Unary],
+            "a call without a bearer token fails UNAUTHENTICATED, the connection stays usable"
+        ),
+        case!(
+            token_wrong,
+            "auth",
+            &[Capability::TokenAuth, Capability::Unary],
+            "a call with a wrong bearer token fails UNAUTHENTICATED, the connection stays usable"
+        ),
+        case!(
+            max_concurrent_streams,
+            "limits",
+            &[Capability::MaxConcurrentStreams, Capability::Unary],
+            "with a limit of 1 stream per connection, 10 concurrent calls all succeed, one at a time"
+        ),
+    ]
+}
 
 /// How long a refused connection may take to fail: a hang is a failure.
 const FAIL_FAST: Duration = Duration::from_secs(5);
@@ -78,17 +80,20 @@ fn small() -> EchoRequest {
 }
 
 /// A server over TLS (`mode`) from `material`, built on the environment's server template.
-async fn tls_server(
-    ctx: &Ctx,
+async fn tls_server<T: Transport + Clone>(
+    ctx: &Ctx<T>,
     material: &TlsMaterial,
     mode: TlsMode,
-) -> Result<TestServer, Failure> {
+) -> Result<TestServer<T::Server>, Failure> {
     let mut config = ctx.server_config();
     config.tls = material.server(mode);
     ctx.serve(config, ctx.env.echo.clone()).await
 }
 
-fn client_with(ctx: &Ctx, tls: Option<wirebench_transports::tls::ClientTls>) -> ClientConfig {
+fn client_with<T: Transport + Clone>(
+    ctx: &Ctx<T>,
+    tls: Option<wirebench_core::tls::ClientTls>,
+) -> ClientConfig {
     ClientConfig {
         tls,
         ..ctx.env.client.clone()
@@ -97,15 +102,15 @@ fn client_with(ctx: &Ctx, tls: Option<wirebench_transports::tls::ClientTls>) -> 
 
 /// Connects and makes one call; `Ok(note)` when the attempt was refused (at connect or on the
 /// call) within [`FAIL_FAST`], a failure when it succeeded or hung.
-async fn expect_refused(
-    ctx: &Ctx,
+async fn expect_refused<T: Transport + Clone>(
+    ctx: &Ctx<T>,
     what: &str,
     endpoint: &str,
     config: ClientConfig,
 ) -> Result<String, Failure> {
     let started = Instant::now();
     let attempt = tokio::time::timeout(FAIL_FAST, async {
-        match ctx.transport.connect(&config, endpoint).await {
+        match Transport::connect(&ctx.transport, &config, endpoint).await {
             Err(e) => Ok(format!("refused at connect: {e}")),
             Ok(c) => match c.unary(small(), &opts()).await {
                 Ok(_) => Err(Failure(format!("{what}: the call succeeded"))),
@@ -123,12 +128,12 @@ async fn expect_refused(
 }
 
 /// The positive control: the same server answers a correctly configured client.
-async fn expect_served(
-    ctx: &Ctx,
+async fn expect_served<T: Transport + Clone>(
+    ctx: &Ctx<T>,
     what: &str,
     endpoint: &str,
     config: ClientConfig,
-) -> Result<AnyConnection, Failure> {
+) -> Result<T::Connection, Failure> {
     let c = ctx
         .transport
         .connect(&config, endpoint)
@@ -140,7 +145,7 @@ async fn expect_served(
     Ok(c)
 }
 
-async fn tls_plaintext_to_tls(ctx: Ctx) -> CaseResult {
+async fn tls_plaintext_to_tls<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     let m = ctx.tls_material()?;
     let server = tls_server(&ctx, &m, TlsMode::Tls).await?;
     let plain = client_with(&ctx, None);
@@ -172,7 +177,7 @@ async fn tls_plaintext_to_tls(ctx: Ctx) -> CaseResult {
     Ok(Some(format!("{outcome} after {elapsed:?}")))
 }
 
-async fn tls_wrong_ca(ctx: Ctx) -> CaseResult {
+async fn tls_wrong_ca<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     let m = ctx.tls_material()?;
     let other = TlsMaterial::generate().map_err(|e| Failure(e.to_string()))?;
     let server = tls_server(&ctx, &m, TlsMode::Tls).await?;
@@ -193,7 +198,7 @@ async fn tls_wrong_ca(ctx: Ctx) -> CaseResult {
     Ok(Some(note))
 }
 
-async fn tls_hostname_mismatch(ctx: Ctx) -> CaseResult {
+async fn tls_hostname_mismatch<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     let m = ctx.tls_material()?;
     let server = tls_server(&ctx, &m, TlsMode::Tls).await?;
     let wrong = m
@@ -216,7 +221,7 @@ async fn tls_hostname_mismatch(ctx: Ctx) -> CaseResult {
     Ok(Some(note))
 }
 
-async fn mtls_identity(ctx: Ctx) -> CaseResult {
+async fn mtls_identity<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     let m = ctx.tls_material()?;
     let expected = m
         .client_identity()
@@ -249,7 +254,7 @@ async fn mtls_identity(ctx: Ctx) -> CaseResult {
     Ok(Some(format!("identity {expected:?}")))
 }
 
-async fn mtls_missing_client_cert(ctx: Ctx) -> CaseResult {
+async fn mtls_missing_client_cert<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     let m = ctx.tls_material()?;
     let server = tls_server(&ctx, &m, TlsMode::Mutual).await?;
     let note = expect_refused(
@@ -287,7 +292,7 @@ fn with_authorization(value: Option<&str>) -> Result<CallOptions, Failure> {
 /// Calls with `bad` credentials must fail UNAUTHENTICATED (unary and, where supported, a
 /// stream), the right token must pass on the same connection, and the server must have counted
 /// each refusal.
-async fn token_case(ctx: &Ctx, bad: &[Option<&str>]) -> CaseResult {
+async fn token_case<T: Transport + Clone>(ctx: &Ctx<T>, bad: &[Option<&str>]) -> CaseResult {
     let server = ctx
         .server_with(EchoConfig {
             auth_token: Some(TOKEN.into()),
@@ -330,11 +335,11 @@ async fn token_case(ctx: &Ctx, bad: &[Option<&str>]) -> CaseResult {
     Ok(Some(format!("{refused} calls refused")))
 }
 
-async fn token_missing(ctx: Ctx) -> CaseResult {
+async fn token_missing<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     token_case(&ctx, &[None]).await
 }
 
-async fn token_wrong(ctx: Ctx) -> CaseResult {
+async fn token_wrong<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     let wrong = format!("Bearer {TOKEN}-not");
     let basic = format!("Basic {TOKEN}");
     token_case(
@@ -344,7 +349,7 @@ async fn token_wrong(ctx: Ctx) -> CaseResult {
     .await
 }
 
-async fn max_concurrent_streams(ctx: Ctx) -> CaseResult {
+async fn max_concurrent_streams<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     const CALLS: usize = 10;
     const DELAY: Duration = Duration::from_millis(100);
     let mut config = ctx.server_config();

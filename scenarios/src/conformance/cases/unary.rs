@@ -3,34 +3,37 @@
 use std::time::Duration;
 
 use futures::future::join_all;
-use wirebench_transports::{Capability, Connection, Directives, EchoRequest, pattern};
+use wirebench_core::{Capability, Connection, Directives, EchoRequest, pattern};
 
 use super::{case, noise, opts};
 use crate::conformance::{Case, CaseResult, Ctx};
 use crate::ensure;
+use wirebench_core::Transport;
 
-pub(super) const CASES: &[Case] = &[
-    case!(
-        unary_empty,
-        "unary",
-        &[Capability::Unary],
-        "an empty request gets an empty response"
-    ),
-    case!(
-        unary_large,
-        "unary",
-        &[Capability::Unary],
-        "271,828 B in, 314,159 B out, byte-exact both ways"
-    ),
-    case!(
-        unary_concurrent,
-        "unary",
-        &[Capability::Unary],
-        "1000 calls in flight on one connection, each reply matched to its request"
-    ),
-];
+pub(super) fn cases<T: Transport + Clone>() -> Vec<Case<T>> {
+    vec![
+        case!(
+            unary_empty,
+            "unary",
+            &[Capability::Unary],
+            "an empty request gets an empty response"
+        ),
+        case!(
+            unary_large,
+            "unary",
+            &[Capability::Unary],
+            "271,828 B in, 314,159 B out, byte-exact both ways"
+        ),
+        case!(
+            unary_concurrent,
+            "unary",
+            &[Capability::Unary],
+            "1000 calls in flight on one connection, each reply matched to its request"
+        ),
+    ]
+}
 
-async fn unary_empty(ctx: Ctx) -> CaseResult {
+async fn unary_empty<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     let server = ctx.server().await?;
     let c = ctx.connect(&server.endpoint).await?;
     let r = c.unary(EchoRequest::new(Vec::new()), &opts()).await?;
@@ -42,7 +45,7 @@ async fn unary_empty(ctx: Ctx) -> CaseResult {
     Ok(None)
 }
 
-async fn unary_large(ctx: Ctx) -> CaseResult {
+async fn unary_large<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     let server = ctx.server().await?;
     let c = ctx.connect(&server.endpoint).await?;
     let request = noise(271_828, 7);
@@ -75,7 +78,7 @@ async fn unary_large(ctx: Ctx) -> CaseResult {
     Ok(None)
 }
 
-async fn unary_concurrent(ctx: Ctx) -> CaseResult {
+async fn unary_concurrent<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     const CALLS: usize = 1000;
     let server = ctx.server().await?;
     let c = ctx.connect(&server.endpoint).await?;

@@ -6,30 +6,33 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use wirebench_transports::{
+use wirebench_core::{
     CallReceiver, CallSender, Capability, Connection, Directives, EchoRequest, Method, pattern,
 };
 
 use super::{case, drain, noise, opts};
 use crate::conformance::{Case, CaseResult, Ctx, Failure};
 use crate::ensure;
+use wirebench_core::Transport;
 
-pub(super) const CASES: &[Case] = &[
-    case!(
-        fragmented_io,
-        "wire",
-        &[Capability::ByteStreamWire],
-        "calls through a path that writes one byte at a time decode correctly",
-        60,
-        true
-    ),
-    case!(
-        malformed_frame,
-        "wire",
-        &[Capability::ByteStreamWire],
-        "garbage and truncated bytes close only their own connection; others keep working"
-    ),
-];
+pub(super) fn cases<T: Transport + Clone>() -> Vec<Case<T>> {
+    vec![
+        case!(
+            fragmented_io,
+            "wire",
+            &[Capability::ByteStreamWire],
+            "calls through a path that writes one byte at a time decode correctly",
+            60,
+            true
+        ),
+        case!(
+            malformed_frame,
+            "wire",
+            &[Capability::ByteStreamWire],
+            "garbage and truncated bytes close only their own connection; others keep working"
+        ),
+    ]
+}
 
 fn socket_addr(endpoint: &str) -> Result<SocketAddr, Failure> {
     endpoint
@@ -37,7 +40,7 @@ fn socket_addr(endpoint: &str) -> Result<SocketAddr, Failure> {
         .map_err(|_| Failure(format!("endpoint {endpoint:?} is not a socket address")))
 }
 
-async fn fragmented_io(ctx: Ctx) -> CaseResult {
+async fn fragmented_io<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     let server = ctx.server().await?;
     let upstream = socket_addr(&server.endpoint)?;
     let path = ctx
@@ -126,7 +129,7 @@ async fn feed(addr: SocketAddr, bytes: &[u8], truncate: bool) -> Result<usize, F
     Ok(got)
 }
 
-async fn malformed_frame(ctx: Ctx) -> CaseResult {
+async fn malformed_frame<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
     let server = ctx.server().await?;
     let addr = socket_addr(&server.endpoint)?;
     let good = ctx.connect(&server.endpoint).await?;

@@ -1,0 +1,345 @@
+//! `nats`-specific behaviour against a real nats-server: no responders, queue-group load
+//! sharing, unary cancellation reaching the server, the broker's payload limit, a broker
+//! restart under the transport, and the documented wire scheme spoken by a plain NATS client.
+//!
+//! Each test starts its own private broker; without nats-server the tests are skipped with a
+//! message (and fail when `CI` is set).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use wirebench_core::broker::RestartMode;
+use wirebench_core::{
+    CallOptions, CallReceiver, CallSender, ClientConfig, Code, Connection, Directives, Echo,
+    EchoConfig, EchoRequest, Method, Server, ServerConfig, Transport,
+};
+use wirebench_nats::broker::{NatsProcess, locate};
+use wirebench_nats::{Nats, NatsServer};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn available() -> bool {
+    match locate() {
+        Ok(_) => true,
+        Err(e) => {
+            assert!(std::env::var_os("CI").is_none(), "CI is set: {e}");
+            eprintln!("skipped: {e}");
+            false
+        }
+    }
+}
+
+async fn serve(listen: &str, echo: Arc<Echo>) -> NatsServer {
+    let config = ServerConfig {
+        listen: listen.to_owned(),
+        ..ServerConfig::loopback()
+    };
+    Nats.serve(&config, echo)
+        .await
+        .expect("nats server on a private broker")
+}
+
+async fn broker() -> NatsProcess {
+    NatsProcess::start(([127, 0, 0, 1], 0).into())
+        .await
+        .expect("a private nats-server")
+}
+
+#[tokio::test]
+async fn no_responder_fails_at_once_with_unavailable() {
+    if !available() {
+        return;
+    }
+    tokio::time::timeout(LIMIT, async {
+        let b = broker().await;
+        let endpoint = format!("{}/wb.echo.nobody", b.url());
+        let c = Nats
+            .connect(&ClientConfig::default(), &endpoint)
+            .await
+            .unwrap();
+        let o = CallOptions::with_timeout(Duration::from_secs(20));
+        let t = Instant::now();
+        let e = c.unary(EchoRequest::new(vec![1u8]), &o).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable, "{e}");
+        assert!(e.message().contains("no responders"), "{e}");
+        let e = c.open(Method::Bidi, &o).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable, "{e}");
+        // "At once": far below the 20 s deadline (generous for loaded CI machines).
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn servers_of_one_service_share_the_load() {
+    if !available() {
+        return;
+    }
+    tokio::time::timeout(LIMIT, async {
+        let first_echo = Arc::new(Echo::default());
+        let first = serve("127.0.0.1:0", first_echo.clone()).await;
+        // The second attaches to the first's broker and joins its service (same prefix).
+        let second_echo = Arc::new(Echo::default());
+        let second = serve(&first.endpoint(), second_echo.clone()).await;
+        assert_eq!(first.endpoint(), second.endpoint());
+        let c = Nats
+            .connect(&ClientConfig::default(), &first.endpoint())
+            .await
+            .unwrap();
+        for i in 0..200u32 {
+            let r = c
+                .unary(
+                    EchoRequest::new(i.to_le_bytes().to_vec()),
+                    &CallOptions::default(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(&r.message.payload[..], &i.to_le_bytes());
+        }
+        let (a, b) = (first_echo.calls(), second_echo.calls());
+        assert_eq!(a + b, 200);
+        assert!(a > 0 && b > 0, "one server took every call: {a} / {b}");
+        second.shutdown().await;
+        first.shutdown().await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_dropped_unary_call_is_cancelled_at_the_server() {
+    if !available() {
+        return;
+    }
+    tokio::time::timeout(LIMIT, async {
+        let echo = Arc::new(Echo::default());
+        let s = serve("127.0.0.1:0", echo.clone()).await;
+        let c = Nats
+            .connect(&ClientConfig::default(), &s.endpoint())
+            .await
+            .unwrap();
+        let sleepy = EchoRequest::new(vec![1u8]).with_directives(Directives {
+            delay: Duration::from_secs(60),
+            ..Default::default()
+        });
+        let o = CallOptions::default();
+        // The call is dropped once the server has it (its call counter moved).
+        tokio::select! {
+            r = c.unary(sleepy, &o) => panic!("a 60 s call ended: {r:?}"),
+            () = async {
+                while echo.calls() == 0 {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            } => {}
+        }
+        let (seen, held) = echo
+            .wait_observed(Duration::from_secs(10), |o| o.cancelled >= 1)
+            .await;
+        assert!(held, "the server never saw the cancel: {seen:?}");
+        s.shutdown().await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn the_broker_payload_limit_fails_one_call_only() {
+    if !available() {
+        return;
+    }
+    tokio::time::timeout(LIMIT, async {
+        // Our limits far above the private broker's 8 MiB max_payload: the broker's decides.
+        let big = 16 << 20;
+        let echo = Arc::new(Echo::new(EchoConfig {
+            max_message_size: big,
+            ..EchoConfig::default()
+        }));
+        let s = serve("127.0.0.1:0", echo).await;
+        let config = ClientConfig {
+            max_message_size: big,
+            ..ClientConfig::default()
+        };
+        let c = Nats.connect(&config, &s.endpoint()).await.unwrap();
+        let o = CallOptions::default();
+        let over = 9 << 20;
+        let e = c
+            .unary(EchoRequest::new(vec![0u8; over]), &o)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+        let sized = EchoRequest::new(Vec::new()).with_directives(Directives {
+            response_size: Some(over as u32),
+            ..Default::default()
+        });
+        let e = c.unary(sized, &o).await.unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+        let r = c
+            .unary(EchoRequest::new(vec![5u8; 1 << 20]), &o)
+            .await
+            .unwrap();
+        assert_eq!(r.message.payload.len(), 1 << 20);
+        s.shutdown().await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_broker_restart_fails_calls_in_flight_then_recovers() {
+    if !available() {
+        return;
+    }
+    tokio::time::timeout(LIMIT, async {
+        let mut b = broker().await;
+        let s = serve(&b.url(), Arc::new(Echo::default())).await;
+        let c = Nats
+            .connect(&ClientConfig::default(), &s.endpoint())
+            .await
+            .unwrap();
+        let o = CallOptions::with_timeout(Duration::from_secs(20));
+        c.unary(EchoRequest::new(vec![1u8]), &o).await.unwrap();
+        let sleepy = EchoRequest::new(vec![1u8]).with_directives(Directives {
+            delay: Duration::from_secs(10),
+            ..Default::default()
+        });
+        let (mut tx, mut rx) = c.open(Method::Bidi, &o).await.unwrap();
+        tx.send(EchoRequest::new(vec![2u8])).await.unwrap();
+        assert!(rx.recv().await.unwrap().is_some());
+        let t = Instant::now();
+        let (in_flight, restarted) =
+            tokio::join!(c.unary(sleepy, &o), b.restart(RestartMode::Kill));
+        restarted.unwrap();
+        let e = in_flight.unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable, "{e}");
+        assert!(
+            t.elapsed() < Duration::from_secs(8),
+            "failed by deadline, not at once"
+        );
+        let e = rx.recv().await.unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable, "{e}");
+        // Client and server reconnect by themselves; calls work again.
+        let back = tokio::time::timeout(Duration::from_secs(15), async {
+            loop {
+                match c.unary(EchoRequest::new(vec![3u8]), &o).await {
+                    Ok(r) => return r,
+                    Err(e) => {
+                        assert_eq!(e.code(), Code::Unavailable, "{e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        })
+        .await
+        .expect("calls did not recover after the broker restart");
+        assert_eq!(&back.message.payload[..], &[3u8]);
+        s.shutdown().await;
+    })
+    .await
+    .unwrap();
+}
+
+/// A plain NATS client, knowing only the documented scheme, calls the service.
+#[tokio::test]
+async fn the_documented_scheme_works_from_a_plain_nats_client() {
+    if !available() {
+        return;
+    }
+    tokio::time::timeout(LIMIT, async {
+        let s = serve("127.0.0.1:0", Arc::new(Echo::default())).await;
+        let endpoint = s.endpoint();
+        let (url, prefix) = endpoint.rsplit_once('/').unwrap();
+        let nc = async_nats::connect(url).await.unwrap();
+
+        // Unary, plain: no headers either way.
+        let r = nc
+            .request(format!("{prefix}.Unary"), Bytes::from_static(b"hi"))
+            .await
+            .unwrap();
+        assert_eq!(&r.payload[..], b"hi");
+        assert!(r.headers.is_none());
+
+        // Unary with metadata and a failure directive.
+        let mut h = async_nats::HeaderMap::new();
+        h.append("Wb-Md", "x-trailing-k v%25");
+        h.append("Wb-Md", "x-initial-b-bin AAE=");
+        h.append("Wb-Fail", "10 0 no%20way");
+        let r = nc
+            .request_with_headers(format!("{prefix}.Unary"), h, Bytes::new())
+            .await
+            .unwrap();
+        let rh = r.headers.unwrap();
+        assert_eq!(rh.get("Wb-Status").unwrap().as_str(), "10");
+        // Interior spaces are kept as is; only edges, `%` and non-printables are escaped.
+        assert_eq!(rh.get("Wb-Message").unwrap().as_str(), "no way");
+        assert_eq!(rh.get("Wb-Md").unwrap().as_str(), "x-initial-b-bin AAE=");
+        assert_eq!(rh.get("Wb-Tr").unwrap().as_str(), "x-trailing-k v%25");
+
+        // A server stream by frames: open, accept, msg + end; headers? msgs, status.
+        let inbox = nc.new_inbox();
+        let mut sub = nc.subscribe(inbox.clone()).await.unwrap();
+        let mut open = async_nats::HeaderMap::new();
+        open.insert("Wb-Frame", "open");
+        open.insert("Wb-Window", "16");
+        nc.publish_with_reply_and_headers(
+            format!("{prefix}.ServerStream"),
+            inbox,
+            open,
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+        let accept = sub.next().await.unwrap();
+        assert_eq!(
+            accept
+                .headers
+                .as_ref()
+                .unwrap()
+                .get("Wb-Frame")
+                .unwrap()
+                .as_str(),
+            "accept"
+        );
+        let to = accept.reply.unwrap();
+        let mut m = async_nats::HeaderMap::new();
+        m.insert("Wb-Frame", "msg");
+        m.insert("Wb-Seq", "1");
+        m.insert("Wb-Sizes", "3,0,5");
+        nc.publish_with_headers(to.clone(), m, Bytes::new())
+            .await
+            .unwrap();
+        let mut end = async_nats::HeaderMap::new();
+        end.insert("Wb-Frame", "end");
+        end.insert("Wb-Seq", "1");
+        nc.publish_with_headers(to, end, Bytes::new())
+            .await
+            .unwrap();
+        let mut sizes = Vec::new();
+        loop {
+            let f = sub.next().await.unwrap();
+            let h = f.headers.unwrap();
+            match h.get("Wb-Frame").unwrap().as_str() {
+                "msg" => {
+                    assert_eq!(
+                        h.get("Wb-Seq").unwrap().as_str(),
+                        (sizes.len() + 1).to_string()
+                    );
+                    sizes.push(f.payload.len());
+                }
+                "status" => {
+                    assert!(h.get("Wb-Status").is_none(), "not OK: {h:?}");
+                    assert_eq!(h.get("Wb-Seq").unwrap().as_str(), "3");
+                    break;
+                }
+                "headers" | "credit" => {}
+                other => panic!("unexpected frame {other}"),
+            }
+        }
+        assert_eq!(sizes, [3, 0, 5]);
+        s.shutdown().await;
+    })
+    .await
+    .unwrap();
+}
