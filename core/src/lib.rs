@@ -13,7 +13,6 @@ pub mod broker;
 pub mod call;
 pub mod drain;
 pub mod echo;
-pub mod flow;
 pub mod inproc;
 pub mod message;
 pub mod metadata;

@@ -17,7 +17,7 @@ use super::link::{Inbound, Link, LinkConfig, LinkHandle, Out, PROTOCOL_MAX_PACKE
 use super::wire::{self, Frame, Props};
 use super::{Endpoint, call_topic, cancel_topic, fresh_id};
 use wirebench_core::call::{CallEvent, CancelSignal, EventReceiver, call_ended};
-use wirebench_core::flow::{Credit, DEFAULT_WINDOW, Grants};
+use wirebench_brokerrpc::flow::{Credit, DEFAULT_WINDOW, Grants};
 use wirebench_core::message::{EchoRequest, EchoResponse, Method};
 use wirebench_core::metadata::Metadata;
 use wirebench_core::status::{Code, Status};

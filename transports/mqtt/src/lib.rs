@@ -190,8 +190,15 @@ impl Endpoint {
         let prefix = if prefix.is_empty() {
             None
         } else {
-            wirebench_brokerrpc::check_prefix(prefix, '/', "topic prefix")
-                .map_err(|e| e.to_string())?;
+            wirebench_brokerrpc::check_prefix(
+                &wirebench_brokerrpc::Scheme {
+                    name: "mqtt",
+                    separator: '/',
+                    prefix_kind: "topic prefix",
+                },
+                prefix,
+            )
+            .map_err(|e| e.to_string())?;
             Some(prefix.to_owned())
         };
         Ok(Endpoint {

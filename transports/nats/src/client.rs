@@ -20,7 +20,7 @@ use super::wire::{self, Frame};
 use super::{Endpoint, cancel_subject, method_subject};
 use wirebench_core::broker::BrokerError;
 use wirebench_core::call::{CallEvent, CancelSignal, EventReceiver, call_ended};
-use wirebench_core::flow::{Credit, DEFAULT_WINDOW, Grants};
+use wirebench_brokerrpc::flow::{Credit, DEFAULT_WINDOW, Grants};
 use wirebench_core::message::{EchoRequest, EchoResponse, Method};
 use wirebench_core::metadata::Metadata;
 use wirebench_core::status::{Code, Status};

@@ -187,8 +187,15 @@ impl Endpoint {
         let prefix = if prefix.is_empty() {
             None
         } else {
-            wirebench_brokerrpc::check_prefix(prefix, '.', "subject prefix")
-                .map_err(|e| e.to_string())?;
+            wirebench_brokerrpc::check_prefix(
+                &wirebench_brokerrpc::Scheme {
+                    name: "nats",
+                    separator: '.',
+                    prefix_kind: "subject prefix",
+                },
+                prefix,
+            )
+            .map_err(|e| e.to_string())?;
             Some(prefix.to_owned())
         };
         Ok(Endpoint {

@@ -29,7 +29,7 @@ use super::wire::{self, Frame, WireError};
 use super::{Endpoint, QUEUE_GROUP, Target, cancel_subject};
 use wirebench_core::drain::{DrainReport, Grace};
 use wirebench_core::echo::{CallHead, Echo, ServerCall, UnaryOutcome};
-use wirebench_core::flow::{Credit, DEFAULT_WINDOW, Grants};
+use wirebench_brokerrpc::flow::{Credit, DEFAULT_WINDOW, Grants};
 use wirebench_core::message::{EchoRequest, EchoResponse, Method};
 use wirebench_core::metadata::Metadata;
 use wirebench_core::status::{Code, Status};
