@@ -155,7 +155,7 @@ pub enum MetadataKind {
 /// A broker message's headers, as one broker's client library carries them.
 pub trait Headers: Default + Send + Sync + 'static {
     /// The first value of header `name` (one of this module's `Wb-*` names).
-    fn get(&self, name: &str) -> Option<&str>;
+    fn get(&self, name: &'static str) -> Option<&str>;
 
     /// Adds header `name` (each `Wb-*` name is written at most once per message).
     fn put(&mut self, name: &'static str, value: String);
@@ -288,7 +288,7 @@ pub fn put_u64<H: Headers>(headers: &mut H, name: &'static str, n: u64) {
 
 fn get_num<H: Headers, T: std::str::FromStr>(
     headers: &H,
-    name: &str,
+    name: &'static str,
 ) -> Result<Option<T>, WireError> {
     match headers.get(name) {
         None => Ok(None),
@@ -300,7 +300,7 @@ fn get_num<H: Headers, T: std::str::FromStr>(
 }
 
 /// An optional number header.
-pub fn get_u64<H: Headers>(headers: &H, name: &str) -> Result<Option<u64>, WireError> {
+pub fn get_u64<H: Headers>(headers: &H, name: &'static str) -> Result<Option<u64>, WireError> {
     get_num(headers, name)
 }
 
@@ -323,7 +323,7 @@ pub fn get_timeout<H: Headers>(headers: &H) -> Result<Option<Duration>, WireErro
     Ok(get_num::<H, u64>(headers, TIMEOUT)?.map(Duration::from_micros))
 }
 
-fn micros<H: Headers>(headers: &H, name: &str) -> Result<Duration, WireError> {
+fn micros<H: Headers>(headers: &H, name: &'static str) -> Result<Duration, WireError> {
     Ok(get_num::<H, u64>(headers, name)?.map_or(Duration::ZERO, Duration::from_micros))
 }
 
@@ -554,112 +554,10 @@ pub fn method_of(token: &[u8]) -> Method {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
+    use crate::testing::{Pairs, directives, metadata};
     use proptest::prelude::*;
-
-    /// The simplest broker headers: an ordered list of name/value pairs, metadata entries one
-    /// `Wb-Md`/`Wb-Tr` pair each (`key value`, text escaped) — the layout a line-based broker
-    /// would use. What the tests and the in-memory broker run on.
-    #[derive(Clone, Debug, Default, PartialEq, Eq)]
-    pub(crate) struct Pairs(pub Vec<(String, String)>);
-
-    impl Headers for Pairs {
-        fn get(&self, name: &str) -> Option<&str> {
-            self.0
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.as_str())
-        }
-
-        fn put(&mut self, name: &'static str, value: String) {
-            self.0.push((name.to_owned(), value));
-        }
-
-        fn is_empty(&self) -> bool {
-            self.0.is_empty()
-        }
-
-        fn put_metadata(&mut self, kind: MetadataKind, md: &Metadata) {
-            let name = match kind {
-                MetadataKind::Initial => "Wb-Md",
-                MetadataKind::Trailing => "Wb-Tr",
-            };
-            for e in md {
-                let mut v = format!("{} ", e.key());
-                encode_value(e.value(), true, &mut v);
-                self.0.push((name.to_owned(), v));
-            }
-        }
-
-        fn get_metadata(&self, kind: MetadataKind) -> Result<Metadata, WireError> {
-            let name = match kind {
-                MetadataKind::Initial => "Wb-Md",
-                MetadataKind::Trailing => "Wb-Tr",
-            };
-            let mut md = Metadata::new();
-            for (n, v) in self.0.iter().filter(|(n, _)| n == name) {
-                let (key, enc) = v.split_once(' ').unwrap_or((v, ""));
-                decode_entry(&mut md, n, v, key, enc, true)?;
-            }
-            Ok(md)
-        }
-    }
-
-    pub(crate) fn key() -> impl Strategy<Value = String> {
-        "[a-z0-9][a-z0-9._-]{0,12}".prop_filter("reserved", |k| !k.starts_with("grpc-"))
-    }
-
-    /// Any metadata: ASCII and binary entries, repeated keys allowed.
-    pub(crate) fn metadata() -> impl Strategy<Value = Metadata> {
-        let entry = prop_oneof![
-            (
-                key().prop_filter("ascii key", |k| !k.ends_with("-bin")),
-                "[ -~]{0,24}"
-            )
-                .prop_map(|(k, v)| (k, MetadataValue::Ascii(v))),
-            (key(), proptest::collection::vec(any::<u8>(), 0..40))
-                .prop_map(|(k, v)| (format!("{k}-bin"), MetadataValue::Binary(Bytes::from(v)))),
-        ];
-        proptest::collection::vec(entry, 0..8).prop_map(|entries| {
-            let mut md = Metadata::new();
-            for (k, v) in entries {
-                match v {
-                    MetadataValue::Ascii(s) => md.append_ascii(k, s).expect("valid ascii entry"),
-                    MetadataValue::Binary(b) => md.append_binary(k, b).expect("valid binary entry"),
-                }
-            }
-            md
-        })
-    }
-
-    /// Any directives.
-    pub(crate) fn directives() -> impl Strategy<Value = Directives> {
-        (
-            proptest::option::of(any::<u32>()),
-            proptest::option::of(any::<u32>()),
-            proptest::collection::vec(any::<u32>(), 0..5),
-            0u64..10_000_000,
-            0u64..10_000_000,
-            proptest::option::of((1u32..17, any::<u32>(), "\\PC{0,30}")),
-            any::<bool>(),
-        )
-            .prop_map(
-                |(size, count, sizes, interval, delay, fail, report)| Directives {
-                    response_size: size,
-                    response_count: count,
-                    response_sizes: sizes,
-                    response_interval: Duration::from_micros(interval),
-                    delay: Duration::from_micros(delay),
-                    fail: fail.map(|(c, after, message)| FailWith {
-                        code: Code::from_u32(c),
-                        message,
-                        after,
-                    }),
-                    report_deadline: report,
-                },
-            )
-    }
 
     proptest! {
         #[test]

@@ -89,6 +89,8 @@ pub mod server;
 
 #[cfg(test)]
 mod memory;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use client::{
     Client, ClientCalls, ClientLink, Incoming, StreamCancel, StreamReceiver, StreamSender,

@@ -16,8 +16,8 @@ use wirebench_core::message::Method;
 use wirebench_core::status::Status;
 
 use crate::client::{ClientCalls, ClientLink, Incoming};
-use crate::headers::tests::Pairs;
 use crate::server::{ServerLink, Service};
+use crate::testing::Pairs;
 use crate::{Client, Frame, headers};
 
 /// One message through the broker.

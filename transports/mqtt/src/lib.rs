@@ -25,75 +25,26 @@
 //! `UNIMPLEMENTED` (12). `R` and `S` are opaque: a client may use any reply topic it subscribes
 //! to, one per call or one for all; a server may choose any `S`.
 //!
-//! ## Unary: request/reply
+//! ## The protocol
 //!
-//! Request: publish the request payload to `P/call/Unary` with **response topic** `R` and
-//! **correlation data** `C` (any bytes that identify the call for the client; this client
-//! uses the call id as 8 bytes, big-endian). User properties only when needed (a plain call
-//! has none): request metadata, `Wb-Timeout` and the directives. Reply: published to `R` with
-//! correlation data `C`; the payload is the response payload; user properties only when needed:
-//! `Wb-Status` and `Wb-Message` (absent status = `OK`), initial metadata, trailing metadata,
-//! `Wb-Recv-Msgs`/`Wb-Recv-Bytes`. A client that gives up on a call (cancelled, deadline passed)
-//! publishes an empty message to `P/ctl/cancel` with the call's response topic `R` and
-//! correlation data `C`; the server running it stops its handler. MQTT has no "no responders"
-//! answer: a call to a service that no server serves waits for its deadline.
+//! Unary request/reply, stream frames, flow control, sequence numbers, the `Wb-*` headers and
+//! their encodings are the broker protocol's, the same on every broker: see
+//! [`wirebench_brokerrpc`]. What MQTT adds:
 //!
-//! ## Streams: frames
-//!
-//! Every stream message carries the user property `Wb-Frame: <kind>`; messages to `R` carry
-//! the call's correlation data `C`:
-//!
-//! | kind | on | direction | properties | payload |
-//! |---|---|---|---|---|
-//! | `open` | `P/call/<Method>`, response topic `R`, correlation `C` | client → service | `Wb-Window`, metadata*, `Wb-Timeout`? | none |
-//! | `accept` | `R` / `C`, response topic `S` | server → client | `Wb-Window` | none |
-//! | `headers` | `R` / `C` | server → client | metadata* (initial) | none |
-//! | `msg` | `S` / `R` | both | `Wb-Seq`; requests: directives; responses: `Wb-Recv-*` | the message |
-//! | `end` | `S` | client → server | `Wb-Seq` = messages sent (half-close) | none |
-//! | `status` | `R` / `C` | server → client | `Wb-Status`?, `Wb-Message`?, trailing metadata*, `Wb-Seq` = messages sent | none |
-//! | `cancel` | `S` | client → server | — | none |
-//! | `credit` | `S` / `R` | both | `Wb-Ack` = messages consumed so far | none |
-//!
-//! A call: `open`; the server answers `accept` (or a `status` alone when it refuses the call);
-//! then the client sends `msg`s and one `end`, the server sends an optional `headers`, `msg`s and
-//! exactly one `status`, which ends the call. `cancel` ends it from the client side. `msg`
-//! sequence numbers start at 1 in each direction; a gap, or a count in `end`/`status` that
-//! differs from what arrived, fails the call with `DATA_LOSS` (15): at QoS 0 a broker may drop
-//! messages, and this makes the loss visible instead of silent. A `status` without `Wb-Seq` (a
-//! server shutting down) is not counted.
-//!
-//! **Flow control** per stream, as MQTT has none between two clients: each side announces its
-//! receive window in messages (`Wb-Window`, 128 here) and may send message `n` only when
-//! `n <= acked + window`, where `acked` is the latest `Wb-Ack` from its peer; receivers send
-//! `credit` every half window consumed.
-//!
-//! ## User properties
-//!
-//! MQTT 5 brokers forward user properties unchanged and in order, names may repeat.
-//!
-//! | name | value |
-//! |---|---|
-//! | a metadata key (`[a-z0-9._-]`, e.g. `x-trace`) | one metadata entry: request metadata on requests and `open`, initial metadata on replies and `headers` |
-//! | `Wb-Tr:<key>` | one trailing metadata entry (replies, `status`) |
-//! | `Wb-Timeout` | the deadline as a budget in microseconds from arrival (like `grpc-timeout`) |
-//! | `Wb-Status` | status code, gRPC numbering 0–16 (absent = 0 `OK`) |
-//! | `Wb-Message` | status message, UTF-8, percent-encoded |
-//! | `Wb-Size` / `Wb-Count` | directives: size of each response / number of responses |
-//! | `Wb-Sizes` | directive: explicit response sizes, comma-separated |
-//! | `Wb-Interval` / `Wb-Delay` | directives: pause before each streamed response / before answering, µs |
-//! | `Wb-Fail` | directive: `<code> <after> <percent-encoded message>` |
-//! | `Wb-Report-Deadline` | directive: `1` = report the budget seen in trailer `x-wb-deadline-budget-us` |
-//! | `Wb-Recv-Msgs` / `Wb-Recv-Bytes` | response fields (client stream) |
-//! | `Wb-Frame`, `Wb-Seq`, `Wb-Ack`, `Wb-Window` | stream frames (above) |
-//!
-//! Metadata keys follow gRPC's rules (lower case, so they never collide with the `Wb-` names).
-//! **Binary values** (keys ending in `-bin`) are written in standard base64 with padding (read
-//! with or without), since property values must be UTF-8; every other value is printable ASCII,
-//! written as is. **Percent-encoding** (status messages, the `Wb-Fail` message): every byte
-//! outside printable ASCII, and `%`, is written `%XX` (brokers may refuse control characters in
-//! strings). A property name that is neither a valid metadata key nor a `Wb-` name fails the
-//! call with `INVALID_ARGUMENT`. Examples: `x-trace-bin: AAoL//6A`,
-//! `Wb-Tr:x-trailing-n: 3`, `Wb-Fail: 10 2 aborted%20%E2%98%BA`.
+//! - **Addresses.** A request or `open` carries the **response topic** `R` and **correlation
+//!   data** `C` (any bytes that identify the call for the client; this client uses the call
+//!   id as 8 bytes, big-endian); every message to `R` carries `C`. `S` is the `accept` frame's
+//!   response topic; the client's frames go to `S` without correlation data.
+//! - **Headers are MQTT 5 user properties**, which brokers forward unchanged and in order.
+//!   Each metadata entry is a property of its own: named by its key (request and initial
+//!   metadata; keys are lower case, so they never collide with the `Wb-` names) or `Wb-Tr:<key>`
+//!   (trailing). ASCII values are written as is; binary (`-bin`) values in base64. A property
+//!   name that is neither a valid metadata key nor a `Wb-` name fails the call with
+//!   `INVALID_ARGUMENT`. Examples: `x-trace-bin: AAoL//6A`, `Wb-Tr:x-trailing-n: 3`.
+//! - **Cancelling a unary call**: an empty message to `P/ctl/cancel` with the call's response
+//!   topic `R` and correlation data `C`.
+//! - **Nobody serving**: MQTT has no "no responders" answer; such a call waits for its
+//!   deadline.
 //!
 //! Semantics of directives and generated payloads: [`Directives`](wirebench_core::message::Directives),
 //! [`pattern`](wirebench_core::message::pattern).
@@ -125,21 +76,20 @@
 
 mod client;
 pub mod embedded;
-mod link;
+pub mod link;
 pub mod mosquitto;
 mod pubsub;
 mod server;
 pub mod wire;
 
-use wirebench_core::transport::NetworkPath;
-
-use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rumqttc::v5::mqttbytes::QoS;
+use wirebench_brokerrpc::{Endpoint, Scheme, Target};
+use wirebench_core::transport::NetworkPath;
 
-pub use client::{MqttCancel, MqttConnection, MqttReceiver, MqttSender};
+pub use client::{MqttConnection, MqttLink};
 pub use pubsub::{
     MqttBrokerClient, MqttBrokerHandle, MqttConsumer, MqttDelivery, MqttSubscription,
 };
@@ -160,97 +110,12 @@ const KNOWN_OPTIONS: &[&str] = &["qos"];
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Mqtt;
 
-/// A service's address: its broker and its topic prefix.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Endpoint {
-    /// Broker host (an IP or a name; IPv6 in brackets).
-    pub host: String,
-    /// Broker port.
-    pub port: u16,
-    /// The topic prefix; `None` when serving means "make a fresh one".
-    pub prefix: Option<String>,
-}
-
-impl Endpoint {
-    /// Parses `mqtt://HOST:PORT[/PREFIX]`.
-    pub fn parse(s: &str) -> Result<Endpoint, String> {
-        let rest = s
-            .strip_prefix("mqtt://")
-            .ok_or("expected mqtt://HOST:PORT/PREFIX")?;
-        let (authority, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        let (host, port) = authority
-            .rsplit_once(':')
-            .ok_or("missing :PORT after mqtt://HOST")?;
-        if host.is_empty() || host.contains(char::is_whitespace) {
-            return Err("missing or invalid HOST after mqtt://".into());
-        }
-        let port: u16 = port
-            .parse()
-            .map_err(|_| format!("port {port:?} is not a number 0..65535"))?;
-        let prefix = if prefix.is_empty() {
-            None
-        } else {
-            wirebench_brokerrpc::check_prefix(
-                &wirebench_brokerrpc::Scheme {
-                    name: "mqtt",
-                    separator: '/',
-                    prefix_kind: "topic prefix",
-                },
-                prefix,
-            )
-            .map_err(|e| e.to_string())?;
-            Some(prefix.to_owned())
-        };
-        Ok(Endpoint {
-            host: host.to_owned(),
-            port,
-            prefix,
-        })
-    }
-
-    /// The broker's URL, `mqtt://HOST:PORT`.
-    pub fn url(&self) -> String {
-        format!("mqtt://{}:{}", self.host, self.port)
-    }
-}
-
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.prefix {
-            Some(p) => write!(f, "{}/{p}", self.url()),
-            None => f.write_str(&self.url()),
-        }
-    }
-}
-
-/// What `ServerConfig::listen` asks of an `mqtt` server.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Target {
-    /// `mqtt://HOST:PORT[/PREFIX]`: attach to that broker (joining service `PREFIX` when given,
-    /// so several servers share its load through the shared subscription).
-    Attach(Endpoint),
-    /// `IP:PORT`: start an embedded broker there (port 0: any free port), owned by the server.
-    Embedded(SocketAddr),
-}
-
-impl Target {
-    fn parse(listen: &str) -> Result<Target, TransportError> {
-        let bad = |reason: String| TransportError::Endpoint {
-            endpoint: listen.to_owned(),
-            reason,
-        };
-        if listen.starts_with("mqtt://") {
-            return Endpoint::parse(listen).map(Target::Attach).map_err(bad);
-        }
-        listen.parse().map(Target::Embedded).map_err(|_| {
-            bad(
-                "expected mqtt://HOST:PORT[/PREFIX] (attach to a broker) or IP:PORT (start an \
-                 embedded broker there)"
-                    .into(),
-            )
-        })
-    }
-}
+/// How MQTT spells service addresses: `mqtt://HOST:PORT/P`, `P` levels joined by `/`.
+pub const SCHEME: Scheme = Scheme {
+    name: "mqtt",
+    separator: '/',
+    prefix_kind: "topic prefix",
+};
 
 /// The QoS the options ask for (`qos=0|1`, default 0); unknown options are refused.
 pub(crate) fn qos_of(options: &Options) -> Result<QoS, TransportError> {
@@ -340,7 +205,12 @@ impl Transport for Mqtt {
         echo: Arc<Echo>,
     ) -> Result<MqttServer, TransportError> {
         let qos = qos_of(&config.options)?;
-        MqttServer::start(Target::parse(&config.listen)?, qos, echo).await
+        let target =
+            Target::parse(SCHEME, &config.listen).map_err(|e| TransportError::Endpoint {
+                endpoint: config.listen.clone(),
+                reason: e.to_string(),
+            })?;
+        MqttServer::start(target, qos, echo).await
     }
 
     async fn connect(
@@ -349,24 +219,16 @@ impl Transport for Mqtt {
         endpoint: &str,
     ) -> Result<MqttConnection, TransportError> {
         let qos = qos_of(&config.options)?;
-        let e = parse_endpoint(endpoint)?;
-        MqttConnection::connect(config, e, qos).await
+        client::connect(config, parse_endpoint(endpoint)?, qos).await
     }
 
     fn network_path(&self, endpoint: &str) -> Result<NetworkPath, TransportError> {
         // The client's hop is to the broker; the echo server keeps its own direct link.
-        let e = parse_endpoint(endpoint)?;
-        NetworkPath::tcp(&format!("{}:{}", e.host, e.port))
+        NetworkPath::tcp(&parse_endpoint(endpoint)?.authority())
     }
 
     fn endpoint_via(&self, endpoint: &str, via: SocketAddr) -> Result<String, TransportError> {
-        let mut e = parse_endpoint(endpoint)?;
-        e.host = match via {
-            SocketAddr::V4(a) => a.ip().to_string(),
-            SocketAddr::V6(a) => format!("[{}]", a.ip()),
-        };
-        e.port = via.port();
-        Ok(e.to_string())
+        Ok(parse_endpoint(endpoint)?.via(via).to_string())
     }
 
     fn broker(&self) -> Option<Mqtt> {
@@ -376,52 +238,15 @@ impl Transport for Mqtt {
 
 /// An endpoint string as a client or proxy gets it, with the error naming it.
 fn parse_endpoint(endpoint: &str) -> Result<Endpoint, TransportError> {
-    Endpoint::parse(endpoint).map_err(|reason| TransportError::Endpoint {
+    Endpoint::parse(SCHEME, endpoint).map_err(|e| TransportError::Endpoint {
         endpoint: endpoint.to_owned(),
-        reason,
+        reason: e.to_string(),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn endpoints_parse() {
-        let e = Endpoint::parse("mqtt://127.0.0.1:1883/wb/echo/X-1_a").unwrap();
-        assert_eq!((e.host.as_str(), e.port), ("127.0.0.1", 1883));
-        assert_eq!(e.prefix.as_deref(), Some("wb/echo/X-1_a"));
-        assert_eq!(e.to_string(), "mqtt://127.0.0.1:1883/wb/echo/X-1_a");
-        assert_eq!(e.url(), "mqtt://127.0.0.1:1883");
-        assert_eq!(Endpoint::parse("mqtt://h:1").unwrap().prefix, None);
-        assert_eq!(Endpoint::parse("mqtt://[::1]:1").unwrap().host, "[::1]");
-        for bad in [
-            "127.0.0.1:1883/x",
-            "mqtt://:1/x",
-            "mqtt://h/x",
-            "mqtt://h:99999/x",
-            "mqtt://h:1/a//b",
-            "mqtt://h:1/a/+",
-            "mqtt://h:1/a/#",
-            "mqtt://h:1/$SYS",
-            "mqtt://h:1/a b",
-        ] {
-            assert!(Endpoint::parse(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn listen_strings_choose_the_broker() {
-        assert_eq!(
-            Target::parse("127.0.0.1:0").unwrap(),
-            Target::Embedded("127.0.0.1:0".parse().unwrap())
-        );
-        assert!(matches!(
-            Target::parse("mqtt://127.0.0.1:1883").unwrap(),
-            Target::Attach(Endpoint { prefix: None, .. })
-        ));
-        assert!(Target::parse("localhost").is_err());
-    }
 
     #[test]
     fn qos_option_is_checked() {

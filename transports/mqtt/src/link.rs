@@ -41,7 +41,7 @@ const SUBACK_TIMEOUT: Duration = Duration::from_secs(10);
 pub const PROTOCOL_MAX_PACKET: u32 = 268_435_455;
 
 /// What the polling task tells its owner, synchronously (it must not block or await).
-pub(super) trait Inbound: Send + Sync + 'static {
+pub trait Inbound: Send + Sync + 'static {
     /// An incoming PUBLISH.
     fn publish(&self, link: &LinkHandle, p: Publish);
     /// The connection to the broker broke (`up = false`, with why) or is back with its
@@ -51,7 +51,7 @@ pub(super) trait Inbound: Send + Sync + 'static {
 
 /// How to connect.
 #[derive(Clone, Debug)]
-pub(super) struct LinkConfig {
+pub struct LinkConfig {
     /// Broker host.
     pub host: String,
     /// Broker port.
@@ -105,7 +105,7 @@ impl Shared {
 
 /// What the polling task and [`Inbound`] handlers can do: publish without awaiting.
 #[derive(Clone)]
-pub(super) struct LinkHandle {
+pub struct LinkHandle {
     client: AsyncClient,
     shared: Arc<Shared>,
 }
@@ -118,7 +118,7 @@ impl std::fmt::Debug for LinkHandle {
 
 /// A connection to a broker. Dropping it ends the polling task (and so the connection).
 #[derive(Debug)]
-pub(super) struct Link {
+pub struct Link {
     handle: LinkHandle,
     /// The polling task; taken by `close`, which waits for it to end.
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
@@ -126,7 +126,7 @@ pub(super) struct Link {
 
 /// An outgoing message.
 #[derive(Debug)]
-pub(super) struct Out {
+pub struct Out {
     /// Topic.
     pub topic: String,
     /// QoS.
@@ -168,7 +168,7 @@ impl Out {
 
 /// Why a publish did not go out.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum PublishError {
+pub enum PublishError {
     /// Larger than the broker accepts (nothing was sent; the connection is unharmed).
     TooLarge {
         /// The message's size.
@@ -232,11 +232,6 @@ impl LinkHandle {
             Err(_) => Err(PublishError::Closed),
         }
     }
-
-    /// True while connected with every subscription in place.
-    pub fn is_up(&self) -> bool {
-        *self.shared.up.borrow()
-    }
 }
 
 /// rumqttc refuses (panics on) a keep-alive under 5 s.
@@ -252,11 +247,12 @@ fn keep_alive_secs(keepalive: Option<Duration>) -> Duration {
 
 impl Link {
     /// Connects to the broker and starts polling; returns once the broker accepted the
-    /// connection.
+    /// connection. `make` builds what incoming messages go to, given the handle it may publish
+    /// with (before anything can arrive).
     pub async fn connect<I: Inbound>(
         config: &LinkConfig,
-        inbound: Arc<I>,
-    ) -> Result<Link, BrokerError> {
+        make: impl FnOnce(&LinkHandle) -> Arc<I>,
+    ) -> Result<(Link, Arc<I>), BrokerError> {
         let mut options = MqttOptions::new(&config.client_id, &config.host, config.port);
         options
             .set_clean_start(true)
@@ -279,8 +275,9 @@ impl Link {
             closing: AtomicBool::new(false),
         });
         let handle = LinkHandle { client, shared };
+        let inbound = make(&handle);
         let (first_tx, first_rx) = oneshot::channel();
-        let task = tokio::spawn(poll(eventloop, handle.clone(), inbound, first_tx));
+        let task = tokio::spawn(poll(eventloop, handle.clone(), inbound.clone(), first_tx));
         let url = format!("mqtt://{}:{}", config.host, config.port);
         let connected =
             tokio::time::timeout(config.connect_timeout + Duration::from_secs(1), first_rx)
@@ -297,10 +294,13 @@ impl Link {
             task.abort();
             return Err(BrokerError::Connect { url, reason });
         }
-        Ok(Link {
-            handle,
-            task: std::sync::Mutex::new(Some(task)),
-        })
+        Ok((
+            Link {
+                handle,
+                task: std::sync::Mutex::new(Some(task)),
+            },
+            inbound,
+        ))
     }
 
     /// What publishes.

@@ -14,53 +14,24 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use wirebench_brokerrpc::Program;
 use wirebench_core::broker::BrokerError;
 
-/// Environment variable naming the `mosquitto` program to run (else it is looked up).
-pub const ENV_PROGRAM: &str = "WIREBENCH_MOSQUITTO";
-/// The program's name.
-pub const PROGRAM: &str = "mosquitto";
-/// What to do when the program is missing.
-pub const INSTALL_HINT: &str = "install it (`apt-get install -y mosquitto`) or set \
-     WIREBENCH_MOSQUITTO to its path";
-/// Debian installs mosquitto in /usr/sbin, which is not on every user's PATH.
-const EXTRA_DIRS: &[&str] = &["/usr/sbin", "/usr/local/sbin"];
+/// The broker program: `mosquitto`, or what `WIREBENCH_MOSQUITTO` names.
+pub const PROGRAM: Program = Program {
+    name: "mosquitto",
+    env: "WIREBENCH_MOSQUITTO",
+    install_hint: "install it (`apt-get install -y mosquitto`) or set WIREBENCH_MOSQUITTO to its \
+                   path",
+};
 /// How long mosquitto may take to serve.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts at a free port.
 const ATTEMPTS: usize = 3;
 
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    p.metadata()
-        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
-/// Finds mosquitto: `WIREBENCH_MOSQUITTO` when set, else `PATH`, then `/usr/sbin` and
-/// `/usr/local/sbin`.
+/// Finds mosquitto (see [`Program::locate`]).
 pub fn locate() -> Result<PathBuf, BrokerError> {
-    if let Some(p) = std::env::var_os(ENV_PROGRAM) {
-        let p = PathBuf::from(p);
-        return if is_executable(&p) {
-            Ok(p)
-        } else {
-            Err(BrokerError::NotInstalled {
-                program: PROGRAM,
-                looked: format!("{ENV_PROGRAM}={} is not an executable file", p.display()),
-                hint: INSTALL_HINT,
-            })
-        };
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(EXTRA_DIRS.iter().map(PathBuf::from))
-        .map(|d| d.join(PROGRAM))
-        .find(|p| is_executable(p))
-        .ok_or_else(|| BrokerError::NotInstalled {
-            program: PROGRAM,
-            looked: format!("PATH, {}", EXTRA_DIRS.join(", ")),
-            hint: INSTALL_HINT,
-        })
+    PROGRAM.locate()
 }
 
 /// A running mosquitto, killed when dropped.
@@ -202,16 +173,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_missing_program_names_the_hint() {
-        let e = BrokerError::NotInstalled {
-            program: PROGRAM,
-            looked: "nowhere".into(),
-            hint: INSTALL_HINT,
-        };
+    fn the_install_hint_names_the_package() {
         assert!(
-            e.to_string().contains("apt-get install -y mosquitto"),
-            "{e}"
+            PROGRAM
+                .install_hint
+                .contains("apt-get install -y mosquitto")
         );
-        assert!(e.is_not_installed());
     }
 }

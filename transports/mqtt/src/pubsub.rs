@@ -13,7 +13,8 @@ use tokio::sync::{mpsc, watch};
 
 use super::embedded::EmbeddedBroker;
 use super::link::{Inbound, Link, LinkConfig, LinkHandle, Out, PublishError};
-use super::{Endpoint, Mqtt, fresh_id};
+use super::{Mqtt, SCHEME, fresh_id};
+use wirebench_brokerrpc::Endpoint;
 use wirebench_core::broker::{
     Broker, BrokerClient, BrokerClientConfig, BrokerError, BrokerHandle, BrokerTarget, Delivery,
     DurableAck, DurableConsumer, DurableSpec, RestartMode, Subscription,
@@ -75,7 +76,7 @@ impl Broker for Mqtt {
                 })
             }
             BrokerTarget::External(url) => {
-                let e = Endpoint::parse(url).map_err(|reason| {
+                let e = Endpoint::parse(SCHEME, url).map_err(|reason| {
                     BrokerError::Config(format!(
                         "{url:?} is not an MQTT URL (mqtt://HOST:PORT): {reason}"
                     ))
@@ -209,17 +210,13 @@ impl MqttBrokerClient {
         url: &str,
         config: &BrokerClientConfig,
     ) -> Result<MqttBrokerClient, BrokerError> {
-        let e = Endpoint::parse(url).map_err(|reason| {
+        let e = Endpoint::parse(SCHEME, url).map_err(|reason| {
             BrokerError::Config(format!(
                 "{url:?} is not an MQTT URL (mqtt://HOST:PORT): {reason}"
             ))
         })?;
-        let router = Arc::new(Router {
-            routes: Mutex::new(Vec::new()),
-            overflowed: watch::Sender::new(0),
-        });
         let id = fresh_id();
-        let link = Link::connect(
+        let (link, router) = Link::connect(
             &LinkConfig {
                 keepalive: None,
                 host: e.host,
@@ -228,7 +225,12 @@ impl MqttBrokerClient {
                 max_incoming: super::client::announced_max(DEFAULT_MAX_MESSAGE_SIZE),
                 connect_timeout: config.connect_timeout,
             },
-            router.clone(),
+            |_| {
+                Arc::new(Router {
+                    routes: Mutex::new(Vec::new()),
+                    overflowed: watch::Sender::new(0),
+                })
+            },
         )
         .await?;
         Ok(MqttBrokerClient {

@@ -14,6 +14,7 @@ use futures::future::join_all;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use wirebench_brokerrpc::testing::{self, within};
 use wirebench_core::transport::Options;
 use wirebench_core::{
     CallOptions, CallReceiver, CallSender, ClientConfig, Code, Connection, Directives, Echo,
@@ -136,60 +137,13 @@ async fn qos1_end_to_end_on_the_embedded_broker() {
 
 #[tokio::test]
 async fn servers_of_one_service_share_the_load() {
-    tokio::time::timeout(LIMIT, async {
-        let first_echo = Arc::new(Echo::default());
-        let first = serve("127.0.0.1:0", Options::new(), first_echo.clone()).await;
-        // The second attaches to the first's broker and joins its service (same prefix).
-        let second_echo = Arc::new(Echo::default());
-        let second = serve(&first.endpoint(), Options::new(), second_echo.clone()).await;
-        assert_eq!(first.endpoint(), second.endpoint());
-        let c = connect(&first.endpoint(), Options::new()).await;
-        for i in 0..200u32 {
-            let r = c
-                .unary(
-                    EchoRequest::new(i.to_le_bytes().to_vec()),
-                    &CallOptions::default(),
-                )
-                .await
-                .expect("unary");
-            assert_eq!(&r.message.payload[..], &i.to_le_bytes());
-        }
-        let (a, b) = (first_echo.calls(), second_echo.calls());
-        assert_eq!(a + b, 200);
-        assert!(a > 0 && b > 0, "one server took every call: {a} / {b}");
-        second.shutdown().await;
-        first.shutdown().await;
-    })
-    .await
-    .expect("in time");
+    within(LIMIT, "load sharing", testing::servers_share_the_load(Mqtt)).await;
 }
 
 #[tokio::test]
 async fn a_dropped_unary_call_is_cancelled_at_the_server() {
-    tokio::time::timeout(LIMIT, async {
-        let echo = Arc::new(Echo::default());
-        let s = serve("127.0.0.1:0", Options::new(), echo.clone()).await;
-        let c = connect(&s.endpoint(), Options::new()).await;
-        let sleepy = EchoRequest::new(vec![1u8]).with_directives(Directives {
-            delay: Duration::from_secs(60),
-            ..Default::default()
-        });
-        let plain = CallOptions::default();
-        let call = c.unary(sleepy, &plain);
-        // Gone before the server could answer: the drop sends the cancellation.
-        assert!(
-            tokio::time::timeout(Duration::from_millis(300), call)
-                .await
-                .is_err()
-        );
-        let (seen, held) = echo
-            .wait_observed(Duration::from_secs(10), |o| o.cancelled >= 1)
-            .await;
-        assert!(held, "the server never saw the cancellation: {seen:?}");
-        s.shutdown().await;
-    })
-    .await
-    .expect("in time");
+    let test = testing::a_dropped_unary_call_is_cancelled_at_the_server(Mqtt);
+    within(LIMIT, "unary cancel", test).await;
 }
 
 #[tokio::test]
@@ -220,55 +174,18 @@ async fn a_message_over_the_brokers_packet_limit_fails_alone() {
 
 #[tokio::test]
 async fn a_broker_restart_fails_calls_in_flight_then_recovers() {
-    tokio::time::timeout(LIMIT, async {
+    within(LIMIT, "broker restart", async {
         let mut broker = EmbeddedBroker::start("127.0.0.1:0".parse().expect("addr"))
             .await
             .expect("broker");
-        let s = serve(&broker.url(), Options::new(), Arc::new(Echo::default())).await;
-        let c = connect(&s.endpoint(), Options::new()).await;
-        c.unary(EchoRequest::new(vec![1u8]), &CallOptions::default())
-            .await
-            .expect("before");
-        let sleepy = EchoRequest::new(vec![1u8]).with_directives(Directives {
-            delay: Duration::from_secs(20),
-            ..Default::default()
-        });
-        let plain = CallOptions::default();
-        let in_flight = c.unary(sleepy, &plain);
-        // `join!` polls the call first: it is registered and queued before the broker goes.
+        let url = broker.url();
         let restart = async {
             broker.restart().await.expect("restart");
         };
-        let (result, ()) = tokio::join!(in_flight, restart);
-        let e = result.expect_err("the broker went away under the call");
-        assert_eq!(e.code(), Code::Unavailable, "{e}");
-        // Client and server reconnect and restore their subscriptions by themselves.
-        let mut last = None;
-        for _ in 0..100 {
-            match c
-                .unary(
-                    EchoRequest::new(vec![2u8]),
-                    &CallOptions::with_timeout(Duration::from_secs(2)),
-                )
-                .await
-            {
-                Ok(r) => {
-                    assert_eq!(&r.message.payload[..], &[2u8]);
-                    last = None;
-                    break;
-                }
-                Err(e) => {
-                    last = Some(e);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-        assert!(last.is_none(), "never recovered: {last:?}");
-        s.shutdown().await;
+        testing::a_broker_restart_fails_calls_in_flight_then_recovers(Mqtt, &url, restart).await;
         broker.stop().await;
     })
-    .await
-    .expect("in time");
+    .await;
 }
 
 /// The module docs' scheme, spoken by a plain rumqttc client: no wirebench client code.

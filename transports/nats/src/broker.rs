@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,18 +25,16 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::mpsc;
 
+use wirebench_brokerrpc::Program;
 use wirebench_core::broker::{BrokerError, RestartMode};
 
-/// Environment variable naming the `nats-server` program to run (else it is looked up).
-pub const ENV_SERVER: &str = "WIREBENCH_NATS_SERVER";
-/// The program's name.
-pub const PROGRAM: &str = "nats-server";
-/// What to do when the program is missing.
-pub const INSTALL_HINT: &str = "install it (`apt-get install -y nats-server`), set \
-     WIREBENCH_NATS_SERVER to its path, or pass --broker-url nats://HOST:PORT to use a running \
-     broker";
-/// Debian installs nats-server in /usr/sbin, which is not on every user's PATH.
-const EXTRA_DIRS: &[&str] = &["/usr/sbin", "/usr/local/sbin"];
+/// The broker program: `nats-server`, or what `WIREBENCH_NATS_SERVER` names.
+pub const PROGRAM: Program = Program {
+    name: "nats-server",
+    env: "WIREBENCH_NATS_SERVER",
+    install_hint: "install it (`apt-get install -y nats-server`), set WIREBENCH_NATS_SERVER to \
+                   its path, or pass --broker-url nats://HOST:PORT to use a running broker",
+};
 /// How long a broker may take to become ready (JetStream recovers its storage first).
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a graceful stop may take before the broker is killed.
@@ -62,33 +60,9 @@ kill "$w" 2>/dev/null
 exit $s
 "#;
 
-/// Finds `nats-server`: `WIREBENCH_NATS_SERVER` when set, else `PATH`, then `/usr/sbin` and
-/// `/usr/local/sbin`.
+/// Finds `nats-server` (see [`Program::locate`]).
 pub fn locate() -> Result<PathBuf, BrokerError> {
-    if let Some(p) = std::env::var_os(ENV_SERVER) {
-        let p = PathBuf::from(p);
-        return if is_executable(&p) {
-            Ok(p)
-        } else {
-            Err(BrokerError::NotInstalled {
-                program: PROGRAM,
-                looked: format!("{ENV_SERVER}={} is not an executable file", p.display()),
-                hint: INSTALL_HINT,
-            })
-        };
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let dirs: Vec<PathBuf> = std::env::split_paths(&path)
-        .chain(EXTRA_DIRS.iter().map(PathBuf::from))
-        .collect();
-    dirs.iter()
-        .map(|d| d.join(PROGRAM))
-        .find(|c| is_executable(c))
-        .ok_or_else(|| BrokerError::NotInstalled {
-            program: PROGRAM,
-            looked: format!("looked in {ENV_SERVER}, PATH, {}", EXTRA_DIRS.join(", ")),
-            hint: INSTALL_HINT,
-        })
+    PROGRAM.locate()
 }
 
 /// Prefix of the brokers' temporary directories.
@@ -121,11 +95,6 @@ fn sweep_stale_dirs() {
             let _ = std::fs::remove_dir_all(&path);
         }
     }
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// The last lines a broker logged, shared with the task that drains its output.
@@ -491,16 +460,12 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_program_names_the_hint() {
-        // Not through the environment (tests run in parallel): the error itself.
-        let e = BrokerError::NotInstalled {
-            program: PROGRAM,
-            looked: "nowhere".into(),
-            hint: INSTALL_HINT,
-        };
-        let s = e.to_string();
-        assert!(s.contains("apt-get install -y nats-server"), "{s}");
-        assert!(e.is_not_installed());
+    fn the_install_hint_names_the_package() {
+        assert!(
+            PROGRAM
+                .install_hint
+                .contains("apt-get install -y nats-server")
+        );
     }
 
     #[tokio::test]

@@ -24,72 +24,24 @@
 //! likewise use `S = <server inbox>.<call id>`. Neither is required of other implementations:
 //! `R` and `S` are opaque subjects.
 //!
-//! ## Unary: request/reply
+//! ## The protocol
 //!
-//! Request: publish to `P.Unary` with reply subject `R`; the payload is the request payload.
-//! Headers only when needed (a plain call sends none): `Wb-Md` request metadata, `Wb-Timeout`,
-//! and the directives. Reply on `R`: the payload is the response payload; headers only when
-//! needed: `Wb-Status` and `Wb-Message` (absent status = `OK`), `Wb-Md` initial metadata,
-//! `Wb-Tr` trailing metadata, `Wb-Recv-Msgs`/`Wb-Recv-Bytes`. When no server is attached, the
-//! broker answers at once with its `503` no-responders status: the call fails with
-//! `UNAVAILABLE` (14), not by timeout. A client that gives up on a call (cancelled, deadline
-//! passed) publishes `R` as the payload of a message to `P.ctl.cancel`; the server running it
-//! stops its handler.
+//! Unary request/reply, stream frames, flow control, sequence numbers, the `Wb-*` headers and
+//! their encodings are the broker protocol's, the same on every broker: see
+//! [`wirebench_brokerrpc`]. What NATS adds:
 //!
-//! ## Streams: frames
-//!
-//! Every stream frame carries `Wb-Frame: <kind>`:
-//!
-//! | kind | on | direction | headers | payload |
-//! |---|---|---|---|---|
-//! | `open` | `P.<Method>`, reply subject `R` | client → service | `Wb-Window`, `Wb-Md`*, `Wb-Timeout`? | none |
-//! | `accept` | `R`, reply subject `S` | server → client | `Wb-Window` | none |
-//! | `headers` | `R` | server → client | `Wb-Md`* (initial metadata) | none |
-//! | `msg` | `S` / `R` | both | `Wb-Seq`; requests: directives; responses: `Wb-Recv-*` | the message |
-//! | `end` | `S` | client → server | `Wb-Seq` = messages sent (half-close) | none |
-//! | `status` | `R` | server → client | `Wb-Status`?, `Wb-Message`?, `Wb-Tr`*, `Wb-Seq` = messages sent | none |
-//! | `cancel` | `S` | client → server | — | none |
-//! | `credit` | `S` / `R` | both | `Wb-Ack` = messages consumed so far | none |
-//!
-//! A call: `open`; the server answers `accept` (or a `status` alone when it refuses the call);
-//! then the client sends `msg`s and one `end`, the server sends an optional `headers`, `msg`s and
-//! exactly one `status`, which ends the call. `cancel` ends it from the client side (the server's
-//! handler observes it and sends nothing more). `msg` sequence numbers start at 1 in each
-//! direction; a gap, or a count in `end`/`status` that differs from what arrived, fails the call
-//! with `DATA_LOSS` (15) — NATS drops messages for a subscriber that falls behind, and this makes
-//! that loss visible instead of silent. A `status` without `Wb-Seq` (a server shutting down) is
-//! not counted.
-//!
-//! **Flow control** (NATS has none): each side announces its receive window in messages
-//! (`Wb-Window`, 128 here) and may send message `n` only when `n <= acked + window`, where `acked`
-//! is the latest `Wb-Ack` its peer sent; receivers send `credit` every half window consumed.
-//!
-//! ## Headers
-//!
-//! | header | value |
-//! |---|---|
-//! | `Wb-Timeout` | the deadline as a budget in microseconds from arrival (like `grpc-timeout`) |
-//! | `Wb-Md` | one metadata entry per header line, in order: `<key> <value>` |
-//! | `Wb-Tr` | one trailing metadata entry, same form |
-//! | `Wb-Status` | status code, gRPC numbering 0–16 (absent = 0 `OK`) |
-//! | `Wb-Message` | status message, UTF-8, percent-encoded |
-//! | `Wb-Size` / `Wb-Count` | directives: size of each response / number of responses |
-//! | `Wb-Sizes` | directive: explicit response sizes, comma-separated |
-//! | `Wb-Interval` / `Wb-Delay` | directives: pause before each streamed response / before answering, µs |
-//! | `Wb-Fail` | directive: `<code> <after> <percent-encoded message>` |
-//! | `Wb-Report-Deadline` | directive: `1` = report the budget seen in trailer `x-wb-deadline-budget-us` |
-//! | `Wb-Recv-Msgs` / `Wb-Recv-Bytes` | response fields (client stream) |
-//!
-//! Metadata keys are lower-case `[a-z0-9._-]` (gRPC's rules). A key ending in **`-bin`** is the
-//! marker of a binary value: it is written in standard base64 with padding (read with or without).
-//! Other values are printable ASCII written as is, except that `%` and spaces at either end are
-//! percent-encoded (`%25`, `%20`): NATS clients trim header values. Status messages are
-//! percent-encoded the same way, plus every byte outside printable ASCII. One header name holds
-//! all entries because NATS header maps keep the order of a name's values but not across names.
-//! Example: `Wb-Md: x-trace-bin AAoL//6A` and `Wb-Fail: 10 2 aborted%20after%202`.
-//!
-//! Semantics of directives and generated payloads: [`Directives`](wirebench_core::message::Directives),
-//! [`pattern`](wirebench_core::message::pattern).
+//! - **Addresses.** `R` is the request's reply subject; `S` is the `accept` frame's reply
+//!   subject. A stream's frames from the server go to `R`, the client's to `S`.
+//! - **Metadata** rides in two header names, one value per entry, in order: `Wb-Md` (request
+//!   and initial metadata) and `Wb-Tr` (trailing), each value `<key> <value>`. NATS clients
+//!   trim header values and a header map keeps the order of one name's values but not across
+//!   names: so ASCII values are percent-encoded like status messages (`%`, non-printables,
+//!   spaces at either end), binary (`-bin`) values base64. Example: `Wb-Md: x-trace-bin
+//!   AAoL//6A`.
+//! - **Cancelling a unary call**: publish its reply subject `R` as the payload of a message to
+//!   `P.ctl.cancel`.
+//! - **Nobody serving**: the broker answers a request at once with its `503` no-responders
+//!   status, and the call fails with `UNAVAILABLE` (14), not by timeout.
 //!
 //! # Serving, and what `Transport::serve` means here
 //!
@@ -137,15 +89,14 @@ mod pubsub;
 mod server;
 pub mod wire;
 
-use wirebench_core::transport::NetworkPath;
-
-use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_nats::Subject;
+use wirebench_brokerrpc::{Endpoint, Scheme, Target};
+use wirebench_core::transport::NetworkPath;
 
-pub use client::{NatsCancel, NatsConnection, NatsReceiver, NatsSender};
+pub use client::{NatsConnection, NatsLink};
 pub use pubsub::{
     NatsBrokerClient, NatsBrokerHandle, NatsConsumer, NatsDelivery, NatsSubscription,
 };
@@ -165,87 +116,12 @@ pub const QUEUE_GROUP: &str = "wb-echo";
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Nats;
 
-/// A service's address: its broker's URL and its subject prefix.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Endpoint {
-    /// `nats://HOST:PORT`.
-    pub url: String,
-    /// The subject prefix; `None` when serving means "make a fresh one".
-    pub prefix: Option<String>,
-}
-
-impl Endpoint {
-    /// Parses `nats://HOST:PORT[/PREFIX]`.
-    pub fn parse(s: &str) -> Result<Endpoint, String> {
-        let rest = s
-            .strip_prefix("nats://")
-            .ok_or("expected nats://HOST:PORT/PREFIX")?;
-        let (authority, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if authority.is_empty() || authority.contains(char::is_whitespace) {
-            return Err("missing or invalid HOST:PORT after nats://".into());
-        }
-        let prefix = if prefix.is_empty() {
-            None
-        } else {
-            wirebench_brokerrpc::check_prefix(
-                &wirebench_brokerrpc::Scheme {
-                    name: "nats",
-                    separator: '.',
-                    prefix_kind: "subject prefix",
-                },
-                prefix,
-            )
-            .map_err(|e| e.to_string())?;
-            Some(prefix.to_owned())
-        };
-        Ok(Endpoint {
-            url: format!("nats://{authority}"),
-            prefix,
-        })
-    }
-
-    fn prefix_str(&self) -> &str {
-        self.prefix.as_deref().unwrap_or("")
-    }
-}
-
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.prefix {
-            Some(p) => write!(f, "{}/{p}", self.url),
-            None => f.write_str(&self.url),
-        }
-    }
-}
-
-/// What `ServerConfig::listen` asks of a `nats` server.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Target {
-    /// `nats://HOST:PORT[/PREFIX]`: attach to that broker (joining service `PREFIX` when given,
-    /// so several servers share its load through the queue group).
-    Attach(Endpoint),
-    /// `IP:PORT`: start a private nats-server there (port 0: any free port), owned by the server.
-    Private(SocketAddr),
-}
-
-impl Target {
-    fn parse(listen: &str) -> Result<Target, TransportError> {
-        let bad = |reason: String| TransportError::Endpoint {
-            endpoint: listen.to_owned(),
-            reason,
-        };
-        if listen.starts_with("nats://") {
-            return Endpoint::parse(listen).map(Target::Attach).map_err(bad);
-        }
-        listen.parse().map(Target::Private).map_err(|_| {
-            bad(
-                "expected nats://HOST:PORT[/PREFIX] (attach to a broker) or IP:PORT (start a \
-                 private nats-server there)"
-                    .into(),
-            )
-        })
-    }
-}
+/// How NATS spells service addresses: `nats://HOST:PORT/P`, `P` tokens joined by `.`.
+pub const SCHEME: Scheme = Scheme {
+    name: "nats",
+    separator: '.',
+    prefix_kind: "subject prefix",
+};
 
 fn method_subject(prefix: &str, method: Method) -> Subject {
     Subject::from(format!("{prefix}.{}", method.name()))
@@ -304,7 +180,12 @@ impl Transport for Nats {
         echo: Arc<Echo>,
     ) -> Result<NatsServer, TransportError> {
         config.options.check_known("nats", &[])?;
-        NatsServer::start(Target::parse(&config.listen)?, echo).await
+        let target =
+            Target::parse(SCHEME, &config.listen).map_err(|e| TransportError::Endpoint {
+                endpoint: config.listen.clone(),
+                reason: e.to_string(),
+            })?;
+        NatsServer::start(target, echo).await
     }
 
     async fn connect(
@@ -313,20 +194,16 @@ impl Transport for Nats {
         endpoint: &str,
     ) -> Result<NatsConnection, TransportError> {
         config.options.check_known("nats", &[])?;
-        let e = parse_endpoint(endpoint)?;
-        NatsConnection::connect(config, e).await
+        client::connect(config, parse_endpoint(endpoint)?).await
     }
 
     fn network_path(&self, endpoint: &str) -> Result<NetworkPath, TransportError> {
         // The client's hop is to the broker; the echo server keeps its own direct link.
-        let e = parse_endpoint(endpoint)?;
-        NetworkPath::tcp(e.url.trim_start_matches("nats://"))
+        NetworkPath::tcp(&parse_endpoint(endpoint)?.authority())
     }
 
     fn endpoint_via(&self, endpoint: &str, via: SocketAddr) -> Result<String, TransportError> {
-        let mut e = parse_endpoint(endpoint)?;
-        e.url = format!("nats://{via}");
-        Ok(e.to_string())
+        Ok(parse_endpoint(endpoint)?.via(via).to_string())
     }
 
     fn broker(&self) -> Option<Nats> {
@@ -343,46 +220,8 @@ impl Transport for Nats {
 
 /// An endpoint string as a client or proxy gets it, with the error naming it.
 fn parse_endpoint(endpoint: &str) -> Result<Endpoint, TransportError> {
-    Endpoint::parse(endpoint).map_err(|reason| TransportError::Endpoint {
+    Endpoint::parse(SCHEME, endpoint).map_err(|e| TransportError::Endpoint {
         endpoint: endpoint.to_owned(),
-        reason,
+        reason: e.to_string(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn endpoints_parse() {
-        let e = Endpoint::parse("nats://127.0.0.1:4222/wb.echo.X-1_a").unwrap();
-        assert_eq!(e.url, "nats://127.0.0.1:4222");
-        assert_eq!(e.prefix.as_deref(), Some("wb.echo.X-1_a"));
-        assert_eq!(e.to_string(), "nats://127.0.0.1:4222/wb.echo.X-1_a");
-        assert_eq!(Endpoint::parse("nats://h:1").unwrap().prefix, None);
-        assert_eq!(Endpoint::parse("nats://h:1/").unwrap().prefix, None);
-        for bad in [
-            "127.0.0.1:4222/x",
-            "nats:///x",
-            "nats://h:1/a..b",
-            "nats://h:1/a.*",
-            "nats://h:1/a.>",
-            "nats://h:1/a b",
-        ] {
-            assert!(Endpoint::parse(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn listen_strings_choose_the_broker() {
-        assert_eq!(
-            Target::parse("127.0.0.1:0").unwrap(),
-            Target::Private("127.0.0.1:0".parse().unwrap())
-        );
-        assert!(matches!(
-            Target::parse("nats://127.0.0.1:4222").unwrap(),
-            Target::Attach(Endpoint { prefix: None, .. })
-        ));
-        assert!(Target::parse("localhost").is_err());
-    }
 }

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
+use wirebench_brokerrpc::testing::{self, within};
 use wirebench_core::broker::RestartMode;
 use wirebench_core::{
-    CallOptions, CallReceiver, CallSender, ClientConfig, Code, Connection, Directives, Echo,
-    EchoConfig, EchoRequest, Method, Server, ServerConfig, Transport,
+    CallOptions, ClientConfig, Code, Connection, Directives, Echo, EchoConfig, EchoRequest, Method,
+    Server, ServerConfig, Transport,
 };
 use wirebench_nats::broker::{NatsProcess, locate};
 use wirebench_nats::{Nats, NatsServer};
@@ -75,74 +76,35 @@ async fn no_responder_fails_at_once_with_unavailable() {
 
 #[tokio::test]
 async fn servers_of_one_service_share_the_load() {
-    if !available() {
-        return;
+    if available() {
+        within(LIMIT, "load sharing", testing::servers_share_the_load(Nats)).await;
     }
-    tokio::time::timeout(LIMIT, async {
-        let first_echo = Arc::new(Echo::default());
-        let first = serve("127.0.0.1:0", first_echo.clone()).await;
-        // The second attaches to the first's broker and joins its service (same prefix).
-        let second_echo = Arc::new(Echo::default());
-        let second = serve(&first.endpoint(), second_echo.clone()).await;
-        assert_eq!(first.endpoint(), second.endpoint());
-        let c = Nats
-            .connect(&ClientConfig::default(), &first.endpoint())
-            .await
-            .unwrap();
-        for i in 0..200u32 {
-            let r = c
-                .unary(
-                    EchoRequest::new(i.to_le_bytes().to_vec()),
-                    &CallOptions::default(),
-                )
-                .await
-                .unwrap();
-            assert_eq!(&r.message.payload[..], &i.to_le_bytes());
-        }
-        let (a, b) = (first_echo.calls(), second_echo.calls());
-        assert_eq!(a + b, 200);
-        assert!(a > 0 && b > 0, "one server took every call: {a} / {b}");
-        second.shutdown().await;
-        first.shutdown().await;
-    })
-    .await
-    .unwrap();
 }
 
 #[tokio::test]
 async fn a_dropped_unary_call_is_cancelled_at_the_server() {
+    if available() {
+        let test = testing::a_dropped_unary_call_is_cancelled_at_the_server(Nats);
+        within(LIMIT, "unary cancel", test).await;
+    }
+}
+
+#[tokio::test]
+async fn a_broker_restart_fails_calls_in_flight_then_recovers() {
     if !available() {
         return;
     }
-    tokio::time::timeout(LIMIT, async {
-        let echo = Arc::new(Echo::default());
-        let s = serve("127.0.0.1:0", echo.clone()).await;
-        let c = Nats
-            .connect(&ClientConfig::default(), &s.endpoint())
-            .await
-            .unwrap();
-        let sleepy = EchoRequest::new(vec![1u8]).with_directives(Directives {
-            delay: Duration::from_secs(60),
-            ..Default::default()
-        });
-        let o = CallOptions::default();
-        // The call is dropped once the server has it (its call counter moved).
-        tokio::select! {
-            r = c.unary(sleepy, &o) => panic!("a 60 s call ended: {r:?}"),
-            () = async {
-                while echo.calls() == 0 {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            } => {}
-        }
-        let (seen, held) = echo
-            .wait_observed(Duration::from_secs(10), |o| o.cancelled >= 1)
-            .await;
-        assert!(held, "the server never saw the cancel: {seen:?}");
-        s.shutdown().await;
+    within(LIMIT, "broker restart", async {
+        let mut b = broker().await;
+        let url = b.url();
+        let restart = async {
+            b.restart(RestartMode::Kill)
+                .await
+                .expect("the broker restarts")
+        };
+        testing::a_broker_restart_fails_calls_in_flight_then_recovers(Nats, &url, restart).await;
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 #[tokio::test]
@@ -181,60 +143,6 @@ async fn the_broker_payload_limit_fails_one_call_only() {
             .await
             .unwrap();
         assert_eq!(r.message.payload.len(), 1 << 20);
-        s.shutdown().await;
-    })
-    .await
-    .unwrap();
-}
-
-#[tokio::test]
-async fn a_broker_restart_fails_calls_in_flight_then_recovers() {
-    if !available() {
-        return;
-    }
-    tokio::time::timeout(LIMIT, async {
-        let mut b = broker().await;
-        let s = serve(&b.url(), Arc::new(Echo::default())).await;
-        let c = Nats
-            .connect(&ClientConfig::default(), &s.endpoint())
-            .await
-            .unwrap();
-        let o = CallOptions::with_timeout(Duration::from_secs(20));
-        c.unary(EchoRequest::new(vec![1u8]), &o).await.unwrap();
-        let sleepy = EchoRequest::new(vec![1u8]).with_directives(Directives {
-            delay: Duration::from_secs(10),
-            ..Default::default()
-        });
-        let (mut tx, mut rx) = c.open(Method::Bidi, &o).await.unwrap();
-        tx.send(EchoRequest::new(vec![2u8])).await.unwrap();
-        assert!(rx.recv().await.unwrap().is_some());
-        let t = Instant::now();
-        let (in_flight, restarted) =
-            tokio::join!(c.unary(sleepy, &o), b.restart(RestartMode::Kill));
-        restarted.unwrap();
-        let e = in_flight.unwrap_err();
-        assert_eq!(e.code(), Code::Unavailable, "{e}");
-        assert!(
-            t.elapsed() < Duration::from_secs(8),
-            "failed by deadline, not at once"
-        );
-        let e = rx.recv().await.unwrap_err();
-        assert_eq!(e.code(), Code::Unavailable, "{e}");
-        // Client and server reconnect by themselves; calls work again.
-        let back = tokio::time::timeout(Duration::from_secs(15), async {
-            loop {
-                match c.unary(EchoRequest::new(vec![3u8]), &o).await {
-                    Ok(r) => return r,
-                    Err(e) => {
-                        assert_eq!(e.code(), Code::Unavailable, "{e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-        })
-        .await
-        .expect("calls did not recover after the broker restart");
-        assert_eq!(&back.message.payload[..], &[3u8]);
         s.shutdown().await;
     })
     .await
