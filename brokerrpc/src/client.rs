@@ -184,7 +184,7 @@ impl<H: Headers, A: Clone + Send + 'static> ClientCalls<H, A> {
         })
     }
 
-    fn register(&self, slot: Slot<H, A>, url: &dyn fmt::Display) -> Result<u64, Status> {
+    fn register(&self, slot: Slot<H, A>, url: &str) -> Result<u64, Status> {
         if !self.connected.load(Ordering::Acquire) {
             return Err(Status::unavailable(format!(
                 "not connected to the {} at {url}",
@@ -417,12 +417,6 @@ pub trait ClientLink: Send + Sync + 'static {
     /// connection.
     type Owner: Send + Sync + 'static;
 
-    /// The connection's calls (the adapter routes arriving messages into it).
-    fn calls(&self) -> &ClientCalls<Self::Headers, Self::Address>;
-
-    /// The service's endpoint, for messages.
-    fn endpoint(&self) -> &dyn fmt::Display;
-
     /// Publishes a unary request or an `open` frame of call `id` to the service's
     /// subject/topic for `method`, asking for the answers on this connection's reply address
     /// marked with `id`.
@@ -451,12 +445,12 @@ pub trait ClientLink: Send + Sync + 'static {
     /// effort, without waiting.
     fn to_server_now(&self, to: &Self::Address, headers: Self::Headers);
 
-    /// The status of a call nobody serves, when the broker says so at once.
-    fn no_responders(&self, method: Method) -> Status {
+    /// The status of a call to `method` nobody serves at `endpoint`, when the broker says so
+    /// at once.
+    fn no_responders(&self, method: Method, endpoint: &str) -> Status {
         Status::unavailable(format!(
-            "no responders: no server serves {} at {}",
-            method.name(),
-            self.endpoint()
+            "no responders: no server serves {} at {endpoint}",
+            method.name()
         ))
     }
 
@@ -464,36 +458,60 @@ pub trait ClientLink: Send + Sync + 'static {
     fn close(&self, owner: &Self::Owner) -> impl Future<Output = ()> + Send;
 }
 
+/// The calls' table of a connection over link `L`.
+pub type CallsOf<L> = ClientCalls<<L as ClientLink>::Headers, <L as ClientLink>::Address>;
+
+/// What a connection and its streams share.
+struct Shared<L: ClientLink> {
+    link: Arc<L>,
+    calls: Arc<CallsOf<L>>,
+    /// The service's endpoint, for messages.
+    endpoint: String,
+}
+
 /// A connection to a broker service: the RPC contract over a [`ClientLink`].
 pub struct Client<L: ClientLink> {
-    link: Arc<L>,
+    shared: Arc<Shared<L>>,
     owner: L::Owner,
 }
 
 impl<L: ClientLink> fmt::Debug for Client<L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("endpoint", &self.link.endpoint().to_string())
+            .field("endpoint", &self.shared.endpoint)
             .finish_non_exhaustive()
     }
 }
 
 impl<L: ClientLink> Client<L> {
-    /// A client over `link`; `owner` keeps the link's tasks running.
-    pub fn new(link: Arc<L>, owner: L::Owner) -> Client<L> {
-        Client { link, owner }
+    /// A client of the service at `endpoint` over `link`, whose arriving messages the adapter
+    /// routes into `calls`; `owner` keeps the link's tasks running.
+    pub fn new(
+        link: Arc<L>,
+        calls: Arc<CallsOf<L>>,
+        endpoint: String,
+        owner: L::Owner,
+    ) -> Client<L> {
+        Client {
+            shared: Arc::new(Shared {
+                link,
+                calls,
+                endpoint,
+            }),
+            owner,
+        }
     }
 
-    /// The adapter's link.
-    pub fn link(&self) -> &Arc<L> {
-        &self.link
+    /// The connection's calls.
+    pub fn calls(&self) -> &CallsOf<L> {
+        &self.shared.calls
     }
 }
 
 impl<L: ClientLink> Drop for Client<L> {
     fn drop(&mut self) {
-        self.link
-            .calls()
+        self.shared
+            .calls
             .fail_all(&Status::unavailable("the connection was closed"), true);
     }
 }
@@ -501,7 +519,7 @@ impl<L: ClientLink> Drop for Client<L> {
 /// Cancels a unary call dropped before its reply: the slot goes, and the service hears which
 /// call (only the server running it acts).
 struct UnaryGuard<'a, L: ClientLink> {
-    link: &'a L,
+    shared: &'a Shared<L>,
     id: u64,
     sent: bool,
     /// The reply arrived (its slot is gone already).
@@ -510,8 +528,8 @@ struct UnaryGuard<'a, L: ClientLink> {
 
 impl<L: ClientLink> Drop for UnaryGuard<'_, L> {
     fn drop(&mut self) {
-        if !self.answered && self.link.calls().remove(self.id) && self.sent {
-            self.link.cancel_unary(self.id);
+        if !self.answered && self.shared.calls.remove(self.id) && self.sent {
+            self.shared.link.cancel_unary(self.id);
         }
     }
 }
@@ -525,17 +543,20 @@ impl<L: ClientLink> Connection for Client<L> {
         request: EchoRequest,
         options: &CallOptions,
     ) -> Result<UnaryReply, Status> {
-        let link = &*self.link;
-        let calls = link.calls();
+        let Shared {
+            link,
+            calls,
+            endpoint,
+        } = &*self.shared;
         let deadline = options.deadline();
         let headers = headers::request_headers(None, options, Some(&request));
         let slot = Slot::Unary {
             reply: None,
             waker: None,
         };
-        let id = calls.register(slot, link.endpoint())?;
+        let id = calls.register(slot, endpoint)?;
         let mut guard = UnaryGuard {
-            link,
+            shared: &self.shared,
             id,
             sent: false,
             answered: false,
@@ -557,7 +578,7 @@ impl<L: ClientLink> Connection for Client<L> {
         drop(guard);
         let answer = answer?;
         if answer.no_responders {
-            return Err(link.no_responders(Method::Unary));
+            return Err(link.no_responders(Method::Unary, endpoint));
         }
         calls.decode_unary(answer)
     }
@@ -567,8 +588,11 @@ impl<L: ClientLink> Connection for Client<L> {
         method: Method,
         options: &CallOptions,
     ) -> Result<(StreamSender<L>, StreamReceiver<L>), Status> {
-        let link = &*self.link;
-        let calls = link.calls();
+        let Shared {
+            link,
+            calls,
+            endpoint,
+        } = &*self.shared;
         let deadline = options.deadline();
         let window = DEFAULT_WINDOW;
         let (tx, rx) = mpsc::channel(window as usize + EVENT_SLACK);
@@ -581,7 +605,7 @@ impl<L: ClientLink> Connection for Client<L> {
             next_seq: 1,
             to: None,
         });
-        let id = calls.register(slot, link.endpoint())?;
+        let id = calls.register(slot, endpoint)?;
         let mut h: L::Headers =
             headers::request_headers(Some(Frame::Open), options, None).unwrap_or_default();
         headers::put_u64(&mut h, WINDOW, window);
@@ -598,7 +622,7 @@ impl<L: ClientLink> Connection for Client<L> {
             Ok(Accepted::Ended) => None,
             Ok(Accepted::NoResponders) => {
                 calls.remove(id);
-                return Err(link.no_responders(method));
+                return Err(link.no_responders(method, endpoint));
             }
             Ok(Accepted::Refused(status)) | Err(status) => {
                 // Not accepted in time (or the connection broke): nothing to cancel yet.
@@ -607,14 +631,14 @@ impl<L: ClientLink> Connection for Client<L> {
             }
         };
         let sender = StreamSender {
-            link: self.link.clone(),
+            shared: self.shared.clone(),
             to: to.clone(),
             seq: 0,
             credit: credit.clone(),
             closed: false,
         };
         let cancel = StreamCancel {
-            link: self.link.clone(),
+            shared: self.shared.clone(),
             id,
             to: to.clone(),
             credit,
@@ -622,24 +646,24 @@ impl<L: ClientLink> Connection for Client<L> {
         let receiver = StreamReceiver {
             inner: EventReceiver::new(rx, deadline, cancel),
             grants: Grants::new(window),
-            link: self.link.clone(),
+            shared: self.shared.clone(),
             to,
         };
         Ok((sender, receiver))
     }
 
     async fn close(&self) {
-        self.link.calls().fail_all(
+        self.shared.calls.fail_all(
             &Status::unavailable("the connection was closed by the client"),
             true,
         );
-        self.link.close(&self.owner).await;
+        self.shared.link.close(&self.owner).await;
     }
 }
 
 /// Cancels a stream: a `cancel` frame to its server.
 pub struct StreamCancel<L: ClientLink> {
-    link: Arc<L>,
+    shared: Arc<Shared<L>>,
     id: u64,
     to: Option<L::Address>,
     credit: Arc<Credit>,
@@ -653,18 +677,20 @@ impl<L: ClientLink> fmt::Debug for StreamCancel<L> {
 
 impl<L: ClientLink> CancelSignal for StreamCancel<L> {
     fn cancel(&mut self) {
-        let live = self.link.calls().remove(self.id);
+        let live = self.shared.calls.remove(self.id);
         self.credit.close();
         if live && let Some(to) = self.to.take() {
             // Best effort: a lost cancel only lets the server run to its deadline.
-            self.link.to_server_now(&to, headers::frame(Frame::Cancel));
+            self.shared
+                .link
+                .to_server_now(&to, headers::frame(Frame::Cancel));
         }
     }
 }
 
 /// The sending half of a stream.
 pub struct StreamSender<L: ClientLink> {
-    link: Arc<L>,
+    shared: Arc<Shared<L>>,
     /// The server's address for this call; `None` when the call ended before it ran.
     to: Option<L::Address>,
     seq: u64,
@@ -699,7 +725,7 @@ impl<L: ClientLink> CallSender for StreamSender<L> {
         let mut h = headers::frame(Frame::Msg);
         headers::put_u64(&mut h, SEQ, seq);
         headers::put_directives(&mut h, &request.directives);
-        self.link.to_server(&to, h, request.payload).await?;
+        self.shared.link.to_server(&to, h, request.payload).await?;
         self.seq = seq;
         Ok(())
     }
@@ -711,7 +737,8 @@ impl<L: ClientLink> CallSender for StreamSender<L> {
         self.closed = true;
         match &self.to {
             Some(to) if !self.credit.is_closed() => {
-                self.link
+                self.shared
+                    .link
                     .to_server(to, end_frame(self.seq), Bytes::new())
                     .await
             }
@@ -727,7 +754,7 @@ impl<L: ClientLink> Drop for StreamSender<L> {
             && !self.credit.is_closed()
             && let Some(to) = self.to.take()
         {
-            self.link.to_server_now(&to, end_frame(self.seq));
+            self.shared.link.to_server_now(&to, end_frame(self.seq));
         }
     }
 }
@@ -737,7 +764,7 @@ impl<L: ClientLink> Drop for StreamSender<L> {
 pub struct StreamReceiver<L: ClientLink> {
     inner: EventReceiver<StreamCancel<L>>,
     grants: Grants,
-    link: Arc<L>,
+    shared: Arc<Shared<L>>,
     to: Option<L::Address>,
 }
 
@@ -764,7 +791,7 @@ impl<L: ClientLink> CallReceiver for StreamReceiver<L> {
             let mut h = headers::frame(Frame::Credit);
             headers::put_u64(&mut h, ACK, acked);
             // A lost credit frame only slows the server down until the call ends.
-            let _ = self.link.to_server(to, h, Bytes::new()).await;
+            let _ = self.shared.link.to_server(to, h, Bytes::new()).await;
         }
         r
     }

@@ -3,8 +3,8 @@
 //! ([`headers`]), the client's table of calls ([`client`]) and the server's table of streams
 //! ([`server`]) consume `(call, headers, bytes)` and say what to publish; a broker adapter
 //! supplies the subjects or topics, its client library and its broker process. Also what the
-//! adapters share around the protocol: per-stream flow control ([`flow`]), service endpoints
-//! ([`endpoint`]) and locating a broker program ([`program`]).
+//! adapters share around the protocol: per-stream flow control ([`flow`]) and service
+//! endpoints ([`endpoint`]). Running a broker program is `wirebench-brokerproc`'s.
 //!
 //! Depends on `wirebench-core` only (and tokio's synchronisation): no broker client library, no
 //! socket. Its tests run a client and a server against an in-memory broker.
@@ -84,7 +84,6 @@ pub mod client;
 pub mod endpoint;
 pub mod flow;
 pub mod headers;
-pub mod program;
 pub mod server;
 
 #[cfg(test)]
@@ -97,5 +96,4 @@ pub use client::{
 };
 pub use endpoint::{BadEndpoint, Endpoint, Scheme, Target, check_prefix};
 pub use headers::{Frame, Headers, MetadataKind, WireError};
-pub use program::Program;
 pub use server::{Inline, ServerLink, Service};

@@ -16,8 +16,8 @@ use wirebench_core::message::Method;
 use wirebench_core::status::Status;
 
 use crate::client::{ClientCalls, ClientLink, Incoming};
+use crate::headers::PropertyList;
 use crate::server::{ServerLink, Service};
-use crate::testing::Pairs;
 use crate::{Client, Frame, headers};
 
 /// One message through the broker.
@@ -25,7 +25,7 @@ use crate::{Client, Frame, headers};
 struct Msg {
     subject: String,
     reply: Option<String>,
-    headers: Option<Pairs>,
+    headers: Option<PropertyList>,
     payload: Bytes,
 }
 
@@ -87,27 +87,18 @@ fn method_subject(method: Method) -> String {
 /// The client's link: replies arrive on `client.<id>`.
 struct MemClient {
     broker: Arc<Broker>,
-    calls: ClientCalls<Pairs, String>,
 }
 
 impl ClientLink for MemClient {
-    type Headers = Pairs;
+    type Headers = PropertyList;
     type Address = String;
     type Owner = JoinHandle<()>;
-
-    fn calls(&self) -> &ClientCalls<Pairs, String> {
-        &self.calls
-    }
-
-    fn endpoint(&self) -> &dyn fmt::Display {
-        &SERVICE
-    }
 
     async fn to_service(
         &self,
         id: u64,
         method: Method,
-        headers: Option<Pairs>,
+        headers: Option<PropertyList>,
         payload: Bytes,
     ) -> Result<(), Status> {
         self.broker.publish(Msg {
@@ -127,7 +118,12 @@ impl ClientLink for MemClient {
         });
     }
 
-    async fn to_server(&self, to: &String, headers: Pairs, payload: Bytes) -> Result<(), Status> {
+    async fn to_server(
+        &self,
+        to: &String,
+        headers: PropertyList,
+        payload: Bytes,
+    ) -> Result<(), Status> {
         self.broker.publish(Msg {
             subject: to.clone(),
             reply: None,
@@ -136,7 +132,7 @@ impl ClientLink for MemClient {
         })
     }
 
-    fn to_server_now(&self, to: &String, headers: Pairs) {
+    fn to_server_now(&self, to: &String, headers: PropertyList) {
         let _ = self.broker.publish(Msg {
             subject: to.clone(),
             reply: None,
@@ -163,7 +159,7 @@ impl fmt::Debug for MemServer {
 }
 
 impl ServerLink for MemServer {
-    type Headers = Pairs;
+    type Headers = PropertyList;
     type ReplyTo = String;
     type CancelKey = String;
 
@@ -174,7 +170,7 @@ impl ServerLink for MemServer {
     async fn reply(
         &self,
         to: &String,
-        headers: Option<Pairs>,
+        headers: Option<PropertyList>,
         payload: Bytes,
     ) -> Result<(), Status> {
         self.broker.publish(Msg {
@@ -185,7 +181,7 @@ impl ServerLink for MemServer {
         })
     }
 
-    async fn accept(&self, to: &String, cid: u64, headers: Pairs) -> Result<(), Status> {
+    async fn accept(&self, to: &String, cid: u64, headers: PropertyList) -> Result<(), Status> {
         self.broker.publish(Msg {
             subject: to.clone(),
             reply: Some(format!("server.{cid}")),
@@ -248,11 +244,12 @@ fn pair() -> Pair {
     };
     let link = Arc::new(MemClient {
         broker: broker.clone(),
-        calls: ClientCalls::new(4 << 20, "memory broker"),
     });
+    let calls = Arc::new(ClientCalls::new(4 << 20, "memory broker"));
     let mut inbox = broker.subscribe("client.*");
     let dispatcher = {
         let link = link.clone();
+        let calls = calls.clone();
         tokio::spawn(async move {
             while let Some(msg) = inbox.recv().await {
                 let Some(id) = msg
@@ -268,7 +265,7 @@ fn pair() -> Pair {
                     reply_to: msg.reply,
                     no_responders: false,
                 };
-                if let Some(to) = link.calls().route(id, incoming) {
+                if let Some(to) = calls.route(id, incoming) {
                     link.to_server_now(&to, headers::frame(Frame::Cancel));
                 }
             }
@@ -276,7 +273,7 @@ fn pair() -> Pair {
     };
     Pair {
         broker,
-        client: Client::new(link, dispatcher),
+        client: Client::new(link, calls, SERVICE.to_owned(), dispatcher),
         service,
         echo,
         _server: server,
@@ -479,7 +476,7 @@ mod tests {
             let call = p.client.unary(sleepy, &plain);
             let breaks = async {
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                p.client.link().calls().set_connected(false, "test");
+                p.client.calls().set_connected(false, "test");
             };
             let (r, ()) = tokio::join!(call, breaks);
             assert_eq!(r.unwrap_err().code(), Code::Unavailable);
@@ -552,7 +549,7 @@ mod tests {
                 .publish(Msg {
                     subject: method_subject(Method::Unary),
                     reply: Some("raw.1".into()),
-                    headers: Some(Pairs(vec![("Wb-Timeout".into(), "soon".into())])),
+                    headers: Some(PropertyList(vec![("Wb-Timeout".into(), "soon".into())])),
                     payload: Bytes::new(),
                 })
                 .unwrap();

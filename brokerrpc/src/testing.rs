@@ -21,58 +21,7 @@ use wirebench_core::transport::{
     Transport,
 };
 
-use crate::headers::{
-    self, Headers, MetadataKind, WireError, decode_entry, encode_value, get_directives, get_status,
-};
-
-/// The simplest broker headers: an ordered list of name/value pairs, metadata entries one
-/// `Wb-Md`/`Wb-Tr` pair each (`key value`, text escaped) — the layout a line-based broker
-/// would use. The in-memory broker and the protocol's own tests run on it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Pairs(pub Vec<(String, String)>);
-
-impl Headers for Pairs {
-    fn get(&self, name: &'static str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn put(&mut self, name: &'static str, value: String) {
-        self.0.push((name.to_owned(), value));
-    }
-
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    fn put_metadata(&mut self, kind: MetadataKind, md: &Metadata) {
-        let name = pairs_name(kind);
-        for e in md {
-            let mut v = format!("{} ", e.key());
-            encode_value(e.value(), true, &mut v);
-            self.0.push((name.to_owned(), v));
-        }
-    }
-
-    fn get_metadata(&self, kind: MetadataKind) -> Result<Metadata, WireError> {
-        let name = pairs_name(kind);
-        let mut md = Metadata::new();
-        for (n, v) in self.0.iter().filter(|(n, _)| n == name) {
-            let (key, enc) = v.split_once(' ').unwrap_or((v, ""));
-            decode_entry(&mut md, n, v, key, enc, true)?;
-        }
-        Ok(md)
-    }
-}
-
-fn pairs_name(kind: MetadataKind) -> &'static str {
-    match kind {
-        MetadataKind::Initial => "Wb-Md",
-        MetadataKind::Trailing => "Wb-Tr",
-    }
-}
+use crate::headers::{self, Headers, MetadataKind, WireError, get_directives, get_status};
 
 /// A metadata key (gRPC's rules, not reserved).
 pub fn key() -> impl Strategy<Value = String> {
@@ -314,30 +263,4 @@ pub async fn a_broker_restart_fails_calls_in_flight_then_recovers<T, R>(
     .expect("calls did not recover after the broker restart");
     assert_eq!(&back.message.payload[..], &[3u8]);
     s.shutdown().await;
-}
-
-/// Headers of the in-memory layout, checked like an adapter's.
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pairs_round_trip_and_survive_garbage() {
-        check_round_trips::<Pairs>(Clone::clone);
-        check_garbage_never_panics::<Pairs>(Pairs);
-    }
-
-    #[test]
-    #[should_panic(expected = "headers did not round-trip")]
-    fn a_lossy_layout_is_caught() {
-        // Drops every metadata entry: the check must notice.
-        check_round_trips::<Pairs>(|h| {
-            Pairs(
-                h.0.iter()
-                    .filter(|(n, _)| n != "Wb-Md" && n != "Wb-Tr")
-                    .cloned()
-                    .collect(),
-            )
-        });
-    }
 }

@@ -121,16 +121,27 @@ fn add_cases(
     }
 }
 
-/// mqtt against an external broker: mosquitto, started for this run only (kept running while
-/// the returned handle lives).
+/// mqtt against an external broker: mosquitto, started for this run only (kept running, with
+/// the runtime that reads its log, while the returned handle lives).
 #[cfg(feature = "mqtt")]
 fn mosquitto_cases(
     trials: &mut Vec<Trial>,
     plain: &Env,
-) -> Option<wirebench_transports::mqtt::mosquitto::Mosquitto> {
+) -> Option<(
+    wirebench_transports::mqtt::mosquitto::Mosquitto,
+    tokio::runtime::Runtime,
+)> {
     use wirebench::brokers::in_ci;
-    use wirebench_transports::mqtt::mosquitto::Mosquitto;
-    let mosquitto = match Mosquitto::start() {
+    use wirebench_transports::mqtt::mosquitto;
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => panic!("a runtime for mosquitto: {e}"),
+    };
+    let mosquitto = match rt.block_on(mosquitto::start()) {
         Ok(m) => Some(m),
         Err(e) if e.is_not_installed() && !in_ci() => {
             eprintln!("skipping mqtt@mosquitto cases: {e}");
@@ -152,5 +163,5 @@ fn mosquitto_cases(
         let env = Arc::new(external.env_for(&mqtt, plain));
         add_cases(trials, "mqtt@mosquitto", mqtt, &env, false);
     }
-    mosquitto
+    mosquitto.map(|m| (m, rt))
 }

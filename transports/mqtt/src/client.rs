@@ -3,13 +3,12 @@
 //! frame, routed to its call by correlation data (the call id, 8 bytes big-endian) — no
 //! subscription per call.
 
-use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
-use wirebench_brokerrpc::client::{ClientCalls, ClientLink, Incoming};
+use wirebench_brokerrpc::client::{CallsOf, ClientCalls, ClientLink, Incoming};
 use wirebench_brokerrpc::headers::{self, Frame};
 use wirebench_brokerrpc::{Client as RpcClient, Endpoint};
 use wirebench_core::message::Method;
@@ -17,8 +16,8 @@ use wirebench_core::status::Status;
 use wirebench_core::transport::{ClientConfig, TransportError};
 
 use super::link::{Inbound, Link, LinkConfig, LinkHandle, Out, PROTOCOL_MAX_PACKET, PublishError};
-use super::wire::MqttProps;
 use super::{call_topic, cancel_topic, fresh_id};
+use wirebench_brokerrpc::headers::PropertyList;
 
 /// Room announced beyond the client's message limit, for properties and MQTT headers.
 const HEADROOM: u32 = 64 << 10;
@@ -28,30 +27,23 @@ const MIN_ANNOUNCED: u32 = 16 << 20;
 /// A connection to an `mqtt` service.
 pub type MqttConnection = RpcClient<MqttLink>;
 
-/// The calls of one connection.
-type Calls = ClientCalls<MqttProps, String>;
-
-/// What the protocol's client needs of MQTT: publishing on the connection's link, and its call
-/// table. It is also what the link's polling task hands incoming messages to.
+/// What the protocol's client needs of MQTT: publishing on the connection's link.
+#[derive(Debug)]
 pub struct MqttLink {
     link: LinkHandle,
-    calls: Calls,
     /// `R`: every reply and server frame arrives here.
     reply_topic: String,
     cancel_topic: String,
     /// `P`.
     prefix: String,
-    endpoint: Endpoint,
     qos: QoS,
 }
 
-impl fmt::Debug for MqttLink {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MqttLink")
-            .field("endpoint", &self.endpoint)
-            .field("reply_topic", &self.reply_topic)
-            .finish_non_exhaustive()
-    }
+/// What the link's polling task hands arriving messages to: the connection's calls.
+#[derive(Debug)]
+struct Replies {
+    calls: Arc<CallsOf<MqttLink>>,
+    qos: QoS,
 }
 
 fn call_id(correlation: &[u8]) -> Option<u64> {
@@ -76,7 +68,7 @@ pub(super) fn publish_status(what: &str, e: PublishError) -> Status {
 impl MqttLink {
     /// A message to the service (a request, an `open`, a cancellation) with our reply topic
     /// and the call's id.
-    fn to_service_out(&self, topic: String, id: u64, payload: Bytes, user: MqttProps) -> Out {
+    fn to_service_out(&self, topic: String, id: u64, payload: Bytes, user: PropertyList) -> Out {
         Out {
             topic,
             qos: self.qos,
@@ -91,14 +83,14 @@ impl MqttLink {
     }
 }
 
-impl Inbound for MqttLink {
+impl Inbound for Replies {
     fn publish(&self, link: &LinkHandle, p: Publish) {
         let props = p.properties.unwrap_or_default();
         let Some(id) = props.correlation_data.as_deref().and_then(call_id) else {
             return;
         };
         let incoming = Incoming {
-            headers: Some(MqttProps(props.user_properties)),
+            headers: Some(PropertyList(props.user_properties)),
             payload: p.payload,
             reply_to: props.response_topic,
             no_responders: false,
@@ -109,7 +101,7 @@ impl Inbound for MqttLink {
                 to,
                 self.qos,
                 Bytes::new(),
-                headers::frame::<MqttProps>(Frame::Cancel).0,
+                headers::frame::<PropertyList>(Frame::Cancel).0,
             );
             let _ = link.publish_now(cancel);
         }
@@ -121,23 +113,15 @@ impl Inbound for MqttLink {
 }
 
 impl ClientLink for MqttLink {
-    type Headers = MqttProps;
+    type Headers = PropertyList;
     type Address = String;
     type Owner = Link;
-
-    fn calls(&self) -> &Calls {
-        &self.calls
-    }
-
-    fn endpoint(&self) -> &dyn fmt::Display {
-        &self.endpoint
-    }
 
     async fn to_service(
         &self,
         id: u64,
         method: Method,
-        headers: Option<MqttProps>,
+        headers: Option<PropertyList>,
         payload: Bytes,
     ) -> Result<(), Status> {
         let what = if method == Method::Unary {
@@ -162,7 +146,7 @@ impl ClientLink for MqttLink {
             self.cancel_topic.clone(),
             id,
             Bytes::new(),
-            MqttProps::default(),
+            PropertyList::default(),
         );
         // Best effort: a lost cancel only lets the server run to its deadline.
         let _ = self.link.publish_now(out);
@@ -171,7 +155,7 @@ impl ClientLink for MqttLink {
     async fn to_server(
         &self,
         to: &String,
-        headers: MqttProps,
+        headers: PropertyList,
         payload: Bytes,
     ) -> Result<(), Status> {
         self.link
@@ -180,19 +164,10 @@ impl ClientLink for MqttLink {
             .map_err(|e| publish_status("stream message", e))
     }
 
-    fn to_server_now(&self, to: &String, headers: MqttProps) {
+    fn to_server_now(&self, to: &String, headers: PropertyList) {
         let _ = self
             .link
             .publish_now(Out::new(to.clone(), self.qos, Bytes::new(), headers.0));
-    }
-
-    /// MQTT has no "no responders" answer: a call nobody serves waits for its deadline.
-    fn no_responders(&self, method: Method) -> Status {
-        Status::unavailable(format!(
-            "nobody serves {} at {}",
-            method.name(),
-            self.endpoint
-        ))
     }
 
     async fn close(&self, owner: &Link) {
@@ -224,7 +199,8 @@ pub(crate) async fn connect(
     };
     let client_id = format!("wb-c-{}", fresh_id());
     let reply_topic = format!("{prefix}/reply/{client_id}");
-    let (link, mqtt) = Link::connect(
+    let calls = Arc::new(ClientCalls::new(config.max_message_size, "MQTT broker"));
+    let (link, _) = Link::connect(
         &LinkConfig {
             keepalive: config.keepalive,
             host: endpoint.host.clone(),
@@ -233,21 +209,23 @@ pub(crate) async fn connect(
             max_incoming: announced_max(config.max_message_size),
             connect_timeout: config.connect_timeout,
         },
-        |handle| {
-            Arc::new(MqttLink {
-                link: handle.clone(),
-                calls: Calls::new(config.max_message_size, "MQTT broker"),
-                reply_topic: reply_topic.clone(),
-                cancel_topic: cancel_topic(&prefix),
-                prefix: prefix.clone(),
-                endpoint: endpoint.clone(),
+        |_| {
+            Arc::new(Replies {
+                calls: calls.clone(),
                 qos,
             })
         },
     )
     .await?;
     link.subscribe(&reply_topic, qos).await?;
-    Ok(RpcClient::new(mqtt, link))
+    let mqtt = Arc::new(MqttLink {
+        link: link.handle().clone(),
+        reply_topic,
+        cancel_topic: cancel_topic(&prefix),
+        prefix,
+        qos,
+    });
+    Ok(RpcClient::new(mqtt, calls, endpoint.to_string(), link))
 }
 
 #[cfg(test)]

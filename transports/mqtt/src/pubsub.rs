@@ -14,10 +14,11 @@ use tokio::sync::{mpsc, watch};
 use super::embedded::EmbeddedBroker;
 use super::link::{Inbound, Link, LinkConfig, LinkHandle, Out, PublishError};
 use super::{Mqtt, SCHEME, fresh_id};
+use wirebench_brokerproc::{BrokerAt, PrivateBroker};
 use wirebench_brokerrpc::Endpoint;
 use wirebench_core::broker::{
-    Broker, BrokerClient, BrokerClientConfig, BrokerError, BrokerHandle, BrokerTarget, Delivery,
-    DurableAck, DurableConsumer, DurableSpec, RestartMode, Subscription,
+    Broker, BrokerClient, BrokerClientConfig, BrokerError, BrokerTarget, Delivery, DurableAck,
+    DurableConsumer, DurableSpec, RestartMode, Subscription,
 };
 use wirebench_core::transport::DEFAULT_MAX_MESSAGE_SIZE;
 
@@ -26,39 +27,21 @@ const NO_DURABLE: &str = "the mqtt transport has no durable logs: the embedded b
      sessions in memory only, and MQTT cannot report how many messages a broker stores";
 
 /// A broker for the `mqtt` transport: embedded (private) or external.
-#[derive(Debug)]
-pub struct MqttBrokerHandle {
-    embedded: Option<EmbeddedBroker>,
-    url: String,
-}
+pub type MqttBrokerHandle = BrokerAt<EmbeddedBroker>;
 
-impl BrokerHandle for MqttBrokerHandle {
+/// Both restart modes end the embedded broker at once and start a fresh one: it has no state
+/// that a graceful stop could save.
+impl PrivateBroker for EmbeddedBroker {
     fn url(&self) -> String {
-        self.embedded
-            .as_ref()
-            .map_or_else(|| self.url.clone(), EmbeddedBroker::url)
+        EmbeddedBroker::url(self)
     }
 
-    fn can_restart(&self) -> bool {
-        self.embedded.is_some()
-    }
-
-    /// Both modes end the embedded broker at once and start a fresh one: it has no state that
-    /// a graceful stop could save.
     async fn restart(&mut self, _mode: RestartMode) -> Result<(), BrokerError> {
-        match &mut self.embedded {
-            Some(b) => b.restart().await,
-            None => Err(BrokerError::Unsupported(format!(
-                "the broker at {} is external: wirebench does not restart it",
-                self.url
-            ))),
-        }
+        EmbeddedBroker::restart(self).await
     }
 
     async fn stop(self) {
-        if let Some(b) = self.embedded {
-            b.stop().await;
-        }
+        EmbeddedBroker::stop(self).await;
     }
 }
 
@@ -67,26 +50,10 @@ impl Broker for Mqtt {
     type Client = MqttBrokerClient;
 
     async fn start(&self, target: &BrokerTarget) -> Result<MqttBrokerHandle, BrokerError> {
-        match target {
-            BrokerTarget::Private => {
-                let b = EmbeddedBroker::start(([127, 0, 0, 1], 0).into()).await?;
-                Ok(MqttBrokerHandle {
-                    url: b.url(),
-                    embedded: Some(b),
-                })
-            }
-            BrokerTarget::External(url) => {
-                let e = Endpoint::parse(SCHEME, url).map_err(|reason| {
-                    BrokerError::Config(format!(
-                        "{url:?} is not an MQTT URL (mqtt://HOST:PORT): {reason}"
-                    ))
-                })?;
-                Ok(MqttBrokerHandle {
-                    embedded: None,
-                    url: e.url(),
-                })
-            }
-        }
+        BrokerAt::new(target, SCHEME.name, || {
+            EmbeddedBroker::start(([127, 0, 0, 1], 0).into())
+        })
+        .await
     }
 
     async fn connect(

@@ -25,8 +25,8 @@ use wirebench_core::transport::{DEFAULT_MAX_MESSAGE_SIZE, Server, TransportError
 use super::client::{announced_max, publish_status};
 use super::embedded::EmbeddedBroker;
 use super::link::{Inbound, Link, LinkConfig, LinkHandle, Out, PublishError};
-use super::wire::MqttProps;
 use super::{SCHEME, SHARE_GROUP, cancel_topic, fresh_id};
+use wirebench_brokerrpc::headers::PropertyList;
 
 /// How long connecting to the broker may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -49,7 +49,7 @@ pub struct ReplyTo {
 }
 
 impl ReplyTo {
-    fn out(&self, qos: QoS, payload: Bytes, user: MqttProps) -> Out {
+    fn out(&self, qos: QoS, payload: Bytes, user: PropertyList) -> Out {
         Out {
             topic: self.topic.clone(),
             qos,
@@ -90,7 +90,7 @@ impl MqttServerLink {
 }
 
 impl ServerLink for MqttServerLink {
-    type Headers = MqttProps;
+    type Headers = PropertyList;
     type ReplyTo = ReplyTo;
     /// The response topic and the correlation data, joined by a NUL.
     type CancelKey = Vec<u8>;
@@ -107,7 +107,7 @@ impl ServerLink for MqttServerLink {
     async fn reply(
         &self,
         to: &ReplyTo,
-        headers: Option<MqttProps>,
+        headers: Option<PropertyList>,
         payload: Bytes,
     ) -> Result<(), Status> {
         self.link
@@ -116,7 +116,7 @@ impl ServerLink for MqttServerLink {
             .map_err(|e| publish_status("response", e))
     }
 
-    async fn accept(&self, to: &ReplyTo, cid: u64, headers: MqttProps) -> Result<(), Status> {
+    async fn accept(&self, to: &ReplyTo, cid: u64, headers: PropertyList) -> Result<(), Status> {
         let mut out = to.out(self.qos, Bytes::new(), headers);
         out.properties.response_topic = Some(format!("{}{cid}", self.stream_prefix));
         self.link
@@ -166,7 +166,7 @@ impl Inbound for ServerInbound {
                 tracing::debug!("mqtt server: request without response topic ignored");
                 return;
             };
-            let headers = MqttProps(props.user_properties);
+            let headers = PropertyList(props.user_properties);
             if let Some(a) =
                 self.service
                     .on_request(method_of(level), reply, Some(&headers), p.payload)
@@ -178,7 +178,7 @@ impl Inbound for ServerInbound {
                 .ok()
                 .and_then(|c| c.parse::<u64>().ok());
             if let Some(cid) = cid {
-                let headers = MqttProps(props.user_properties);
+                let headers = PropertyList(props.user_properties);
                 self.service.on_frame(cid, Some(&headers), p.payload);
             }
         } else if p.topic == self.cancel_topic.as_bytes()

@@ -286,10 +286,7 @@ async fn the_documented_scheme_works_from_a_plain_mqtt_client() {
 
 /// Starts mosquitto, or says why not (skipped; under CI a failure).
 async fn mosquitto() -> Option<Mosquitto> {
-    let started = tokio::task::spawn_blocking(Mosquitto::start)
-        .await
-        .expect("mosquitto start task");
-    match started {
+    match wirebench_mqtt::mosquitto::start().await {
         Ok(m) => Some(m),
         Err(e) => {
             assert!(

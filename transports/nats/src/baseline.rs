@@ -109,7 +109,7 @@ impl Yardstick for NatsYardstick {
         let (url, broker) = match &self.url {
             Some(u) => (u.clone(), None),
             None => {
-                let b = NatsProcess::start(([127, 0, 0, 1], 0).into()).await?;
+                let b = crate::broker::start(([127, 0, 0, 1], 0).into()).await?;
                 (b.url(), Some(b))
             }
         };

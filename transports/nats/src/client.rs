@@ -3,7 +3,6 @@
 //! every reply and stream frame, routed to its call by the last subject token (the call id) —
 //! no subscription per call.
 
-use std::fmt;
 use std::sync::{Arc, Weak};
 
 use async_nats::client::traits::Publisher as _;
@@ -12,7 +11,7 @@ use async_nats::{Client, Event, Message, StatusCode, Subject};
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::task::JoinHandle;
-use wirebench_brokerrpc::client::{ClientCalls, ClientLink, Incoming};
+use wirebench_brokerrpc::client::{CallsOf, ClientCalls, ClientLink, Incoming};
 use wirebench_brokerrpc::headers::{self, Frame};
 use wirebench_brokerrpc::{Client as RpcClient, Endpoint};
 use wirebench_core::broker::BrokerError;
@@ -26,28 +25,15 @@ use super::{cancel_subject, method_subject};
 /// A connection to a `nats` service.
 pub type NatsConnection = RpcClient<NatsLink>;
 
-/// The calls of one connection.
-type Calls = ClientCalls<NatsHeaders, Subject>;
-
-/// What the protocol's client needs of NATS: publishing, and the connection's call table.
+/// What the protocol's client needs of NATS: publishing, to the service and to streams.
+#[derive(Debug)]
 pub struct NatsLink {
     client: Client,
-    /// Shared with the client library's event callback (which holds it weakly).
-    calls: Arc<Calls>,
     /// `<inbox>.`: a call's replies arrive on `<inbox>.<id>`.
     inbox_prefix: String,
     /// Each method's subject, made once (cloning a `Subject` costs no allocation).
     method_subjects: [(Method, Subject); 5],
     cancel_subject: Subject,
-    endpoint: Endpoint,
-}
-
-impl fmt::Debug for NatsLink {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NatsLink")
-            .field("endpoint", &self.endpoint)
-            .finish_non_exhaustive()
-    }
 }
 
 /// Ends the inbox dispatcher with the connection.
@@ -134,14 +120,6 @@ impl ClientLink for NatsLink {
     type Address = Subject;
     type Owner = Dispatcher;
 
-    fn calls(&self) -> &Calls {
-        &self.calls
-    }
-
-    fn endpoint(&self) -> &dyn fmt::Display {
-        &self.endpoint
-    }
-
     async fn to_service(
         &self,
         id: u64,
@@ -186,7 +164,7 @@ impl ClientLink for NatsLink {
         self.publish_later(outbound(to.clone(), None, Some(headers), Bytes::new()));
     }
 
-    fn no_responders(&self, method: Method) -> Status {
+    fn no_responders(&self, method: Method, _endpoint: &str) -> Status {
         Status::unavailable(format!(
             "no responders: no server is attached to {} on this broker",
             self.method_subject(method)
@@ -205,7 +183,7 @@ impl ClientLink for NatsLink {
 pub(super) async fn connect_client(
     url: &str,
     config: &ClientConfig,
-    calls: Weak<Calls>,
+    calls: Weak<CallsOf<NatsLink>>,
 ) -> Result<Client, TransportError> {
     let mut options = async_nats::ConnectOptions::new()
         .name("wirebench")
@@ -233,7 +211,7 @@ pub(super) async fn connect_client(
         })
 }
 
-fn on_event(calls: &Weak<Calls>, event: Event) {
+fn on_event(calls: &Weak<CallsOf<NatsLink>>, event: Event) {
     let Some(calls) = calls.upgrade() else {
         // A server's connection: nothing to fail, but dropped requests must not go unseen.
         if let Event::SlowConsumer(sid) = event {
@@ -277,7 +255,7 @@ pub(crate) async fn connect(
                 .into(),
         });
     };
-    let calls = Arc::new(Calls::new(config.max_message_size, "NATS broker"));
+    let calls = Arc::new(ClientCalls::new(config.max_message_size, "NATS broker"));
     let client = connect_client(&endpoint.url(), config, Arc::downgrade(&calls)).await?;
     let inbox = client.new_inbox();
     let sub = client
@@ -286,7 +264,6 @@ pub(crate) async fn connect(
         .map_err(|e| TransportError::Protocol(format!("subscribing to the inbox: {e}")))?;
     let link = Arc::new(NatsLink {
         client,
-        calls,
         inbox_prefix: format!("{inbox}."),
         method_subjects: [
             Method::Unary,
@@ -297,14 +274,22 @@ pub(crate) async fn connect(
         ]
         .map(|m| (m, method_subject(&prefix, m))),
         cancel_subject: cancel_subject(&prefix),
-        endpoint,
     });
-    let dispatcher = Dispatcher(tokio::spawn(dispatch(link.clone(), sub)));
-    Ok(RpcClient::new(link, dispatcher))
+    let dispatcher = Dispatcher(tokio::spawn(dispatch(link.clone(), calls.clone(), sub)));
+    Ok(RpcClient::new(
+        link,
+        calls,
+        endpoint.to_string(),
+        dispatcher,
+    ))
 }
 
 /// Routes every message arriving on the inbox to its call.
-async fn dispatch(link: Arc<NatsLink>, mut sub: async_nats::Subscriber) {
+async fn dispatch(
+    link: Arc<NatsLink>,
+    calls: Arc<CallsOf<NatsLink>>,
+    mut sub: async_nats::Subscriber,
+) {
     while let Some(msg) = sub.next().await {
         let Some(id) = msg
             .subject
@@ -313,7 +298,7 @@ async fn dispatch(link: Arc<NatsLink>, mut sub: async_nats::Subscriber) {
         else {
             continue;
         };
-        if let Some(to) = link.calls.route(id, incoming(msg)) {
+        if let Some(to) = calls.route(id, incoming(msg)) {
             let cancel = outbound(to, None, Some(headers::frame(Frame::Cancel)), Bytes::new());
             let _ = publish(&link.client, cancel).await;
         }

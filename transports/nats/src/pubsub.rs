@@ -14,9 +14,10 @@ use tokio::time::Instant;
 
 use super::Nats;
 use super::broker::{NatsProcess, locate};
+use wirebench_brokerproc::BrokerAt;
 use wirebench_core::broker::{
-    Broker, BrokerClient, BrokerClientConfig, BrokerError, BrokerHandle, BrokerTarget, Delivery,
-    DurableAck, DurableConsumer, DurableSpec, RestartMode, Subscription,
+    Broker, BrokerClient, BrokerClientConfig, BrokerError, BrokerTarget, Delivery, DurableAck,
+    DurableConsumer, DurableSpec, Subscription,
 };
 
 /// How long a durable consumer keeps trying to resume (broker restarting) before it fails.
@@ -27,39 +28,7 @@ const RESUME_PAUSE: Duration = Duration::from_millis(100);
 const ACK_WAIT: Duration = Duration::from_secs(5);
 
 /// A broker for the `nats` transport: private (a `nats-server` this process runs) or external.
-#[derive(Debug)]
-pub struct NatsBrokerHandle {
-    process: Option<NatsProcess>,
-    url: String,
-}
-
-impl BrokerHandle for NatsBrokerHandle {
-    fn url(&self) -> String {
-        self.process
-            .as_ref()
-            .map_or_else(|| self.url.clone(), NatsProcess::url)
-    }
-
-    fn can_restart(&self) -> bool {
-        self.process.is_some()
-    }
-
-    async fn restart(&mut self, mode: RestartMode) -> Result<(), BrokerError> {
-        match &mut self.process {
-            Some(p) => p.restart(mode).await,
-            None => Err(BrokerError::Unsupported(format!(
-                "the broker at {} is external: wirebench does not restart it",
-                self.url
-            ))),
-        }
-    }
-
-    async fn stop(self) {
-        if let Some(p) = self.process {
-            p.stop().await;
-        }
-    }
-}
+pub type NatsBrokerHandle = BrokerAt<NatsProcess>;
 
 /// A NATS client for broker-level operations.
 #[derive(Debug)]
@@ -78,26 +47,10 @@ impl Broker for Nats {
     type Client = NatsBrokerClient;
 
     async fn start(&self, target: &BrokerTarget) -> Result<NatsBrokerHandle, BrokerError> {
-        match target {
-            BrokerTarget::Private => {
-                let p = NatsProcess::start(([127, 0, 0, 1], 0).into()).await?;
-                Ok(NatsBrokerHandle {
-                    url: p.url(),
-                    process: Some(p),
-                })
-            }
-            BrokerTarget::External(url) => {
-                if !url.starts_with("nats://") {
-                    return Err(BrokerError::Config(format!(
-                        "{url:?} is not a NATS URL (nats://HOST:PORT)"
-                    )));
-                }
-                Ok(NatsBrokerHandle {
-                    process: None,
-                    url: url.clone(),
-                })
-            }
-        }
+        BrokerAt::new(target, "nats", || {
+            crate::broker::start(([127, 0, 0, 1], 0).into())
+        })
+        .await
     }
 
     async fn connect(

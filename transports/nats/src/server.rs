@@ -108,7 +108,7 @@ impl NatsServer {
         let (url, prefix, broker) = match target {
             Target::Attach(e) => (e.url(), e.prefix, None),
             Target::Private(addr) => {
-                let p = NatsProcess::start(addr).await?;
+                let p = crate::broker::start(addr).await?;
                 (p.url(), None, Some(p))
             }
         };

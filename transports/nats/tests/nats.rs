@@ -43,7 +43,7 @@ async fn serve(listen: &str, echo: Arc<Echo>) -> NatsServer {
 }
 
 async fn broker() -> NatsProcess {
-    NatsProcess::start(([127, 0, 0, 1], 0).into())
+    wirebench_nats::broker::start(([127, 0, 0, 1], 0).into())
         .await
         .expect("a private nats-server")
 }
