@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # How much of the grpc server's CPU is hyper and tonic rather than HTTP/2 itself: our grpc
 # server (`wirebench serve`, 2 workers) against the least h2 server that answers the echo's
-# Unary method (transports/examples/h2_echo_min.rs, 2 workers, a task per call, no metadata,
+# Unary method (transports/grpc/examples/h2_echo_min.rs, 2 workers, a task per call, no metadata,
 # deadlines or limits), each driven by the same grpc client through `load --target`, in
 # alternated pairs. Prints throughput, CPU per call on both sides and the latency line.
 # Usage: benches/grpc-h2-min.sh [CONCURRENCY] [PAIRS]   (default 64 in flight, 3 pairs)
@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 c="${1:-64}"
 n="${2:-3}"
 cargo build --release -q -p wirebench
-cargo build --release -q -p wirebench-transports --example h2_echo_min
+cargo build --release -q -p wirebench-grpc --example h2_echo_min
 wb=target/release/wirebench
 for _ in $(seq 1 "$n"); do
   for kind in grpc h2-min; do
