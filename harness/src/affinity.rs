@@ -40,6 +40,15 @@ pub enum Pin {
 }
 
 impl Pin {
+    /// `none`, `same` or `split`, as the flag spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Pin::None => "none",
+            Pin::Same => "same",
+            Pin::Split => "split",
+        }
+    }
+
     /// The CPUs for (client, server), or `None` when unpinned.
     pub fn cpus(self) -> Option<(usize, usize)> {
         match self {

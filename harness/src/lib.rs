@@ -14,6 +14,6 @@ pub mod interrupt;
 pub mod load;
 pub mod pacer;
 pub mod procfs;
-pub mod progress;
 pub mod proxy;
+pub mod run;
 pub mod runner;

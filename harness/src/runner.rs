@@ -28,6 +28,7 @@ use wirebench_transports::registry::AnyServer;
 use crate::affinity::{CpusSeen, Pin};
 use crate::child::{ChildServer, ServerCommand};
 use crate::exit::bad_input;
+use crate::load::live::LiveSink;
 use crate::load::{self, EngineOptions, Hooks, LoadError, Target};
 use crate::procfs::{self, CpuTimes, CpuWatcher};
 
@@ -59,6 +60,8 @@ pub struct RunContext {
     pub server_listen: BTreeMap<String, String>,
     /// Throwaway TLS material for the run's TLS points, made on first use.
     pub tls: Arc<OnceLock<Result<RunTls, String>>>,
+    /// Where a running point's interval figures go (a progress display).
+    pub live: Option<Arc<dyn LiveSink>>,
 }
 
 /// A throwaway CA with server and client certificates for one run, and the same as PEM files
@@ -117,6 +120,7 @@ impl Default for RunContext {
             server_options: BTreeMap::new(),
             server_listen: BTreeMap::new(),
             tls: Arc::default(),
+            live: None,
         }
     }
 }
@@ -397,6 +401,7 @@ pub fn run_point(transport: AnyTransport, spec: &LoadSpec, ctx: &RunContext) -> 
     let engine = EngineOptions {
         cpus: ctx.pin.cpus().map(|(c, _)| vec![c]),
         interrupted: ctx.interrupted.clone(),
+        live: ctx.live.clone(),
         ..EngineOptions::default()
     };
     let mut acct = Accounting {

@@ -10,10 +10,11 @@ use anyhow::{Context, Result};
 use wirebench_core::Transport;
 use wirebench_reports::conformance::{CaseOutcome, Verdict, matrix_text};
 use wirebench_scenarios::conformance::{self, CaseReport, Env, Outcome};
-use wirebench_tls::{DEFAULT_SERVER_NAME, TlsMaterial, TlsMode};
+use wirebench_tls::{TlsMaterial, TlsMode};
 use wirebench_transports::registry::AnyTransport;
 
 use crate::brokers::{Availability, BrokerArgs, availability};
+use crate::cmd::args::TlsArgs;
 use crate::exit::{FAILED, bad_input};
 use crate::proxy::HarnessFaults;
 
@@ -51,17 +52,10 @@ pub struct Args {
     /// Brokers for broker transports.
     #[command(flatten)]
     pub brokers: BrokerArgs,
-    /// Run every case over TLS 1.3 (`tls`) or mutual TLS (`mtls`); transports without TLS
-    /// report every case unsupported. The `tls` group sets up its own TLS either way.
-    #[arg(long, default_value_t = TlsMode::None, )]
-    pub tls: TlsMode,
-    /// Certificates from this directory (`ca.pem`, `server.pem`, `server.key`, and for mtls
-    /// `client.pem`, `client.key`) instead of a throwaway CA generated for the run.
-    #[arg(long)]
-    pub tls_dir: Option<PathBuf>,
-    /// The name clients check the server certificate against (with --tls-dir).
-    #[arg(long, default_value = DEFAULT_SERVER_NAME)]
-    pub tls_server_name: String,
+    /// TLS: every case over TLS 1.3 or mutual TLS (transports without it report every case
+    /// unsupported; the `tls` group sets up its own TLS either way).
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// The environment of a plaintext run: the harness's fault proxy; the `tls` group makes its
@@ -76,19 +70,19 @@ pub fn conformance_env() -> Env {
 /// The environment a run uses: the harness's fault proxy, and TLS material (loaded from
 /// `--tls-dir` or generated) applied to every case when `--tls` asks for it.
 pub fn env_for(args: &Args) -> Result<Env> {
-    let material = match &args.tls_dir {
-        Some(dir) => TlsMaterial::from_pem_dir(dir, &args.tls_server_name)
+    let material = match &args.tls.tls_dir {
+        Some(dir) => TlsMaterial::from_pem_dir(dir, &args.tls.tls_server_name)
             .map_err(|e| bad_input(format!("--tls-dir: {e}")))?,
         None => TlsMaterial::generate().context("generating throwaway TLS certificates")?,
     };
-    if args.tls == TlsMode::Mutual && !material.has_client_cert() {
+    if args.tls.tls == TlsMode::Mutual && !material.has_client_cert() {
         return Err(bad_input(
             "--tls mtls needs a client certificate: --tls-dir has no client.pem/client.key",
         ));
     }
     let env = conformance_env();
     let material = Arc::new(material);
-    Ok(match args.tls {
+    Ok(match args.tls.tls {
         TlsMode::None => Env {
             tls: Some(material),
             ..env
@@ -234,7 +228,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         out,
         "{passed} passed, {failures} failed, {} unsupported (TLS: {}; {} transports: {}){}",
         reports.len() - passed - failed_cases,
-        args.tls,
+        args.tls.tls,
         transports.len(),
         transports
             .iter()

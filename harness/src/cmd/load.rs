@@ -14,10 +14,16 @@ use wirebench_scenarios::load::{Length, LoadSpec, Mode, Schedule, Stall};
 use wirebench_scenarios::suite::ValiditySpec;
 use wirebench_scenarios::units::{parse_duration, parse_rate, parse_size};
 
-use crate::affinity::Pin;
+use std::sync::Arc;
+
+use wirebench_transports::AnyTransport;
+
 use crate::brokers::{Availability, BrokerArgs, availability};
+use crate::cmd::args::PlacementArgs;
 use crate::cmd::serve::parse_options;
 use crate::exit::bad_input;
+use crate::run::events::{EventBus, RunEvent};
+use crate::run::{executor, reporters};
 use crate::runner::{RunContext, run_point};
 use crate::{environment, interrupt};
 
@@ -117,27 +123,9 @@ pub struct Args {
     /// throwaway CA and certificates generated for the run.
     #[arg(long, default_value_t = TlsMode::None, )]
     pub tls: TlsMode,
-    /// CPU placement: none (the scheduler decides), same (client and server on CPU 0),
-    /// split (client CPU 0, server CPU 1).
-    #[arg(long, value_enum, default_value_t = Pin::None)]
-    pub pin: Pin,
-    /// Drive this already-running server instead of starting `wirebench serve` (bring your
-    /// own implementation of the documented wire format).
-    #[arg(long)]
-    pub target: Option<String>,
-    /// With --target: the server's process id, to read its CPU and memory from /proc.
-    #[arg(long, requires = "target")]
-    pub target_pid: Option<u32>,
-    /// Start the server with this shell command instead of `wirebench serve`; it must print
-    /// the ready line (see `wirebench serve --help`) and gets WIREBENCH_LISTEN.
-    #[arg(long, conflicts_with = "target")]
-    pub server_cmd: Option<String>,
-    /// How long a started server may take to print its ready line.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub ready_timeout: Duration,
-    /// Server runtime threads (default: one per CPU).
-    #[arg(long)]
-    pub server_threads: Option<u32>,
+    /// Where the server comes from and where processes run.
+    #[command(flatten)]
+    pub placement: PlacementArgs,
     /// A client option KEY=VALUE for the transport (repeatable).
     #[arg(long = "option", value_name = "KEY=VALUE")]
     pub options: Vec<String>,
@@ -153,6 +141,10 @@ pub struct Args {
     /// Brokers for broker transports (without one, the server starts a private broker).
     #[command(flatten)]
     pub brokers: BrokerArgs,
+    /// Plain progress: one line per interval, even on a terminal (else a bar with the live
+    /// figures beneath it).
+    #[arg(long)]
+    pub plain: bool,
 }
 
 impl Args {
@@ -306,14 +298,54 @@ pub fn summary_text(r: &RunRecord) -> String {
     out
 }
 
-/// Runs `wirebench load`.
+/// Runs `wirebench load`: one point, with a bar and its live figures (or one line per
+/// interval), then the summary table.
 pub fn run(args: Args) -> Result<ExitCode> {
     let transport = wirebench_transports::registry::transport(&args.transport)
         .map_err(|e| bad_input(e.to_string()))?;
     let spec = args.spec();
+    check(&args, &transport, &spec)?;
+    let progress = reporters::progress(args.plain);
+    let bus = Arc::new(EventBus::new(vec![progress]));
+    let ctx = run_context(&args, &transport, &bus)?;
+    let started = environment::now_rfc3339();
+    let name = transport.name().to_owned();
+    let label = format!("{name}: {}", spec.describe());
+    bus.emit(RunEvent::Started {
+        suite: "load".into(),
+        transports: vec![name.clone()],
+        steps: 1,
+        eta: spec.estimate(),
+        out: args.json.clone(),
+    })?;
+    bus.emit(RunEvent::StepStarted {
+        index: 0,
+        label: label.clone(),
+        estimate: spec.estimate(),
+    })?;
+    let record = run_point(transport, &spec, &ctx);
+    // The bar goes before anything else is printed, whatever happened.
+    let _ = bus.emit(RunEvent::Finished {
+        complete: record.is_ok(),
+        interrupted: ctx.interrupted.load(std::sync::atomic::Ordering::SeqCst),
+    });
+    let record = record?;
+    print!("{}", summary_text(&record));
+    if let Some(path) = &args.json {
+        save_json(path, started, &spec, name, record)?;
+        println!("wrote {}", path.display());
+    }
+    if ctx.interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(ExitCode::from(crate::exit::INTERRUPTED));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What can be refused before anything runs.
+fn check(args: &Args, transport: &AnyTransport, spec: &LoadSpec) -> Result<()> {
     spec.validate().map_err(bad_input)?;
     args.brokers.validate()?;
-    match availability(&transport, &args.brokers) {
+    match availability(transport, &args.brokers) {
         Availability::Ready => {}
         // One explicit transport that cannot run here: say why and how to fix it.
         Availability::Skipped(why) | Availability::Missing(why) => {
@@ -327,7 +359,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             cap.name()
         )));
     }
-    if args.target.is_some()
+    if args.placement.target.is_some()
         && transport
             .capabilities()
             .gap(Capability::OutOfProcess)
@@ -348,53 +380,58 @@ pub fn run(args: Args) -> Result<ExitCode> {
             dir.display()
         )));
     }
+    Ok(())
+}
+
+fn run_context(args: &Args, transport: &AnyTransport, bus: &Arc<EventBus>) -> Result<RunContext> {
     let name = transport.name().to_owned();
-    let ctx = RunContext {
-        pin: args.pin,
+    Ok(RunContext {
+        pin: args.placement.pin,
         validity: ValiditySpec {
             max_lag_p99: args.max_lag,
             ..ValiditySpec::default()
         },
         interrupted: interrupt::install(),
-        ready_timeout: args.ready_timeout,
-        target: args.target.clone(),
-        target_pid: args.target_pid,
-        server_cmd: args.server_cmd.clone(),
-        server_threads: args.server_threads,
+        ready_timeout: args.placement.ready_timeout,
+        target: args.placement.target.clone(),
+        target_pid: args.placement.target_pid,
+        server_cmd: args.placement.server_cmd.clone(),
+        server_threads: args.placement.server_threads,
         client_options: BTreeMap::from([(name.clone(), parse_options(&args.options)?)]),
         server_options: BTreeMap::from([(name.clone(), parse_options(&args.server_options)?)]),
         server_listen: args
             .brokers
-            .url_for(&transport)
+            .url_for(transport)
             .map(|u| BTreeMap::from([(name.clone(), u.to_owned())]))
             .unwrap_or_default(),
         tls: Default::default(),
-    };
-    let started = environment::now_rfc3339();
-    eprintln!("{name}: {} ...", spec.describe());
-    let record = run_point(transport, &spec, &ctx)?;
-    print!("{}", summary_text(&record));
-    if let Some(path) = &args.json {
-        let mut results = Results::new(
-            format!("wirebench {}", env!("CARGO_PKG_VERSION")),
-            started,
-            environment::collect(),
-            SuiteRecord {
-                name: "load".into(),
-                description: spec.describe(),
-                source: "command line".into(),
-                toml: String::new(),
-            },
-        );
-        results.transports = vec![name];
-        results.runs.push(record);
-        results.finished_at = Some(environment::now_rfc3339());
-        results.complete = true;
-        results.save(path)?;
-        println!("wrote {}", path.display());
-    }
-    if ctx.interrupted.load(std::sync::atomic::Ordering::SeqCst) {
-        return Ok(ExitCode::from(crate::exit::INTERRUPTED));
-    }
-    Ok(ExitCode::SUCCESS)
+        live: Some(executor::live(bus)),
+    })
+}
+
+/// Writes the run as a results file of one record.
+fn save_json(
+    path: &std::path::Path,
+    started: String,
+    spec: &LoadSpec,
+    transport: String,
+    record: RunRecord,
+) -> Result<()> {
+    let mut results = Results::new(
+        format!("wirebench {}", env!("CARGO_PKG_VERSION")),
+        started,
+        environment::collect(),
+        SuiteRecord {
+            name: "load".into(),
+            description: spec.describe(),
+            source: "command line".into(),
+            toml: String::new(),
+        },
+    );
+    results.transports = vec![transport];
+    results.runs.push(record);
+    results.finished_at = Some(environment::now_rfc3339());
+    results.complete = true;
+    results.save(path)?;
+    Ok(())
 }

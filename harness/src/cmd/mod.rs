@@ -1,5 +1,6 @@
 //! One module per subcommand: its arguments (clap) and its `run`.
 
+pub mod args;
 pub mod compare;
 pub mod conformance;
 pub mod floor;

@@ -14,10 +14,11 @@ use tokio::io::AsyncReadExt;
 use wirebench_core::transport::Options;
 use wirebench_core::{Capability, Echo, Server, ServerConfig, Transport};
 use wirebench_reports::results::write_atomic;
-use wirebench_tls::{DEFAULT_SERVER_NAME, TlsMaterial, TlsMode};
+use wirebench_tls::{TlsMaterial, TlsMode};
 
 use crate::affinity::pin_current_thread;
 use crate::child::ReadyLine;
+use crate::cmd::args::TlsArgs;
 use crate::exit::bad_input;
 use wirebench_scenarios::units::parse_duration;
 
@@ -55,17 +56,10 @@ pub struct Args {
     /// A transport option KEY=VALUE (repeatable); the transport rejects keys it does not know.
     #[arg(long = "option", value_name = "KEY=VALUE")]
     pub options: Vec<String>,
-    /// Serve over TLS 1.3 (`tls`) or mutual TLS (`mtls`, clients must present a certificate
-    /// the CA signed), with the certificates in `--tls-dir`.
-    #[arg(long, default_value_t = TlsMode::None, )]
-    pub tls: TlsMode,
-    /// PEM files for `--tls`: `server.pem`, `server.key`, and `ca.pem` (the CA that signs
-    /// client certificates under mtls).
-    #[arg(long)]
-    pub tls_dir: Option<PathBuf>,
-    /// The name the server certificate in `--tls-dir` is for.
-    #[arg(long, default_value = DEFAULT_SERVER_NAME)]
-    pub tls_server_name: String,
+    /// TLS, with the certificates in `--tls-dir` (`server.pem`, `server.key`, and `ca.pem`,
+    /// the CA that signs client certificates under mtls).
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Exit when standard input closes (the harness uses this so that a server never
     /// outlives it).
     #[arg(long)]
@@ -108,7 +102,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             transport.name()
         )));
     }
-    let tls = match (&args.tls, &args.tls_dir) {
+    let tls = match (&args.tls.tls, &args.tls.tls_dir) {
         (TlsMode::None, _) => None,
         (mode, Some(dir)) => {
             if let Some(reason) = transport.capabilities().gap(Capability::Tls) {
@@ -117,7 +111,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                     transport.name()
                 )));
             }
-            let material = TlsMaterial::from_pem_dir(dir, &args.tls_server_name)
+            let material = TlsMaterial::from_pem_dir(dir, &args.tls.tls_server_name)
                 .map_err(|e| bad_input(format!("--tls-dir: {e}")))?;
             material.server(*mode)
         }

@@ -5,6 +5,7 @@
 //! measured), starts them on a common clock, calls the caller's hooks at the start and end of
 //! the measured phase (to snapshot process CPU and memory), and merges the recorders.
 
+pub mod live;
 pub mod recorder;
 pub mod schedule;
 pub mod worker;
@@ -58,6 +59,14 @@ pub struct EngineOptions {
     pub drain: Duration,
     /// Set for fault runs (see [`FaultMode`]).
     pub fault: Option<FaultMode>,
+    /// Where the live figures of each finished interval go while the run goes on.
+    pub live: Option<Arc<dyn live::LiveSink>>,
+}
+
+impl std::fmt::Debug for dyn live::LiveSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LiveSink")
+    }
 }
 
 impl Default for EngineOptions {
@@ -67,6 +76,7 @@ impl Default for EngineOptions {
             interrupted: Arc::new(AtomicBool::new(false)),
             drain: Duration::from_secs(5),
             fault: None,
+            live: None,
         }
     }
 }
@@ -138,6 +148,7 @@ pub fn run(
     let mut handles = Vec::new();
     let mut starts = Vec::new();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (live_tx, live_rx) = std::sync::mpsc::channel();
     for i in 0..workers {
         let plan = WorkerPlan {
             index: i,
@@ -160,6 +171,7 @@ pub fn run(
             interrupted: opts.interrupted.clone(),
             drain: opts.drain,
             fault: opts.fault.clone(),
+            live: opts.live.is_some().then(|| live_tx.clone()),
         };
         let (start_tx, start_rx) = std::sync::mpsc::channel();
         let ready = ready_tx.clone();
@@ -171,6 +183,7 @@ pub fn run(
         starts.push(start_tx);
     }
     drop(ready_tx);
+    drop(live_tx);
     let mut failure = None;
     for _ in 0..workers {
         match ready_rx.recv() {
@@ -207,6 +220,18 @@ pub fn run(
     for s in &starts {
         let _ = s.send(Some(start));
     }
+    // The live view merges the workers' intervals on a thread of its own, off their path.
+    let feed = opts.live.clone().map(|sink| {
+        live::Feed::start(
+            live_rx,
+            sink,
+            measure_start,
+            opts.fault
+                .as_ref()
+                .map_or(recorder::INTERVAL, |f| f.interval),
+            workers,
+        )
+    });
     let now = Instant::now();
     if measure_start > now {
         std::thread::sleep(measure_start - now);
@@ -226,6 +251,9 @@ pub fn run(
         }
     }
     hooks.measure_end();
+    if let Some(f) = feed {
+        f.finish();
+    }
     if let Some(e) = worker_error {
         return Err(LoadError::Worker(e));
     }

@@ -29,6 +29,23 @@ pub struct SavedInterval {
     pub histogram: Vec<u8>,
 }
 
+/// One finished interval of one worker, for a live view of the run: sent once an interval
+/// (when the worker's recorder rotates), never per call.
+#[derive(Debug)]
+pub struct IntervalSnapshot {
+    /// Interval number (0 = the first interval of the measured phase).
+    pub index: u64,
+    /// Its calls by status code (gRPC numbering).
+    pub status: [u64; 17],
+    /// Its latency histogram, V2 (uncompressed), as saved in the series.
+    pub latency: Vec<u8>,
+    /// Open loop: the generator's lag over the interval, V2.
+    pub lag: Option<Vec<u8>>,
+}
+
+/// Where a worker sends its finished intervals while the run goes on.
+pub type LiveSender = std::sync::mpsc::Sender<IntervalSnapshot>;
+
 /// One phase of a fault run, as one worker saw it: requests are charged to the phase they
 /// were *sent* in (their intended start), so each phase's counts add up on their own.
 #[derive(Debug, Clone)]
@@ -114,7 +131,10 @@ pub struct Recorder {
     current: Histogram<u64>,
     current_index: u64,
     current_calls: u64,
-    current_errors: u64,
+    current_status: [u64; 17],
+    /// With a live view: the interval's lag (open loop) and where finished intervals go.
+    current_lag: Option<Histogram<u64>>,
+    live: Option<LiveSender>,
     /// Finished intervals.
     pub intervals: Vec<SavedInterval>,
 }
@@ -139,9 +159,22 @@ impl Recorder {
             current: latency_histogram(),
             current_index: 0,
             current_calls: 0,
-            current_errors: 0,
+            current_status: [0; 17],
+            current_lag: None,
+            live: None,
             intervals: Vec::new(),
         }
+    }
+
+    /// Also sends every finished interval to `live` (a live view of the run; the lag of an
+    /// open loop is then kept per interval too).
+    pub fn with_live(mut self, live: Option<LiveSender>) -> Recorder {
+        self.current_lag = live
+            .as_ref()
+            .and(self.lag.as_ref())
+            .map(|_| latency_histogram());
+        self.live = live;
+        self
     }
 
     /// A recorder for a fault run: intervals of `interval`, and one [`PhaseRecord`] per
@@ -216,10 +249,8 @@ impl Recorder {
             h.saturating_record(Self::ns(s));
         }
         self.status[code.as_u32() as usize] += 1;
+        self.current_status[code.as_u32() as usize] += 1;
         self.current_calls += 1;
-        if code != Code::Ok {
-            self.current_errors += 1;
-        }
         if self.last_done.is_none_or(|l| done > l) {
             self.last_done = Some(done);
         }
@@ -228,6 +259,9 @@ impl Recorder {
     /// Records the generator's lag for one request.
     pub fn lag(&mut self, lag: Duration) {
         if let Some(h) = &mut self.lag {
+            h.saturating_record(Self::ns(lag));
+        }
+        if let Some(h) = &mut self.current_lag {
             h.saturating_record(Self::ns(lag));
         }
     }
@@ -254,19 +288,36 @@ impl Recorder {
         // Serializing an in-range u64 histogram into a Vec cannot fail; if it ever did, the
         // interval would be kept without its histogram rather than abort the run.
         let _ = V2Serializer::new().serialize(&self.current, &mut bytes);
+        if let Some(live) = &self.live {
+            let lag = self.current_lag.as_mut().map(|h| {
+                let mut b = Vec::new();
+                let _ = V2Serializer::new().serialize(h, &mut b);
+                h.reset();
+                b
+            });
+            // A live view that went away stops receiving; the run goes on.
+            let _ = live.send(IntervalSnapshot {
+                index: self.current_index,
+                status: self.current_status,
+                latency: bytes.clone(),
+                lag,
+            });
+        }
         self.intervals.push(SavedInterval {
             index: self.current_index,
             calls: self.current_calls,
-            errors: self.current_errors,
+            errors: self.current_calls - self.current_status[0],
             histogram: bytes,
         });
         self.current.reset();
         self.current_calls = 0;
-        self.current_errors = 0;
+        self.current_status = [0; 17];
     }
 
-    /// Ends recording: the interval in progress is saved.
+    /// Ends recording: the interval in progress is saved (not shown live: it is partial), and
+    /// the live view is let go (its feed ends once every worker's recorder has finished).
     pub fn finish(&mut self) {
+        self.live = None;
         self.flush_current();
     }
 }

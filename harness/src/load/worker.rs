@@ -60,6 +60,8 @@ pub struct WorkerPlan {
     pub drain: Duration,
     /// Fault runs: phases, finer intervals, call deadlines enforced here, re-dialing.
     pub fault: Option<super::FaultMode>,
+    /// Where finished intervals go for a live view of the run.
+    pub live: Option<super::recorder::LiveSender>,
 }
 
 /// When to run, sent once every worker is connected.
@@ -668,7 +670,8 @@ async fn drive<C: Connection>(
     }
     let nslots = conns.len();
     let fault = plan.fault.clone();
-    let mut recorder = Recorder::new(start.measure_start, open_loop, streams);
+    let mut recorder =
+        Recorder::new(start.measure_start, open_loop, streams).with_live(plan.live.clone());
     if let Some(f) = &fault {
         recorder = recorder.with_phases(f.interval, &f.phases);
     }
@@ -809,10 +812,11 @@ async fn drive<C: Connection>(
         let _ = tokio::time::timeout(Duration::from_secs(1), c.close()).await;
     }
     let cpus = cpus.borrow().clone();
-    let recorder = std::mem::replace(
+    let mut recorder = std::mem::replace(
         &mut *sh.rec.borrow_mut(),
         Recorder::new(start.measure_start, false, false),
     );
+    recorder.finish();
     WorkerOutput {
         recorder,
         incomplete,
