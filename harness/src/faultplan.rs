@@ -262,12 +262,7 @@ pub fn run_plan(
     let child = ChildServer::spawn(&cmd("127.0.0.1:0".into()), ctx.ready_timeout)
         .map_err(|e| anyhow!(e))?;
     let endpoint = child.ready.endpoint.clone();
-    let server_info = ServerInfo {
-        placement: "child".into(),
-        endpoint: endpoint.clone(),
-        pid: Some(child.pid()),
-        note: Some(format!("`{}` behind the fault proxy", child.command())),
-    };
+    let server_info = child_info(&child, &endpoint);
     let path = match transport.network_path(&endpoint) {
         Ok(p) => p,
         Err(e) => return Ok(PlanOutcome::Skipped(format!("no network path: {e}"))),
@@ -279,24 +274,7 @@ pub fn run_plan(
             if udp { "UDP" } else { "TCP" }
         )));
     }
-    // The proxy runs on its own small runtime in this process (its CPU is the client's).
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("wb-fault-proxy")
-        .enable_all()
-        .build()
-        .context("starting the proxy runtime")?;
-    let protocol = if udp { Protocol::Udp } else { Protocol::Tcp };
-    let proxy = Arc::new(
-        rt.block_on(Proxy::start(
-            protocol,
-            "127.0.0.1:0",
-            path.addr,
-            Vec::new(),
-            plan.load.seed,
-        ))
-        .context("starting the fault proxy")?,
-    );
+    let (rt, proxy) = start_proxy(udp, path.addr, plan.load.seed)?;
     let via: SocketAddr = proxy.local_addr();
     let client_endpoint = transport
         .endpoint_via(&endpoint, via)
@@ -341,34 +319,97 @@ pub fn run_plan(
     let counters = proxy.counters();
     drop(proxy);
     drop(rt);
+    stop_server(&server);
+    let outcome = outcome.map_err(|e| anyhow!(e))?;
+    let events = events.lock().map(|e| e.clone()).unwrap_or_default();
+    let rig = Rig {
+        udp,
+        server: server_info,
+        proxy: serde_json::to_value(counters)
+            .ok()
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default(),
+        events,
+    };
+    Ok(PlanOutcome::Ran(Box::new(fault_record(
+        transport, plan, policy, ctx, &outcome, rig,
+    )?)))
+}
+
+/// What the record says of the server child.
+fn child_info(child: &ChildServer, endpoint: &str) -> ServerInfo {
+    ServerInfo {
+        placement: "child".into(),
+        endpoint: endpoint.to_owned(),
+        pid: Some(child.pid()),
+        note: Some(format!("`{}` behind the fault proxy", child.command())),
+    }
+}
+
+/// The fault proxy in front of `upstream`, on its own small runtime in this process (its
+/// CPU is the client's).
+fn start_proxy(
+    udp: bool,
+    upstream: SocketAddr,
+    seed: u64,
+) -> Result<(tokio::runtime::Runtime, Arc<Proxy>)> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("wb-fault-proxy")
+        .enable_all()
+        .build()
+        .context("starting the proxy runtime")?;
+    let protocol = if udp { Protocol::Udp } else { Protocol::Tcp };
+    let proxy = rt
+        .block_on(Proxy::start(
+            protocol,
+            "127.0.0.1:0",
+            upstream,
+            Vec::new(),
+            seed,
+        ))
+        .context("starting the fault proxy")?;
+    Ok((rt, Arc::new(proxy)))
+}
+
+/// Stops the server child (resuming it first: a server left paused would ignore SIGTERM).
+fn stop_server(server: &Mutex<ServerSlot>) {
     if let Ok(mut s) = server.lock()
         && let Some(c) = s.child.take()
     {
-        // A server left paused would ignore SIGTERM: let it run to stop it.
         let _ = kill(Pid::from_raw(c.pid() as i32), Signal::SIGCONT);
         c.stop();
     }
-    let outcome = outcome.map_err(|e| anyhow!(e))?;
-    let events = events.lock().map(|e| e.clone()).unwrap_or_default();
-    let m = &outcome.merged;
+}
 
+/// What a fault run's record takes from its setup.
+struct Rig {
+    udp: bool,
+    server: ServerInfo,
+    /// The proxy's counters at the end.
+    proxy: BTreeMap<String, u64>,
+    /// Process faults applied, in order.
+    events: Vec<FaultEvent>,
+}
+
+/// The saved record of a fault run: per phase, the recovery, the accounting and validity.
+fn fault_record(
+    transport: AnyTransport,
+    plan: &FaultPlan,
+    policy: Option<&toml::Table>,
+    ctx: &RunContext,
+    outcome: &load::Outcome,
+    rig: Rig,
+) -> Result<FaultRunRecord> {
+    let name = transport.name();
+    let m = &outcome.merged;
     let phases: Vec<FaultPhaseRecord> = plan
         .phases
         .iter()
         .zip(&m.phases)
         .map(|(p, r)| phase_record(p, r))
         .collect::<Result<_>>()?;
-    let intervals: Vec<IntervalRecord> = m
-        .intervals
-        .iter()
-        .map(|iv| IntervalRecord {
-            start_s: iv.index as f64 * FAULT_INTERVAL.as_secs_f64(),
-            calls: iv.calls,
-            errors: iv.errors,
-            latency: iv.latency,
-            histogram: iv.histogram.clone(),
-        })
-        .collect();
+    let intervals = crate::runner::interval_records(&m.intervals, FAULT_INTERVAL);
     let firsts: Vec<(Option<f64>, Option<f64>)> = m
         .phases
         .iter()
@@ -381,6 +422,35 @@ pub fn run_plan(
         .collect();
     let recovery = recovery(plan, &phases, &firsts, &intervals);
     let accounting = account(m.sent, &m.status, outcome.incomplete);
+    let validity = fault_validity(&accounting, &phases, m.lag.as_ref(), ctx);
+    Ok(FaultRunRecord {
+        plan: plan.name.clone(),
+        transport: name.to_owned(),
+        policy: if policy.is_some() { "with" } else { "none" }.into(),
+        policy_config: policy.and_then(|p| serde_json::to_value(p).ok()),
+        protocol: if rig.udp { "udp" } else { "tcp" }.into(),
+        target: plan.target.name().into(),
+        params: params(&plan.load, ctx.pin, name, ctx),
+        server: rig.server,
+        interval_s: FAULT_INTERVAL.as_secs_f64(),
+        phases,
+        recovery,
+        accounting,
+        proxy: rig.proxy,
+        events: rig.events,
+        validity,
+        intervals,
+    })
+}
+
+/// A fault run is invalid when its requests do not add up; a late generator is a note (the
+/// fault itself may be what delayed it).
+fn fault_validity(
+    accounting: &Accounting,
+    phases: &[FaultPhaseRecord],
+    lag: Option<&hdrhistogram::Histogram<u64>>,
+    ctx: &RunContext,
+) -> Validity {
     let mut validity = Validity {
         valid: true,
         reasons: Vec::new(),
@@ -401,7 +471,7 @@ pub fn run_plan(
             accounting.unanswered
         ));
     }
-    if let Some(lag) = &m.lag {
+    if let Some(lag) = lag {
         let p99 = lag.value_at_quantile(0.99);
         if p99 > u64::try_from(ctx.validity.max_lag_p99.as_nanos()).unwrap_or(u64::MAX) {
             validity.notes.push(format!(
@@ -412,28 +482,7 @@ pub fn run_plan(
             ));
         }
     }
-    let proxy_counters: BTreeMap<String, u64> = serde_json::to_value(counters)
-        .ok()
-        .and_then(|v| serde_json::from_value(v).ok())
-        .unwrap_or_default();
-    Ok(PlanOutcome::Ran(Box::new(FaultRunRecord {
-        plan: plan.name.clone(),
-        transport: name.to_owned(),
-        policy: if policy.is_some() { "with" } else { "none" }.into(),
-        policy_config: policy.and_then(|p| serde_json::to_value(p).ok()),
-        protocol: if udp { "udp" } else { "tcp" }.into(),
-        target: plan.target.name().into(),
-        params: params(&plan.load, ctx.pin, name, ctx),
-        server: server_info,
-        interval_s: FAULT_INTERVAL.as_secs_f64(),
-        phases,
-        recovery,
-        accounting,
-        proxy: proxy_counters,
-        events,
-        validity,
-        intervals,
-    })))
+    validity
 }
 
 /// Sums what was sent and how it ended; `balanced` when every request is accounted for.

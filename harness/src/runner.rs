@@ -274,6 +274,19 @@ struct Accounting {
     server_end: Option<CpuTimes>,
 }
 
+impl Accounting {
+    fn new(client_pid: u32, server_pid: Option<u32>) -> Accounting {
+        Accounting {
+            client_pid,
+            server_pid,
+            client_start: None,
+            server_start: None,
+            client_end: None,
+            server_end: None,
+        }
+    }
+}
+
 impl Hooks for Accounting {
     fn measure_start(&mut self) {
         self.client_start = procfs::cpu_times(self.client_pid).ok();
@@ -385,14 +398,7 @@ pub fn run_point(transport: AnyTransport, spec: &LoadSpec, ctx: &RunContext) -> 
     let target = Target {
         transport,
         endpoint: endpoint.clone(),
-        client: ClientConfig {
-            options: options(ctx.client_options.get(name)),
-            tls: match spec.tls {
-                TlsMode::None => None,
-                mode => ctx.tls_material()?.material.client(mode),
-            },
-            ..ClientConfig::default()
-        },
+        client: client_config(ctx, name, spec.tls)?,
     };
     let setup = measure_setup(&target, SETUP_SAMPLES).map_err(|e| match &ctx.target {
         Some(_) => bad_input(format!("{e} (is the --target server running?)")),
@@ -404,14 +410,7 @@ pub fn run_point(transport: AnyTransport, spec: &LoadSpec, ctx: &RunContext) -> 
         live: ctx.live.clone(),
         ..EngineOptions::default()
     };
-    let mut acct = Accounting {
-        client_pid: me,
-        server_pid,
-        client_start: None,
-        server_start: None,
-        client_end: None,
-        server_end: None,
-    };
+    let mut acct = Accounting::new(me, server_pid);
     let watcher = CpuWatcher::start(server_pid.into_iter().collect());
     let outcome = load::run(spec, &target, &engine, &mut acct);
     let server_cpus = watcher.stop().into_iter().next().unwrap_or_default();
@@ -431,6 +430,99 @@ pub fn run_point(transport: AnyTransport, spec: &LoadSpec, ctx: &RunContext) -> 
     };
     drop(placement);
 
+    let summary = run_summary(
+        &outcome,
+        &acct,
+        &setup,
+        Peaks {
+            client: client_peak,
+            server: server_peak,
+            client_note: match (&in_process_reason, peak_reset) {
+                (Some(_), _) => Some("includes the in-process server".into()),
+                (None, false) => Some("peak RSS is the process's lifetime peak".into()),
+                (None, true) => None,
+            },
+        },
+        &server_cpus,
+    );
+    let validity = judge(
+        spec,
+        &summary,
+        &server_info,
+        in_process_reason.is_some(),
+        ctx,
+    );
+    let m = &outcome.merged;
+    let enc = |h: &hdrhistogram::Histogram<u64>| encode(h).map_err(|e| anyhow!(e));
+    let histograms = RunHistograms {
+        latency: enc(&m.latency)?,
+        service_time: m.service.as_ref().map(enc).transpose()?,
+        generator_lag: m.lag.as_ref().map(enc).transpose()?,
+        message_latency: m
+            .message
+            .as_ref()
+            .filter(|h| !h.is_empty())
+            .map(enc)
+            .transpose()?,
+    };
+    Ok(RunRecord {
+        transport: name.to_owned(),
+        point: spec.name.clone(),
+        params: params(spec, ctx.pin, name, ctx),
+        server: server_info,
+        summary,
+        validity,
+        histograms,
+        intervals: interval_records(&m.intervals, load::recorder::INTERVAL),
+        repeats: Vec::new(),
+        gate: None,
+    })
+}
+
+/// The saved series of a run whose intervals are `length` long.
+pub fn interval_records(
+    intervals: &[load::recorder::MergedInterval],
+    length: Duration,
+) -> Vec<IntervalRecord> {
+    intervals
+        .iter()
+        .map(|iv| IntervalRecord {
+            start_s: iv.index as f64 * length.as_secs_f64(),
+            calls: iv.calls,
+            errors: iv.errors,
+            latency: iv.latency,
+            histogram: iv.histogram.clone(),
+        })
+        .collect()
+}
+
+/// The client's configuration for a point of `transport` over `tls`.
+fn client_config(ctx: &RunContext, transport: &str, tls: TlsMode) -> Result<ClientConfig> {
+    Ok(ClientConfig {
+        options: options(ctx.client_options.get(transport)),
+        tls: match tls {
+            TlsMode::None => None,
+            mode => ctx.tls_material()?.material.client(mode),
+        },
+        ..ClientConfig::default()
+    })
+}
+
+/// Peak memory of both sides, and what to say of the client's.
+struct Peaks {
+    client: Option<u64>,
+    server: Option<u64>,
+    client_note: Option<String>,
+}
+
+/// The run's summary: calls by outcome, throughput, latencies, bytes and resources.
+fn run_summary(
+    outcome: &load::Outcome,
+    acct: &Accounting,
+    setup: &hdrhistogram::Histogram<u64>,
+    peaks: Peaks,
+    server_cpus: &CpusSeen,
+) -> RunSummary {
     let m = &outcome.merged;
     let calls = m.latency.len();
     let ok = m.status[Code::Ok.as_u32() as usize];
@@ -446,24 +538,20 @@ pub fn run_point(transport: AnyTransport, spec: &LoadSpec, ctx: &RunContext) -> 
         acct.client_start,
         acct.client_end,
         calls,
-        client_peak,
+        peaks.client,
         &outcome.client_cpus,
-        match (&in_process_reason, peak_reset) {
-            (Some(_), _) => Some("includes the in-process server".into()),
-            (None, false) => Some("peak RSS is the process's lifetime peak".into()),
-            (None, true) => None,
-        },
+        peaks.client_note,
     )
     .unwrap_or_default();
     let server = usage(
         acct.server_start,
         acct.server_end,
         calls,
-        server_peak,
-        &server_cpus,
+        peaks.server,
+        server_cpus,
         None,
     );
-    let summary = RunSummary {
+    RunSummary {
         elapsed_s: elapsed,
         calls,
         ok,
@@ -488,50 +576,8 @@ pub fn run_point(transport: AnyTransport, spec: &LoadSpec, ctx: &RunContext) -> 
         client,
         server,
         worker_busy: outcome.worker_busy.clone(),
-        connect: Some(summarize(&setup)),
-    };
-    let validity = judge(
-        spec,
-        &summary,
-        &server_info,
-        in_process_reason.is_some(),
-        ctx,
-    );
-    let enc = |h: &hdrhistogram::Histogram<u64>| encode(h).map_err(|e| anyhow!(e));
-    let histograms = RunHistograms {
-        latency: enc(&m.latency)?,
-        service_time: m.service.as_ref().map(enc).transpose()?,
-        generator_lag: m.lag.as_ref().map(enc).transpose()?,
-        message_latency: m
-            .message
-            .as_ref()
-            .filter(|h| !h.is_empty())
-            .map(enc)
-            .transpose()?,
-    };
-    let intervals = m
-        .intervals
-        .iter()
-        .map(|iv| IntervalRecord {
-            start_s: iv.index as f64,
-            calls: iv.calls,
-            errors: iv.errors,
-            latency: iv.latency,
-            histogram: iv.histogram.clone(),
-        })
-        .collect();
-    Ok(RunRecord {
-        transport: name.to_owned(),
-        point: spec.name.clone(),
-        params: params(spec, ctx.pin, name, ctx),
-        server: server_info,
-        summary,
-        validity,
-        histograms,
-        intervals,
-        repeats: Vec::new(),
-        gate: None,
-    })
+        connect: Some(summarize(setup)),
+    }
 }
 
 /// Connections set up (each with its first call) before a point's warm-up.

@@ -137,24 +137,7 @@ pub async fn run_all(
 pub fn run(args: Args) -> Result<ExitCode> {
     let transports = super::parse_transports(args.transport.as_deref())?;
     args.brokers.validate()?;
-    let only: Option<Vec<String>> = args
-        .case
-        .as_deref()
-        .map(|l| l.split(',').map(|s| s.trim().to_owned()).collect());
-    if let Some(only) = &only {
-        let known: Vec<&str> = conformance::cases::<AnyTransport>()
-            .iter()
-            .map(|c| c.name)
-            .collect();
-        for n in only {
-            if !known.contains(&n.as_str()) {
-                return Err(bad_input(format!(
-                    "unknown case {n:?} (known: {})",
-                    known.join(", ")
-                )));
-            }
-        }
-    }
+    let only = selected_cases(args.case.as_deref())?;
     let env = env_for(&args)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -198,9 +181,58 @@ pub fn run(args: Args) -> Result<ExitCode> {
     ));
     let outcomes: Vec<CaseOutcome> = reports.iter().map(to_outcome).collect();
     let mut out = std::io::stdout().lock();
+    let failures = print_matrix(&mut out, &args, &transports, &reports, &skipped, &missing)?;
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&outcomes)?;
+        std::fs::write(path, json)
+            .map_err(|e| bad_input(format!("cannot write {}: {e}", path.display())))?;
+        writeln!(out, "wrote {}", path.display())?;
+    }
+    if let Some(path) = &args.junit {
+        std::fs::write(path, wirebench_reports::junit::render(&outcomes))
+            .map_err(|e| bad_input(format!("cannot write {}: {e}", path.display())))?;
+        writeln!(out, "wrote {}", path.display())?;
+    }
+    Ok(if failures > 0 {
+        ExitCode::from(FAILED)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The cases `--case` names (checked against the known ones), or `None` for all.
+fn selected_cases(list: Option<&str>) -> Result<Option<Vec<String>>> {
+    let Some(list) = list else {
+        return Ok(None);
+    };
+    let only: Vec<String> = list.split(',').map(|s| s.trim().to_owned()).collect();
+    let known: Vec<&str> = conformance::cases::<AnyTransport>()
+        .iter()
+        .map(|c| c.name)
+        .collect();
+    if let Some(n) = only.iter().find(|n| !known.contains(&n.as_str())) {
+        return Err(bad_input(format!(
+            "unknown case {n:?} (known: {})",
+            known.join(", ")
+        )));
+    }
+    Ok(Some(only))
+}
+
+/// Prints the case × transport matrix, every failure and unsupported case with its reason,
+/// and the tally; returns the failures (cases, and brokers missing under CI).
+fn print_matrix(
+    out: &mut impl Write,
+    args: &Args,
+    transports: &[AnyTransport],
+    reports: &[CaseReport],
+    skipped: &[String],
+    missing: &[String],
+) -> Result<usize> {
+    let outcomes: Vec<CaseOutcome> = reports.iter().map(to_outcome).collect();
     write!(out, "{}", matrix_text(&outcomes))?;
     let mut failures = 0;
-    for r in &reports {
+    for r in reports {
         match &r.outcome {
             Outcome::Fail { reason } => {
                 failures += 1;
@@ -212,10 +244,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
             Outcome::Pass { .. } => {}
         }
     }
-    for why in &skipped {
+    for why in skipped {
         writeln!(out, "skipped {why}")?;
     }
-    for why in &missing {
+    for why in missing {
         failures += 1;
         writeln!(out, "FAIL {why}")?;
     }
@@ -241,20 +273,5 @@ pub fn run(args: Args) -> Result<ExitCode> {
             String::new()
         }
     )?;
-    if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&outcomes)?;
-        std::fs::write(path, json)
-            .map_err(|e| bad_input(format!("cannot write {}: {e}", path.display())))?;
-        writeln!(out, "wrote {}", path.display())?;
-    }
-    if let Some(path) = &args.junit {
-        std::fs::write(path, wirebench_reports::junit::render(&outcomes))
-            .map_err(|e| bad_input(format!("cannot write {}: {e}", path.display())))?;
-        writeln!(out, "wrote {}", path.display())?;
-    }
-    Ok(if failures > 0 {
-        ExitCode::from(FAILED)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(failures)
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use wirebench_core::{Transport, YardstickConfig};
+use wirebench_transports::AnyTransport;
 
 use crate::affinity::Pin;
 use crate::brokers::{Availability, BrokerArgs, availability};
@@ -72,6 +73,73 @@ fn print_row(p: &Probe, floor_p50: u64) {
     );
 }
 
+/// `transport` measured as the floor was (the load engine, then the plain client loop), and
+/// beside its yardstick when it declares one for this measurement.
+fn measure_beside(
+    t: AnyTransport,
+    cfg: &ProbeConfig,
+    brokers: &BrokerArgs,
+    floor_p50: u64,
+) -> Result<()> {
+    let p = measure_transport_on(t, cfg, brokers.server_config(&t))?;
+    print_row(&p, floor_p50);
+    // The same transport through a plain client loop (calls in one runtime task, no
+    // schedule, no recorder): the gap between the two rows is the load engine's own cost.
+    let ours = measure_plain(t, cfg, brokers.server_config(&t))?;
+    print_row(&ours, floor_p50);
+    // The like-for-like pair: ours and the transport's own yardstick through the same
+    // plain loop (a transport declares whether it has one for this measurement).
+    let ycfg = YardstickConfig {
+        payload: cfg.payload,
+        in_flight: cfg.in_flight,
+        broker_url: brokers.url_for(&t).map(str::to_owned),
+    };
+    let yardstick = t
+        .yardstick(&ycfg)
+        .map(|y| measure_yardstick(y, cfg))
+        .transpose()?;
+    if let Some(min) = yardstick {
+        print_row(&min, floor_p50);
+        let (o, m) = (
+            LatencySummary::of(&ours.histogram),
+            LatencySummary::of(&min.histogram),
+        );
+        println!(
+            "          {} vs {}: p50 {:.2}x, calls/s {:.2}x   (* = plain client loop, \
+                 not the load engine)",
+            ours.name,
+            min.name,
+            o.p50_ns as f64 / m.p50_ns.max(1) as f64,
+            (o.count as f64 / ours.elapsed.as_secs_f64())
+                / (m.count as f64 / min.elapsed.as_secs_f64()).max(1e-9),
+        );
+    }
+    Ok(())
+}
+
+/// The host's own jitter on the CPUs the floor ran on: the limit of any pacing here.
+fn print_host_gaps(floor: &Probe) -> Result<()> {
+    for cpu in floor
+        .client_cpus
+        .0
+        .iter()
+        .chain(&floor.server_cpus.0)
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        let g = measure_host_gaps(*cpu, Duration::from_secs(1))?;
+        println!(
+            "host: a thread spinning 1 s on CPU {cpu} lost {:.2}% of it in {} gaps over 10 µs \
+             ({:.0}/s over 50 µs, {} over 100 µs, longest {} µs)",
+            g.lost_ns as f64 * 100.0 / g.spun_ns.max(1) as f64,
+            g.over_10us,
+            g.over_50us_per_s(),
+            g.over_100us,
+            us(g.longest_ns),
+        );
+    }
+    Ok(())
+}
+
 /// Runs `wirebench floor`.
 pub fn run(args: Args) -> Result<ExitCode> {
     let transports = match args.vs.as_deref() {
@@ -95,9 +163,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
     })?;
     let floor_p50 = floor.histogram.value_at_quantile(0.5);
     println!(
-        "{} B each way, {:?} per probe, pin {:?}; floor: 1 in flight, transports: {} in flight \
+        "{} B each way, {:?} per probe, pin {}; floor: 1 in flight, transports: {} in flight \
          on one connection",
-        args.payload, args.duration, args.pin, args.in_flight
+        args.payload,
+        args.duration,
+        args.pin.name(),
+        args.in_flight
     );
     println!(
         "{:<10} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}  cpus",
@@ -127,60 +198,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 continue;
             }
         }
-        let p = measure_transport_on(t, &cfg, args.brokers.server_config(&t))?;
-        print_row(&p, floor_p50);
-        // The same transport through a plain client loop (calls in one runtime task, no
-        // schedule, no recorder): the gap between the two rows is the load engine's own cost.
-        let ours = measure_plain(t, &cfg, args.brokers.server_config(&t))?;
-        print_row(&ours, floor_p50);
+        measure_beside(t, &cfg, &args.brokers, floor_p50)?;
         measured_any = true;
-        // The like-for-like pair: ours and the transport's own yardstick through the same
-        // plain loop (a transport declares whether it has one for this measurement).
-        let ycfg = YardstickConfig {
-            payload: cfg.payload,
-            in_flight: cfg.in_flight,
-            broker_url: args.brokers.url_for(&t).map(str::to_owned),
-        };
-        let yardstick = t
-            .yardstick(&ycfg)
-            .map(|y| measure_yardstick(y, &cfg))
-            .transpose()?;
-        if let Some(min) = yardstick {
-            print_row(&min, floor_p50);
-            let (o, m) = (
-                LatencySummary::of(&ours.histogram),
-                LatencySummary::of(&min.histogram),
-            );
-            println!(
-                "          {} vs {}: p50 {:.2}x, calls/s {:.2}x   (* = plain client loop, \
-                 not the load engine)",
-                ours.name,
-                min.name,
-                o.p50_ns as f64 / m.p50_ns.max(1) as f64,
-                (o.count as f64 / ours.elapsed.as_secs_f64())
-                    / (m.count as f64 / min.elapsed.as_secs_f64()).max(1e-9),
-            );
-        }
     }
-    // The host's own jitter on the CPUs the floor ran on: the limit of any pacing here.
-    for cpu in floor
-        .client_cpus
-        .0
-        .iter()
-        .chain(&floor.server_cpus.0)
-        .collect::<std::collections::BTreeSet<_>>()
-    {
-        let g = measure_host_gaps(*cpu, Duration::from_secs(1))?;
-        println!(
-            "host: a thread spinning 1 s on CPU {cpu} lost {:.2}% of it in {} gaps over 10 µs \
-             ({:.0}/s over 50 µs, {} over 100 µs, longest {} µs)",
-            g.lost_ns as f64 * 100.0 / g.spun_ns.max(1) as f64,
-            g.over_10us,
-            g.over_50us_per_s(),
-            g.over_100us,
-            us(g.longest_ns),
-        );
-    }
+    print_host_gaps(&floor)?;
     if measured_any {
         println!(
             "name* = the transport through a plain client loop (calls in one spawned task, no \

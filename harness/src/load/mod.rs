@@ -143,12 +143,71 @@ pub fn run(
     hooks: &mut dyn Hooks,
 ) -> Result<Outcome, LoadError> {
     spec.validate().map_err(LoadError::Invalid)?;
+    let (live_tx, live_rx) = std::sync::mpsc::channel();
+    let live = opts.live.is_some().then_some(live_tx);
+    let workers = spawn_workers(spec, target, opts, live)?;
+    if let Err(e) = workers.wait_connected() {
+        workers.abandon();
+        return Err(LoadError::Connect(e));
+    }
+    // Give every worker a moment to be waiting before the common start.
+    let t0 = Instant::now() + Duration::from_millis(5);
+    let measure_start = t0 + spec.warmup;
+    let end = match spec.length {
+        Length::Duration(d) => Some(measure_start + d),
+        Length::Requests(_) => None,
+    };
+    let start = Start {
+        t0,
+        measure_start,
+        end,
+    };
+    for s in &workers.starts {
+        let _ = s.send(Some(start));
+    }
+    // The live view merges the workers' intervals on a thread of its own, off their path.
+    let feed = opts.live.clone().map(|sink| {
+        live::Feed::start(
+            live_rx,
+            sink,
+            measure_start,
+            opts.fault
+                .as_ref()
+                .map_or(recorder::INTERVAL, |f| f.interval),
+            spec.workers,
+        )
+    });
+    let now = Instant::now();
+    if measure_start > now {
+        std::thread::sleep(measure_start - now);
+    }
+    hooks.measure_start();
+    let outputs = workers.join();
+    hooks.measure_end();
+    if let Some(f) = feed {
+        f.finish();
+    }
+    Ok(combine(outputs?, measure_start, end))
+}
+
+/// The worker threads of a run, connecting.
+struct Workers {
+    handles: Vec<std::thread::JoinHandle<Result<worker::WorkerOutput, String>>>,
+    starts: Vec<std::sync::mpsc::Sender<Option<Start>>>,
+    ready: std::sync::mpsc::Receiver<Result<(), String>>,
+}
+
+fn spawn_workers(
+    spec: &LoadSpec,
+    target: &Target,
+    opts: &EngineOptions,
+    live: Option<recorder::LiveSender>,
+) -> Result<Workers, LoadError> {
     let spec_arc = Arc::new(spec.clone());
     let workers = spec.workers;
     let mut handles = Vec::new();
     let mut starts = Vec::new();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let (live_tx, live_rx) = std::sync::mpsc::channel();
+    let (ready_tx, ready) = std::sync::mpsc::channel();
     for i in 0..workers {
         let plan = WorkerPlan {
             index: i,
@@ -171,7 +230,7 @@ pub fn run(
             interrupted: opts.interrupted.clone(),
             drain: opts.drain,
             fault: opts.fault.clone(),
-            live: opts.live.is_some().then(|| live_tx.clone()),
+            live: live.clone(),
         };
         let (start_tx, start_rx) = std::sync::mpsc::channel();
         let ready = ready_tx.clone();
@@ -182,81 +241,69 @@ pub fn run(
         handles.push(h);
         starts.push(start_tx);
     }
-    drop(ready_tx);
-    drop(live_tx);
-    let mut failure = None;
-    for _ in 0..workers {
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                failure.get_or_insert(e);
-            }
-            Err(_) => {
-                failure.get_or_insert("a load worker exited before connecting".into());
+    Ok(Workers {
+        handles,
+        starts,
+        ready,
+    })
+}
+
+impl Workers {
+    /// Waits until every worker connected; the first failure otherwise.
+    fn wait_connected(&self) -> Result<(), String> {
+        let mut failure = None;
+        for _ in 0..self.handles.len() {
+            match self.ready.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    failure.get_or_insert(e);
+                }
+                Err(_) => {
+                    failure.get_or_insert("a load worker exited before connecting".into());
+                }
             }
         }
+        failure.map_or(Ok(()), Err)
     }
-    if let Some(e) = failure {
-        for s in &starts {
+
+    /// Tells every worker not to start, and waits for them.
+    fn abandon(self) {
+        for s in &self.starts {
             let _ = s.send(None);
         }
-        for h in handles {
+        for h in self.handles {
             let _ = h.join();
         }
-        return Err(LoadError::Connect(e));
     }
-    // Give every worker a moment to be waiting before the common start.
-    let t0 = Instant::now() + Duration::from_millis(5);
-    let measure_start = t0 + spec.warmup;
-    let end = match spec.length {
-        Length::Duration(d) => Some(measure_start + d),
-        Length::Requests(_) => None,
-    };
-    let start = Start {
-        t0,
-        measure_start,
-        end,
-    };
-    for s in &starts {
-        let _ = s.send(Some(start));
-    }
-    // The live view merges the workers' intervals on a thread of its own, off their path.
-    let feed = opts.live.clone().map(|sink| {
-        live::Feed::start(
-            live_rx,
-            sink,
-            measure_start,
-            opts.fault
-                .as_ref()
-                .map_or(recorder::INTERVAL, |f| f.interval),
-            workers,
-        )
-    });
-    let now = Instant::now();
-    if measure_start > now {
-        std::thread::sleep(measure_start - now);
-    }
-    hooks.measure_start();
-    let mut outputs = Vec::new();
-    let mut worker_error = None;
-    for h in handles {
-        match h.join() {
-            Ok(Ok(o)) => outputs.push(o),
-            Ok(Err(e)) => {
-                worker_error.get_or_insert(e);
-            }
-            Err(_) => {
-                worker_error.get_or_insert("a load worker panicked".to_owned());
+
+    /// Waits for every worker to finish; the first failure otherwise.
+    fn join(self) -> Result<Vec<worker::WorkerOutput>, LoadError> {
+        let mut outputs = Vec::new();
+        let mut error = None;
+        for h in self.handles {
+            match h.join() {
+                Ok(Ok(o)) => outputs.push(o),
+                Ok(Err(e)) => {
+                    error.get_or_insert(e);
+                }
+                Err(_) => {
+                    error.get_or_insert("a load worker panicked".to_owned());
+                }
             }
         }
+        match error {
+            Some(e) => Err(LoadError::Worker(e)),
+            None => Ok(outputs),
+        }
     }
-    hooks.measure_end();
-    if let Some(f) = feed {
-        f.finish();
-    }
-    if let Some(e) = worker_error {
-        return Err(LoadError::Worker(e));
-    }
+}
+
+/// The workers' outputs as one outcome.
+fn combine(
+    outputs: Vec<worker::WorkerOutput>,
+    measure_start: Instant,
+    end: Option<Instant>,
+) -> Outcome {
     let mut incomplete = 0;
     let mut wire = Some(WireBytes::default());
     let mut worker_busy = Vec::new();
@@ -283,12 +330,12 @@ pub fn run(
         Some(e) => last.max(e),
         None => last,
     };
-    Ok(Outcome {
+    Outcome {
         elapsed: last.saturating_duration_since(measure_start),
         merged,
         incomplete,
         wire,
         worker_busy,
         client_cpus,
-    })
+    }
 }

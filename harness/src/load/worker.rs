@@ -22,7 +22,7 @@ use wirebench_core::{
     Transport, TransportError, WireBytes, pattern,
 };
 use wirebench_policy::{self, TransportConnector};
-use wirebench_scenarios::load::{LoadSpec, Mode};
+use wirebench_scenarios::load::{LoadSpec, Mode, Schedule};
 use wirebench_transports::AnyTransport;
 use wirebench_transports::registry::AnyConnection;
 
@@ -656,6 +656,69 @@ async fn drive<C: Connection>(
     dial: Option<Dial<C>>,
     start: Start,
 ) -> WorkerOutput {
+    let sh = shared(&plan, conns, dial, &start);
+    tokio::time::sleep_until(start.t0.into()).await;
+
+    // Snapshots at the start of the measured phase, and CPU placement while running.
+    let snap: Rc<Cell<Option<Snapshot>>> = Rc::new(Cell::new(None));
+    let cpus = Rc::new(RefCell::new(CpusSeen::default()));
+    let done_flag = Rc::new(Cell::new(false));
+    {
+        let (sh, snap, cpus, done_flag) =
+            (sh.clone(), snap.clone(), cpus.clone(), done_flag.clone());
+        tokio::task::spawn_local(async move {
+            tokio::time::sleep_until(sh.measure_start.into()).await;
+            snap.set(Some((wire_total(&sh.conns), thread_cpu(), Instant::now())));
+            while !done_flag.get() {
+                cpus.borrow_mut().note(current_cpu());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
+
+    let callers = plan.callers.max(1) as usize;
+    let nconn = sh.conns.len().max(1);
+    let incomplete = match &plan.spec.mode {
+        Mode::Closed { .. } => {
+            sh.active.set(callers as u32);
+            for i in 0..callers {
+                tokio::task::spawn_local(closed_caller(sh.clone(), i % nconn));
+            }
+            wait_drained(&sh, plan.drain, || sh.active.get() == 0).await
+        }
+        Mode::Open { rate, schedule, .. } => {
+            open_loop(&sh, &plan, &start, (*rate, *schedule), callers).await
+        }
+    };
+    done_flag.set(true);
+    let (busy, wire) = usage_since(snap.take(), &sh);
+    for c in &sh.conns {
+        let c = c.borrow().clone();
+        // A connection broken by a fault may never answer a graceful close.
+        let _ = tokio::time::timeout(Duration::from_secs(1), c.close()).await;
+    }
+    let cpus = cpus.borrow().clone();
+    let mut recorder = std::mem::replace(
+        &mut *sh.rec.borrow_mut(),
+        Recorder::new(start.measure_start, false, false),
+    );
+    recorder.finish();
+    WorkerOutput {
+        recorder,
+        incomplete,
+        wire,
+        busy,
+        cpus,
+    }
+}
+
+/// What a worker's callers share: the connections, the request, the recorder, the clock.
+fn shared<C: Connection>(
+    plan: &WorkerPlan,
+    conns: Vec<C>,
+    dial: Option<Dial<C>>,
+    start: &Start,
+) -> Rc<Shared<C>> {
     let spec = plan.spec.clone();
     let streams = spec.method != Method::Unary;
     let open_loop = matches!(spec.mode, Mode::Open { .. });
@@ -675,7 +738,7 @@ async fn drive<C: Connection>(
     if let Some(f) = &fault {
         recorder = recorder.with_phases(f.interval, &f.phases);
     }
-    let sh = Rc::new(Shared {
+    Rc::new(Shared {
         spec: spec.clone(),
         conns: conns
             .into_iter()
@@ -705,89 +768,70 @@ async fn drive<C: Connection>(
         in_flight: Cell::new(0),
         active: Cell::new(0),
         changed: Notify::new(),
-    });
-    tokio::time::sleep_until(start.t0.into()).await;
+    })
+}
 
-    // Snapshots at the start of the measured phase, and CPU placement while running.
-    let snap: Rc<Cell<Option<Snapshot>>> = Rc::new(Cell::new(None));
-    let cpus = Rc::new(RefCell::new(CpusSeen::default()));
-    let done_flag = Rc::new(Cell::new(false));
-    {
-        let (sh, snap, cpus, done_flag) =
-            (sh.clone(), snap.clone(), cpus.clone(), done_flag.clone());
-        tokio::task::spawn_local(async move {
-            tokio::time::sleep_until(sh.measure_start.into()).await;
-            snap.set(Some((wire_total(&sh.conns), thread_cpu(), Instant::now())));
-            while !done_flag.get() {
-                cpus.borrow_mut().note(current_cpu());
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        });
-    }
-
-    let callers = plan.callers.max(1) as usize;
+/// The open loop: a pool of callers fed by the dispatcher's schedule. Returns the measured
+/// requests left unanswered (in flight when the drain ran out, or due and never sent).
+async fn open_loop<C: Connection>(
+    sh: &Rc<Shared<C>>,
+    plan: &WorkerPlan,
+    start: &Start,
+    (rate, schedule): (f64, Schedule),
+    callers: usize,
+) -> u64 {
     let nconn = sh.conns.len().max(1);
-    let mut incomplete = 0;
-    match &spec.mode {
-        Mode::Closed { .. } => {
-            sh.active.set(callers as u32);
-            for i in 0..callers {
-                tokio::task::spawn_local(closed_caller(sh.clone(), i % nconn));
-            }
-            incomplete = wait_drained(&sh, plan.drain, || sh.active.get() == 0).await;
-        }
-        Mode::Open { rate, schedule, .. } => {
-            let pool = Rc::new(Pool {
-                slots: (0..callers)
-                    .map(|_| Slot {
-                        ticket: Cell::new(None),
-                        go: Notify::new(),
-                    })
-                    .collect(),
-                free: RefCell::new((0..callers).map(|i| (i, start.t0)).collect()),
-                freed: Notify::new(),
-                starts: RefCell::new(Starts::new(
-                    *schedule,
-                    *rate,
-                    plan.index,
-                    plan.workers,
-                    spec.seed,
-                )),
-                t0: start.t0,
-                next: Cell::new(None),
-            });
-            for i in 0..callers {
-                tokio::task::spawn_local(open_caller(sh.clone(), pool.clone(), i, i % nconn));
-            }
-            let unsent = match dispatcher(sh.clone(), pool.clone(), plan.drain).await {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::error!("open-loop pacer failed: {e}");
-                    sh.closed_at.set(Some(Instant::now()));
-                    0
-                }
-            };
-            let pool2 = pool.clone();
-            let drained = wait_until(&sh, &pool.freed, plan.drain, move || {
-                pool2.free.borrow().len() == callers
+    let pool = Rc::new(Pool {
+        slots: (0..callers)
+            .map(|_| Slot {
+                ticket: Cell::new(None),
+                go: Notify::new(),
             })
-            .await;
-            if !drained {
-                incomplete = sh.in_flight.get();
-            }
-            incomplete += unsent;
-            // Wake every caller with no ticket: they return.
-            for s in &pool.slots {
-                s.ticket.set(None);
-                s.go.notify_one();
-            }
-        }
+            .collect(),
+        free: RefCell::new((0..callers).map(|i| (i, start.t0)).collect()),
+        freed: Notify::new(),
+        starts: RefCell::new(Starts::new(
+            schedule,
+            rate,
+            plan.index,
+            plan.workers,
+            plan.spec.seed,
+        )),
+        t0: start.t0,
+        next: Cell::new(None),
+    });
+    for i in 0..callers {
+        tokio::task::spawn_local(open_caller(sh.clone(), pool.clone(), i, i % nconn));
     }
-    done_flag.set(true);
+    let unsent = match dispatcher(sh.clone(), pool.clone(), plan.drain).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!("open-loop pacer failed: {e}");
+            sh.closed_at.set(Some(Instant::now()));
+            0
+        }
+    };
+    let pool2 = pool.clone();
+    let drained = wait_until(sh, &pool.freed, plan.drain, move || {
+        pool2.free.borrow().len() == callers
+    })
+    .await;
+    let mut incomplete = if drained { 0 } else { sh.in_flight.get() };
+    incomplete += unsent;
+    // Wake every caller with no ticket: they return.
+    for s in &pool.slots {
+        s.ticket.set(None);
+        s.go.notify_one();
+    }
+    incomplete
+}
+
+/// The worker thread's busy fraction and the bytes on the wire since the measured start.
+fn usage_since<C: Connection>(snap: Option<Snapshot>, sh: &Shared<C>) -> (f64, Option<WireBytes>) {
     let end_wall = Instant::now();
     let end_cpu = thread_cpu();
     let end_wire = wire_total(&sh.conns);
-    let (busy, wire) = match snap.take() {
+    match snap {
         Some((w0, c0, t0)) => {
             let wall = end_wall.saturating_duration_since(t0).as_secs_f64();
             let busy = if wall > 0.0 {
@@ -805,24 +849,6 @@ async fn drive<C: Connection>(
             (busy, wire)
         }
         None => (0.0, None),
-    };
-    for c in &sh.conns {
-        let c = c.borrow().clone();
-        // A connection broken by a fault may never answer a graceful close.
-        let _ = tokio::time::timeout(Duration::from_secs(1), c.close()).await;
-    }
-    let cpus = cpus.borrow().clone();
-    let mut recorder = std::mem::replace(
-        &mut *sh.rec.borrow_mut(),
-        Recorder::new(start.measure_start, false, false),
-    );
-    recorder.finish();
-    WorkerOutput {
-        recorder,
-        incomplete,
-        wire,
-        busy,
-        cpus,
     }
 }
 

@@ -193,6 +193,39 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
+/// The delay the latency faults in force add to one chunk going `d`.
+fn latency_of(set: &FaultSet, d: Dir, rng: &mut SmallRng) -> Duration {
+    set.faults
+        .iter()
+        .filter(|f| f.dir.covers(d))
+        .filter_map(|f| match f.kind {
+            FaultKind::Latency { base, jitter } if rng.random_bool(f.p) => {
+                Some(sample_delay(base, jitter, rng))
+            }
+            _ => None,
+        })
+        .sum()
+}
+
+/// How one chunk going `d` is written: sliced into pieces of at most this size with a pause
+/// between them, and/or paced at this many bytes per second.
+fn pacing_of(set: &FaultSet, d: Dir, rng: &mut SmallRng) -> (Option<usize>, Duration, Option<u64>) {
+    let mut slice = None;
+    let mut pause = Duration::ZERO;
+    let mut rate = None;
+    for f in set.faults.iter().filter(|f| f.dir.covers(d)) {
+        match f.kind {
+            FaultKind::Slicer { size, delay } if rng.random_bool(f.p) => {
+                slice = Some(size);
+                pause = delay;
+            }
+            FaultKind::Bandwidth(bps) if rng.random_bool(f.p) => rate = Some(bps),
+            _ => {}
+        }
+    }
+    (slice, pause, rate)
+}
+
 /// One direction: read from `src`, apply faults, write to `dst`.
 async fn direction(
     src: &TcpStream,
@@ -234,19 +267,7 @@ async fn direction(
             }
             forwarded += take as u64;
             let now = Instant::now();
-            let delay = {
-                let set = faults.borrow();
-                set.faults
-                    .iter()
-                    .filter(|f| f.dir.covers(d))
-                    .filter_map(|f| match f.kind {
-                        FaultKind::Latency { base, jitter } if rng.random_bool(f.p) => {
-                            Some(sample_delay(base, jitter, &mut rng))
-                        }
-                        _ => None,
-                    })
-                    .sum::<Duration>()
-            };
+            let delay = latency_of(&faults.borrow(), d, &mut rng);
             if !delay.is_zero() {
                 counters.add(&counters.delayed, 1);
             }
@@ -273,25 +294,7 @@ async fn direction(
         let pace = Release::new();
         while let Some((release, chunk)) = rx.recv().await {
             pace.until(release).await;
-            let (slice, pause, rate) = {
-                let set = faults.borrow();
-                let mut slice = None;
-                let mut pause = Duration::ZERO;
-                let mut rate = None;
-                for f in set.faults.iter().filter(|f| f.dir.covers(d)) {
-                    match f.kind {
-                        FaultKind::Slicer { size, delay } if writer_rng.random_bool(f.p) => {
-                            slice = Some(size);
-                            pause = delay;
-                        }
-                        FaultKind::Bandwidth(bps) if writer_rng.random_bool(f.p) => {
-                            rate = Some(bps);
-                        }
-                        _ => {}
-                    }
-                }
-                (slice, pause, rate)
-            };
+            let (slice, pause, rate) = pacing_of(&faults.borrow(), d, &mut writer_rng);
             if slice.is_some() {
                 counters.add(&counters.sliced, 1);
             }

@@ -42,10 +42,13 @@ pub fn execute(
     brokers: &BrokerArgs,
     bus: &EventBus,
 ) -> Result<Outcome> {
-    let mut outcome = Outcome::default();
-    let mut conformance_rt = None;
-    // Each point's p50 over its repeats, for a note when the last one is done.
-    let mut p50s: Vec<Vec<f64>> = vec![Vec::new(); plan.points];
+    let mut ex = Executor {
+        ctx,
+        brokers,
+        conformance_rt: None,
+        conformance_failures: 0,
+        p50s: vec![Vec::new(); plan.points],
+    };
     let mut done = 0;
     for (index, planned) in plan.steps.iter().enumerate() {
         if ctx.interrupted.load(Ordering::SeqCst) {
@@ -56,32 +59,55 @@ pub fn execute(
             label: planned.label.clone(),
             estimate: planned.estimate,
         })?;
-        let result = match &planned.step {
-            Step::Floor(spec) => floor(spec, ctx.pin),
-            Step::Conformance { transport, cases } => {
-                let rt = match &mut conformance_rt {
-                    Some(rt) => rt,
-                    None => conformance_rt.insert(
-                        tokio::runtime::Builder::new_multi_thread()
-                            .enable_all()
-                            .build()
-                            .context("starting the conformance runtime")?,
-                    ),
-                };
-                let reports = rt.block_on(run_all(
-                    std::slice::from_ref(transport),
-                    cases.as_deref(),
-                    brokers,
-                    conformance_env(),
-                    |_| {},
-                ));
-                outcome.conformance_failures +=
-                    reports.iter().filter(|r| r.outcome.is_fail()).count();
-                StepResult::Conformance {
-                    transport: transport.name().into(),
-                    outcomes: reports.iter().map(to_outcome).collect(),
-                }
-            }
+        let (result, stop) = ex.step(&planned.step)?;
+        bus.emit(RunEvent::StepFinished {
+            index,
+            label: planned.label.clone(),
+            result,
+        })?;
+        if let Some(e) = stop {
+            bus.emit(RunEvent::Finished {
+                complete: false,
+                interrupted: false,
+            })?;
+            return Err(e);
+        }
+        done += 1;
+        if let Some(note) = ex.repeats_note(&planned.step) {
+            bus.emit(RunEvent::Note(note))?;
+        }
+    }
+    let interrupted = ctx.interrupted.load(Ordering::SeqCst);
+    let outcome = Outcome {
+        complete: done == plan.steps.len() && !interrupted,
+        interrupted,
+        conformance_failures: ex.conformance_failures,
+    };
+    bus.emit(RunEvent::Finished {
+        complete: outcome.complete,
+        interrupted,
+    })?;
+    Ok(outcome)
+}
+
+/// What the executor keeps between steps.
+struct Executor<'a> {
+    ctx: &'a RunContext,
+    brokers: &'a BrokerArgs,
+    /// Made for the first conformance step, kept for the others.
+    conformance_rt: Option<tokio::runtime::Runtime>,
+    conformance_failures: usize,
+    /// Each point's p50 over its repeats, for a note when the last one is done.
+    p50s: Vec<Vec<f64>>,
+}
+
+impl Executor<'_> {
+    /// Runs one step. The error is the run's own (no runtime); the second value, an error
+    /// that must stop the whole run once the step's result is recorded.
+    fn step(&mut self, step: &Step) -> Result<(StepResult, Option<anyhow::Error>)> {
+        let result = match step {
+            Step::Floor(spec) => floor(spec, self.ctx.pin),
+            Step::Conformance { transport, cases } => self.conformance(*transport, cases)?,
             Step::Unsupported {
                 transport,
                 point,
@@ -98,46 +124,37 @@ pub fn execute(
                 repeat,
                 repeats,
                 gate,
-            } => match run_point(*transport, spec, ctx) {
+            } => match run_point(*transport, spec, self.ctx) {
                 Ok(mut record) => {
                     record.gate = gate.clone();
-                    p50s[*point].push(record.summary.latency.p50_ns as f64 / 1e3);
+                    self.p50s[*point].push(record.summary.latency.p50_ns as f64 / 1e3);
                     StepResult::Load {
                         point: *point,
                         record: Box::new(record),
                     }
                 }
                 Err(e) => {
+                    let point = load_point(&spec.name, *repeat, *repeats);
+                    let failure = StepResult::Failed(failure(*transport, point, &e));
                     // Bad input about the whole run (an unreachable --target) stops it;
                     // anything else is recorded and the run goes on.
-                    let failure =
-                        failure(*transport, load_point(&spec.name, *repeat, *repeats), &e);
-                    if ctx.target.is_some() && crate::exit::is_bad_input(&e) {
-                        bus.emit(RunEvent::StepFinished {
-                            index,
-                            label: planned.label.clone(),
-                            result: StepResult::Failed(failure),
-                        })?;
-                        bus.emit(RunEvent::Finished {
-                            complete: false,
-                            interrupted: false,
-                        })?;
-                        return Err(e);
+                    if self.ctx.target.is_some() && crate::exit::is_bad_input(&e) {
+                        return Ok((failure, Some(e)));
                     }
-                    StepResult::Failed(failure)
+                    failure
                 }
             },
             Step::Fault {
                 transport,
-                plan: fp,
+                plan,
                 policy,
-            } => match run_plan(*transport, fp, policy.as_ref(), ctx) {
+            } => match run_plan(*transport, plan, policy.as_ref(), self.ctx) {
                 Ok(PlanOutcome::Ran(r)) => StepResult::Fault(r),
                 Ok(PlanOutcome::Skipped(reason)) => StepResult::Skipped(Skipped {
                     transport: transport.name().into(),
                     point: format!(
                         "fault {}{}",
-                        fp.name,
+                        plan.name,
                         if policy.is_some() {
                             " (with policy)"
                         } else {
@@ -146,43 +163,67 @@ pub fn execute(
                     ),
                     reason,
                 }),
-                Err(e) => StepResult::Failed(failure(*transport, format!("fault {}", fp.name), &e)),
+                Err(e) => {
+                    StepResult::Failed(failure(*transport, format!("fault {}", plan.name), &e))
+                }
             },
         };
-        bus.emit(RunEvent::StepFinished {
-            index,
-            label: planned.label.clone(),
-            result,
-        })?;
-        done += 1;
-        if let Step::Load {
+        Ok((result, None))
+    }
+
+    fn conformance(
+        &mut self,
+        transport: AnyTransport,
+        cases: &Option<Vec<String>>,
+    ) -> Result<StepResult> {
+        let rt = match &mut self.conformance_rt {
+            Some(rt) => rt,
+            None => self.conformance_rt.insert(
+                tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()
+                    .context("starting the conformance runtime")?,
+            ),
+        };
+        let reports = rt.block_on(run_all(
+            std::slice::from_ref(&transport),
+            cases.as_deref(),
+            self.brokers,
+            conformance_env(),
+            |_| {},
+        ));
+        self.conformance_failures += reports.iter().filter(|r| r.outcome.is_fail()).count();
+        Ok(StepResult::Conformance {
+            transport: transport.name().into(),
+            outcomes: reports.iter().map(to_outcome).collect(),
+        })
+    }
+
+    /// After the last repeat of a repeated point: its p50 in each repeat.
+    fn repeats_note(&self, step: &Step) -> Option<String> {
+        let Step::Load {
             transport,
             spec,
             point,
             repeat,
             repeats,
             ..
-        } = &planned.step
-            && repeat == repeats
-            && p50s[*point].len() > 1
-        {
-            let list: Vec<String> = p50s[*point].iter().map(|p| format!("{p:.1}")).collect();
-            bus.emit(RunEvent::Note(format!(
+        } = step
+        else {
+            return None;
+        };
+        let p50s = &self.p50s[*point];
+        (repeat == repeats && p50s.len() > 1).then(|| {
+            let list: Vec<String> = p50s.iter().map(|p| format!("{p:.1}")).collect();
+            format!(
                 "{} {}: p50 over {} repeats: {} µs",
                 transport.name(),
                 spec.name,
                 list.len(),
                 list.join(", ")
-            )))?;
-        }
+            )
+        })
     }
-    outcome.interrupted = ctx.interrupted.load(Ordering::SeqCst);
-    outcome.complete = done == plan.steps.len() && !outcome.interrupted;
-    bus.emit(RunEvent::Finished {
-        complete: outcome.complete,
-        interrupted: outcome.interrupted,
-    })?;
-    Ok(outcome)
 }
 
 fn load_point(name: &str, repeat: u32, repeats: u32) -> String {

@@ -123,108 +123,11 @@ impl Plan {
                 });
             }
         }
-        // The points each transport runs, in the suite's order; unsupported ones are noted
-        // (in that order, before the rounds) and never run.
-        let mut points = Vec::new();
-        for t in transports {
-            for p in &suite.load {
-                if p.transports
-                    .as_ref()
-                    .is_some_and(|l| !l.iter().any(|n| n == t.name()))
-                {
-                    continue;
-                }
-                if let Some((cap, reason)) = t.capabilities().first_missing(&p.spec.needs()) {
-                    steps.push(PlannedStep {
-                        label: format!("{} {}", t.name(), p.spec.name),
-                        estimate: Duration::ZERO,
-                        step: Step::Unsupported {
-                            transport: *t,
-                            point: p.spec.name.clone(),
-                            reason: format!(
-                                "{} does not support {}: {reason}",
-                                t.name(),
-                                cap.name()
-                            ),
-                        },
-                    });
-                    continue;
-                }
-                points.push((*t, p, sel.repeat.unwrap_or(p.repeat)));
-            }
-        }
-        let rounds = points.iter().map(|(_, _, r)| *r).max().unwrap_or(0);
-        for round in 1..=rounds {
-            for (point, (t, p, repeats)) in points.iter().enumerate() {
-                if round > *repeats {
-                    continue;
-                }
-                let label = if *repeats > 1 {
-                    format!("{} {} ({round}/{repeats})", t.name(), p.spec.name)
-                } else {
-                    format!("{} {}", t.name(), p.spec.name)
-                };
-                steps.push(PlannedStep {
-                    label,
-                    estimate: p.spec.estimate() + POINT_OVERHEAD,
-                    step: Step::Load {
-                        transport: *t,
-                        spec: p.spec.clone(),
-                        point,
-                        repeat: round,
-                        repeats: *repeats,
-                        gate: p.gate.clone(),
-                    },
-                });
-            }
-        }
+        let points = load_steps(suite, transports, sel, &mut steps);
         if !sel.no_faults {
-            for fp in &suite.faults {
-                for t in transports {
-                    if fp
-                        .transports
-                        .as_ref()
-                        .is_some_and(|l| !l.iter().any(|n| n == t.name()))
-                    {
-                        continue;
-                    }
-                    let variants: Vec<Option<&toml::Table>> = match &fp.policy {
-                        PolicyChoice::None => vec![None],
-                        PolicyChoice::With {
-                            also_without,
-                            config,
-                        } => {
-                            let mut v = Vec::new();
-                            if *also_without {
-                                v.push(None);
-                            }
-                            v.push(Some(config));
-                            v
-                        }
-                    };
-                    for policy in variants {
-                        steps.push(PlannedStep {
-                            label: format!(
-                                "{} fault {}{}",
-                                t.name(),
-                                fp.name,
-                                if policy.is_some() { " +policy" } else { "" }
-                            ),
-                            estimate: fp.load.warmup + fp.duration() + FAULT_OVERHEAD,
-                            step: Step::Fault {
-                                transport: *t,
-                                plan: fp.clone(),
-                                policy: policy.cloned(),
-                            },
-                        });
-                    }
-                }
-            }
+            fault_steps(suite, transports, &mut steps);
         }
-        Plan {
-            steps,
-            points: points.len(),
-        }
+        Plan { steps, points }
     }
 
     /// What the whole run is expected to take.
@@ -235,6 +138,107 @@ impl Plan {
     /// What is left after the first `done` steps.
     pub fn remaining(&self, done: usize) -> Duration {
         self.steps.iter().skip(done).map(|s| s.estimate).sum()
+    }
+}
+
+/// The load points' steps: the points each transport cannot run, noted (in the suite's
+/// order, before the rounds) and never run; then the rounds of repeats. Returns how many
+/// points there are.
+fn load_steps(
+    suite: &Suite,
+    transports: &[AnyTransport],
+    sel: &Selection,
+    steps: &mut Vec<PlannedStep>,
+) -> usize {
+    let mut points = Vec::new();
+    for t in transports {
+        for p in &suite.load {
+            if p.transports
+                .as_ref()
+                .is_some_and(|l| !l.iter().any(|n| n == t.name()))
+            {
+                continue;
+            }
+            if let Some((cap, reason)) = t.capabilities().first_missing(&p.spec.needs()) {
+                steps.push(PlannedStep {
+                    label: format!("{} {}", t.name(), p.spec.name),
+                    estimate: Duration::ZERO,
+                    step: Step::Unsupported {
+                        transport: *t,
+                        point: p.spec.name.clone(),
+                        reason: format!("{} does not support {}: {reason}", t.name(), cap.name()),
+                    },
+                });
+                continue;
+            }
+            points.push((*t, p, sel.repeat.unwrap_or(p.repeat)));
+        }
+    }
+    let rounds = points.iter().map(|(_, _, r)| *r).max().unwrap_or(0);
+    for round in 1..=rounds {
+        for (point, (t, p, repeats)) in points.iter().enumerate() {
+            if round > *repeats {
+                continue;
+            }
+            let label = if *repeats > 1 {
+                format!("{} {} ({round}/{repeats})", t.name(), p.spec.name)
+            } else {
+                format!("{} {}", t.name(), p.spec.name)
+            };
+            steps.push(PlannedStep {
+                label,
+                estimate: p.spec.estimate() + POINT_OVERHEAD,
+                step: Step::Load {
+                    transport: *t,
+                    spec: p.spec.clone(),
+                    point,
+                    repeat: round,
+                    repeats: *repeats,
+                    gate: p.gate.clone(),
+                },
+            });
+        }
+    }
+    points.len()
+}
+
+/// The fault plans' steps: each plan against each of its transports, without and/or with
+/// its policy.
+fn fault_steps(suite: &Suite, transports: &[AnyTransport], steps: &mut Vec<PlannedStep>) {
+    for fp in &suite.faults {
+        for t in transports {
+            if fp
+                .transports
+                .as_ref()
+                .is_some_and(|l| !l.iter().any(|n| n == t.name()))
+            {
+                continue;
+            }
+            let variants: Vec<Option<&toml::Table>> = match &fp.policy {
+                PolicyChoice::None => vec![None],
+                PolicyChoice::With {
+                    also_without: true,
+                    config,
+                } => vec![None, Some(config)],
+                PolicyChoice::With { config, .. } => vec![Some(config)],
+            };
+            for policy in variants {
+                steps.push(PlannedStep {
+                    label: format!(
+                        "{} fault {}{}",
+                        t.name(),
+                        fp.name,
+                        if policy.is_some() { " +policy" } else { "" }
+                    ),
+                    estimate: fp.load.warmup + fp.duration() + FAULT_OVERHEAD,
+                    step: Step::Fault {
+                        transport: *t,
+                        plan: fp.clone(),
+                        policy: policy.cloned(),
+                    },
+                });
+            }
+        }
     }
 }
 
