@@ -37,8 +37,8 @@ use wirebench_core::message::pattern;
 use wirebench_core::{Code, Directives, EchoRequest, EchoResponse, Metadata, Method, Status};
 use wirebench_grpc::proto;
 use wirebench_wire::codec::{
-    Decoded, Decoder, FLAG_END_STREAM, Frame, MetadataHeader, NO_TIMEOUT, OpenHeader, OutHeader,
-    Payload, RequestHeader, ResponseHeader, StatusHeader, WireEntry, WriteBatch,
+    DecodeError, Decoded, Decoder, FLAG_END_STREAM, Frame, MetadataHeader, NO_TIMEOUT, OpenHeader,
+    OutHeader, Payload, RequestHeader, ResponseHeader, StatusHeader, WireEntry, WriteBatch,
 };
 
 /// Payload sizes measured, with their labels.
@@ -224,21 +224,38 @@ pub struct RkyvAnswer {
 }
 
 /// Why a frame sequence did not decode as expected.
-fn unexpected(what: &str) -> String {
-    format!("unexpected frame sequence: {what}")
+/// Why a sample's frames did not decode: each names a bug in the benchmark or the codec,
+/// never a condition of the data.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The wire codec refused the bytes.
+    #[error("decoding: {0}")]
+    Decode(#[from] DecodeError),
+    /// The buffer ended inside a frame.
+    #[error("the buffer ends {0} bytes short of a frame")]
+    Short(usize),
+    /// A payload was over the decoder's limit.
+    #[error("payload of {0} bytes over the limit")]
+    TooLarge(u32),
+    /// A frame of another kind came where this one belongs.
+    #[error("unexpected frame sequence: expected {0}")]
+    Expected(&'static str),
+    /// rkyv could not deserialize a validated header.
+    #[error("deserializing a header: {0}")]
+    Rkyv(#[from] rkyv::rancor::Error),
 }
 
-fn next_frame<'a>(decoder: &'a mut Decoder, buf: &mut BytesMut) -> Result<Frame<'a>, String> {
-    match decoder.decode(buf).map_err(|e| e.to_string())? {
+fn next_frame<'a>(decoder: &'a mut Decoder, buf: &mut BytesMut) -> Result<Frame<'a>, FrameError> {
+    match decoder.decode(buf)? {
         Decoded::Frame(f) => Ok(f),
-        Decoded::NeedMore(n) => Err(unexpected(&format!("{n} bytes short"))),
+        Decoded::NeedMore(n) => Err(FrameError::Short(n)),
     }
 }
 
-fn payload_bytes(p: Payload) -> Result<Bytes, String> {
+fn payload_bytes(p: Payload) -> Result<Bytes, FrameError> {
     match p {
         Payload::Bytes(b) => Ok(b),
-        Payload::TooLarge(n) => Err(unexpected(&format!("payload of {n} bytes over the limit"))),
+        Payload::TooLarge(n) => Err(FrameError::TooLarge(n)),
     }
 }
 
@@ -341,7 +358,7 @@ impl RkyvFrames {
     pub fn access_request(
         decoder: &mut Decoder,
         buf: &mut BytesMut,
-    ) -> Result<(u64, Bytes), String> {
+    ) -> Result<(u64, Bytes), FrameError> {
         let mut digest = match next_frame(decoder, buf)? {
             Frame::Open(_, h) => {
                 let mut d = u64::from(h.method) ^ h.timeout_us.to_native();
@@ -352,7 +369,7 @@ impl RkyvFrames {
                 }
                 d
             }
-            _ => return Err(unexpected("expected OPEN")),
+            _ => return Err(FrameError::Expected("OPEN")),
         };
         match next_frame(decoder, buf)? {
             Frame::Message {
@@ -371,7 +388,7 @@ impl RkyvFrames {
                     .wrapping_add(u64::from(header.report_deadline));
                 Ok((digest, payload_bytes(payload)?))
             }
-            _ => Err(unexpected("expected MESSAGE")),
+            _ => Err(FrameError::Expected("MESSAGE")),
         }
     }
 
@@ -379,22 +396,20 @@ impl RkyvFrames {
     pub fn deserialize_request(
         decoder: &mut Decoder,
         buf: &mut BytesMut,
-    ) -> Result<RkyvCall, String> {
+    ) -> Result<RkyvCall, FrameError> {
         let open = match next_frame(decoder, buf)? {
-            Frame::Open(_, h) => rkyv::deserialize::<OpenHeader, rkyv::rancor::Error>(h)
-                .map_err(|e| e.to_string())?,
-            _ => return Err(unexpected("expected OPEN")),
+            Frame::Open(_, h) => rkyv::deserialize::<OpenHeader, rkyv::rancor::Error>(h)?,
+            _ => return Err(FrameError::Expected("OPEN")),
         };
         match next_frame(decoder, buf)? {
             Frame::Message {
                 header, payload, ..
             } => Ok(RkyvCall {
                 open,
-                request: rkyv::deserialize::<RequestHeader, rkyv::rancor::Error>(header)
-                    .map_err(|e| e.to_string())?,
+                request: rkyv::deserialize::<RequestHeader, rkyv::rancor::Error>(header)?,
                 payload: payload_bytes(payload)?,
             }),
-            _ => Err(unexpected("expected MESSAGE")),
+            _ => Err(FrameError::Expected("MESSAGE")),
         }
     }
 
@@ -402,13 +417,13 @@ impl RkyvFrames {
     pub fn access_response(
         decoder: &mut Decoder,
         buf: &mut BytesMut,
-    ) -> Result<(u64, Bytes), String> {
+    ) -> Result<(u64, Bytes), FrameError> {
         let mut digest = match next_frame(decoder, buf)? {
             Frame::Headers(_, h) => h.entries.iter().fold(0u64, |d, e| {
                 d.wrapping_mul(31)
                     .wrapping_add(digest_entry(e.key.as_str(), e.value.as_slice()))
             }),
-            _ => return Err(unexpected("expected HEADERS")),
+            _ => return Err(FrameError::Expected("HEADERS")),
         };
         let payload = match next_frame(decoder, buf)? {
             Frame::Response {
@@ -419,7 +434,7 @@ impl RkyvFrames {
                     .wrapping_add(header.received_bytes.to_native());
                 payload_bytes(payload)?
             }
-            _ => return Err(unexpected("expected RESPONSE")),
+            _ => return Err(FrameError::Expected("RESPONSE")),
         };
         match next_frame(decoder, buf)? {
             Frame::Status(_, h) => {
@@ -429,7 +444,7 @@ impl RkyvFrames {
                     .wrapping_add(h.trailers.len() as u64);
                 Ok((digest, payload))
             }
-            _ => Err(unexpected("expected STATUS")),
+            _ => Err(FrameError::Expected("STATUS")),
         }
     }
 
@@ -437,28 +452,23 @@ impl RkyvFrames {
     pub fn deserialize_response(
         decoder: &mut Decoder,
         buf: &mut BytesMut,
-    ) -> Result<RkyvAnswer, String> {
-        let de = |e: rkyv::rancor::Error| e.to_string();
+    ) -> Result<RkyvAnswer, FrameError> {
         let headers = match next_frame(decoder, buf)? {
-            Frame::Headers(_, h) => {
-                rkyv::deserialize::<MetadataHeader, rkyv::rancor::Error>(h).map_err(de)?
-            }
-            _ => return Err(unexpected("expected HEADERS")),
+            Frame::Headers(_, h) => rkyv::deserialize::<MetadataHeader, rkyv::rancor::Error>(h)?,
+            _ => return Err(FrameError::Expected("HEADERS")),
         };
         let (response, payload) = match next_frame(decoder, buf)? {
             Frame::Response {
                 header, payload, ..
             } => (
-                rkyv::deserialize::<ResponseHeader, rkyv::rancor::Error>(header).map_err(de)?,
+                rkyv::deserialize::<ResponseHeader, rkyv::rancor::Error>(header)?,
                 payload_bytes(payload)?,
             ),
-            _ => return Err(unexpected("expected RESPONSE")),
+            _ => return Err(FrameError::Expected("RESPONSE")),
         };
         let status = match next_frame(decoder, buf)? {
-            Frame::Status(_, h) => {
-                rkyv::deserialize::<StatusHeader, rkyv::rancor::Error>(h).map_err(de)?
-            }
-            _ => return Err(unexpected("expected STATUS")),
+            Frame::Status(_, h) => rkyv::deserialize::<StatusHeader, rkyv::rancor::Error>(h)?,
+            _ => return Err(FrameError::Expected("STATUS")),
         };
         Ok(RkyvAnswer {
             headers,

@@ -9,8 +9,22 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use wirebench_core::{Echo, Server, ServerConfig, Transport};
+use wirebench_core::{Echo, Server, ServerConfig, Transport, TransportError};
 use wirebench_transports::registry::AnyTransport;
+
+/// Why a bench server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Its thread or runtime could not be created.
+    #[error("starting the server's thread: {0}")]
+    Thread(#[source] std::io::Error),
+    /// The transport refused to serve (not built, not supported here, no port...).
+    #[error(transparent)]
+    Serve(#[from] TransportError),
+    /// The thread ended before it said the server was ready.
+    #[error("the server's thread ended before it was ready")]
+    Died,
+}
 
 /// A server running on its own thread and current-thread runtime until dropped.
 #[derive(Debug)]
@@ -22,7 +36,7 @@ pub struct BenchServer {
 
 impl BenchServer {
     /// Starts `transport`'s server, or says why it cannot run here.
-    pub fn start(transport: AnyTransport) -> Result<BenchServer, String> {
+    pub fn start(transport: AnyTransport) -> Result<BenchServer, StartError> {
         let (ready_tx, ready_rx) = mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -34,7 +48,7 @@ impl BenchServer {
                 {
                     Ok(rt) => rt,
                     Err(e) => {
-                        let _ = ready_tx.send(Err(e.to_string()));
+                        let _ = ready_tx.send(Err(StartError::Thread(e)));
                         return;
                     }
                 };
@@ -49,15 +63,13 @@ impl BenchServer {
                             server.shutdown().await;
                         }
                         Err(e) => {
-                            let _ = ready_tx.send(Err(e.to_string()));
+                            let _ = ready_tx.send(Err(StartError::Serve(e)));
                         }
                     }
                 });
             })
-            .map_err(|e| e.to_string())?;
-        let endpoint = ready_rx
-            .recv()
-            .map_err(|_| "server thread ended before it was ready".to_owned())??;
+            .map_err(StartError::Thread)?;
+        let endpoint = ready_rx.recv().map_err(|_| StartError::Died)??;
         Ok(BenchServer {
             endpoint,
             stop: Some(stop_tx),

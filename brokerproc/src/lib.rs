@@ -104,7 +104,29 @@ pub trait Recipe: fmt::Debug + Send + Sync + 'static {
     fn read_line(&self, line: &str) -> Option<LogLine>;
 
     /// Confirms that the broker at `addr` serves (reads its greeting, say).
-    fn probe(&self, addr: SocketAddr) -> impl Future<Output = Result<(), String>> + Send;
+    fn probe(&self, addr: SocketAddr) -> impl Future<Output = Result<(), ProbeError>> + Send;
+}
+
+/// Why a broker that said it was ready does not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// Its port refused or dropped the connection.
+    #[error("connecting: {0}")]
+    Connect(#[source] std::io::Error),
+    /// The connection broke before its greeting arrived.
+    #[error("reading its greeting: {0}")]
+    Read(#[source] std::io::Error),
+    /// It greeted with something else than the protocol's greeting.
+    #[error("it greeted with {got:?}, not {expected:?}")]
+    Greeting {
+        /// The bytes it sent.
+        got: Vec<u8>,
+        /// The greeting the protocol begins with.
+        expected: &'static str,
+    },
+    /// Nothing answered in time.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
 }
 
 /// Removes broker directories named `prefix*` left by processes that died without cleaning up
@@ -549,7 +571,7 @@ mod tests {
             (line == "ready").then_some(LogLine::Ready)
         }
 
-        async fn probe(&self, _addr: SocketAddr) -> Result<(), String> {
+        async fn probe(&self, _addr: SocketAddr) -> Result<(), ProbeError> {
             Ok(())
         }
     }

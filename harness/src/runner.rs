@@ -419,7 +419,7 @@ pub fn run_point(transport: AnyTransport, spec: &LoadSpec, ctx: &RunContext) -> 
         Err(LoadError::Connect(e)) if ctx.target.is_some() => {
             return Err(bad_input(format!("{e} (is the --target server running?)")));
         }
-        Err(LoadError::Invalid(e)) => return Err(bad_input(e)),
+        Err(LoadError::Invalid(e)) => return Err(bad_input(e.to_string())),
         Err(e) => return Err(anyhow!(e)),
     };
     let client_peak = procfs::peak_rss(me);

@@ -109,6 +109,10 @@ pub fn spectrum(title: &str, series: &[Series]) -> String {
     }
 }
 
+/// What drawing a chart into an SVG string gives: plotters' own error (a chart that cannot be
+/// drawn is shown as "no data").
+type Drawn = Result<(), DrawingAreaErrorKind<std::io::Error>>;
+
 fn draw_spectrum(
     svg: &mut String,
     title: &str,
@@ -116,17 +120,16 @@ fn draw_spectrum(
     xmax: f64,
     ymin: f64,
     ymax: f64,
-) -> Result<(), String> {
+) -> Drawn {
     {
         let root = SVGBackend::with_string(svg, (640, 400)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        root.fill(&WHITE)?;
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 19))
             .margin(12)
             .x_label_area_size(48)
             .y_label_area_size(72)
-            .build_cartesian_2d((1f64..xmax).log_scale(), (ymin..ymax).log_scale())
-            .map_err(|e| e.to_string())?;
+            .build_cartesian_2d((1f64..xmax).log_scale(), (ymin..ymax).log_scale())?;
         chart
             .configure_mesh()
             .x_desc("percentile")
@@ -136,10 +139,9 @@ fn draw_spectrum(
             .label_style(("sans-serif", 15))
             .axis_desc_style(("sans-serif", 15))
             .light_line_style(RGBColor(235, 235, 235))
-            .draw()
-            .map_err(|e| e.to_string())?;
+            .draw()?;
         draw_lines(&mut chart, series)?;
-        root.present().map_err(|e| e.to_string())?;
+        root.present()?;
     }
     Ok(())
 }
@@ -169,17 +171,16 @@ fn draw_over_time(
     xmax: f64,
     ymin: f64,
     ymax: f64,
-) -> Result<(), String> {
+) -> Drawn {
     {
         let root = SVGBackend::with_string(svg, (640, 340)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        root.fill(&WHITE)?;
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 19))
             .margin(12)
             .x_label_area_size(48)
             .y_label_area_size(72)
-            .build_cartesian_2d(0f64..xmax, (ymin..ymax).log_scale())
-            .map_err(|e| e.to_string())?;
+            .build_cartesian_2d(0f64..xmax, (ymin..ymax).log_scale())?;
         chart
             .configure_mesh()
             .x_desc("seconds into the measured phase")
@@ -188,10 +189,9 @@ fn draw_over_time(
             .label_style(("sans-serif", 15))
             .axis_desc_style(("sans-serif", 15))
             .light_line_style(RGBColor(235, 235, 235))
-            .draw()
-            .map_err(|e| e.to_string())?;
+            .draw()?;
         draw_lines(&mut chart, series)?;
-        root.present().map_err(|e| e.to_string())?;
+        root.present()?;
     }
     Ok(())
 }
@@ -242,18 +242,17 @@ fn draw_fault_timeline(
     xmax: f64,
     ymin: f64,
     ymax: f64,
-) -> Result<(), String> {
+) -> Drawn {
     {
         let root = SVGBackend::with_string(svg, (720, 360)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        root.fill(&WHITE)?;
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 19))
             .margin(12)
             .x_label_area_size(48)
             .y_label_area_size(72)
             .right_y_label_area_size(56)
-            .build_cartesian_2d(0f64..xmax, (ymin..ymax).log_scale())
-            .map_err(|e| e.to_string())?
+            .build_cartesian_2d(0f64..xmax, (ymin..ymax).log_scale())?
             .set_secondary_coord(0f64..xmax, 0f64..100f64);
         chart
             .configure_mesh()
@@ -263,39 +262,31 @@ fn draw_fault_timeline(
             .label_style(("sans-serif", 15))
             .axis_desc_style(("sans-serif", 15))
             .light_line_style(RGBColor(235, 235, 235))
-            .draw()
-            .map_err(|e| e.to_string())?;
+            .draw()?;
         chart
             .configure_secondary_axes()
             .y_desc("errors %")
             .label_style(("sans-serif", 14))
             .axis_desc_style(("sans-serif", 15))
-            .draw()
-            .map_err(|e| e.to_string())?;
+            .draw()?;
         let shade = RGBColor(255, 170, 120).mix(0.25).filled();
-        chart
-            .draw_secondary_series(
-                bands
-                    .iter()
-                    .filter(|b| b.faulty)
-                    .map(|b| Rectangle::new([(b.start, 0.0), (b.end, 100.0)], shade)),
+        chart.draw_secondary_series(
+            bands
+                .iter()
+                .filter(|b| b.faulty)
+                .map(|b| Rectangle::new([(b.start, 0.0), (b.end, 100.0)], shade)),
+        )?;
+        chart.draw_secondary_series(bands.iter().map(|b| {
+            Text::new(
+                b.label.clone(),
+                (b.start + xmax * 0.01, 96.0),
+                ("sans-serif", 13).into_font(),
             )
-            .map_err(|e| e.to_string())?;
-        chart
-            .draw_secondary_series(bands.iter().map(|b| {
-                Text::new(
-                    b.label.clone(),
-                    (b.start + xmax * 0.01, 96.0),
-                    ("sans-serif", 13).into_font(),
-                )
-            }))
-            .map_err(|e| e.to_string())?;
+        }))?;
         let red = RGBColor(200, 30, 30).stroke_width(1);
-        chart
-            .draw_secondary_series(LineSeries::new(errors.iter().copied(), red))
-            .map_err(|e| e.to_string())?;
+        chart.draw_secondary_series(LineSeries::new(errors.iter().copied(), red))?;
         draw_lines(&mut chart, series)?;
-        root.present().map_err(|e| e.to_string())?;
+        root.present()?;
     }
     Ok(())
 }
@@ -303,7 +294,7 @@ fn draw_fault_timeline(
 fn draw_lines<'a, X, Y>(
     chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
     series: &[Series],
-) -> Result<(), String>
+) -> Drawn
 where
     X: plotters::coord::ranged1d::Ranged<ValueType = f64>,
     Y: plotters::coord::ranged1d::Ranged<ValueType = f64>,
@@ -316,8 +307,7 @@ where
             color.stroke_width(2)
         };
         chart
-            .draw_series(LineSeries::new(s.points.iter().copied(), style))
-            .map_err(|e| e.to_string())?
+            .draw_series(LineSeries::new(s.points.iter().copied(), style))?
             .label(s.label.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
     }
@@ -327,8 +317,7 @@ where
         .label_font(("sans-serif", 14))
         .background_style(WHITE.mix(0.85))
         .border_style(RGBColor(200, 200, 200))
-        .draw()
-        .map_err(|e| e.to_string())?;
+        .draw()?;
     Ok(())
 }
 

@@ -218,29 +218,29 @@ impl fmt::Display for Fault {
     }
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+fn parse_duration(s: &str) -> Result<Duration, SpecError> {
     if s.starts_with('-') {
-        return Err(format!("{s:?}: durations cannot be negative"));
+        return Err(why(format!("{s:?}: durations cannot be negative")));
     }
-    crate::units::parse_duration(s).map_err(|e| e.to_string())
+    crate::units::parse_duration(s).map_err(|e| why(e.to_string()))
 }
 
-fn parse_probability(s: &str) -> Result<f64, String> {
+fn parse_probability(s: &str) -> Result<f64, SpecError> {
     let (num, scale) = match s.strip_suffix('%') {
         Some(n) => (n, 100.0),
         None => (s, 1.0),
     };
     let v: f64 = num
         .parse()
-        .map_err(|_| format!("{s:?} is not a probability"))?;
+        .map_err(|_| why(format!("{s:?} is not a probability")))?;
     let v = v / scale;
     if !(0.0..=1.0).contains(&v) || v.is_nan() {
-        return Err(format!("probability {s:?} is outside [0, 1]"));
+        return Err(why(format!("probability {s:?} is outside [0, 1]")));
     }
     Ok(v)
 }
 
-fn parse_rate(s: &str) -> Result<u64, String> {
+fn parse_rate(s: &str) -> Result<u64, SpecError> {
     let lower = s.to_ascii_lowercase();
     let lower = lower.trim_end_matches("/s").trim_end_matches("ps");
     let units: [(&str, f64); 8] = [
@@ -257,27 +257,35 @@ fn parse_rate(s: &str) -> Result<u64, String> {
         if let Some(num) = lower.strip_suffix(unit) {
             let v: f64 = num
                 .parse()
-                .map_err(|_| format!("{s:?}: {num:?} is not a number"))?;
+                .map_err(|_| why(format!("{s:?}: {num:?} is not a number")))?;
             if v <= 0.0 || !v.is_finite() {
-                return Err(format!("bandwidth {s:?} must be positive"));
+                return Err(why(format!("bandwidth {s:?} must be positive")));
             }
             return Ok((v * mult).max(1.0) as u64);
         }
     }
-    Err(format!(
+    Err(why(format!(
         "{s:?}: bandwidth needs a unit (kbit, mbit, gbit, kb, mb, b per second)"
-    ))
+    )))
 }
 
 /// Parses one fault spec.
 pub fn parse(spec: &str) -> Result<Fault, SpecError> {
-    parse_inner(spec).map_err(|reason| SpecError {
+    parse_inner(spec).map_err(|e| SpecError {
         spec: spec.to_owned(),
-        reason,
+        ..e
     })
 }
 
-fn parse_inner(spec: &str) -> Result<Fault, String> {
+/// What is wrong with a part of the spec (the whole spec is filled in by [`parse`]).
+fn why(reason: impl Into<String>) -> SpecError {
+    SpecError {
+        spec: String::new(),
+        reason: reason.into(),
+    }
+}
+
+fn parse_inner(spec: &str) -> Result<Fault, SpecError> {
     let mut parts = spec.split(',').map(str::trim);
     let head = parts.next().unwrap_or_default();
     let (kind, arg) = match head.split_once(':') {
@@ -294,7 +302,7 @@ fn parse_inner(spec: &str) -> Result<Fault, String> {
     for part in parts {
         let (k, v) = part
             .split_once('=')
-            .ok_or_else(|| format!("expected key=value, got {part:?}"))?;
+            .ok_or_else(|| why(format!("expected key=value, got {part:?}")))?;
         keys.push((k.trim().to_owned(), v.trim().to_owned()));
     }
     let mut take = |key: &str| -> Option<String> {
@@ -305,7 +313,7 @@ fn parse_inner(spec: &str) -> Result<Fault, String> {
         None | Some("both") => Dir::Both,
         Some("up") => Dir::Up,
         Some("down") => Dir::Down,
-        Some(other) => return Err(format!("dir={other:?}: expected up, down or both")),
+        Some(other) => return Err(why(format!("dir={other:?}: expected up, down or both"))),
     };
     let p = take("p").map(|v| parse_probability(&v)).transpose()?;
     let kind = match kind {
@@ -313,17 +321,19 @@ fn parse_inner(spec: &str) -> Result<Fault, String> {
             let base = positional
                 .take()
                 .or_else(|| take("delay"))
-                .ok_or("latency needs a delay, e.g. latency:50ms")?;
+                .ok_or_else(|| why("latency needs a delay, e.g. latency:50ms"))?;
             let base = parse_duration(&base)?;
             let jitter = take("jitter").map(|j| parse_duration(&j)).transpose()?;
             let jitter = match (jitter, take("dist").as_deref()) {
                 (None, None) => Jitter::None,
-                (None, Some(_)) => return Err("dist= needs jitter=".into()),
+                (None, Some(_)) => return Err(why("dist= needs jitter=")),
                 (Some(j), None | Some("uniform")) => Jitter::Uniform(j),
                 (Some(j), Some("normal")) => Jitter::Normal(j),
                 (Some(j), Some("pareto")) => Jitter::Pareto(j),
                 (Some(_), Some(d)) => {
-                    return Err(format!("dist={d:?}: expected uniform, normal or pareto"));
+                    return Err(why(format!(
+                        "dist={d:?}: expected uniform, normal or pareto"
+                    )));
                 }
             };
             FaultKind::Latency { base, jitter }
@@ -332,7 +342,7 @@ fn parse_inner(spec: &str) -> Result<Fault, String> {
             let rate = positional
                 .take()
                 .or_else(|| take("rate"))
-                .ok_or("bandwidth needs a rate, e.g. bandwidth:1mbit")?;
+                .ok_or_else(|| why("bandwidth needs a rate, e.g. bandwidth:1mbit"))?;
             FaultKind::Bandwidth(parse_rate(&rate)?)
         }
         "slicer" => {
@@ -342,9 +352,9 @@ fn parse_inner(spec: &str) -> Result<Fault, String> {
                 .unwrap_or("1".into());
             let size: usize = size
                 .parse()
-                .map_err(|_| format!("slicer size {size:?} is not a byte count"))?;
+                .map_err(|_| why(format!("slicer size {size:?} is not a byte count")))?;
             if size == 0 {
-                return Err("slicer size must be at least 1 byte".into());
+                return Err(why("slicer size must be at least 1 byte"));
             }
             let delay = take("delay")
                 .map(|d| parse_duration(&d))
@@ -356,10 +366,10 @@ fn parse_inner(spec: &str) -> Result<Fault, String> {
             let n = positional
                 .take()
                 .or_else(|| take("bytes"))
-                .ok_or("limit needs a byte count, e.g. limit:4096")?;
+                .ok_or_else(|| why("limit needs a byte count, e.g. limit:4096"))?;
             FaultKind::Limit(
                 n.parse()
-                    .map_err(|_| format!("limit {n:?} is not a byte count"))?,
+                    .map_err(|_| why(format!("limit {n:?} is not a byte count")))?,
             )
         }
         "reset" => {
@@ -376,28 +386,30 @@ fn parse_inner(spec: &str) -> Result<Fault, String> {
             let d = positional
                 .take()
                 .or_else(|| take("delay"))
-                .ok_or("slow-close needs a delay, e.g. slow-close:1s")?;
+                .ok_or_else(|| why("slow-close needs a delay, e.g. slow-close:1s"))?;
             FaultKind::SlowClose(parse_duration(&d)?)
         }
         "refuse" => FaultKind::Refuse,
         "loss" => {
             let model = match positional.take().as_deref() {
                 Some("ge") => {
-                    let get = |v: Option<String>, name: &str| -> Result<f64, String> {
-                        parse_probability(&v.ok_or(format!("loss:ge needs {name}="))?)
+                    let get = |v: Option<String>, name: &str| -> Result<f64, SpecError> {
+                        parse_probability(&v.ok_or(why(format!("loss:ge needs {name}=")))?)
                     };
                     let r = get(take("r"), "r")?;
                     let good = take("good").map(|g| parse_probability(&g)).transpose()?;
                     let bad = take("bad").map(|b| parse_probability(&b)).transpose()?;
                     LossModel::GilbertElliott {
-                        p: p.ok_or("loss:ge needs p= (good→bad transition probability)")?,
+                        p: p.ok_or_else(|| {
+                            why("loss:ge needs p= (good→bad transition probability)")
+                        })?,
                         r,
                         good: good.unwrap_or(0.0),
                         bad: bad.unwrap_or(1.0),
                     }
                 }
                 Some(rate) => LossModel::Random(parse_probability(rate)?),
-                None => LossModel::Random(p.ok_or("loss needs a rate, e.g. loss:5%")?),
+                None => LossModel::Random(p.ok_or_else(|| why("loss needs a rate, e.g. loss:5%"))?),
             };
             FaultKind::Loss(model)
         }
@@ -410,19 +422,19 @@ fn parse_inner(spec: &str) -> Result<Fault, String> {
             FaultKind::Reorder(parse_duration(&d)?)
         }
         "corrupt" => FaultKind::Corrupt,
-        "" => return Err("empty fault".into()),
+        "" => return Err(why("empty fault")),
         other => {
-            return Err(format!(
+            return Err(why(format!(
                 "unknown fault {other:?} (known: latency, bandwidth, slicer, limit, reset, \
                  blackhole, slow-close, refuse, loss, duplicate, reorder, corrupt)"
-            ));
+            )));
         }
     };
     if let Some(extra) = positional {
-        return Err(format!("unexpected argument {extra:?}"));
+        return Err(why(format!("unexpected argument {extra:?}")));
     }
     if let Some((k, _)) = keys.first() {
-        return Err(format!("unknown key {k:?} for {}", kind.name()));
+        return Err(why(format!("unknown key {k:?} for {}", kind.name())));
     }
     // For loss the probability is the loss model's own parameter, not a gate on top of it.
     let p = if matches!(kind, FaultKind::Loss(_)) {

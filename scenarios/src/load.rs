@@ -131,6 +131,11 @@ impl Default for LoadSpec {
     }
 }
 
+/// Why a load point cannot run (a parameter out of range, or two that contradict).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidLoad(pub String);
+
 impl LoadSpec {
     /// The capabilities a transport needs to run this point: its method, and TLS (mutual
     /// TLS) when the point runs over it.
@@ -157,38 +162,42 @@ pub fn method_capability(m: Method) -> Capability {
 
 impl LoadSpec {
     /// Checks the parameters make sense; the error says which one and why.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidLoad> {
         if self.method == Method::Unimplemented {
-            return Err("method must be unary, server-stream, client-stream or bidi".into());
-        }
-        if self.workers == 0 {
-            return Err("workers must be at least 1".into());
-        }
-        if self.connections == 0 {
-            return Err("connections must be at least 1".into());
-        }
-        if self.connections < self.workers {
-            return Err(format!(
-                "connections ({}) must be at least workers ({}): each worker needs one",
-                self.connections, self.workers
+            return Err(InvalidLoad(
+                "method must be unary, server-stream, client-stream or bidi".into(),
             ));
         }
+        if self.workers == 0 {
+            return Err(InvalidLoad("workers must be at least 1".into()));
+        }
+        if self.connections == 0 {
+            return Err(InvalidLoad("connections must be at least 1".into()));
+        }
+        if self.connections < self.workers {
+            return Err(InvalidLoad(format!(
+                "connections ({}) must be at least workers ({}): each worker needs one",
+                self.connections, self.workers
+            )));
+        }
         if self.messages == 0 {
-            return Err("messages must be at least 1".into());
+            return Err(InvalidLoad("messages must be at least 1".into()));
         }
         if self.payload > u32::MAX as usize || self.response_size.unwrap_or(0) > u32::MAX as usize {
-            return Err("payload and response sizes must be below 4 GiB".into());
+            return Err(InvalidLoad(
+                "payload and response sizes must be below 4 GiB".into(),
+            ));
         }
         match &self.mode {
             Mode::Closed { concurrency } => {
                 if *concurrency == 0 {
-                    return Err("concurrency must be at least 1".into());
+                    return Err(InvalidLoad("concurrency must be at least 1".into()));
                 }
                 if *concurrency < self.connections {
-                    return Err(format!(
+                    return Err(InvalidLoad(format!(
                         "concurrency ({concurrency}) must be at least connections ({})",
                         self.connections
-                    ));
+                    )));
                 }
             }
             Mode::Open {
@@ -197,26 +206,26 @@ impl LoadSpec {
                 ..
             } => {
                 if !rate.is_finite() || *rate <= 0.0 {
-                    return Err(format!(
+                    return Err(InvalidLoad(format!(
                         "rate must be a positive number of requests per second, got {rate}"
-                    ));
+                    )));
                 }
                 if *max_in_flight == 0 {
-                    return Err("max_in_flight must be at least 1".into());
+                    return Err(InvalidLoad("max_in_flight must be at least 1".into()));
                 }
                 if *max_in_flight < self.workers {
-                    return Err(format!(
+                    return Err(InvalidLoad(format!(
                         "max_in_flight ({max_in_flight}) must be at least workers ({})",
                         self.workers
-                    ));
+                    )));
                 }
             }
         }
         match self.length {
             Length::Duration(d) if d.is_zero() => {
-                return Err("duration must be positive".into());
+                return Err(InvalidLoad("duration must be positive".into()));
             }
-            Length::Requests(0) => return Err("requests must be at least 1".into()),
+            Length::Requests(0) => return Err(InvalidLoad("requests must be at least 1".into())),
             _ => {}
         }
         Ok(())
@@ -290,24 +299,24 @@ mod tests {
             },
             ..LoadSpec::default()
         };
-        assert!(open(0.0).validate().unwrap_err().contains("rate"));
-        assert!(open(-3.0).validate().unwrap_err().contains("rate"));
-        assert!(open(f64::NAN).validate().unwrap_err().contains("rate"));
+        assert!(open(0.0).validate().unwrap_err().0.contains("rate"));
+        assert!(open(-3.0).validate().unwrap_err().0.contains("rate"));
+        assert!(open(f64::NAN).validate().unwrap_err().0.contains("rate"));
         let s = LoadSpec {
             mode: Mode::Closed { concurrency: 0 },
             ..LoadSpec::default()
         };
-        assert!(s.validate().unwrap_err().contains("concurrency"));
+        assert!(s.validate().unwrap_err().0.contains("concurrency"));
         let s = LoadSpec {
             connections: 4,
             mode: Mode::Closed { concurrency: 2 },
             ..LoadSpec::default()
         };
-        assert!(s.validate().unwrap_err().contains("connections"));
+        assert!(s.validate().unwrap_err().0.contains("connections"));
         let s = LoadSpec {
             length: Length::Requests(0),
             ..LoadSpec::default()
         };
-        assert!(s.validate().unwrap_err().contains("requests"));
+        assert!(s.validate().unwrap_err().0.contains("requests"));
     }
 }

@@ -751,7 +751,7 @@ fn resolve_point(
                 })?,
         },
     };
-    spec.validate().map_err(at)?;
+    spec.validate().map_err(|e| at(e.0))?;
     let repeat = pick!(p, d, repeat).unwrap_or(1);
     if !(1..=MAX_REPEAT).contains(&repeat) {
         return Err(at(format!(

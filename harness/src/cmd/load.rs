@@ -343,7 +343,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
 
 /// What can be refused before anything runs.
 fn check(args: &Args, transport: &AnyTransport, spec: &LoadSpec) -> Result<()> {
-    spec.validate().map_err(bad_input)?;
+    spec.validate().map_err(|e| bad_input(e.to_string()))?;
     args.brokers.validate()?;
     match availability(transport, &args.brokers) {
         Availability::Ready => {}

@@ -28,7 +28,7 @@ use worker::{Start, WorkerPlan, run_worker};
 pub enum LoadError {
     /// The parameters are invalid.
     #[error("invalid load parameters: {0}")]
-    Invalid(String),
+    Invalid(#[from] wirebench_scenarios::load::InvalidLoad),
     /// A worker could not connect to the endpoint.
     #[error("{0}")]
     Connect(String),
@@ -142,7 +142,7 @@ pub fn run(
     opts: &EngineOptions,
     hooks: &mut dyn Hooks,
 ) -> Result<Outcome, LoadError> {
-    spec.validate().map_err(LoadError::Invalid)?;
+    spec.validate()?;
     let (live_tx, live_rx) = std::sync::mpsc::channel();
     let live = opts.live.is_some().then_some(live_tx);
     let workers = spawn_workers(spec, target, opts, live)?;

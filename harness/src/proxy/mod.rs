@@ -25,7 +25,7 @@ use crate::pacer::Pacer;
 use tokio_util::sync::CancellationToken;
 use wirebench_core::WireProtocol;
 use wirebench_scenarios::conformance::{
-    BoxFuture, FaultControl, FaultCounters, FaultInjector, FaultPath,
+    BoxFuture, FaultControl, FaultCounters, FaultError, FaultInjector, FaultPath,
 };
 
 pub use spec::{Dir, Fault, FaultKind, Jitter, LossModel, SpecError};
@@ -374,10 +374,10 @@ impl FaultInjector for HarnessFaults {
         protocol: WireProtocol,
         upstream: SocketAddr,
         specs: &[&str],
-    ) -> BoxFuture<'_, Result<FaultPath, String>> {
-        let parsed: Result<Vec<Fault>, String> = specs
+    ) -> BoxFuture<'_, Result<FaultPath, FaultError>> {
+        let parsed: Result<Vec<Fault>, FaultError> = specs
             .iter()
-            .map(|s| spec::parse(s).map_err(|e| e.to_string()))
+            .map(|s| spec::parse(s).map_err(FaultError::from))
             .collect();
         Box::pin(async move {
             let protocol = match protocol {
@@ -387,7 +387,7 @@ impl FaultInjector for HarnessFaults {
             // A fixed seed: a case's random faults (loss) are the same on every run.
             let proxy = Proxy::start(protocol, "127.0.0.1:0", upstream, parsed?, 1)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| FaultError::Proxy(e.into()))?;
             Ok(FaultPath {
                 endpoint: proxy.local_addr().to_string(),
                 addr: proxy.local_addr(),
@@ -398,12 +398,12 @@ impl FaultInjector for HarnessFaults {
 }
 
 impl FaultControl for Proxy {
-    fn set_faults(&self, specs: &[&str]) -> Result<(), String> {
+    fn set_faults(&self, specs: &[&str]) -> Result<(), FaultError> {
         let faults = specs
             .iter()
-            .map(|s| spec::parse(s).map_err(|e| e.to_string()))
-            .collect::<Result<Vec<Fault>, String>>()?;
-        Proxy::set_faults(self, faults).map_err(|e| e.to_string())
+            .map(|s| spec::parse(s))
+            .collect::<Result<Vec<Fault>, _>>()?;
+        Proxy::set_faults(self, faults).map_err(|e| FaultError::Proxy(e.into()))
     }
 
     fn counters(&self) -> FaultCounters {

@@ -179,13 +179,24 @@ pub struct FaultCounters {
     pub dropped: u64,
 }
 
+/// Why the harness could not put faults on a path.
+#[derive(Debug, thiserror::Error)]
+pub enum FaultError {
+    /// A fault spec did not parse, or does not apply to the path's protocol.
+    #[error(transparent)]
+    Spec(#[from] crate::faultspec::SpecError),
+    /// The proxy could not start or change its faults.
+    #[error("the fault proxy: {0}")]
+    Proxy(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
 /// Live control of one fault path: change its faults while traffic flows, read its counters.
 pub trait FaultControl: Send + Sync {
     /// Replaces the faults in force (for new and existing connections alike) with `specs`,
     /// each in the harness's fault spec syntax (`latency:50ms`, `reset`, `blackhole`,
     /// `limit:1000`, `loss:2%`, ...; see `wirebench proxy --help`). An empty list heals the
     /// path. A spec that does not parse or does not apply to the path's protocol is an error.
-    fn set_faults(&self, specs: &[&str]) -> Result<(), String>;
+    fn set_faults(&self, specs: &[&str]) -> Result<(), FaultError>;
 
     /// The counters now.
     fn counters(&self) -> FaultCounters;
@@ -240,7 +251,7 @@ pub trait FaultInjector: Send + Sync {
         protocol: WireProtocol,
         upstream: SocketAddr,
         specs: &[&str],
-    ) -> BoxFuture<'_, Result<FaultPath, String>>;
+    ) -> BoxFuture<'_, Result<FaultPath, FaultError>>;
 
     /// A TCP path to `upstream` that forwards both directions in writes of at most
     /// `chunk` bytes, each flushed on its own, with `pause` between them (the `slicer` fault).
@@ -249,7 +260,7 @@ pub trait FaultInjector: Send + Sync {
         upstream: SocketAddr,
         chunk: usize,
         pause: Duration,
-    ) -> BoxFuture<'_, Result<FaultPath, String>> {
+    ) -> BoxFuture<'_, Result<FaultPath, FaultError>> {
         let spec = format!("slicer:size={},delay={}ns", chunk.max(1), pause.as_nanos());
         Box::pin(async move {
             self.path(WireProtocol::Tcp, upstream, &[spec.as_str()])

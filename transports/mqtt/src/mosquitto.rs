@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use wirebench_brokerproc::{BrokerProcess, Launch, LogLine, Program, Recipe};
+use wirebench_brokerproc::{BrokerProcess, Launch, LogLine, ProbeError, Program, Recipe};
 use wirebench_core::broker::BrokerError;
 
 /// The broker program: `mosquitto`, or what `WIREBENCH_MOSQUITTO` names.
@@ -79,12 +79,13 @@ impl Recipe for MosquittoBroker {
         line.contains(" running").then_some(LogLine::Ready)
     }
 
-    async fn probe(&self, addr: SocketAddr) -> Result<(), String> {
-        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+    async fn probe(&self, addr: SocketAddr) -> Result<(), ProbeError> {
+        const WITHIN: Duration = Duration::from_secs(2);
+        tokio::time::timeout(WITHIN, tokio::net::TcpStream::connect(addr))
             .await
-            .map_err(|_| "no connection within 2 s".to_owned())?
+            .map_err(|_| ProbeError::Timeout(WITHIN))?
             .map(drop)
-            .map_err(|e| e.to_string())
+            .map_err(ProbeError::Connect)
     }
 }
 

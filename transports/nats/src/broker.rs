@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
-use wirebench_brokerproc::{BrokerProcess, Launch, LogLine, Program, Recipe};
+use wirebench_brokerproc::{BrokerProcess, Launch, LogLine, ProbeError, Program, Recipe};
 use wirebench_core::broker::BrokerError;
 
 /// The broker program: `nats-server`, or what `WIREBENCH_NATS_SERVER` names.
@@ -85,22 +85,26 @@ impl Recipe for NatsServer {
     }
 
     /// Connects and reads nats-server's `INFO` greeting.
-    async fn probe(&self, addr: SocketAddr) -> Result<(), String> {
+    async fn probe(&self, addr: SocketAddr) -> Result<(), ProbeError> {
+        const WITHIN: Duration = Duration::from_secs(5);
         let check = async {
             let mut s = tokio::net::TcpStream::connect(addr)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(ProbeError::Connect)?;
             let mut head = [0u8; 5];
-            s.read_exact(&mut head).await.map_err(|e| e.to_string())?;
+            s.read_exact(&mut head).await.map_err(ProbeError::Read)?;
             if &head == b"INFO " {
                 Ok(())
             } else {
-                Err(format!("it greeted with {head:?}, not INFO"))
+                Err(ProbeError::Greeting {
+                    got: head.to_vec(),
+                    expected: "INFO ",
+                })
             }
         };
-        tokio::time::timeout(Duration::from_secs(5), check)
+        tokio::time::timeout(WITHIN, check)
             .await
-            .map_err(|_| "no INFO within 5 s".to_owned())?
+            .map_err(|_| ProbeError::Timeout(WITHIN))?
     }
 }
 

@@ -274,8 +274,31 @@ enum Stop {
     Shutdown,
     /// Drained: GOAWAY was sent and every call has ended.
     Drained,
-    Protocol(String),
+    Protocol(Violation),
     Io(std::io::Error),
+}
+
+/// How a client broke the wire protocol: the connection ends with a GOAWY saying so.
+#[derive(Debug, thiserror::Error)]
+enum Violation {
+    /// Bytes that are not frames.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The connection closed in the middle of a frame.
+    #[error("connection closed in the middle of a frame ({0} bytes of it received)")]
+    Truncated(usize),
+    /// An OPEN for a stream id already in use.
+    #[error("stream id {0} opened twice")]
+    OpenedTwice(u32),
+    /// A MESSAGE after the stream's half-close.
+    #[error("stream {0}: message after half-close")]
+    AfterHalfClose(u32),
+    /// The client sent GOAWAY (a server-only frame).
+    #[error("client sent GOAWAY: {0}")]
+    ClientGoAway(String),
+    /// Another server-only frame.
+    #[error("client sent a server-only frame")]
+    ServerOnlyFrame,
 }
 
 async fn serve_connection<R, W>(
@@ -377,17 +400,13 @@ impl Conn {
                         None => Ok(Step::Done),
                         Some(Ok(0)) if buf.is_empty() => return Stop::Eof,
                         Some(Ok(0)) => {
-                            return Stop::Protocol(format!(
-                                "connection closed in the middle of a frame ({} bytes of it \
-                                 received)",
-                                buf.len()
-                            ));
+                            return Stop::Protocol(Violation::Truncated(buf.len()));
                         }
                         Some(Ok(_)) => continue,
                         Some(Err(e)) => return Stop::Io(e),
                     }
                 }
-                Err(e) => return Stop::Protocol(describe(&e)),
+                Err(e) => return Stop::Protocol(e.into()),
             };
             match step {
                 Ok(Step::Done) => {}
@@ -434,12 +453,12 @@ impl Conn {
         })
     }
 
-    fn on_frame(&mut self, frame: Frame<'_>) -> Result<Step, String> {
+    fn on_frame(&mut self, frame: Frame<'_>) -> Result<Step, Violation> {
         match frame {
             Frame::Open(id, open) => {
                 self.reap();
                 if self.calls.contains_key(&id) {
-                    return Err(format!("stream id {id} opened twice"));
+                    return Err(Violation::OpenedTwice(id));
                 }
                 if self.draining {
                     // Sent before our GOAWAY reached the client: refused, it dials again.
@@ -482,7 +501,7 @@ impl Conn {
                     }
                     Some(Entry::Running { tx, .. }) => {
                         let Some(sender) = tx.clone() else {
-                            return Err(format!("stream {id}: message after half-close"));
+                            return Err(Violation::AfterHalfClose(id));
                         };
                         if end {
                             *tx = None;
@@ -517,9 +536,9 @@ impl Conn {
                 }
                 Ok(Step::Done)
             }
-            Frame::GoAway(h) => Err(format!("client sent GOAWAY: {}", h.status())),
+            Frame::GoAway(h) => Err(Violation::ClientGoAway(h.status().to_string())),
             Frame::Headers(..) | Frame::Response { .. } | Frame::Status(..) => {
-                Err("client sent a server-only frame".to_owned())
+                Err(Violation::ServerOnlyFrame)
             }
         }
     }
@@ -596,10 +615,6 @@ enum Step {
         mpsc::Sender<Result<EchoRequest, Status>>,
         Result<EchoRequest, Status>,
     ),
-}
-
-fn describe(e: &DecodeError) -> String {
-    e.to_string()
 }
 
 struct TcpServerCall {

@@ -382,7 +382,7 @@ struct Recovery {
 async fn first_success<F, Fut>(bound: Duration, mut attempt: F) -> Result<Recovery, Failure>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
+    Fut: std::future::Future<Output = Result<(), Failure>>,
 {
     let started = Instant::now();
     let mut pause = BACKOFF_FIRST;
@@ -397,7 +397,7 @@ where
                 });
             }
             Ok(Err(e)) => e,
-            Err(_) => format!("attempt timed out after {ATTEMPT_TIMEOUT:?}"),
+            Err(_) => Failure(format!("attempt timed out after {ATTEMPT_TIMEOUT:?}")),
         };
         if started.elapsed() + pause > bound {
             return Err(Failure(format!(
@@ -461,14 +461,14 @@ fn same_address<T: Transport + Clone>(ctx: &Ctx<T>, old: &str) -> ServerConfig {
 }
 
 /// One small call with its own deadline.
-async fn ping<C: Connection>(c: &C) -> Result<(), String> {
+async fn ping<C: Connection>(c: &C) -> Result<(), Failure> {
     c.unary(
         EchoRequest::new(vec![7u8; 16]),
         &CallOptions::with_timeout(ATTEMPT_TIMEOUT),
     )
     .await
     .map(|_| ())
-    .map_err(|s: Status| s.to_string())
+    .map_err(|s: Status| Failure(s.to_string()))
 }
 
 async fn reconnect_after_restart<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResult {
@@ -485,7 +485,7 @@ async fn reconnect_after_restart<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResul
             };
             let server = ctx.serve(config, ctx.env.echo.clone()).await?;
             let c = ctx.connect(&server.endpoint).await?;
-            ping(&c).await.map_err(Failure)?;
+            ping(&c).await?;
             broker.restart(RestartMode::Kill).await?;
             ensure!(
                 reconnects,
@@ -505,7 +505,7 @@ async fn reconnect_after_restart<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResul
     let server = ctx.server().await?;
     let old = server.endpoint.clone();
     let c = ctx.connect(&old).await?;
-    ping(&c).await.map_err(Failure)?;
+    ping(&c).await?;
     server.stop().await;
     let config = same_address(&ctx, &old);
     let server = serve_again(&ctx, config).await?;
@@ -533,7 +533,7 @@ async fn reconnect_after_restart<T: Transport + Clone>(ctx: Ctx<T>) -> CaseResul
                 let c = ctx
                     .connect(&endpoint)
                     .await
-                    .map_err(|Failure(f)| format!("connect: {f}"))?;
+                    .map_err(|Failure(f)| Failure(format!("connect: {f}")))?;
                 ping(&c).await
             }
         })
