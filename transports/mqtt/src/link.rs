@@ -77,9 +77,9 @@ pub struct LinkConfig {
 struct Subs {
     /// Callers whose SUBSCRIBE or UNSUBSCRIBE is queued but has no packet id yet, in queue
     /// order.
-    queued: VecDeque<oneshot::Sender<Result<(), String>>>,
+    queued: VecDeque<oneshot::Sender<Result<(), Refused>>>,
     /// Callers waiting for the SUBACK or UNSUBACK of a packet id.
-    sent: HashMap<u16, oneshot::Sender<Result<(), String>>>,
+    sent: HashMap<u16, oneshot::Sender<Result<(), Refused>>>,
     /// Filters to restore after reconnecting to a broker that forgot them.
     filters: Vec<(String, QoS)>,
 }
@@ -290,9 +290,12 @@ impl Link {
                     url: url.clone(),
                     reason: "the connection task ended".into(),
                 })?;
-        if let Err(reason) = connected {
+        if let Err(refused) = connected {
             task.abort();
-            return Err(BrokerError::Connect { url, reason });
+            return Err(BrokerError::Connect {
+                url,
+                reason: refused.to_string(),
+            });
         }
         Ok((
             Link {
@@ -409,7 +412,7 @@ async fn subscribe(
 
 /// Waits for the broker's acknowledgement (`ack`) of an `op` on `filter`.
 async fn acknowledged(
-    rx: oneshot::Receiver<Result<(), String>>,
+    rx: oneshot::Receiver<Result<(), Refused>>,
     op: &'static str,
     ack: &str,
     filter: &str,
@@ -458,7 +461,7 @@ fn on_suback(handle: &LinkHandle, ack: &SubAck) {
         .find(|c| !matches!(c, SubscribeReasonCode::Success(_)));
     let _ = waiter.send(match refused {
         None => Ok(()),
-        Some(code) => Err(format!("the broker refused the subscription: {code:?}")),
+        Some(code) => Err(Refused::Subscription(*code)),
     });
 }
 
@@ -475,7 +478,7 @@ fn on_unsuback(handle: &LinkHandle, ack: &UnsubAck) {
     });
     let _ = waiter.send(match refused {
         None => Ok(()),
-        Some(code) => Err(format!("the broker refused to unsubscribe: {code:?}")),
+        Some(code) => Err(Refused::Unsubscribe(*code)),
     });
 }
 
@@ -484,6 +487,20 @@ fn fail_subscriptions(handle: &LinkHandle) {
     let mut subs = handle.shared.subs();
     subs.queued.clear();
     subs.sent.clear();
+}
+
+/// Why the broker did not do what a link asked (the reason the waiting call reports).
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    /// The first connection failed (how rumqttc described it).
+    #[error("{0}")]
+    Connection(String),
+    /// A SUBACK carried a failure code.
+    #[error("the broker refused the subscription: {0:?}")]
+    Subscription(SubscribeReasonCode),
+    /// An UNSUBACK carried a failure reason.
+    #[error("the broker refused to unsubscribe: {0:?}")]
+    Unsubscribe(UnsubAckReason),
 }
 
 fn describe(e: &ConnectionError) -> String {
@@ -498,7 +515,7 @@ async fn poll<I: Inbound>(
     mut eventloop: EventLoop,
     handle: LinkHandle,
     inbound: Arc<I>,
-    first: oneshot::Sender<Result<(), String>>,
+    first: oneshot::Sender<Result<(), Refused>>,
 ) {
     let mut first = Some(first);
     loop {
@@ -538,7 +555,7 @@ async fn poll<I: Inbound>(
             Err(e) => {
                 let why = describe(&e);
                 if let Some(f) = first.take() {
-                    let _ = f.send(Err(why));
+                    let _ = f.send(Err(Refused::Connection(why)));
                     return;
                 }
                 let was_up = handle.shared.up.send_replace(false);
