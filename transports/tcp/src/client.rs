@@ -246,7 +246,8 @@ impl TcpConnection {
             .map_err(|_| TransportError::Timeout(format!("connecting to {endpoint}")))?
     }
 
-    fn over<R, W>(rd: R, wr: W, config: &ClientConfig) -> TcpConnection
+    /// A connection over any byte pipe (a socket, a TLS stream, an in-memory duplex).
+    pub(crate) fn over<R, W>(rd: R, wr: W, config: &ClientConfig) -> TcpConnection
     where
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Send + 'static,

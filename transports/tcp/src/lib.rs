@@ -21,6 +21,8 @@
 //! very large volumes, as with any windowed protocol.
 
 mod client;
+#[cfg(test)]
+mod pipe_tests;
 mod server;
 mod yardstick;
 

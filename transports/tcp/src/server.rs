@@ -109,11 +109,8 @@ impl TcpServer {
         let addr = listener
             .local_addr()
             .map_err(|e| TransportError::io("reading the bound address", e))?;
-        let shutdown = CancellationToken::new();
-        let stop = Signals {
-            now: shutdown.clone(),
-            draining: shutdown.child_token(),
-        };
+        let stop = Signals::new();
+        let shutdown = stop.now.clone();
         let draining = stop.draining.clone();
         let conns = TaskTracker::new();
         let calls = TaskTracker::new();
@@ -159,11 +156,20 @@ impl Server for TcpServer {
 
 /// The server's two stop signals, as every connection watches them.
 #[derive(Clone, Debug)]
-struct Signals {
+pub(crate) struct Signals {
     /// Stop at once.
-    now: CancellationToken,
+    pub(crate) now: CancellationToken,
     /// Stop admitting calls (cancelled by `now` too).
-    draining: CancellationToken,
+    pub(crate) draining: CancellationToken,
+}
+
+impl Signals {
+    /// Fresh signals: `draining` is a child of `now`, so stopping at once stops admitting too.
+    pub(crate) fn new() -> Signals {
+        let now = CancellationToken::new();
+        let draining = now.child_token();
+        Signals { now, draining }
+    }
 }
 
 async fn accept_loop(
@@ -248,10 +254,10 @@ enum Entry {
 }
 
 /// Who is on the other end of a connection.
-struct ConnInfo {
-    peer: SocketAddr,
+pub(crate) struct ConnInfo {
+    pub(crate) peer: SocketAddr,
     /// The client certificate's identity under mutual TLS.
-    identity: Option<Arc<str>>,
+    pub(crate) identity: Option<Arc<str>>,
 }
 
 struct Conn {
@@ -301,7 +307,9 @@ enum Violation {
     ServerOnlyFrame,
 }
 
-async fn serve_connection<R, W>(
+/// Serves one connection (any byte pipe: a socket, a TLS stream, an in-memory duplex) until
+/// the client leaves, breaks the protocol, or the server stops.
+pub(crate) async fn serve_connection<R, W>(
     rd: R,
     wr: W,
     info: ConnInfo,
