@@ -145,6 +145,10 @@ pub struct Args {
     /// figures beneath it).
     #[arg(long)]
     pub plain: bool,
+    /// No progress at all, and no live figures computed: only the summary at the end (for
+    /// scripts, and to measure what the live view costs).
+    #[arg(long, conflicts_with = "plain")]
+    pub quiet: bool,
 }
 
 impl Args {
@@ -305,8 +309,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .map_err(|e| bad_input(e.to_string()))?;
     let spec = args.spec();
     check(&args, &transport, &spec)?;
-    let progress = reporters::progress(args.plain);
-    let bus = Arc::new(EventBus::new(vec![progress]));
+    let reporters = if args.quiet {
+        Vec::new()
+    } else {
+        vec![reporters::progress(args.plain)]
+    };
+    let bus = Arc::new(EventBus::new(reporters));
     let ctx = run_context(&args, &transport, &bus)?;
     let started = environment::now_rfc3339();
     let name = transport.name().to_owned();
@@ -405,7 +413,7 @@ fn run_context(args: &Args, transport: &AnyTransport, bus: &Arc<EventBus>) -> Re
             .map(|u| BTreeMap::from([(name.clone(), u.to_owned())]))
             .unwrap_or_default(),
         tls: Default::default(),
-        live: Some(executor::live(bus)),
+        live: (!args.quiet).then(|| executor::live(bus)),
     })
 }
 
