@@ -5,8 +5,9 @@
 //! restart on the same port, or SIGSTOP/SIGCONT) to the server child.
 //!
 //! The plan's first phase is clean and runs through the same proxy: it is the clean run
-//! every fault phase is compared with (DESIGN: "every fault run is compared with a clean run
-//! through the same proxy"), so the proxy's own cost is in both sides of every comparison.
+//! every fault phase is compared with (docs/ARCHITECTURE.md: "every fault run is compared with
+//! a clean run through the same proxy"), so the proxy's own cost is in both sides of every
+//! comparison.
 
 use serde::Deserialize;
 use std::collections::BTreeMap;

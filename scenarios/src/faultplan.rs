@@ -4,8 +4,8 @@
 //! the suite is parsed, so a bad fault spec fails with the suite's file and line.
 //!
 //! The first phase must be clean: it is the plan's baseline, measured through the same proxy
-//! as the fault phases (DESIGN: "every fault run is compared with a clean run through the
-//! same proxy"), so the proxy's own cost cancels out of every comparison.
+//! as the fault phases (docs/ARCHITECTURE.md: "every fault run is compared with a clean run
+//! through the same proxy"), so the proxy's own cost cancels out of every comparison.
 
 use std::time::Duration;
 
