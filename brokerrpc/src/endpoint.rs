@@ -6,6 +6,7 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use thiserror::Error;
+use wirebench_core::{NetworkPath, TransportError};
 
 /// An address that does not parse, with what was expected.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
@@ -145,6 +146,54 @@ impl Target {
             ))
         })
     }
+}
+
+/// What a broker transport's `Transport` methods do with address strings, the same for every
+/// broker: parse them, with errors naming the string, and say where the client's hop goes.
+impl Scheme {
+    /// A client's (or a fault proxy's) endpoint string.
+    pub fn endpoint(self, endpoint: &str) -> Result<Endpoint, TransportError> {
+        Endpoint::parse(self, endpoint).map_err(|e| TransportError::Endpoint {
+            endpoint: endpoint.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// A server's `listen` string.
+    pub fn target(self, listen: &str) -> Result<Target, TransportError> {
+        Target::parse(self, listen).map_err(|e| TransportError::Endpoint {
+            endpoint: listen.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The hop a fault proxy goes on: the client's TCP connection to the broker (the echo
+    /// server keeps its own direct link).
+    pub fn network_path(self, endpoint: &str) -> Result<NetworkPath, TransportError> {
+        NetworkPath::tcp(&self.endpoint(endpoint)?.authority())
+    }
+
+    /// The same service with the broker reached through `via`.
+    pub fn endpoint_via(self, endpoint: &str, via: SocketAddr) -> Result<String, TransportError> {
+        Ok(self.endpoint(endpoint)?.via(via).to_string())
+    }
+}
+
+/// Why a transport over a broker lacks a capability, when the reason is the broker in the
+/// path rather than the broker's protocol: the same for every broker transport.
+pub mod gaps {
+    /// `ByteStreamWire`.
+    pub const BYTE_STREAM_WIRE: &str = "the wire runs client -> broker -> echo server: bytes \
+        written to the endpoint are parsed by the broker, and the echo server only ever sees \
+        whole broker messages, so fragmentation and garbage would test the broker, not this \
+        transport";
+    /// `MutualTls`.
+    pub const MUTUAL_TLS: &str = "mutual TLS on a broker path is the broker's own listener \
+        (with client certificates), between each client and the broker; wirebench configures \
+        TLS only on its point-to-point transports (tcp, grpc, quic)";
+    /// `Datagrams`.
+    pub const DATAGRAMS: &str = "the client's hop is TCP to the broker: loss applies to \
+        datagrams, and TCP retransmits below us";
 }
 
 #[cfg(test)]

@@ -94,6 +94,6 @@ pub mod testing;
 pub use client::{
     Client, ClientCalls, ClientLink, Incoming, StreamCancel, StreamReceiver, StreamSender,
 };
-pub use endpoint::{BadEndpoint, Endpoint, Scheme, Target, check_prefix};
+pub use endpoint::{BadEndpoint, Endpoint, Scheme, Target, check_prefix, gaps};
 pub use headers::{Frame, Headers, MetadataKind, WireError};
 pub use server::{Inline, ServerLink, Service};

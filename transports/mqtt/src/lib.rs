@@ -86,7 +86,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rumqttc::v5::mqttbytes::QoS;
-use wirebench_brokerrpc::{Endpoint, Scheme, Target};
+use wirebench_brokerrpc::{Scheme, gaps};
 use wirebench_core::transport::NetworkPath;
 
 pub use client::{MqttConnection, MqttLink};
@@ -154,25 +154,14 @@ impl Transport for Mqtt {
 
     fn capabilities(&self) -> Capabilities {
         const GAPS: &[(Capability, &str)] = &[
-            (
-                Capability::ByteStreamWire,
-                "the mqtt wire runs client -> broker -> echo server: bytes written to the \
-                 endpoint are parsed by the broker, and our server only ever sees whole MQTT \
-                 messages, so fragmentation and garbage would test the broker, not this \
-                 transport",
-            ),
+            (Capability::ByteStreamWire, gaps::BYTE_STREAM_WIRE),
             (
                 Capability::Tls,
                 "TLS on the mqtt path is the broker's own listener (mqtts); wirebench configures \
                  TLS only on its point-to-point transports (tcp, grpc, quic), and the embedded \
                  broker is built without its tls feature",
             ),
-            (
-                Capability::MutualTls,
-                "mutual TLS on the mqtt path is the broker's own listener (mqtts with client \
-                 certificates); wirebench configures TLS only on its point-to-point transports \
-                 (tcp, grpc, quic)",
-            ),
+            (Capability::MutualTls, gaps::MUTUAL_TLS),
             (
                 Capability::MaxConcurrentStreams,
                 "MQTT has no per-connection stream limit: calls are messages on topics, bounded \
@@ -191,10 +180,7 @@ impl Transport for Mqtt {
                  client is a new message (QoS 2 deduplicates only a retransmitted packet id \
                  within one session)",
             ),
-            (
-                Capability::Datagrams,
-                "mqtt runs over TCP to the broker: loss applies to datagrams, and TCP retransmits below us",
-            ),
+            (Capability::Datagrams, gaps::DATAGRAMS),
         ];
         Capabilities::all_except(GAPS)
     }
@@ -205,11 +191,7 @@ impl Transport for Mqtt {
         echo: Arc<Echo>,
     ) -> Result<MqttServer, TransportError> {
         let qos = qos_of(&config.options)?;
-        let target =
-            Target::parse(SCHEME, &config.listen).map_err(|e| TransportError::Endpoint {
-                endpoint: config.listen.clone(),
-                reason: e.to_string(),
-            })?;
+        let target = SCHEME.target(&config.listen)?;
         MqttServer::start(target, qos, echo).await
     }
 
@@ -219,29 +201,20 @@ impl Transport for Mqtt {
         endpoint: &str,
     ) -> Result<MqttConnection, TransportError> {
         let qos = qos_of(&config.options)?;
-        client::connect(config, parse_endpoint(endpoint)?, qos).await
+        client::connect(config, SCHEME.endpoint(endpoint)?, qos).await
     }
 
     fn network_path(&self, endpoint: &str) -> Result<NetworkPath, TransportError> {
-        // The client's hop is to the broker; the echo server keeps its own direct link.
-        NetworkPath::tcp(&parse_endpoint(endpoint)?.authority())
+        SCHEME.network_path(endpoint)
     }
 
     fn endpoint_via(&self, endpoint: &str, via: SocketAddr) -> Result<String, TransportError> {
-        Ok(parse_endpoint(endpoint)?.via(via).to_string())
+        SCHEME.endpoint_via(endpoint, via)
     }
 
     fn broker(&self) -> Option<Mqtt> {
         Some(*self)
     }
-}
-
-/// An endpoint string as a client or proxy gets it, with the error naming it.
-fn parse_endpoint(endpoint: &str) -> Result<Endpoint, TransportError> {
-    Endpoint::parse(SCHEME, endpoint).map_err(|e| TransportError::Endpoint {
-        endpoint: endpoint.to_owned(),
-        reason: e.to_string(),
-    })
 }
 
 #[cfg(test)]

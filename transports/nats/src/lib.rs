@@ -93,7 +93,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_nats::Subject;
-use wirebench_brokerrpc::{Endpoint, Scheme, Target};
+use wirebench_brokerrpc::{Scheme, gaps};
 use wirebench_core::transport::NetworkPath;
 
 pub use client::{NatsConnection, NatsLink};
@@ -143,33 +143,20 @@ impl Transport for Nats {
 
     fn capabilities(&self) -> Capabilities {
         const GAPS: &[(Capability, &str)] = &[
-            (
-                Capability::ByteStreamWire,
-                "the nats wire runs client -> nats-server -> echo server: bytes written to the \
-                 endpoint are parsed by the broker, and our server only ever sees whole NATS \
-                 messages, so fragmentation and garbage would test nats-server, not this \
-                 transport",
-            ),
+            (Capability::ByteStreamWire, gaps::BYTE_STREAM_WIRE),
             (
                 Capability::Tls,
                 "TLS on the nats path is nats-server's own tls block between each client and \
                  the broker; wirebench configures TLS only on its point-to-point transports \
                  (tcp, grpc, quic), so the tls cases would test nats-server's setup",
             ),
-            (
-                Capability::MutualTls,
-                "mutual TLS on the nats path is nats-server's own tls block (verify: true); \
-                 wirebench configures TLS only on its point-to-point transports (tcp, grpc, quic)",
-            ),
+            (Capability::MutualTls, gaps::MUTUAL_TLS),
             (
                 Capability::MaxConcurrentStreams,
                 "NATS has no per-connection stream limit: calls are messages on subjects, and \
                  the broker's flow control (slow-consumer limits) is what bounds them",
             ),
-            (
-                Capability::Datagrams,
-                "nats runs over TCP to the broker: loss applies to datagrams, and TCP retransmits below us",
-            ),
+            (Capability::Datagrams, gaps::DATAGRAMS),
         ];
         Capabilities::all_except(GAPS)
     }
@@ -180,11 +167,7 @@ impl Transport for Nats {
         echo: Arc<Echo>,
     ) -> Result<NatsServer, TransportError> {
         config.options.check_known("nats", &[])?;
-        let target =
-            Target::parse(SCHEME, &config.listen).map_err(|e| TransportError::Endpoint {
-                endpoint: config.listen.clone(),
-                reason: e.to_string(),
-            })?;
+        let target = SCHEME.target(&config.listen)?;
         NatsServer::start(target, echo).await
     }
 
@@ -194,16 +177,15 @@ impl Transport for Nats {
         endpoint: &str,
     ) -> Result<NatsConnection, TransportError> {
         config.options.check_known("nats", &[])?;
-        client::connect(config, parse_endpoint(endpoint)?).await
+        client::connect(config, SCHEME.endpoint(endpoint)?).await
     }
 
     fn network_path(&self, endpoint: &str) -> Result<NetworkPath, TransportError> {
-        // The client's hop is to the broker; the echo server keeps its own direct link.
-        NetworkPath::tcp(&parse_endpoint(endpoint)?.authority())
+        SCHEME.network_path(endpoint)
     }
 
     fn endpoint_via(&self, endpoint: &str, via: SocketAddr) -> Result<String, TransportError> {
-        Ok(parse_endpoint(endpoint)?.via(via).to_string())
+        SCHEME.endpoint_via(endpoint, via)
     }
 
     fn broker(&self) -> Option<Nats> {
@@ -216,12 +198,4 @@ impl Transport for Nats {
             url: config.broker_url.clone(),
         })
     }
-}
-
-/// An endpoint string as a client or proxy gets it, with the error naming it.
-fn parse_endpoint(endpoint: &str) -> Result<Endpoint, TransportError> {
-    Endpoint::parse(SCHEME, endpoint).map_err(|e| TransportError::Endpoint {
-        endpoint: endpoint.to_owned(),
-        reason: e.to_string(),
-    })
 }

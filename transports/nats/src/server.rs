@@ -193,10 +193,7 @@ impl NatsServer {
             cancels,
             shutdown.clone(),
         ));
-        let endpoint = Endpoint::parse(SCHEME, &url).map_err(|e| TransportError::Endpoint {
-            endpoint: url.clone(),
-            reason: e.to_string(),
-        })?;
+        let endpoint = SCHEME.endpoint(&url)?;
         Ok(NatsServer(Box::new(Running {
             endpoint: Endpoint {
                 prefix: Some(prefix),
