@@ -100,6 +100,11 @@ const STACK_FREE: &[&str] = &[
     "wirebench-reports",
 ];
 
+fn text(v: &Value) -> &str {
+    v.as_str()
+        .expect("cargo metadata gives ids and names as strings")
+}
+
 /// The workspace's resolved graph: package name -> names of its normal dependencies.
 fn graph() -> BTreeMap<String, BTreeSet<String>> {
     let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
@@ -125,23 +130,23 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
         .as_array()
         .expect("packages")
         .iter()
-        .map(|p| (p["id"].as_str().unwrap(), p["name"].as_str().unwrap()))
+        .map(|p| (text(&p["id"]), text(&p["name"])))
         .collect();
     let mut graph = BTreeMap::new();
     for node in meta["resolve"]["nodes"].as_array().expect("resolve nodes") {
-        let name = names[node["id"].as_str().unwrap()].to_owned();
+        let name = names[text(&node["id"])].to_owned();
         let deps: Vec<String> = node["deps"]
             .as_array()
-            .unwrap()
+            .expect("a node's deps")
             .iter()
             .filter(|d| {
                 d["dep_kinds"]
                     .as_array()
-                    .unwrap()
+                    .expect("a dependency's kinds")
                     .iter()
                     .any(|k| k["kind"].is_null())
             })
-            .map(|d| names[d["pkg"].as_str().unwrap()].to_owned())
+            .map(|d| names[text(&d["pkg"])].to_owned())
             .collect();
         graph.entry(name).or_insert_with(BTreeSet::new).extend(deps);
     }
