@@ -59,16 +59,17 @@ fn positive_u64(s: &str) -> Result<u64, String> {
     wirebench load --transport tcp --rate 500 --max-in-flight 1 --stall-at 1s --stall-for 500ms --duration 3s\n  \
     wirebench serve --transport tcp --listen 127.0.0.1:7000 &\n  \
     wirebench load --transport tcp --target 127.0.0.1:7000 --rate 5000 --duration 10s --json run.json")]
-#[command(group(clap::ArgGroup::new("loop").required(true).args(["rate", "concurrency"])))]
+#[command(group(clap::ArgGroup::new("loop").args(["rate", "concurrency"])))]
 pub struct Args {
     /// The transport to load.
-    #[arg(long)]
+    #[arg(long, default_value = "tcp")]
     pub transport: String,
     /// Open loop: requests per second in total (e.g. 5000, 2.5k). Latency is measured from
     /// each request's intended start.
     #[arg(long, value_parser = parse_rate)]
     pub rate: Option<f64>,
-    /// Closed loop: calls in flight in total, each waiting for its answer.
+    /// Closed loop: calls in flight in total, each waiting for its answer. Without --rate or
+    /// --concurrency the loop is closed with 1 call in flight.
     #[arg(long, value_parser = positive)]
     pub concurrency: Option<u32>,
     /// Measured time (e.g. 10s, 500ms); the default when --requests is not given is 5s.
