@@ -295,11 +295,17 @@ impl<R: Recipe> BrokerProcess<R> {
         let mut pid = None;
         let mut listening = launch.addr;
         let waited = tokio::time::timeout(READY_TIMEOUT, async {
+            let mut ready = false;
             while let Some(ev) = rx.recv().await {
                 match ev {
                     Started::Pid(p) => pid = Some(Pid::from_raw(p)),
                     Started::Line(LogLine::Listening(a)) => listening = Some(a),
-                    Started::Line(LogLine::Ready) => return true,
+                    Started::Line(LogLine::Ready) => ready = true,
+                }
+                // The watchdog prints the pid while the broker starts, on the same pipe: on a
+                // busy machine the broker's ready line can come first.
+                if ready && pid.is_some() {
+                    return true;
                 }
             }
             false

@@ -422,7 +422,8 @@ fn fault_record(
         })
         .collect();
     let recovery = recovery(plan, &phases, &firsts, &intervals);
-    let accounting = account(m.sent, &m.status, outcome.incomplete);
+    let mut accounting = account(m.sent, &m.status, outcome.incomplete);
+    accounting.unsent = m.unsent;
     let validity = fault_validity(&accounting, &phases, m.lag.as_ref(), ctx);
     Ok(FaultRunRecord {
         plan: plan.name.clone(),
@@ -458,6 +459,7 @@ fn fault_validity(
         notes: vec![
             "the fault proxy runs inside the client process: client CPU includes it".into(),
         ],
+        unsustained: None,
     };
     let phase_sent: u64 = phases.iter().map(|p| p.sent).sum();
     if !accounting.balanced || phase_sent != accounting.sent {
@@ -470,6 +472,13 @@ fn fault_validity(
             accounting.failed,
             accounting.timed_out,
             accounting.unanswered
+        ));
+    }
+    if accounting.unsent > 0 {
+        validity.notes.push(format!(
+            "{} requests due were never sent: every caller was busy (in calls the fault held \
+             up) until the run ended",
+            accounting.unsent
         ));
     }
     if let Some(lag) = lag {
@@ -499,6 +508,7 @@ pub fn account(sent: u64, status: &[u64; 17], unanswered: u64) -> Accounting {
         timed_out,
         unanswered,
         balanced: unanswered == 0 && sent == completed,
+        unsent: 0,
     }
 }
 

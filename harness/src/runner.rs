@@ -16,8 +16,8 @@ use wirebench_core::{
 };
 use wirebench_reports::histogram::{encode, summarize};
 use wirebench_reports::results::{
-    IntervalRecord, ProcessUsage, RunHistograms, RunParams, RunRecord, RunSummary, ServerInfo,
-    Validity, WireTotals,
+    IntervalRecord, OfferedLoad, ProcessUsage, RunHistograms, RunParams, RunRecord, RunSummary,
+    ServerInfo, Validity, WireTotals,
 };
 use wirebench_scenarios::load::{Length, LoadSpec, Mode};
 use wirebench_scenarios::suite::ValiditySpec;
@@ -367,6 +367,7 @@ pub fn params(spec: &LoadSpec, pin: Pin, transport: &str, ctx: &RunContext) -> R
         timeout_s: spec.timeout.map(|t| t.as_secs_f64()),
         stall_at_s: spec.stall.map(|s| s.at.as_secs_f64()),
         stall_for_s: spec.stall.map(|s| s.duration.as_secs_f64()),
+        server_delay_s: (!spec.server_delay.is_zero()).then_some(spec.server_delay.as_secs_f64()),
         pin: format!("{pin:?}").to_lowercase(),
         client_options: ctx
             .client_options
@@ -431,6 +432,7 @@ pub fn run_point(transport: AnyTransport, spec: &LoadSpec, ctx: &RunContext) -> 
     drop(placement);
 
     let summary = run_summary(
+        spec,
         &outcome,
         &acct,
         &setup,
@@ -515,8 +517,41 @@ struct Peaks {
     client_note: Option<String>,
 }
 
+/// An open loop's schedule accounted for: due = sent + unsent, with the unsent requests'
+/// latency lower bounds beside the sent ones' latency.
+fn offered_load(
+    spec: &LoadSpec,
+    m: &load::recorder::Merged,
+    calls: u64,
+    elapsed: f64,
+) -> Option<OfferedLoad> {
+    let Mode::Open { rate, .. } = spec.mode else {
+        return None;
+    };
+    let with_unsent = m.unsent_wait.as_ref().filter(|w| !w.is_empty()).map(|w| {
+        let mut all = m.latency.clone();
+        // Same bounds on both sides: adding cannot fail.
+        let _ = all.add(w);
+        summarize(&all)
+    });
+    Some(OfferedLoad {
+        rate_per_s: rate,
+        due: m.sent + m.unsent,
+        sent: m.sent,
+        unsent: m.unsent,
+        achieved_per_s: calls as f64 / elapsed,
+        unsent_wait: m
+            .unsent_wait
+            .as_ref()
+            .filter(|w| !w.is_empty())
+            .map(summarize),
+        latency_with_unsent: with_unsent,
+    })
+}
+
 /// The run's summary: calls by outcome, throughput, latencies, bytes and resources.
 fn run_summary(
+    spec: &LoadSpec,
     outcome: &load::Outcome,
     acct: &Accounting,
     setup: &hdrhistogram::Histogram<u64>,
@@ -567,6 +602,7 @@ fn run_summary(
         generator_lag: m.lag.as_ref().map(summarize),
         message_latency: m.message.as_ref().filter(|h| !h.is_empty()).map(summarize),
         backpressured: m.backpressured,
+        offered: offered_load(spec, m, calls, elapsed),
         bytes: outcome.wire.map(|w| WireTotals {
             sent: w.sent,
             received: w.received,
@@ -678,11 +714,12 @@ pub fn judge(
     }
     if s.incomplete > 0 {
         reasons.push(format!(
-            "{} calls were still unanswered (or, in an open loop, never sent: every caller \
-             was stuck) when the run stopped waiting; they are missing from the histograms",
+            "{} calls were still unanswered when the run stopped waiting; they are missing \
+             from the histograms",
             s.incomplete
         ));
     }
+    let unsustained = s.offered.as_ref().and_then(|o| unsustained(spec, o));
     if s.errors > 0 {
         notes.push(format!("{} of {} calls failed", s.errors, s.calls));
     }
@@ -702,9 +739,56 @@ pub fn judge(
         notes.push("external server: its CPU and memory are not measured".to_owned());
     }
     Validity {
-        valid: reasons.is_empty(),
+        valid: reasons.is_empty() && unsustained.is_none(),
         reasons,
         notes,
+        unsustained,
+    }
+}
+
+/// The share of the schedule's rate an open loop must achieve to have sustained it.
+pub const SUSTAINED_SHARE: f64 = 0.95;
+
+/// Whether an open loop failed to sustain its offered rate, and how to say so: any due
+/// request never sent, or completions below [`SUSTAINED_SHARE`] of the schedule's rate. The
+/// schedule's own count of due requests is the yardstick (a Poisson schedule's draw over a
+/// short run differs from the nominal rate by chance; that is not the system's fault).
+fn unsustained(spec: &LoadSpec, o: &OfferedLoad) -> Option<String> {
+    let scheduled_per_s = match spec.length {
+        Length::Duration(d) => o.due as f64 / d.as_secs_f64().max(1e-9),
+        Length::Requests(_) => o.rate_per_s,
+    };
+    if o.unsent == 0 && o.achieved_per_s >= SUSTAINED_SHARE * scheduled_per_s {
+        return None;
+    }
+    let mut why = format!(
+        "offered {}/s, achieved {}/s: the system under test could not keep up",
+        rate_text(o.rate_per_s),
+        rate_text(o.achieved_per_s)
+    );
+    if o.unsent > 0 {
+        why.push_str(&format!(
+            " ({} of {} requests due were never sent; the percentiles leave them out",
+            o.unsent, o.due
+        ));
+        if let Some(w) = &o.unsent_wait {
+            why.push_str(&format!(
+                ": they had waited {} to {} when the run ended",
+                wirebench_reports::html::dur(w.min_ns),
+                wirebench_reports::html::dur(w.max_ns)
+            ));
+        }
+        why.push(')');
+    }
+    Some(why)
+}
+
+/// A rate as people write it: `5000`, `837`, `12.5`.
+fn rate_text(r: f64) -> String {
+    if r >= 100.0 || r.fract() == 0.0 {
+        format!("{r:.0}")
+    } else {
+        format!("{r:.1}")
     }
 }
 

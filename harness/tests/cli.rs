@@ -2,44 +2,13 @@
 //! validate against the checked-in schema and render; bad input of every kind gives a clear
 //! one-line error, exit code 2, and loses nothing already written.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
+
+use std::path::Path;
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_wirebench"));
-    c.stdin(Stdio::null());
-    c
-}
-
-/// Runs a command with a time limit (no test may hang).
-fn run(mut c: Command, limit: Duration) -> Output {
-    let (tx, rx) = std::sync::mpsc::channel();
-    c.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = c.spawn().expect("binary starts");
-    let id = child.id();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(out) => out.expect("output"),
-        Err(_) => {
-            let _ = Command::new("kill").arg("-9").arg(id.to_string()).status();
-            panic!("command did not finish within {limit:?}");
-        }
-    }
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("wb-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("test setup");
-    d
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::{bin, run, stderr, temp_dir};
 
 /// Asserts exit code 2 and one clear `error:` line naming `what`.
 fn assert_bad_input(o: &Output, what: &str) {

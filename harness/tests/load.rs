@@ -246,17 +246,58 @@ fn open_loop_ends_when_every_caller_is_stuck() {
         // The run must end on its own, long before the stall would.
         let out = run_with(spec, target, opts, Duration::from_secs(30));
         let answered = out.merged.latency.len();
+        let unsent = out.merged.unsent;
         // 500 ms at 200/s: 100 requests, ~20 answered before the stall, one stuck in it, the
         // rest never sent.
-        assert!(
-            (99..=101).contains(&(answered + out.incomplete)),
-            "{name}: {answered} answered + {} unanswered should be the 100 scheduled",
+        assert_eq!(
+            answered + out.incomplete + unsent,
+            100,
+            "{name}: {answered} answered + {} unanswered + {unsent} never sent should be the \
+             100 scheduled",
             out.incomplete
         );
-        assert!(
-            out.incomplete >= 70,
-            "{name}: {} unanswered",
-            out.incomplete
-        );
+        assert_eq!(out.incomplete, 1, "{name}: the one call stuck in the stall");
+        assert!(unsent >= 70, "{name}: {unsent} never sent");
+        assert_eq!(out.merged.sent, answered + out.incomplete, "{name}");
     }
+}
+
+/// An open loop that the server cannot keep up with (each call takes about 2 ms, one caller,
+/// 1000 requests/s offered): every request due is accounted for — sent (late ones charged
+/// from their intended start) or counted as never sent, with how long it had waited.
+#[test]
+fn an_unsustainable_open_loop_accounts_for_every_request_due() {
+    let (_served, target) = serve("inproc");
+    let spec = LoadSpec {
+        mode: Mode::Open {
+            rate: 1000.0,
+            schedule: Schedule::Constant,
+            max_in_flight: 1,
+        },
+        warmup: Duration::ZERO,
+        length: Length::Duration(Duration::from_secs(1)),
+        server_delay: Duration::from_millis(2),
+        ..LoadSpec::default()
+    };
+    let out = run_with_timeout(spec, target);
+    let m = &out.merged;
+    // A constant schedule at 1000/s makes exactly 1000 requests due in 1 s.
+    assert_eq!(
+        m.sent + m.unsent,
+        1000,
+        "sent {} + never sent {}",
+        m.sent,
+        m.unsent
+    );
+    assert_eq!(m.latency.len() + out.incomplete, m.sent);
+    // At ~2 ms a call at most ~500 fit; the rest waited for the caller and never went.
+    assert!(m.unsent >= 400, "never sent: {}", m.unsent);
+    let waits = m
+        .unsent_wait
+        .as_ref()
+        .expect("an open loop keeps the waits");
+    assert_eq!(waits.len(), m.unsent);
+    // Requests due just before the end waited least, the first ones unsent nearly 1 s.
+    assert!(waits.max() <= 1_000_000_000 + 1_000_000, "{}", waits.max());
+    assert!(waits.max() >= 300_000_000, "{}", waits.max());
 }

@@ -430,8 +430,13 @@ fn compare_run(base: &RunRecord, new: &RunRecord, cfg: &CompareConfig) -> RunCom
         skipped: None,
     };
     let invalid = |label: &str, r: &RunRecord| {
-        (!r.validity.valid)
-            .then(|| format!("{label} run invalid: {}", r.validity.reasons.join("; ")))
+        (!r.validity.valid).then(|| {
+            format!(
+                "{label} run {}: {}",
+                r.validity.label().to_lowercase(),
+                r.validity.why()
+            )
+        })
     };
     if let Some(why) = params_differ(base, new)
         .or_else(|| invalid("BASE", base))
@@ -1099,6 +1104,7 @@ mod tests {
             valid: false,
             reasons: vec!["lag".into()],
             notes: vec![],
+            unsustained: None,
         };
         let mut other = run("par", 50_000.0, 0.1, 5, 1);
         other.params.payload_bytes = 1024;

@@ -166,7 +166,11 @@ pub fn html_section(out: &mut String, results: &Results) {
                             String::new()
                         },
                         if a.balanced { " ✓" } else { " — MISMATCH" }
-                    )
+                    ) + &if a.unsent > 0 {
+                        format!("; {} due never sent", a.unsent)
+                    } else {
+                        String::new()
+                    }
                 } else {
                     String::new()
                 };

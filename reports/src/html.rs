@@ -137,13 +137,37 @@ fn spectrum_points(h: &hdrhistogram::Histogram<u64>) -> Vec<(f64, f64)> {
     pts
 }
 
+/// An open loop's schedule in one line: rate, due, sent, never sent, achieved.
+pub fn offered_text(o: &crate::results::OfferedLoad) -> String {
+    let mut t = format!(
+        "{} offered: {} requests due, {} sent",
+        rate(o.rate_per_s),
+        o.due,
+        o.sent
+    );
+    if o.unsent > 0 {
+        let _ = write!(t, ", {} never sent", o.unsent);
+        if let Some(l) = &o.latency_with_unsent {
+            let _ = write!(
+                t,
+                " (with them at their lower bound: p50 ≥ {}, p99 ≥ {})",
+                dur(l.p50_ns),
+                dur(l.p99_ns)
+            );
+        }
+    }
+    let _ = write!(t, "; achieved {}", rate(o.achieved_per_s));
+    t
+}
+
 fn validity_cell(r: &RunRecord) -> String {
     let mut cell = if r.validity.valid {
         "<span class=\"valid\">valid</span>".to_owned()
     } else {
         format!(
-            "<span class=\"invalid\" title=\"{}\">INVALID</span>",
-            escape(&r.validity.reasons.join("; "))
+            "<span class=\"invalid\" title=\"{}\">{}</span>",
+            escape(&r.validity.why()),
+            r.validity.label()
         )
     };
     if let Some(line) = r.repeats_line() {
@@ -450,6 +474,15 @@ fn run_details(out: &mut String, r: &RunRecord, ts: &[String]) {
         },
     );
     dd("pinning", escape(&r.params.pin));
+    if let Some(o) = &r.summary.offered {
+        dd("offered load", escape(&offered_text(o)));
+    }
+    if let Some(why) = &r.validity.unsustained {
+        dd(
+            "unsustained",
+            format!("<span class=\"invalid\">{}</span>", escape(why)),
+        );
+    }
     for reason in &r.validity.reasons {
         dd(
             "invalid",
@@ -657,11 +690,26 @@ pub fn render(results: &Results) -> String {
     if results.interrupted || !results.complete {
         out.push_str("<div class=\"banner\">This run did not complete (interrupted or still running): the report shows what finished.</div>");
     }
-    let invalid = results.runs.iter().filter(|r| !r.validity.valid).count();
+    let count = |label: &str| {
+        results
+            .runs
+            .iter()
+            .filter(|r| r.validity.label() == label)
+            .count()
+    };
+    let invalid = count("INVALID");
     if invalid > 0 {
         let _ = write!(
             out,
             "<div class=\"banner\">{invalid} of {} runs are marked INVALID: their numbers measure the load generator, not the transport. The reasons are in each run's details.</div>",
+            results.runs.len()
+        );
+    }
+    let unsustained = count("UNSUSTAINED");
+    if unsustained > 0 {
+        let _ = write!(
+            out,
+            "<div class=\"banner\">{unsustained} of {} open-loop runs are UNSUSTAINED: the system under test could not keep up with the offered rate, so requests queued or were never sent. Their percentiles cover the requests sent; each run's details count the rest.</div>",
             results.runs.len()
         );
     }

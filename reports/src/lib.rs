@@ -24,11 +24,11 @@ pub struct Rendered {
     pub html: PathBuf,
     /// `summary.md`.
     pub summary: PathBuf,
-    /// `junit.xml`, when the results hold conformance outcomes.
+    /// `junit.xml`, when the results hold conformance outcomes or load runs.
     pub junit: Option<PathBuf>,
 }
 
-/// Writes `report.html`, `summary.md` and (with conformance outcomes) `junit.xml` for
+/// Writes `report.html`, `summary.md` and (with conformance outcomes or load runs) `junit.xml` for
 /// `results` into `dir`.
 pub fn render_all(results: &Results, dir: &Path) -> Result<Rendered, ResultsError> {
     let html = dir.join("report.html");
@@ -39,11 +39,12 @@ pub fn render_all(results: &Results, dir: &Path) -> Result<Rendered, ResultsErro
     };
     write_atomic(&html, html::render(results).as_bytes()).map_err(err(&html))?;
     write_atomic(&md, markdown::render(results).as_bytes()).map_err(err(&md))?;
-    let junit = if results.conformance.is_empty() {
+    let junit = if results.conformance.is_empty() && results.runs.is_empty() {
         None
     } else {
         let path = dir.join("junit.xml");
-        write_atomic(&path, junit::render(&results.conformance).as_bytes()).map_err(err(&path))?;
+        let xml = junit::render(&results.conformance, &results.runs);
+        write_atomic(&path, xml.as_bytes()).map_err(err(&path))?;
         Some(path)
     };
     Ok(Rendered {

@@ -47,7 +47,7 @@ pub fn render(results: &Results) -> String {
             let mut validity = if r.validity.valid {
                 "valid".to_owned()
             } else {
-                format!("**INVALID**: {}", r.validity.reasons.join("; "))
+                format!("**{}**: {}", r.validity.label(), r.validity.why())
             };
             if let Some(line) = r.repeats_line() {
                 validity = format!("{validity}; {line}");

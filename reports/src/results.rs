@@ -213,6 +213,10 @@ pub struct Accounting {
     pub unanswered: u64,
     /// True when `sent == ok + failed + timed_out` and nothing is unanswered.
     pub balanced: bool,
+    /// Due on the schedule but never sent (every caller busy until the run closed): not in
+    /// `sent`, so due = sent + unsent.
+    #[serde(default)]
+    pub unsent: u64,
 }
 
 /// A process fault applied during a run.
@@ -451,6 +455,9 @@ pub struct RunParams {
     pub stall_at_s: Option<f64>,
     /// Injected stall duration (s).
     pub stall_for_s: Option<f64>,
+    /// Every call's requested server delay (s), when one was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_delay_s: Option<f64>,
     /// CPU placement (`none`, `same`, `split`).
     pub pin: String,
     /// Client options given to the transport.
@@ -545,6 +552,9 @@ pub struct RunSummary {
     pub message_latency: Option<LatencySummary>,
     /// Open loop: calls that had to wait for a free caller (`max_in_flight` reached).
     pub backpressured: u64,
+    /// Open loop: every request the schedule made due, sent or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offered: Option<OfferedLoad>,
     /// Bytes on the wire, when the transport counts them.
     pub bytes: Option<WireTotals>,
     /// The client (load generator) process.
@@ -559,15 +569,65 @@ pub struct RunSummary {
     pub connect: Option<LatencySummary>,
 }
 
+/// An open loop's accounting of its schedule: due = sent + unsent, and the rate achieved.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OfferedLoad {
+    /// The rate asked for, requests per second.
+    pub rate_per_s: f64,
+    /// Measured requests whose intended start came before the run closed.
+    pub due: u64,
+    /// Of which were sent (late ones too: their latency counts from the intended start).
+    pub sent: u64,
+    /// Due but never sent: no caller became free for them before the run closed. They are
+    /// in no percentile of the summary.
+    pub unsent: u64,
+    /// Completed calls per second over the run, against `due` per second of the schedule.
+    pub achieved_per_s: f64,
+    /// How long each unsent request had waited when the run closed: a lower bound of the
+    /// latency it would have had.
+    pub unsent_wait: Option<LatencySummary>,
+    /// The latency percentiles with the unsent requests counted at their lower bound (the
+    /// summary's `latency` leaves them out).
+    pub latency_with_unsent: Option<LatencySummary>,
+}
+
 /// Whether a run's numbers measure the transport.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Validity {
-    /// False when any reason applies.
+    /// False when any reason applies, or the offered load was not sustained.
     pub valid: bool,
-    /// Why the run is invalid.
+    /// Why the run is invalid: the load generator or the run itself failed.
     pub reasons: Vec<String>,
     /// Caveats that do not invalidate it.
     pub notes: Vec<String>,
+    /// Open loop: the system under test could not keep up with the offered rate ("offered
+    /// 5000/s, achieved 837/s: …") — a verdict on the system, not on the tool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsustained: Option<String>,
+}
+
+impl Validity {
+    /// The verdict in one word: `valid`, `UNSUSTAINED` or `INVALID` (the tool's failure
+    /// wins: then the numbers say nothing about the system either).
+    pub fn label(&self) -> &'static str {
+        if self.valid {
+            "valid"
+        } else if self.reasons.is_empty() && self.unsustained.is_some() {
+            "UNSUSTAINED"
+        } else {
+            "INVALID"
+        }
+    }
+
+    /// Why the run is not valid, every reason in one line (empty when valid).
+    pub fn why(&self) -> String {
+        self.unsustained
+            .iter()
+            .chain(&self.reasons)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
 }
 
 /// A run's full histograms (base64 of HdrHistogram V2 deflate, ns).

@@ -89,6 +89,7 @@ fn full() -> Results {
             timeout_s: Some(1.0),
             stall_at_s: Some(0.5),
             stall_for_s: Some(0.1),
+            server_delay_s: Some(0.001),
             pin: "split".into(),
             client_options: BTreeMap::from([("k".into(), "v".into())]),
             server_options: BTreeMap::new(),
@@ -112,12 +113,22 @@ fn full() -> Results {
             server: Some(usage),
             worker_busy: vec![0.5],
             connect: Some(lat),
+            offered: Some(OfferedLoad {
+                rate_per_s: 5000.0,
+                due: 15_000,
+                sent: 3044,
+                unsent: 11_956,
+                achieved_per_s: 837.0,
+                unsent_wait: Some(lat),
+                latency_with_unsent: Some(lat),
+            }),
             ..RunSummary::default()
         },
         validity: Validity {
             valid: false,
             reasons: vec!["r".into()],
             notes: vec!["n".into()],
+            unsustained: Some("offered 5000/s, achieved 837/s".into()),
         },
         histograms: RunHistograms {
             latency: hist.clone(),
@@ -198,6 +209,7 @@ fn full() -> Results {
             timed_out: 3,
             unanswered: 0,
             balanced: true,
+            unsent: 2,
         },
         proxy: BTreeMap::from([("resets".into(), 3)]),
         events: vec![FaultEvent {

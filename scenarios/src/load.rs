@@ -106,6 +106,10 @@ pub struct LoadSpec {
     pub timeout: Option<Duration>,
     /// An injected stall, if any.
     pub stall: Option<Stall>,
+    /// Every call asks the server to wait this long before answering (the `delay`
+    /// directive): a slow system under test on demand, to see what an unsustainable open
+    /// loop looks like. Zero: none.
+    pub server_delay: Duration,
     /// TLS between client and server: none (plaintext), TLS 1.3, or mutual TLS.
     pub tls: TlsMode,
 }
@@ -126,6 +130,7 @@ impl Default for LoadSpec {
             seed: 1,
             timeout: None,
             stall: None,
+            server_delay: Duration::ZERO,
             tls: TlsMode::None,
         }
     }
@@ -271,8 +276,13 @@ impl LoadSpec {
         } else {
             format!(", {} msgs/call", self.messages)
         };
+        let delay = if self.server_delay.is_zero() {
+            String::new()
+        } else {
+            format!(", server delay {:?}", self.server_delay)
+        };
         format!(
-            "{} {mode}, {} conn(s), {} B{stream}, {len}",
+            "{} {mode}, {} conn(s), {} B{stream}, {len}{delay}",
             self.method.name(),
             self.connections,
             self.payload

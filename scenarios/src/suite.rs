@@ -282,6 +282,7 @@ struct PointToml {
     timeout: Option<toml::Spanned<String>>,
     stall_at: Option<toml::Spanned<String>>,
     stall_for: Option<toml::Spanned<String>>,
+    server_delay: Option<toml::Spanned<String>>,
     tls: Option<toml::Spanned<String>>,
 }
 
@@ -741,6 +742,10 @@ fn resolve_point(
             None => None,
         },
         stall,
+        server_delay: match pick!(p, d, server_delay) {
+            Some(t) => cx.duration(&t, "server_delay")?,
+            None => Duration::ZERO,
+        },
         tls: match pick!(p, d, tls) {
             None => TlsMode::None,
             Some(t) => t

@@ -189,7 +189,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         writeln!(out, "wrote {}", path.display())?;
     }
     if let Some(path) = &args.junit {
-        std::fs::write(path, wirebench_reports::junit::render(&outcomes))
+        std::fs::write(path, wirebench_reports::junit::render(&outcomes, &[]))
             .map_err(|e| bad_input(format!("cannot write {}: {e}", path.display())))?;
         writeln!(out, "wrote {}", path.display())?;
     }

@@ -120,6 +120,10 @@ pub struct Args {
     /// How long the injected stall lasts.
     #[arg(long, value_parser = parse_duration, requires = "stall_at")]
     pub stall_for: Option<Duration>,
+    /// Every call asks the server to wait this long before answering: a slow system under
+    /// test on demand (e.g. 1ms), to see what an open loop it cannot sustain looks like.
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub server_delay: Duration,
     /// TLS between client and server: none, tls (TLS 1.3) or mtls (mutual TLS), with a
     /// throwaway CA and certificates generated for the run.
     #[arg(long, default_value_t = TlsMode::None, )]
@@ -184,6 +188,7 @@ impl Args {
                 (Some(at), Some(duration)) => Some(Stall { at, duration }),
                 _ => None,
             },
+            server_delay: self.server_delay,
             tls: self.tls,
         }
     }
@@ -220,6 +225,9 @@ pub fn summary_text(r: &RunRecord) -> String {
         out.push_str(&format!(", {:.0} msgs/s", s.messages_per_s));
     }
     out.push('\n');
+    if let Some(o) = &s.offered {
+        out.push_str(&offered_line(o));
+    }
     let row = |name: &str, l: &wirebench_reports::results::LatencySummary| {
         format!(
             "  {name:<14} p50 {:>10}  p90 {:>10}  p99 {:>10}  p99.9 {:>10}  p99.99 {:>10}  max {:>10}\n",
@@ -237,6 +245,13 @@ pub fn summary_text(r: &RunRecord) -> String {
         "latency"
     };
     out.push_str(&row(label, &s.latency));
+    if let Some(l) = s
+        .offered
+        .as_ref()
+        .and_then(|o| o.latency_with_unsent.as_ref())
+    {
+        out.push_str(&row("with unsent ≥", l));
+    }
     if let Some(l) = &s.service_time {
         out.push_str(&row("service time", l));
     }
@@ -247,7 +262,10 @@ pub fn summary_text(r: &RunRecord) -> String {
         out.push_str(&row("per message", l));
     }
     if p.mode == "open" {
-        out.push_str("  * from each request's intended start (coordinated omission corrected)\n");
+        out.push_str(
+            "  * of the calls sent, from each request's intended start (coordinated omission \
+             corrected)\n",
+        );
     }
     let codes: Vec<String> = s
         .status_counts
@@ -284,20 +302,47 @@ pub fn summary_text(r: &RunRecord) -> String {
         ));
     }
     out.push('\n');
-    if let Some(b) = &s.bytes {
-        out.push_str(&format!(
+    out.push_str(&match &s.bytes {
+        Some(b) => format!(
             "  wire bytes/call: sent {:.0}, received {:.0}\n",
             b.sent_per_call, b.received_per_call
-        ));
+        ),
+        None => format!("  wire bytes/call: not measured: {NO_WIRE_BYTES}\n"),
+    });
+    out.push_str(&validity_lines(&r.validity));
+    out
+}
+
+/// Why a run may have no wire bytes: the transports that cannot count them.
+const NO_WIRE_BYTES: &str = "this transport cannot count its own bytes on the wire (its client \
+     library owns the socket, or there is no wire at all)";
+
+/// An open loop's schedule accounted for: due = sent + never sent.
+fn offered_line(o: &wirebench_reports::results::OfferedLoad) -> String {
+    let mut line = format!(
+        "  offered {:.0}/s: {} requests due, {} sent",
+        o.rate_per_s, o.due, o.sent
+    );
+    if o.unsent > 0 {
+        line.push_str(&format!(", {} NEVER SENT", o.unsent));
     }
-    if r.validity.valid {
+    line.push_str(&format!("; achieved {:.0}/s\n", o.achieved_per_s));
+    line
+}
+
+/// The verdict: `valid`, or each reason it is not, then the notes.
+fn validity_lines(v: &wirebench_reports::results::Validity) -> String {
+    let mut out = String::new();
+    if v.valid {
         out.push_str("  valid\n");
-    } else {
-        for reason in &r.validity.reasons {
-            out.push_str(&format!("  INVALID: {reason}\n"));
-        }
     }
-    for note in &r.validity.notes {
+    if let Some(why) = &v.unsustained {
+        out.push_str(&format!("  UNSUSTAINED: {why}\n"));
+    }
+    for reason in &v.reasons {
+        out.push_str(&format!("  INVALID: {reason}\n"));
+    }
+    for note in &v.notes {
         out.push_str(&format!("  note: {note}\n"));
     }
     out

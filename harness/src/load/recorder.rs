@@ -126,6 +126,12 @@ pub struct Recorder {
     pub messages_received: u64,
     /// Open loop: calls that waited for a free caller.
     pub backpressured: u64,
+    /// Open loop: measured requests that were due (intended start before the run closed) but
+    /// never sent: no caller became free for them in time.
+    pub unsent: u64,
+    /// Open loop: how long each unsent request had waited when the run closed — a lower
+    /// bound of the latency it would have had.
+    pub unsent_wait: Option<Histogram<u64>>,
     /// When the last measured call completed.
     pub last_done: Option<Instant>,
     current: Histogram<u64>,
@@ -155,6 +161,8 @@ impl Recorder {
             messages_sent: 0,
             messages_received: 0,
             backpressured: 0,
+            unsent: 0,
+            unsent_wait: open_loop.then(latency_histogram),
             last_done: None,
             current: latency_histogram(),
             current_index: 0,
@@ -194,6 +202,14 @@ impl Recorder {
                 intended.saturating_duration_since(self.measure_start),
             );
             self.phases[i].sent += 1;
+        }
+    }
+
+    /// A measured request was due but never sent; it had waited `waited` when the run closed.
+    pub fn never_sent(&mut self, waited: Duration) {
+        self.unsent += 1;
+        if let Some(h) = &mut self.unsent_wait {
+            h.saturating_record(Self::ns(waited));
         }
     }
 
@@ -357,6 +373,10 @@ pub struct Merged {
     pub messages_received: u64,
     /// Calls that waited for a free caller.
     pub backpressured: u64,
+    /// Open loop: requests due but never sent.
+    pub unsent: u64,
+    /// Open loop: the unsent requests' waits when the run closed (latency lower bounds).
+    pub unsent_wait: Option<Histogram<u64>>,
     /// When the last call completed.
     pub last_done: Option<Instant>,
     /// The interval series, in order.
@@ -389,6 +409,8 @@ pub fn merge(recorders: Vec<Recorder>) -> Merged {
         messages_sent: 0,
         messages_received: 0,
         backpressured: 0,
+        unsent: 0,
+        unsent_wait: None,
         last_done: None,
         intervals: Vec::new(),
         sent: 0,
@@ -407,6 +429,8 @@ pub fn merge(recorders: Vec<Recorder>) -> Merged {
         m.messages_sent += r.messages_sent;
         m.messages_received += r.messages_received;
         m.backpressured += r.backpressured;
+        m.unsent += r.unsent;
+        add(&mut m.unsent_wait, r.unsent_wait);
         m.last_done = m.last_done.max(r.last_done);
         m.sent += r.sent;
         if m.phases.is_empty() {

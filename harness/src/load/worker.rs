@@ -235,6 +235,9 @@ struct Shared<C> {
 impl<C> Shared<C> {
     /// May a call intended (or starting) at `t` start?
     fn admit(&self, t: Instant) -> bool {
+        // Past the nominal end nothing more is admitted, whatever its intended start: what
+        // is still due then is counted as never sent, not sent after the run ended.
+        self.check_close();
         if self.closed_at.get().is_some() {
             return false;
         }
@@ -499,13 +502,21 @@ struct Pool {
     /// The next request's intended start: admitted, not yet issued (`None` once admission
     /// closed).
     next: Cell<Option<Instant>>,
+    /// The first intended start admission refused (where the count of requests due but never
+    /// sent begins).
+    refused: Cell<Option<Instant>>,
 }
 
 impl Pool {
     /// Admits the schedule's next request as [`Pool::next`].
     fn advance<C>(&self, sh: &Shared<C>) {
         let intended = self.t0 + self.starts.borrow_mut().next_offset();
-        self.next.set(sh.admit(intended).then_some(intended));
+        if sh.admit(intended) {
+            self.next.set(Some(intended));
+        } else {
+            self.next.set(None);
+            self.refused.set(Some(intended));
+        }
     }
 
     /// Issues the pending request (intended at `intended`) to a caller free since `ready`,
@@ -532,30 +543,52 @@ impl Pool {
         }
     }
 
-    /// Measured requests due before admission closed that no caller was free to send (every
-    /// caller stuck in a call until the drain ran out); consumes the rest of the schedule.
-    fn unsent<C>(&self, sh: &Shared<C>) -> u64 {
-        let Some(first) = self.next.take() else {
-            return 0;
+    /// Counts (in the recorder) the measured requests whose intended start came before
+    /// admission closed but that were never sent — callers all busy until the run closed, or
+    /// stuck until the drain ran out — each with how long it had waited then. Consumes the
+    /// schedule up to the close.
+    fn count_unsent<C>(&self, sh: &Shared<C>) {
+        let (Some(until), Some((mut t, mut admitted))) = (
+            sh.closed_at.get(),
+            self.next
+                .take()
+                .map(|t| (t, true))
+                .or_else(|| self.refused.take().map(|t| (t, false))),
+        ) else {
+            return;
         };
-        let until = sh.closed_at.get().unwrap_or(first).max(first);
         let mut left = sh.remaining.get();
-        let mut n = u64::from(first >= sh.measure_start);
-        loop {
-            let t = self.t0 + self.starts.borrow_mut().next_offset();
-            if t >= until || left == Some(0) {
-                return n;
-            }
+        let mut rec = sh.rec.borrow_mut();
+        // `admitted`: the pending request, already counted against a request-count run's
+        // total; the ones after it were refused, and are due only while that total lasts.
+        while t < until && (admitted || left != Some(0)) {
             if t >= sh.measure_start {
-                n += 1;
-                left = left.map(|l| l - 1);
+                if !admitted {
+                    left = left.map(|l| l - 1);
+                }
+                rec.never_sent(until - t);
             }
+            t = self.t0 + self.starts.borrow_mut().next_offset();
+            admitted = false;
         }
+    }
+
+    /// The pending request's intended start, after dropping the warm-up requests still
+    /// unsent when the measured phase began: they would be discarded anyway, and sending them
+    /// late would push the measured phase's own requests back (behind a backlog of warm-up).
+    fn pending<C>(&self, sh: &Shared<C>, now: Instant) -> Option<Instant> {
+        while let Some(t) = self.next.get() {
+            if t >= sh.measure_start || now < sh.measure_start {
+                return Some(t);
+            }
+            self.advance(sh);
+        }
+        None
     }
 
     /// For a caller that just finished at `now`: the pending request, if it is due.
     fn take_due<C>(&self, sh: &Shared<C>, now: Instant) -> Option<Ticket> {
-        let intended = self.next.get().filter(|&t| t <= now)?;
+        let intended = self.pending(sh, now).filter(|&t| t <= now)?;
         // Another caller idle since earlier could have taken it: the delay is the generator's.
         let ready = self.free.borrow().front().map_or(now, |&(_, since)| since);
         Some(self.issue(sh, intended, ready))
@@ -591,19 +624,18 @@ async fn open_caller<C: Connection>(sh: Rc<Shared<C>>, pool: Rc<Pool>, me: usize
     }
 }
 
-/// Walks the schedule until admission closes; returns the measured requests that were due
-/// but never sent because every caller was still stuck in a call `drain` after admission
-/// closed (a server that stopped answering, with no deadline set).
+/// Walks the schedule until admission closes, or until every caller has been stuck in a call
+/// for `drain` after it closed (a server that stopped answering, with no deadline set).
 async fn dispatcher<C: Connection>(
     sh: Rc<Shared<C>>,
     pool: Rc<Pool>,
     drain: Duration,
-) -> std::io::Result<u64> {
+) -> std::io::Result<()> {
     let pacer = Pacer::new()?;
     pool.advance(&sh);
     loop {
-        let Some(intended) = pool.next.get() else {
-            return Ok(0);
+        let Some(intended) = pool.pending(&sh, Instant::now()) else {
+            return Ok(());
         };
         // Wait for an idle caller, then for the due time; a caller finishing meanwhile may
         // take the request itself (then look again).
@@ -618,7 +650,7 @@ async fn dispatcher<C: Connection>(
                 .is_some_and(|c| Instant::now() >= c + drain)
                 && pool.free.borrow().is_empty()
             {
-                return Ok(pool.unsent(&sh));
+                return Ok(());
             }
             continue;
         }
@@ -724,6 +756,7 @@ fn shared<C: Connection>(
     let open_loop = matches!(spec.mode, Mode::Open { .. });
     let mut request = EchoRequest::new(pattern(spec.payload));
     request.directives.response_size = spec.response_size.map(|s| s as u32);
+    request.directives.delay = spec.server_delay;
     if spec.method == Method::ServerStream {
         request.directives.response_count = Some(spec.messages);
     }
@@ -772,7 +805,8 @@ fn shared<C: Connection>(
 }
 
 /// The open loop: a pool of callers fed by the dispatcher's schedule. Returns the measured
-/// requests left unanswered (in flight when the drain ran out, or due and never sent).
+/// requests left unanswered (in flight when the drain ran out); those due and never sent are
+/// counted in the recorder.
 async fn open_loop<C: Connection>(
     sh: &Rc<Shared<C>>,
     plan: &WorkerPlan,
@@ -799,25 +833,22 @@ async fn open_loop<C: Connection>(
         )),
         t0: start.t0,
         next: Cell::new(None),
+        refused: Cell::new(None),
     });
     for i in 0..callers {
         tokio::task::spawn_local(open_caller(sh.clone(), pool.clone(), i, i % nconn));
     }
-    let unsent = match dispatcher(sh.clone(), pool.clone(), plan.drain).await {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::error!("open-loop pacer failed: {e}");
-            sh.closed_at.set(Some(Instant::now()));
-            0
-        }
-    };
+    if let Err(e) = dispatcher(sh.clone(), pool.clone(), plan.drain).await {
+        tracing::error!("open-loop pacer failed: {e}");
+        sh.closed_at.set(Some(Instant::now()));
+    }
     let pool2 = pool.clone();
     let drained = wait_until(sh, &pool.freed, plan.drain, move || {
         pool2.free.borrow().len() == callers
     })
     .await;
-    let mut incomplete = if drained { 0 } else { sh.in_flight.get() };
-    incomplete += unsent;
+    pool.count_unsent(sh);
+    let incomplete = if drained { 0 } else { sh.in_flight.get() };
     // Wake every caller with no ticket: they return.
     for s in &pool.slots {
         s.ticket.set(None);

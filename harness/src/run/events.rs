@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use wirebench_reports::conformance::{CaseOutcome, Verdict};
-use wirebench_reports::results::{FaultRunRecord, FloorRecord, RunFailure, RunRecord, Skipped};
+use wirebench_reports::results::{
+    FaultRunRecord, FloorRecord, RunFailure, RunRecord, Skipped, Validity,
+};
 
 use crate::load::live::{IntervalFigures, LiveSink};
 
@@ -124,7 +126,7 @@ impl StepResult {
                     s.throughput_per_s,
                     us(s.latency.p50_ns),
                     us(s.latency.p99_ns),
-                    invalid(&record.validity.valid, &record.validity.reasons)
+                    invalid(&record.validity)
                 )
             }
             StepResult::Fault(r) => {
@@ -144,7 +146,7 @@ impl StepResult {
                     r.accounting.sent,
                     worst * 100.0,
                     recovered.map_or("—".into(), |ms| format!("after {ms:.0} ms")),
-                    invalid(&r.validity.valid, &r.validity.reasons)
+                    invalid(&r.validity)
                 )
             }
             StepResult::Skipped(s) => format!("{label}: skipped ({})", s.reason),
@@ -153,11 +155,11 @@ impl StepResult {
     }
 }
 
-fn invalid(valid: &bool, reasons: &[String]) -> String {
-    if *valid {
+fn invalid(v: &Validity) -> String {
+    if v.valid {
         String::new()
     } else {
-        format!(" — INVALID: {}", reasons.join("; "))
+        format!(" — {}: {}", v.label(), v.why())
     }
 }
 
