@@ -9,6 +9,9 @@
 #   WIREBENCH_PIN       CPU placement for the run: same (default), split or none. Placement
 #                       moves loopback latency by several times on small VMs, so the baseline
 #                       and the gate must use the same one (compare refuses mismatched runs).
+#   WIREBENCH_SAME_MACHINE=1
+#                       refuse (exit 2) a baseline recorded on another machine class (CPU
+#                       model, cores, kernel) instead of comparing it with a warning.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,11 +28,29 @@ if [ ! -f "$out/results.json" ]; then
   exit 3
 fi
 
+same_machine=()
+[ "${WIREBENCH_SAME_MACHINE:-0}" = 1 ] && same_machine=(--require-same-machine)
 if [ -f "$baseline" ]; then
-  ./target/release/wirebench compare "$baseline" "$out/results.json" \
-    --format markdown --out "$out/compare.md" > /dev/null
+  ./target/release/wirebench compare "$baseline" "$out/results.json" "${same_machine[@]}" \
+    --format markdown --out "$out/compare.md" > /dev/null 2> "$out/compare.err"
   gate_status=$?
-  ./target/release/wirebench compare "$baseline" "$out/results.json" --format text || true
+  cat "$out/compare.err" >&2
+  if grep -q "different machines" "$out/compare.err"; then
+    cat >&2 <<MSG
+
+The baseline ($baseline) was recorded on another machine class: numbers differ between
+machine classes for that reason alone, so this verdict says little about the code. Record a
+baseline on this class and commit it (ci/refresh-baseline.sh; see ci/README.md, "A baseline
+from another machine class"), or point WIREBENCH_BASELINE at one from this class.
+MSG
+  fi
+  if [ -f "$out/compare.md" ]; then
+    ./target/release/wirebench compare "$baseline" "$out/results.json" --format text \
+      2> /dev/null || true
+  else
+    printf '## Regression gate\n\nNot compared: %s\n' "$(cat "$out/compare.err")" \
+      > "$out/compare.md"
+  fi
 else
   printf '## Regression gate\n\nNo baseline at `%s`: nothing to compare (see ci/README.md).\n' \
     "$baseline" > "$out/compare.md"

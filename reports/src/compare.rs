@@ -9,7 +9,12 @@
 //! (runs shorter than two seconds, and CPU per call, which `/proc` gives per run only) the
 //! change must exceed the threshold plus a noise allowance instead: the threshold again for
 //! rates and latencies, `/proc`'s 10 ms tick resolution for CPU; the table says "no spread".
-//! Runs whose parameters differ, or that are invalid on either side, are listed, not judged.
+//! Runs whose parameters differ, or that are invalid on either side, are listed, not judged —
+//! and a gate that judged less than it was given fails ([`Comparison::shortfalls`]): nothing
+//! in common, a BASE run missing from NEW, a run not judged, unless partial comparisons are
+//! allowed. A NEW run that no longer sustains the open-loop rate its BASE sustained is a
+//! regression in itself. Files from different machines (CPU model, cores, kernel) are compared
+//! with a loud warning ([`Comparison::machine`]).
 //!
 //! Repeated runs (a suite's `repeat = N`, at least [`MIN_REPEATS`] valid on each side) are
 //! judged differently, because on a shared machine the spread *between* runs (a fresh server,
@@ -247,8 +252,13 @@ pub struct RunComparison {
     pub point: String,
     /// Per metric.
     pub metrics: Vec<MetricComparison>,
-    /// Why the run was not judged (an invalid run on either side), if so.
+    /// Why the run was not judged (parameters differ, an invalid or unsustained run on
+    /// either side), if so.
     pub skipped: Option<String>,
+    /// NEW could not sustain the open-loop rate BASE sustained: a regression whatever the
+    /// metrics say.
+    #[serde(default)]
+    pub lost_rate: bool,
 }
 
 /// The whole comparison.
@@ -264,9 +274,55 @@ pub struct Comparison {
     pub only_in_base: Vec<String>,
     /// Runs only in NEW: listed, not failed.
     pub only_in_new: Vec<String>,
+    /// How the two files' machines differ (`cpu model "A" → "B"`, ...): empty when alike.
+    #[serde(default)]
+    pub machine: Vec<String>,
 }
 
 impl Comparison {
+    /// Runs of NEW that no longer sustain the open-loop rate their BASE run sustained.
+    pub fn lost_rate(&self) -> Vec<String> {
+        self.runs
+            .iter()
+            .filter(|r| r.lost_rate)
+            .map(|r| format!("{}/{}", r.transport, r.point))
+            .collect()
+    }
+
+    /// Why the comparison judged less than it was given, each a reason for the gate to fail:
+    /// no run in common (always); unless `allow_partial`, also BASE runs missing from NEW and
+    /// runs not judged (parameters differ, invalid or unsustained on either side).
+    pub fn shortfalls(&self, allow_partial: bool) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.runs.is_empty() {
+            out.push("no run is in both files: nothing was compared".to_owned());
+        }
+        if allow_partial {
+            return out;
+        }
+        if !self.only_in_base.is_empty() {
+            out.push(format!(
+                "{} run(s) of BASE missing from NEW: {}",
+                self.only_in_base.len(),
+                self.only_in_base.join(", ")
+            ));
+        }
+        let unjudged: Vec<String> = self
+            .runs
+            .iter()
+            .filter(|r| r.skipped.is_some() && !r.lost_rate)
+            .map(|r| format!("{}/{}", r.transport, r.point))
+            .collect();
+        if !unjudged.is_empty() {
+            out.push(format!(
+                "{} run(s) not judged: {}",
+                unjudged.len(),
+                unjudged.join(", ")
+            ));
+        }
+        out
+    }
+
     /// `(run, metric)` pairs that regressed.
     pub fn regressions(&self) -> Vec<(String, Metric)> {
         self.runs
@@ -428,6 +484,7 @@ fn compare_run(base: &RunRecord, new: &RunRecord, cfg: &CompareConfig) -> RunCom
         point: new.point.clone(),
         metrics: Vec::new(),
         skipped: None,
+        lost_rate: false,
     };
     let invalid = |label: &str, r: &RunRecord| {
         (!r.validity.valid).then(|| {
@@ -442,6 +499,7 @@ fn compare_run(base: &RunRecord, new: &RunRecord, cfg: &CompareConfig) -> RunCom
         .or_else(|| invalid("BASE", base))
         .or_else(|| invalid("NEW", new))
     {
+        out.lost_rate = base.validity.valid && new.validity.label() == "UNSUSTAINED";
         out.skipped = Some(why);
         return out;
     }
@@ -686,7 +744,26 @@ pub fn compare(
         runs,
         only_in_base,
         only_in_new,
+        machine: machine_differences(&base.environment, &new.environment),
     }
+}
+
+/// How two machines differ in what moves performance: CPU model, cores, kernel.
+fn machine_differences(
+    base: &crate::results::Environment,
+    new: &crate::results::Environment,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if base.cpu_model != new.cpu_model {
+        out.push(format!("CPU {:?} → {:?}", base.cpu_model, new.cpu_model));
+    }
+    if base.cores != new.cores {
+        out.push(format!("cores {} → {}", base.cores, new.cores));
+    }
+    if base.kernel != new.kernel {
+        out.push(format!("kernel {} → {}", base.kernel, new.kernel));
+    }
+    out
 }
 
 fn fmt_value(m: Metric, v: f64) -> String {
@@ -765,21 +842,59 @@ const HEADER: [&str; 7] = [
     "verdict",
 ];
 
-fn verdict_line(c: &Comparison) -> String {
+/// The warning two machines' files deserve.
+pub fn machine_warning(c: &Comparison) -> Option<String> {
+    (!c.machine.is_empty()).then(|| {
+        format!(
+            "WARNING: the files come from different machines ({}): differences may be the \
+             machine's, not the code's; refresh the baseline on this machine class \
+             (ci/README.md)",
+            c.machine.join(", ")
+        )
+    })
+}
+
+/// The verdict in one line: regressions, runs that lost their rate, what was not judged.
+pub fn verdict_line(c: &Comparison, allow_partial: bool) -> String {
     let reg = c.regressions();
-    if reg.is_empty() {
-        format!("no regression ({} runs compared)", c.runs.len())
-    } else {
+    let lost = c.lost_rate();
+    let short = c.shortfalls(allow_partial);
+    let judged = c.runs.iter().filter(|r| r.skipped.is_none()).count();
+    let mut parts = Vec::new();
+    if !reg.is_empty() {
         let list: Vec<String> = reg
             .iter()
             .map(|(r, m)| format!("{r} {}", m.name()))
             .collect();
-        format!("REGRESSION in {} metric(s): {}", reg.len(), list.join(", "))
+        parts.push(format!(
+            "REGRESSION in {} metric(s): {}",
+            reg.len(),
+            list.join(", ")
+        ));
+    }
+    if !lost.is_empty() {
+        parts.push(format!(
+            "REGRESSION: no longer sustains the offered rate: {}",
+            lost.join(", ")
+        ));
+    }
+    if !short.is_empty() {
+        parts.push(format!("NOT JUDGED: {}", short.join("; ")));
+    }
+    if parts.is_empty() {
+        let partial = if judged < c.runs.len() || !c.only_in_base.is_empty() {
+            " (partial comparison allowed)"
+        } else {
+            ""
+        };
+        format!("no regression ({judged} runs judged){partial}")
+    } else {
+        parts.join("; ")
     }
 }
 
 /// A plain-text table.
-pub fn render_text(c: &Comparison) -> String {
+pub fn render_text(c: &Comparison, allow_partial: bool) -> String {
     let rows = rows(c);
     let mut widths = HEADER.map(str::len);
     for r in &rows {
@@ -788,6 +903,9 @@ pub fn render_text(c: &Comparison) -> String {
         }
     }
     let mut out = format!("compare {} → {}\n", c.base, c.new);
+    if let Some(w) = machine_warning(c) {
+        let _ = writeln!(out, "{w}");
+    }
     let line = |cells: &[String]| {
         let mut s = String::new();
         for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
@@ -812,14 +930,20 @@ pub fn render_text(c: &Comparison) -> String {
     for k in &c.only_in_new {
         let _ = writeln!(out, "only in new: {k}");
     }
-    out.push_str(&verdict_line(c));
+    out.push_str(&verdict_line(c, allow_partial));
     out.push('\n');
     out
 }
 
 /// A Markdown table (for a CI job summary).
-pub fn render_markdown(c: &Comparison) -> String {
-    let mut out = format!("## Regression gate\n\n**{}**\n\n", verdict_line(c));
+pub fn render_markdown(c: &Comparison, allow_partial: bool) -> String {
+    let mut out = format!(
+        "## Regression gate\n\n**{}**\n\n",
+        verdict_line(c, allow_partial)
+    );
+    if let Some(w) = machine_warning(c) {
+        let _ = writeln!(out, "> {w}\n");
+    }
     let _ = writeln!(out, "| {} |", HEADER.join(" | "));
     let _ = writeln!(out, "|{}", "---|".repeat(HEADER.len()));
     for r in rows(c) {
@@ -967,9 +1091,9 @@ mod tests {
         assert_eq!(p50.verdict, Verdict::Regressed, "{p50:?}");
         assert_eq!(p50.rank.map(|r| (r.base_runs, r.new_runs)), Some((5, 5)));
         assert!(
-            render_text(&c).contains("5 vs 5 runs, p=0.004"),
+            render_text(&c, false).contains("5 vs 5 runs, p=0.004"),
             "{}",
-            render_text(&c)
+            render_text(&c, false)
         );
         // And the other way round: improved, not regressed.
         let c = compare(&slow, "b", &base, "n", &cfg);
@@ -981,7 +1105,7 @@ mod tests {
         let c = compare(&base, "b", &slow_ungated, "n", &cfg);
         let p50 = metric(&c, "unary-1", Metric::P50);
         assert_eq!((p50.verdict, p50.gated), (Verdict::Regressed, false));
-        assert!(render_text(&c).contains("REGRESSED, not gated"));
+        assert!(render_text(&c, false).contains("REGRESSED, not gated"));
         let tput = metric(&c, "unary-1", Metric::Throughput);
         assert!(tput.gated);
         assert_eq!(c.regressions().len(), 1, "{:?}", c.regressions());
@@ -1040,7 +1164,7 @@ mod tests {
             run("b", 1e6, 0.5, 10, 2),
         ]);
         let c = compare(&r, "x", &r, "x", &cfg());
-        assert!(c.regressions().is_empty(), "{}", render_text(&c));
+        assert!(c.regressions().is_empty(), "{}", render_text(&c, false));
         assert_eq!(verdict(&c, "a", Metric::P50), Verdict::Same);
     }
 
@@ -1051,12 +1175,12 @@ mod tests {
         let c = compare(&base, "base", &new, "new", &cfg());
         assert_eq!(verdict(&c, "a", Metric::P50), Verdict::Regressed);
         assert_eq!(verdict(&c, "a", Metric::P99), Verdict::Regressed);
-        let text = render_text(&c);
+        let text = render_text(&c, false);
         assert!(
             text.contains("REGRESSION") && text.contains("tcp/a p50"),
             "{text}"
         );
-        assert!(render_markdown(&c).contains("**REGRESSED"));
+        assert!(render_markdown(&c, false).contains("**REGRESSED"));
         // The reverse is an improvement, not a regression.
         let c = compare(&new, "new", &base, "base", &cfg());
         assert_eq!(verdict(&c, "a", Metric::P50), Verdict::Improved);
@@ -1080,7 +1204,7 @@ mod tests {
         assert!(
             matches!(v, Verdict::Noise | Verdict::Same),
             "{v:?}\n{}",
-            render_text(&c)
+            render_text(&c, false)
         );
     }
 
@@ -1125,5 +1249,75 @@ mod tests {
             "{skipped:?}"
         );
         assert!(c.regressions().is_empty());
+        // Nothing judged: the gate fails unless partial comparisons are allowed.
+        assert_eq!(c.shortfalls(false).len(), 2, "{:?}", c.shortfalls(false));
+        assert!(verdict_line(&c, false).contains("NOT JUDGED"));
+        assert!(c.shortfalls(true).is_empty());
+    }
+
+    #[test]
+    fn nothing_in_common_fails_even_when_partial_is_allowed() {
+        let base = results(vec![run("a", 50_000.0, 0.1, 5, 1)]);
+        let new = results(vec![run("b", 50_000.0, 0.1, 5, 1)]);
+        let c = compare(&base, "b", &new, "n", &cfg());
+        assert!(c.runs.is_empty());
+        let short = c.shortfalls(true);
+        assert!(short[0].contains("no run is in both files"), "{short:?}");
+        assert!(verdict_line(&c, true).starts_with("NOT JUDGED"));
+    }
+
+    #[test]
+    fn a_partial_comparison_fails_unless_allowed() {
+        let mut other = run("par", 50_000.0, 0.1, 5, 1);
+        other.params.duration_s = Some(3.0);
+        let base = results(vec![
+            run("same", 50_000.0, 0.1, 5, 1),
+            run("par", 50_000.0, 0.1, 5, 1),
+            run("gone", 50_000.0, 0.1, 5, 1),
+        ]);
+        let new = results(vec![run("same", 50_000.0, 0.1, 5, 2), other]);
+        let c = compare(&base, "b", &new, "n", &cfg());
+        assert!(c.regressions().is_empty());
+        let short = c.shortfalls(false);
+        assert_eq!(short.len(), 2, "{short:?}");
+        assert!(short[0].contains("missing from NEW: tcp/gone"), "{short:?}");
+        assert!(short[1].contains("not judged: tcp/par"), "{short:?}");
+        assert!(c.shortfalls(true).is_empty());
+        assert!(verdict_line(&c, true).contains("partial comparison allowed"));
+    }
+
+    #[test]
+    fn a_rate_no_longer_sustained_is_a_regression() {
+        let mut lost = run("open", 50_000.0, 0.1, 5, 1);
+        lost.validity = Validity {
+            valid: false,
+            unsustained: Some("offered 5000/s, achieved 837/s".into()),
+            ..Validity::default()
+        };
+        let base = results(vec![run("open", 50_000.0, 0.1, 5, 1)]);
+        let new = results(vec![lost.clone()]);
+        let c = compare(&base, "b", &new, "n", &cfg());
+        assert_eq!(c.lost_rate(), vec!["tcp/open"]);
+        assert!(c.shortfalls(false).is_empty(), "{:?}", c.shortfalls(false));
+        assert!(verdict_line(&c, false).contains("no longer sustains"));
+        // The other way round it is not a regression (but not judged either).
+        let c = compare(&new, "n", &base, "b", &cfg());
+        assert!(c.lost_rate().is_empty());
+        assert!(!c.shortfalls(false).is_empty());
+    }
+
+    #[test]
+    fn different_machines_are_named() {
+        let base = results(vec![run("a", 50_000.0, 0.1, 5, 1)]);
+        let mut new = base.clone();
+        new.environment.cpu_model = "AMD EPYC".into();
+        new.environment.cores = 4;
+        let c = compare(&base, "b", &new, "n", &cfg());
+        assert_eq!(c.machine.len(), 2, "{:?}", c.machine);
+        let w = machine_warning(&c).unwrap();
+        assert!(w.contains("AMD EPYC") && w.contains("cores 0 → 4"), "{w}");
+        assert!(render_text(&c, false).contains("WARNING: the files come from different"));
+        let same = compare(&base, "b", &base, "b", &cfg());
+        assert!(machine_warning(&same).is_none());
     }
 }

@@ -30,8 +30,13 @@ A metric counts as changed only when the change is larger than its threshold AND
 noise: each run's per-second intervals are resampled (a bootstrap that merges the drawn \
 intervals' histograms) to get a confidence interval for NEW/BASE, and the change counts only \
 when that interval excludes no change. CPU per call has no per-interval data: it is judged on \
-the threshold widened by /proc's 10 ms accounting resolution. Runs marked invalid on either \
-side are listed, not judged. Runs present in one file only are listed, not failed.\n\n\
+the threshold widened by /proc's 10 ms accounting resolution.\n\n\
+The gate fails when it judged less than it was given: no run in both files (always), a BASE \
+run missing from NEW, or a run not judged — parameters that differ, or a run invalid or \
+unsustained on either side — unless --allow-partial. A NEW open-loop run that no longer \
+sustains the rate its BASE run sustained is a regression. Runs only in NEW are listed. Files \
+from different machines (CPU model, cores, kernel) get a warning; --require-same-machine \
+refuses them (exit 2).\n\n\
 Repeated runs (a suite's `repeat = N` or `run --repeat N`, at least 3 valid repeats on each \
 side) are judged by their spread between runs instead, which on a shared machine is several \
 times the spread within one run: the medians of the repeats are compared, and a change beyond \
@@ -41,7 +46,8 @@ Default thresholds: throughput 25%, p50 25%, p99 50%, p99.9 50%, CPU 25% (set fr
 consecutive clean runs on a shared 2-vCPU VM). Only the gated metrics fail the gate: by \
 default every metric but p99.9 (which moved up to 4x between clean runs there); a suite's \
 `gate = [...]` per load point, or --gate, chooses others.\n\n\
-Exit codes: 0 no regression, 1 a regression, 2 unusable input.",
+Exit codes: 0 no regression, 1 a regression or a comparison that judged too little, 2 \
+unusable input (or different machines with --require-same-machine).",
     after_help = "Examples:\n  wirebench compare ci/baseline.json target/ci-run/results.json\n  \
 wirebench compare base.json new.json --threshold 10% --threshold p99.9=80% --format markdown"
 )]
@@ -73,6 +79,15 @@ pub struct Args {
     /// Also write the output to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Pass even when some runs could not be judged (parameters differ, invalid or
+    /// unsustained on either side) or BASE runs are missing from NEW. A comparison with no
+    /// run in common fails regardless.
+    #[arg(long)]
+    pub allow_partial: bool,
+    /// Refuse (exit 2) files from different machines (CPU model, core count, kernel) instead
+    /// of warning.
+    #[arg(long)]
+    pub require_same_machine: bool,
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -154,9 +169,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
         &args.new.display().to_string(),
         &cfg,
     );
+    if args.require_same_machine && !c.machine.is_empty() {
+        return Err(bad_input(format!(
+            "--require-same-machine: {} and {} come from different machines ({})",
+            args.base.display(),
+            args.new.display(),
+            c.machine.join(", ")
+        )));
+    }
     let text = match args.format {
-        Format::Text => compare::render_text(&c),
-        Format::Markdown => compare::render_markdown(&c),
+        Format::Text => compare::render_text(&c, args.allow_partial),
+        Format::Markdown => compare::render_markdown(&c, args.allow_partial),
         Format::Json => serde_json::to_string_pretty(&c)? + "\n",
     };
     print!("{text}");
@@ -164,10 +187,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
         std::fs::write(path, &text)
             .map_err(|e| bad_input(format!("cannot write {}: {e}", path.display())))?;
     }
-    if c.runs.is_empty() {
-        eprintln!("warning: no run is present in both files: nothing was compared");
+    if let Some(w) = compare::machine_warning(&c) {
+        eprintln!("{w}");
     }
-    Ok(if c.regressions().is_empty() {
+    let passed = c.regressions().is_empty()
+        && c.lost_rate().is_empty()
+        && c.shortfalls(args.allow_partial).is_empty();
+    Ok(if passed {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(FAILED)
