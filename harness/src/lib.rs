@@ -17,3 +17,4 @@ pub mod procfs;
 pub mod proxy;
 pub mod run;
 pub mod runner;
+pub mod thresholds;

@@ -478,6 +478,7 @@ pub fn run_point(transport: AnyTransport, spec: &LoadSpec, ctx: &RunContext) -> 
         intervals: interval_records(&m.intervals, load::recorder::INTERVAL),
         repeats: Vec::new(),
         gate: None,
+        thresholds: Vec::new(),
     })
 }
 

@@ -1028,6 +1028,7 @@ mod tests {
             intervals,
             repeats: Vec::new(),
             gate: None,
+            thresholds: Vec::new(),
         }
     }
 

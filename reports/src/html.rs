@@ -170,6 +170,19 @@ fn validity_cell(r: &RunRecord) -> String {
             r.validity.label()
         )
     };
+    let breaches: Vec<String> = r
+        .breaches()
+        .map(|b| format!("{} (measured {})", b.threshold, b.measured))
+        .collect();
+    if !breaches.is_empty() {
+        let _ = write!(
+            cell,
+            " <span class=\"invalid\" title=\"{}\">{} threshold{} breached</span>",
+            escape(&breaches.join("; ")),
+            breaches.len(),
+            if breaches.len() == 1 { "" } else { "s" }
+        );
+    }
     if let Some(line) = r.repeats_line() {
         let _ = write!(cell, " <span class=\"muted\">{}</span>", escape(&line));
     }
@@ -483,6 +496,21 @@ fn run_details(out: &mut String, r: &RunRecord, ts: &[String]) {
             format!("<span class=\"invalid\">{}</span>", escape(why)),
         );
     }
+    for t in &r.thresholds {
+        let (class, verdict) = if t.passed {
+            ("valid", "kept")
+        } else {
+            ("invalid", "BREACHED")
+        };
+        dd(
+            "threshold",
+            format!(
+                "{}: measured {} — <span class=\"{class}\">{verdict}</span>",
+                escape(&t.threshold),
+                escape(&t.measured)
+            ),
+        );
+    }
     for reason in &r.validity.reasons {
         dd(
             "invalid",
@@ -702,6 +730,18 @@ pub fn render(results: &Results) -> String {
         let _ = write!(
             out,
             "<div class=\"banner\">{invalid} of {} runs are marked INVALID: their numbers measure the load generator, not the transport. The reasons are in each run's details.</div>",
+            results.runs.len()
+        );
+    }
+    let breached = results
+        .runs
+        .iter()
+        .filter(|r| r.breaches().next().is_some())
+        .count();
+    if breached > 0 {
+        let _ = write!(
+            out,
+            "<div class=\"banner\">{breached} of {} runs breached a threshold (shown in the headline's validity column and each run's details).</div>",
             results.runs.len()
         );
     }

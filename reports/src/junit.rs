@@ -147,7 +147,10 @@ impl LoadCounts {
         LoadCounts {
             failures: runs
                 .iter()
-                .filter(|r| r.validity.label() == "UNSUSTAINED")
+                .filter(|r| {
+                    let label = r.validity.label();
+                    label == "UNSUSTAINED" || (label != "INVALID" && r.breaches().next().is_some())
+                })
                 .count(),
             errors: runs
                 .iter()
@@ -168,22 +171,29 @@ fn load_case(x: &mut String, r: &RunRecord) {
         esc(&r.point),
         s.elapsed_s
     );
-    match r.validity.label() {
-        "UNSUSTAINED" => {
-            let _ = writeln!(
-                x,
-                "      <failure message=\"unsustained: {}\" type=\"unsustained\"/>",
-                esc(&r.validity.why())
-            );
-        }
-        "INVALID" => {
-            let _ = writeln!(
-                x,
-                "      <error message=\"invalid: {}\" type=\"invalid\"/>",
-                esc(&r.validity.why())
-            );
-        }
-        _ => {}
+    let breaches: Vec<String> = r
+        .breaches()
+        .map(|b| format!("{} (measured {})", b.threshold, b.measured))
+        .collect();
+    // An invalid run's figures say nothing, its thresholds included: an error, not a failure.
+    if r.validity.label() == "INVALID" {
+        let _ = writeln!(
+            x,
+            "      <error message=\"invalid: {}\" type=\"invalid\"/>",
+            esc(&r.validity.why())
+        );
+    } else if r.validity.label() == "UNSUSTAINED" {
+        let _ = writeln!(
+            x,
+            "      <failure message=\"unsustained: {}\" type=\"unsustained\"/>",
+            esc(&r.validity.why())
+        );
+    } else if !breaches.is_empty() {
+        let _ = writeln!(
+            x,
+            "      <failure message=\"threshold breached: {}\" type=\"threshold\"/>",
+            esc(&breaches.join("; "))
+        );
     }
     let _ = writeln!(
         x,

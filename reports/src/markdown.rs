@@ -49,6 +49,12 @@ pub fn render(results: &Results) -> String {
             } else {
                 format!("**{}**: {}", r.validity.label(), r.validity.why())
             };
+            for b in r.breaches() {
+                validity = format!(
+                    "{validity}; **threshold breached**: {} (measured {})",
+                    b.threshold, b.measured
+                );
+            }
             if let Some(line) = r.repeats_line() {
                 validity = format!("{validity}; {line}");
             }

@@ -688,6 +688,27 @@ pub struct RunRecord {
     /// (`gate = [...]`); absent: every metric but p99.9.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate: Option<Vec<String>>,
+    /// The absolute thresholds the run was held to, each with what was measured.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub thresholds: Vec<ThresholdOutcome>,
+}
+
+/// One threshold checked against a run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ThresholdOutcome {
+    /// As written (`p99 < 1ms`).
+    pub threshold: String,
+    /// What the run measured, as people read it (`1.23 ms`), or why nothing was measured.
+    pub measured: String,
+    /// Whether the run kept within it (a measure the run lacks is a breach).
+    pub passed: bool,
+}
+
+impl RunRecord {
+    /// The thresholds the run breached.
+    pub fn breaches(&self) -> impl Iterator<Item = &ThresholdOutcome> {
+        self.thresholds.iter().filter(|t| !t.passed)
+    }
 }
 
 /// One repeat of a repeated load point: the figures `compare` judges.
@@ -757,7 +778,21 @@ impl RunRecord {
         }
         order.sort_by_key(|&i| runs[i].summary.latency.p50_ns);
         let pick = order[(order.len() - 1) / 2];
+        // Thresholds are judged on the repeat whose figures are shown; say where the others
+        // disagree.
+        let mut breached: BTreeMap<String, usize> = BTreeMap::new();
+        for r in &runs {
+            for b in r.breaches() {
+                *breached.entry(b.threshold.clone()).or_default() += 1;
+            }
+        }
+        let n = runs.len();
         let mut rep = runs.swap_remove(pick);
+        for (threshold, k) in breached {
+            rep.validity.notes.push(format!(
+                "threshold {threshold} breached in {k} of {n} repeats (judged on the one shown)"
+            ));
+        }
         let invalid = repeats.iter().filter(|r| !r.valid).count();
         if invalid > 0 && rep.validity.valid {
             rep.validity.notes.push(format!(

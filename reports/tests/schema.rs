@@ -153,6 +153,11 @@ fn full() -> Results {
             valid: true,
         }],
         gate: Some(vec!["throughput".into(), "p50".into()]),
+        thresholds: vec![ThresholdOutcome {
+            threshold: "p99 < 1ms".into(),
+            measured: "1.20 ms".into(),
+            passed: false,
+        }],
     });
     let run0 = r.runs[0].clone();
     let phase =

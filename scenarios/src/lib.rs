@@ -5,4 +5,5 @@ pub mod faultplan;
 pub mod faultspec;
 pub mod load;
 pub mod suite;
+pub mod threshold;
 pub mod units;

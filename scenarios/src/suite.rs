@@ -16,6 +16,7 @@ use wirebench_core::tls::TlsMode;
 
 use crate::faultplan::{FaultPlan, Phase, PolicyChoice, ProcessFault, ProcessTarget};
 use crate::load::{Length, LoadSpec, Mode, Schedule, Stall};
+use crate::threshold::Threshold;
 use crate::units::{parse_duration, parse_size};
 
 /// The built-in suites: name and TOML text.
@@ -125,6 +126,9 @@ pub struct LoadPoint {
     /// The metrics whose regression fails `compare`'s gate for this point (names of
     /// [`GATE_METRICS`]); `None`: every metric but p99.9.
     pub gate: Option<Vec<String>>,
+    /// Absolute limits every run of the point must keep (the suite's global ones, then the
+    /// point's own or `[defaults]`'s); a breach fails the run command.
+    pub thresholds: Vec<Threshold>,
 }
 
 /// The metric names a point's `gate` may list (those of `wirebench compare`).
@@ -182,6 +186,9 @@ struct SuiteToml {
     validity: ValidityToml,
     #[serde(default)]
     defaults: PointToml,
+    /// Thresholds every load point must keep.
+    #[serde(default)]
+    thresholds: Vec<toml::Spanned<String>>,
     #[serde(default)]
     options: BTreeMap<String, TransportOptions>,
     #[serde(default)]
@@ -284,6 +291,7 @@ struct PointToml {
     stall_for: Option<toml::Spanned<String>>,
     server_delay: Option<toml::Spanned<String>>,
     tls: Option<toml::Spanned<String>>,
+    thresholds: Option<Vec<toml::Spanned<String>>>,
 }
 
 macro_rules! pick {
@@ -418,9 +426,11 @@ impl Suite {
             ));
         }
         let defaults = &raw.defaults;
+        let global = thresholds(&cx, &raw.thresholds, "thresholds")?;
         let mut load = Vec::with_capacity(raw.load.len());
         for (i, p) in raw.load.iter().enumerate() {
-            let point = resolve_point(&cx, p, defaults, i)?;
+            let mut point = resolve_point(&cx, p, defaults, i)?;
+            point.thresholds.splice(0..0, global.iter().cloned());
             if load
                 .iter()
                 .any(|l: &LoadPoint| l.spec.name == point.spec.name)
@@ -504,6 +514,14 @@ fn resolve_fault(cx: &Ctx<'_>, f: &toml::Spanned<FaultToml>) -> Result<FaultPlan
         return Err(at(
             f.load.span(),
             "name and transports belong to the plan, not to its load".into(),
+        ));
+    }
+    if lp.thresholds.is_some() {
+        return Err(at(
+            f.load.span(),
+            "thresholds apply to load points; a fault plan is judged by its phases and \
+             recovery"
+                .into(),
         ));
     }
     let mut point = resolve_point(cx, &f.load, &PointToml::default(), 0)?;
@@ -774,12 +792,28 @@ fn resolve_point(
             GATE_METRICS.join(", ")
         )));
     }
+    let thresholds = match pick!(p, d, thresholds) {
+        Some(list) => self::thresholds(cx, &list, &format!("load point {name:?}: thresholds"))?,
+        None => Vec::new(),
+    };
     Ok(LoadPoint {
         spec,
         transports: pick!(p, d, transports),
         repeat,
         gate,
+        thresholds,
     })
+}
+
+/// Parses a `thresholds` list, each error at its own line.
+fn thresholds(
+    cx: &Ctx<'_>,
+    list: &[toml::Spanned<String>],
+    key: &str,
+) -> Result<Vec<Threshold>, SuiteError> {
+    list.iter()
+        .map(|t| Threshold::parse(t.get_ref()).map_err(|e| cx.err(t.span(), format!("{key}: {e}"))))
+        .collect()
 }
 
 #[cfg(test)]
@@ -847,6 +881,33 @@ requests = 50
         assert_eq!((s.load[0].repeat, s.load[1].repeat), (5, 1));
         let s = Suite::parse("name = \"t\"\n[[load]]\nname = \"a\"\n", "t.toml").unwrap();
         assert_eq!(s.load[0].repeat, 1);
+        let t = err(
+            "name = \"t\"\nthresholds = [\"p99 < 1ms\", \"p99 < soon\"]\n[[load]]\nname = \"a\"\n",
+        );
+        assert!(
+            t.contains("bad.toml:2") && t.contains("threshold \"p99 < soon\": a latency limit"),
+            "{t}"
+        );
+        let t = err("name = \"t\"\n[[load]]\nname = \"a\"\nthresholds = [\"errors < 5\"]\n");
+        assert!(
+            t.contains("bad.toml:4") && t.contains("load point \"a\": thresholds:"),
+            "{t}"
+        );
+        let s = Suite::parse(
+            "name = \"t\"\nthresholds = [\"p99 < 1ms\"]\n[defaults]\nthresholds = [\"errors < 1%\"]\n\
+             [[load]]\nname = \"a\"\n[[load]]\nname = \"b\"\nthresholds = [\"p50 < 1ms\"]\n",
+            "t.toml",
+        )
+        .unwrap();
+        let texts = |i: usize| -> Vec<&str> {
+            s.load[i]
+                .thresholds
+                .iter()
+                .map(|t| t.text.as_str())
+                .collect()
+        };
+        assert_eq!(texts(0), ["p99 < 1ms", "errors < 1%"]);
+        assert_eq!(texts(1), ["p99 < 1ms", "p50 < 1ms"]);
         let g = err("name = \"t\"\n[[load]]\nname = \"a\"\ngate = [\"p42\"]\n");
         assert!(g.contains("gate: unknown metric \"p42\""), "{g}");
         let e = err("name = \"t\"\n[[load]]\nname = \"a\"\nrepeat = 0\n");

@@ -154,6 +154,10 @@ pub struct Args {
     /// scripts, and to measure what the live view costs).
     #[arg(long, conflicts_with = "plain")]
     pub quiet: bool,
+    /// An absolute limit the run must keep (repeatable): `p99 < 1ms`, `errors < 0.1%`,
+    /// `throughput > 4500/s`, `cpu-server < 20us`. A breach exits 1.
+    #[arg(long = "threshold", value_name = "LIMIT", value_parser = super::run::parse_threshold)]
+    pub thresholds: Vec<wirebench_scenarios::threshold::Threshold>,
 }
 
 impl Args {
@@ -310,6 +314,13 @@ pub fn summary_text(r: &RunRecord) -> String {
         None => format!("  wire bytes/call: not measured: {NO_WIRE_BYTES}\n"),
     });
     out.push_str(&validity_lines(&r.validity));
+    for t in &r.thresholds {
+        let verdict = if t.passed { "ok" } else { "BREACHED" };
+        out.push_str(&format!(
+            "  threshold {}: {} {verdict}\n",
+            t.threshold, t.measured
+        ));
+    }
     out
 }
 
@@ -383,14 +394,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
         complete: record.is_ok(),
         interrupted: ctx.interrupted.load(std::sync::atomic::Ordering::SeqCst),
     });
-    let record = record?;
+    let mut record = record?;
+    record.thresholds = crate::thresholds::check(&args.thresholds, &record.summary);
     print!("{}", summary_text(&record));
+    let breached = record.breaches().next().is_some();
     if let Some(path) = &args.json {
         save_json(path, started, &spec, name, record)?;
         println!("wrote {}", path.display());
     }
     if ctx.interrupted.load(std::sync::atomic::Ordering::SeqCst) {
         return Ok(ExitCode::from(crate::exit::INTERRUPTED));
+    }
+    if breached {
+        return Ok(ExitCode::from(crate::exit::FAILED));
     }
     Ok(ExitCode::SUCCESS)
 }

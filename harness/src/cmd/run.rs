@@ -13,6 +13,7 @@ use wirebench_core::{Capability, Transport};
 use wirebench_reports::results::{Results, RunFailure, Skipped, SuiteRecord};
 use wirebench_scenarios::faultplan::PolicyChoice;
 use wirebench_scenarios::suite::Suite;
+use wirebench_scenarios::threshold::Threshold;
 use wirebench_transports::AnyTransport;
 
 use crate::brokers::{Availability, BrokerArgs, availability};
@@ -67,6 +68,10 @@ pub struct Args {
     /// Plain progress lines even on a terminal.
     #[arg(long)]
     pub plain: bool,
+    /// An absolute limit every load point's runs must keep, added to the suite's (repeatable):
+    /// `p99 < 1ms`, `errors < 0.1%`, `throughput > 4500/s`. A breach exits 1.
+    #[arg(long = "threshold", value_name = "LIMIT", value_parser = parse_threshold)]
+    pub thresholds: Vec<Threshold>,
     /// Brokers for broker transports (without one, a private broker is started per server).
     #[command(flatten)]
     pub brokers: BrokerArgs,
@@ -119,7 +124,10 @@ fn prepare_out(out: Option<PathBuf>) -> Result<PathBuf> {
 /// Runs `wirebench run`: checks the input, plans, runs the plan with its reporters, and says
 /// where the results are.
 pub fn run(args: Args) -> Result<ExitCode> {
-    let suite = Suite::load(&args.suite).map_err(|e| bad_input(e.to_string()))?;
+    let mut suite = Suite::load(&args.suite).map_err(|e| bad_input(e.to_string()))?;
+    for p in &mut suite.load {
+        p.thresholds.extend(args.thresholds.iter().cloned());
+    }
     let (transports, unavailable) = select_transports(&args, &suite)?;
     check_suite(&suite)?;
     let dir = prepare_out(args.out.clone())?;
@@ -157,7 +165,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
             println!("junit:   {}", junit.display());
         }
     }
-    Ok(exit_code(&outcome, sink.errors()))
+    Ok(exit_code(&outcome, sink.errors(), &sink.breaches()))
+}
+
+/// `--threshold`'s parser.
+pub fn parse_threshold(s: &str) -> Result<Threshold, String> {
+    Threshold::parse(s).map_err(|e| e.why)
 }
 
 /// A transport that cannot run here: skipped (with the install hint), or under CI a failure.
@@ -322,18 +335,23 @@ fn run_context(
 }
 
 /// The documented exit codes: 130 interrupted, 3 a step could not run, 1 a conformance case
-/// failed, else 0.
-fn exit_code(outcome: &Outcome, errors: usize) -> ExitCode {
+/// failed or a threshold was breached, else 0.
+fn exit_code(outcome: &Outcome, errors: usize, breaches: &[String]) -> ExitCode {
     if outcome.interrupted {
         ExitCode::from(INTERRUPTED)
     } else if errors > 0 {
         eprintln!("error: {errors} step(s) failed to run (see the report's \"Not run\" section)");
         ExitCode::from(HARNESS)
-    } else if outcome.conformance_failures > 0 {
-        eprintln!(
-            "{} conformance case(s) failed",
-            outcome.conformance_failures
-        );
+    } else if outcome.conformance_failures > 0 || !breaches.is_empty() {
+        if outcome.conformance_failures > 0 {
+            eprintln!(
+                "{} conformance case(s) failed",
+                outcome.conformance_failures
+            );
+        }
+        for b in breaches {
+            eprintln!("threshold breached: {b}");
+        }
         ExitCode::from(FAILED)
     } else {
         ExitCode::SUCCESS

@@ -124,9 +124,11 @@ impl Executor<'_> {
                 repeat,
                 repeats,
                 gate,
+                thresholds,
             } => match run_point(*transport, spec, self.ctx) {
                 Ok(mut record) => {
                     record.gate = gate.clone();
+                    record.thresholds = crate::thresholds::check(thresholds, &record.summary);
                     self.p50s[*point].push(record.summary.latency.p50_ns as f64 / 1e3);
                     StepResult::Load {
                         point: *point,

@@ -8,6 +8,7 @@ use wirebench_core::Transport;
 use wirebench_scenarios::faultplan::{FaultPlan, PolicyChoice};
 use wirebench_scenarios::load::LoadSpec;
 use wirebench_scenarios::suite::{FloorSpec, Suite};
+use wirebench_scenarios::threshold::Threshold;
 use wirebench_transports::AnyTransport;
 
 /// What a conformance step is expected to take (the cases run in a few seconds).
@@ -43,6 +44,8 @@ pub enum Step {
         repeats: u32,
         /// The metrics whose regression fails `compare`'s gate.
         gate: Option<Vec<String>>,
+        /// The absolute limits its runs are held to.
+        thresholds: Vec<Threshold>,
     },
     /// A load point the transport cannot run, with why (recorded as skipped, never run).
     Unsupported {
@@ -195,6 +198,7 @@ fn load_steps(
                     repeat: round,
                     repeats: *repeats,
                     gate: p.gate.clone(),
+                    thresholds: p.thresholds.clone(),
                 },
             });
         }

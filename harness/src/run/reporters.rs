@@ -288,6 +288,23 @@ impl ResultsSink {
         self.lock().results.errors.len()
     }
 
+    /// Thresholds breached, each `transport/point: threshold (measured)`.
+    pub fn breaches(&self) -> Vec<String> {
+        let s = self.lock();
+        s.results
+            .runs
+            .iter()
+            .flat_map(|r| {
+                r.breaches().map(move |b| {
+                    format!(
+                        "{}/{}: {} (measured {})",
+                        r.transport, r.point, b.threshold, b.measured
+                    )
+                })
+            })
+            .collect()
+    }
+
     fn record(s: &mut SinkState, result: &StepResult) {
         let r = &mut s.results;
         match result {
