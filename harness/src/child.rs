@@ -65,6 +65,8 @@ pub enum ChildError {
         command: String,
         /// Its exit status.
         status: String,
+        /// Its exit code, when it exited rather than died of a signal.
+        code: Option<i32>,
         /// The last lines of its stderr, if any.
         tail: String,
     },
@@ -266,6 +268,7 @@ impl ChildServer {
                         return Err(ChildError::Exited {
                             command: shown,
                             status: status.to_string(),
+                            code: status.code(),
                             tail: server.stderr_tail_after_exit(),
                         });
                     }
@@ -282,13 +285,13 @@ impl ChildServer {
         let line = match first {
             Some(Ok(line)) => line,
             _ => {
-                let status = server
-                    .child
-                    .wait()
-                    .map_or_else(|e| e.to_string(), |s| s.to_string());
+                let waited = server.child.wait();
                 return Err(ChildError::Exited {
                     command: shown,
-                    status,
+                    status: waited
+                        .as_ref()
+                        .map_or_else(|e| e.to_string(), |s| s.to_string()),
+                    code: waited.ok().and_then(|s| s.code()),
                     tail: server.stderr_tail_after_exit(),
                 });
             }

@@ -70,8 +70,32 @@ fn init_tracing(verbose: u8) {
         .try_init();
 }
 
+/// Exit status when standard output's reader went away (`wirebench ... | head`): what a shell
+/// reports for a process ended by SIGPIPE.
+const BROKEN_PIPE: i32 = 141;
+
+/// Ends the process quietly when printing to a closed pipe, as command-line tools do, instead
+/// of panicking (Rust ignores SIGPIPE, so `println!` panics; restoring the signal's default
+/// would take unsafe code). What was already saved (results.json) stays.
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to std") && msg.contains("Broken pipe") {
+            std::process::exit(BROKEN_PIPE);
+        }
+        default(info);
+    }));
+}
+
 /// Parses the command line, runs the command, and returns its exit code.
 pub fn main() -> ExitCode {
+    quiet_on_broken_pipe();
     let cli = Cli::parse();
     init_tracing(cli.verbose);
     let result = match cli.command {

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, anyhow};
 use wirebench_core::transport::Options;
 use wirebench_core::{
     CallOptions, Capability, ClientConfig, Code, Connection, Echo, EchoRequest, Server,
-    ServerConfig, Transport,
+    ServerConfig, Transport, TransportError,
 };
 use wirebench_reports::histogram::{encode, summarize};
 use wirebench_reports::results::{
@@ -246,9 +246,11 @@ fn start_server(
         },
     };
     let child = ChildServer::spawn(&cmd, ctx.ready_timeout).map_err(|e| {
-        // A user's own server command that fails is bad input; our own server failing is
-        // the harness's failure.
-        if ctx.server_cmd.is_some() {
+        // A user's own server command that fails is bad input, and so is our own server
+        // refusing what it was given (exit 2: an unknown --server-option, say); our own
+        // server failing otherwise is the harness's failure.
+        let refused = matches!(e, crate::child::ChildError::Exited { code: Some(2), .. });
+        if ctx.server_cmd.is_some() || refused {
             bad_input(e.to_string())
         } else {
             anyhow!(e)
@@ -638,7 +640,11 @@ fn measure_setup(target: &Target, n: usize) -> Result<hdrhistogram::Histogram<u6
             )
             .await
             .map_err(|_| anyhow!("connecting to {} timed out", target.endpoint))?
-            .map_err(|e| anyhow!("cannot connect to {}: {e}", target.endpoint))?;
+            .map_err(|e| match e {
+                // A client option or setting the transport refuses is the user's input.
+                TransportError::Config(_) => bad_input(format!("{}: {e}", target.transport.name())),
+                e => anyhow!("cannot connect to {}: {e}", target.endpoint),
+            })?;
             let reply = conn
                 .unary(
                     EchoRequest::new(bytes::Bytes::new()),

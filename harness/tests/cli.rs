@@ -334,6 +334,48 @@ fn bad_input_is_a_one_line_error_with_exit_code_2() {
     let mut c = bin();
     c.args(["load", "--transport", "tcp", "--concurrency", "0"]);
     assert_bad_input(&run(c, t), "--concurrency");
+    // A negative rate reaches the unit parser (not clap's "unexpected argument").
+    let mut c = bin();
+    c.args(["load", "--transport", "tcp", "--rate", "-5"]);
+    assert_bad_input(&run(c, t), "a rate cannot be negative");
+    // Names match whatever their case; a typo gets a suggestion.
+    let mut c = bin();
+    c.args(["load", "--transport", "TPC", "--rate", "5"]);
+    assert_bad_input(&run(c, t), "did you mean \"tcp\"?");
+    // Options the transport does not know are the user's input, client or server side, even
+    // when a server child is involved.
+    for flag in ["--option", "--server-option"] {
+        let mut c = bin();
+        c.args([
+            "load",
+            "--transport",
+            "tcp",
+            flag,
+            "foo=1",
+            "--duration",
+            "1s",
+        ]);
+        let o = run(c, t);
+        assert_eq!(o.status.code(), Some(2), "{flag}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("unknown option \"foo\""),
+            "{}",
+            stderr(&o)
+        );
+    }
+    // An unknown transport in a suite is named at its line.
+    let suite = dir.join("typo.toml");
+    std::fs::write(
+        &suite,
+        "name = \"typo\"\n[[load]]\nname = \"a\"\ntransports = [\"tcp\", \"qiuc\"]\n",
+    )
+    .expect("test setup");
+    let mut c = bin();
+    c.args(["run", "--suite"]).arg(&suite);
+    assert_bad_input(&run(c, t), "typo.toml:4:");
+    let mut c = bin();
+    c.args(["run", "--suite"]).arg(&suite);
+    assert_bad_input(&run(c, t), "did you mean \"quic\"?");
 
     // Nothing listens on a port we just released.
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -17,7 +17,7 @@ use wirebench_core::tls::TlsMode;
 use crate::faultplan::{FaultPlan, Phase, PolicyChoice, ProcessFault, ProcessTarget};
 use crate::load::{Length, LoadSpec, Mode, Schedule, Stall};
 use crate::threshold::Threshold;
-use crate::units::{parse_duration, parse_size};
+use crate::units::{parse_duration, parse_rate, parse_size};
 
 /// The built-in suites: name and TOML text.
 pub const BUILTIN: &[(&str, &str)] = &[
@@ -169,6 +169,24 @@ pub struct Suite {
     pub load: Vec<LoadPoint>,
     /// The fault plans (`[[fault]]`), in order.
     pub faults: Vec<FaultPlan>,
+    /// Every transport name the file writes (top level, points, plans), where it is written:
+    /// the harness knows which names exist and reports an unknown one at its line.
+    pub transport_names: Vec<NameAt>,
+}
+
+/// A name as written in a suite file, and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NameAt {
+    /// The name.
+    pub name: String,
+    /// `file:line:column` of it.
+    pub at: String,
+}
+
+/// The names of a written list.
+fn names(list: &Option<Vec<toml::Spanned<String>>>) -> Option<Vec<String>> {
+    list.as_ref()
+        .map(|l| l.iter().map(|n| n.get_ref().clone()).collect())
 }
 
 #[derive(Debug, Deserialize)]
@@ -177,7 +195,7 @@ struct SuiteToml {
     name: String,
     #[serde(default)]
     description: String,
-    transports: Option<Vec<String>>,
+    transports: Option<Vec<toml::Spanned<String>>>,
     #[serde(default)]
     conformance: ConformanceToml,
     #[serde(default)]
@@ -202,7 +220,7 @@ struct SuiteToml {
 #[serde(deny_unknown_fields)]
 struct FaultToml {
     name: String,
-    transports: Option<Vec<String>>,
+    transports: Option<Vec<toml::Spanned<String>>>,
     load: toml::Spanned<PointToml>,
     phases: Vec<toml::Spanned<PhaseToml>>,
     target: Option<toml::Spanned<String>>,
@@ -214,7 +232,7 @@ struct FaultToml {
 struct PhaseToml {
     name: String,
     #[serde(rename = "for")]
-    length: toml::Spanned<String>,
+    length: toml::Spanned<Unit>,
     #[serde(default)]
     faults: Vec<toml::Spanned<String>>,
     process: Option<toml::Spanned<String>>,
@@ -245,23 +263,37 @@ fn yes() -> bool {
 #[serde(deny_unknown_fields)]
 struct FloorToml {
     enabled: Option<bool>,
-    duration: Option<toml::Spanned<String>>,
-    warmup: Option<toml::Spanned<String>>,
-    payload: Option<toml::Spanned<SizeToml>>,
+    duration: Option<toml::Spanned<Unit>>,
+    warmup: Option<toml::Spanned<Unit>>,
+    payload: Option<toml::Spanned<Unit>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ValidityToml {
-    max_lag_p99: Option<toml::Spanned<String>>,
+    max_lag_p99: Option<toml::Spanned<Unit>>,
     max_client_busy: Option<toml::Spanned<f64>>,
 }
 
+/// A size, rate or duration as written: a TOML number (`64`, `5000`, `2.5`) or a string
+/// (`"16KiB"`, `"5k"`, `"250ms"`). Either way it goes through the one unit grammar
+/// (`wirebench_core::units`), so a suite takes exactly what the command line takes.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(untagged)]
-enum SizeToml {
-    Bytes(u64),
+enum Unit {
+    Int(i64),
+    Float(f64),
     Text(String),
+}
+
+impl Unit {
+    fn text(&self) -> String {
+        match self {
+            Unit::Int(n) => n.to_string(),
+            Unit::Float(f) => f.to_string(),
+            Unit::Text(s) => s.clone(),
+        }
+    }
 }
 
 /// A load point as written: every field optional, `[defaults]` fills the gaps.
@@ -269,27 +301,27 @@ enum SizeToml {
 #[serde(deny_unknown_fields)]
 struct PointToml {
     name: Option<String>,
-    transports: Option<Vec<String>>,
+    transports: Option<Vec<toml::Spanned<String>>>,
     method: Option<toml::Spanned<String>>,
     concurrency: Option<u32>,
-    rate: Option<toml::Spanned<f64>>,
+    rate: Option<toml::Spanned<Unit>>,
     schedule: Option<toml::Spanned<String>>,
     max_in_flight: Option<u32>,
     connections: Option<u32>,
     workers: Option<u32>,
-    payload: Option<toml::Spanned<SizeToml>>,
-    response_size: Option<toml::Spanned<SizeToml>>,
+    payload: Option<toml::Spanned<Unit>>,
+    response_size: Option<toml::Spanned<Unit>>,
     messages: Option<u32>,
-    warmup: Option<toml::Spanned<String>>,
-    duration: Option<toml::Spanned<String>>,
+    warmup: Option<toml::Spanned<Unit>>,
+    duration: Option<toml::Spanned<Unit>>,
     requests: Option<u64>,
     seed: Option<u64>,
     repeat: Option<u32>,
     gate: Option<Vec<String>>,
-    timeout: Option<toml::Spanned<String>>,
-    stall_at: Option<toml::Spanned<String>>,
-    stall_for: Option<toml::Spanned<String>>,
-    server_delay: Option<toml::Spanned<String>>,
+    timeout: Option<toml::Spanned<Unit>>,
+    stall_at: Option<toml::Spanned<Unit>>,
+    stall_for: Option<toml::Spanned<Unit>>,
+    server_delay: Option<toml::Spanned<Unit>>,
     tls: Option<toml::Spanned<String>>,
     thresholds: Option<Vec<toml::Spanned<String>>>,
 }
@@ -316,26 +348,16 @@ impl Ctx<'_> {
         }
     }
 
-    fn duration(&self, v: &toml::Spanned<String>, what: &str) -> Result<Duration, SuiteError> {
-        parse_duration(v.get_ref()).map_err(|e| {
-            self.err(
-                v.span(),
-                format!("{what}: {e}; expected a duration such as \"3s\" or \"250ms\""),
-            )
-        })
+    fn duration(&self, v: &toml::Spanned<Unit>, what: &str) -> Result<Duration, SuiteError> {
+        parse_duration(&v.get_ref().text()).map_err(|e| self.err(v.span(), format!("{what}: {e}")))
     }
 
-    fn size(&self, v: &toml::Spanned<SizeToml>, what: &str) -> Result<usize, SuiteError> {
-        match v.get_ref() {
-            SizeToml::Bytes(n) => usize::try_from(*n)
-                .map_err(|_| self.err(v.span(), format!("{what}: {n} is too large"))),
-            SizeToml::Text(s) => parse_size(s).map_err(|e| {
-                self.err(
-                    v.span(),
-                    format!("{what}: {e}; expected bytes such as 64 or \"16KiB\""),
-                )
-            }),
-        }
+    fn size(&self, v: &toml::Spanned<Unit>, what: &str) -> Result<usize, SuiteError> {
+        parse_size(&v.get_ref().text()).map_err(|e| self.err(v.span(), format!("{what}: {e}")))
+    }
+
+    fn rate(&self, v: &toml::Spanned<Unit>, what: &str) -> Result<f64, SuiteError> {
+        parse_rate(&v.get_ref().text()).map_err(|e| self.err(v.span(), format!("{what}: {e}")))
     }
 }
 
@@ -453,12 +475,24 @@ impl Suite {
             }
             faults.push(plan);
         }
+        let mut transport_names = Vec::new();
+        let lists = std::iter::once(&raw.transports)
+            .chain(std::iter::once(&raw.defaults.transports))
+            .chain(raw.load.iter().map(|p| &p.get_ref().transports))
+            .chain(raw.fault.iter().map(|f| &f.get_ref().transports));
+        for n in lists.flatten().flatten() {
+            let (line, column) = line_col(text, n.span().start);
+            transport_names.push(NameAt {
+                name: n.get_ref().clone(),
+                at: format!("{file}:{line}:{column}"),
+            });
+        }
         Ok(Suite {
             name: raw.name,
             description: raw.description,
             source: file.to_owned(),
             text: text.to_owned(),
-            transports: raw.transports,
+            transports: names(&raw.transports),
             conformance: ConformanceSpec {
                 enabled: raw.conformance.enabled,
                 cases: raw.conformance.cases,
@@ -468,6 +502,7 @@ impl Suite {
             options: raw.options,
             load,
             faults,
+            transport_names,
         })
     }
 
@@ -634,7 +669,7 @@ fn resolve_fault(cx: &Ctx<'_>, f: &toml::Spanned<FaultToml>) -> Result<FaultPlan
     }
     Ok(FaultPlan {
         name,
-        transports: f.transports.clone(),
+        transports: names(&f.transports),
         load,
         phases,
         target,
@@ -683,13 +718,7 @@ fn resolve_point(
             ));
         }
         (Some(r), None) => {
-            let rate = *r.get_ref();
-            if !rate.is_finite() || rate <= 0.0 {
-                return Err(cx.err(
-                    r.span(),
-                    format!("rate: expected a positive number of requests per second, got {rate}"),
-                ));
-            }
+            let rate = cx.rate(&r, "rate")?;
             let schedule = match pick!(p, d, schedule) {
                 None => Schedule::Poisson,
                 Some(s) => Schedule::parse(s.get_ref()).ok_or_else(|| {
@@ -798,7 +827,7 @@ fn resolve_point(
     };
     Ok(LoadPoint {
         spec,
-        transports: pick!(p, d, transports),
+        transports: names(&pick!(p, d, transports)),
         repeat,
         gate,
         thresholds,

@@ -529,11 +529,87 @@ registry! {
 }
 
 /// The transport called `name`, or an error listing the ones this build has.
+///
+/// Names match whatever their case (`TCP` is `tcp`); an unknown one gets the closest known
+/// name as a suggestion.
 pub fn transport(name: &str) -> Result<AnyTransport, TransportError> {
-    AnyTransport::by_name(name).ok_or_else(|| {
-        TransportError::Config(format!(
-            "unknown transport {name:?} (known: {})",
-            names().join(", ")
-        ))
-    })
+    let known = names();
+    if let Some(t) = known
+        .iter()
+        .find(|k| k.eq_ignore_ascii_case(name.trim()))
+        .and_then(|k| AnyTransport::by_name(k))
+    {
+        return Ok(t);
+    }
+    let hint = closest(&name.trim().to_ascii_lowercase(), &known)
+        .map(|k| format!("did you mean {k:?}? "))
+        .unwrap_or_default();
+    Err(TransportError::Config(format!(
+        "unknown transport {name:?} ({hint}known: {})",
+        known.join(", ")
+    )))
+}
+
+/// The candidate within two edits of `name` (insertions, deletions, substitutions, swaps of
+/// neighbours), the nearest first.
+fn closest<'a>(name: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (edits(name, c), *c))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Optimal string alignment distance between `a` and `b`.
+fn edits(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_match_whatever_the_case_and_typos_get_a_suggestion() {
+        assert_eq!(transport("INPROC").unwrap().name(), "inproc");
+        assert_eq!(transport(" Inproc ").unwrap().name(), "inproc");
+        let e = transport("inprco").unwrap_err().to_string();
+        assert!(e.contains("did you mean \"inproc\"?"), "{e}");
+        let e = transport("carrier-pigeon").unwrap_err().to_string();
+        assert!(
+            !e.contains("did you mean") && e.contains("known: inproc"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn edits_count_insertions_deletions_substitutions_and_swaps() {
+        assert_eq!(edits("tcp", "tcp"), 0);
+        assert_eq!(edits("tpc", "tcp"), 1);
+        assert_eq!(edits("tc", "tcp"), 1);
+        assert_eq!(edits("grcp", "grpc"), 1);
+        assert_eq!(edits("quick", "quic"), 1);
+        assert_eq!(edits("mqtt", "nats"), 3);
+    }
 }

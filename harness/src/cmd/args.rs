@@ -28,7 +28,7 @@ pub struct PlacementArgs {
     #[arg(long, conflicts_with = "target")]
     pub server_cmd: Option<String>,
     /// How long a started server may take to print its ready line.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", allow_hyphen_values = true, value_parser = parse_duration)]
     pub ready_timeout: Duration,
     /// Server runtime threads (default: one per CPU).
     #[arg(long)]

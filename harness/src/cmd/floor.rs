@@ -24,13 +24,13 @@ use crate::floor::{
 )]
 pub struct Args {
     /// Measured time per probe (e.g. 3s, 500ms).
-    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, default_value = "3s", allow_hyphen_values = true, value_parser = parse_duration)]
     pub duration: Duration,
     /// Warm-up per probe, run first and discarded.
-    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "500ms", allow_hyphen_values = true, value_parser = parse_duration)]
     pub warmup: Duration,
-    /// Bytes per message, each way.
-    #[arg(long, default_value_t = 64)]
+    /// Bytes per message, each way (e.g. 64, 2KiB).
+    #[arg(long, default_value = "64", allow_hyphen_values = true, value_parser = parse_size)]
     pub payload: usize,
     /// CPU placement of the two sides: none (scheduler decides), same (both on CPU 0),
     /// split (client CPU 0, server CPU 1).
@@ -48,7 +48,7 @@ pub struct Args {
     pub brokers: BrokerArgs,
 }
 
-pub use wirebench_scenarios::units::parse_duration;
+use wirebench_scenarios::units::{parse_duration, parse_size};
 
 fn us(ns: u64) -> String {
     format!("{:.1}", ns as f64 / 1000.0)

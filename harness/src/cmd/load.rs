@@ -66,23 +66,23 @@ pub struct Args {
     pub transport: String,
     /// Open loop: requests per second in total (e.g. 5000, 2.5k). Latency is measured from
     /// each request's intended start.
-    #[arg(long, value_parser = parse_rate)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_rate)]
     pub rate: Option<f64>,
     /// Closed loop: calls in flight in total, each waiting for its answer. Without --rate or
     /// --concurrency the loop is closed with 1 call in flight.
     #[arg(long, value_parser = positive)]
     pub concurrency: Option<u32>,
     /// Measured time (e.g. 10s, 500ms); the default when --requests is not given is 5s.
-    #[arg(long, value_parser = parse_duration, conflicts_with = "requests")]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_duration, conflicts_with = "requests")]
     pub duration: Option<Duration>,
     /// Measure this many calls instead of a duration.
     #[arg(long, value_parser = positive_u64)]
     pub requests: Option<u64>,
     /// Request payload size (e.g. 64, 16KiB, 1MiB).
-    #[arg(long, default_value = "64", value_parser = parse_size)]
+    #[arg(long, default_value = "64", allow_hyphen_values = true, value_parser = parse_size)]
     pub payload: usize,
     /// Response payload size (default: echo the request's).
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_size)]
     pub response_size: Option<usize>,
     /// The method: unary, server-stream, client-stream or bidi.
     #[arg(long, default_value = "unary", value_parser = method)]
@@ -105,24 +105,24 @@ pub struct Args {
     #[arg(long, default_value_t = 1024, value_parser = positive)]
     pub max_in_flight: u32,
     /// Run first and discard.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", allow_hyphen_values = true, value_parser = parse_duration)]
     pub warmup: Duration,
     /// Seed of the Poisson schedule.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Per-call deadline (default: none).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_duration)]
     pub timeout: Option<Duration>,
     /// Make the server stall once: the call started this long into the measured phase asks
     /// the server to wait --stall-for before answering.
-    #[arg(long, value_parser = parse_duration, requires = "stall_for")]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_duration, requires = "stall_for")]
     pub stall_at: Option<Duration>,
     /// How long the injected stall lasts.
-    #[arg(long, value_parser = parse_duration, requires = "stall_at")]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_duration, requires = "stall_at")]
     pub stall_for: Option<Duration>,
     /// Every call asks the server to wait this long before answering: a slow system under
     /// test on demand (e.g. 1ms), to see what an open loop it cannot sustain looks like.
-    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_duration, default_value = "0s")]
     pub server_delay: Duration,
     /// TLS between client and server: none, tls (TLS 1.3) or mtls (mutual TLS), with a
     /// throwaway CA and certificates generated for the run.
@@ -138,7 +138,7 @@ pub struct Args {
     #[arg(long = "server-option", value_name = "KEY=VALUE")]
     pub server_options: Vec<String>,
     /// Mark the run invalid when the generator's lag p99 exceeds this.
-    #[arg(long, default_value = "1ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "1ms", allow_hyphen_values = true, value_parser = parse_duration)]
     pub max_lag: Duration,
     /// Write the full record (a results file with this one run) here.
     #[arg(long)]

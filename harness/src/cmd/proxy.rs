@@ -8,9 +8,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::cmd::floor::parse_duration;
 use crate::exit::bad_input;
 use crate::proxy::{Fault, Protocol, Proxy, spec};
+use wirebench_scenarios::units::parse_duration;
 
 /// Arguments of `wirebench proxy`.
 #[derive(Debug, clap::Args)]
@@ -53,7 +53,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Print the counters this often (0s: only at exit).
-    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    #[arg(long, default_value = "0s", allow_hyphen_values = true, value_parser = parse_duration)]
     pub stats_every: Duration,
 }
 

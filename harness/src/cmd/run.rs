@@ -128,8 +128,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     for p in &mut suite.load {
         p.thresholds.extend(args.thresholds.iter().cloned());
     }
+    check_suite(&mut suite)?;
     let (transports, unavailable) = select_transports(&args, &suite)?;
-    check_suite(&suite)?;
     let dir = prepare_out(args.out.clone())?;
     let interrupted = interrupt::install();
     let plan = Plan::build(
@@ -237,7 +237,27 @@ fn select_transports(args: &Args, suite: &Suite) -> Result<(Vec<AnyTransport>, V
 
 /// What is wrong with a suite before anything runs: a bad policy table is bad input, not an
 /// error halfway through; options for a transport this build lacks are worth a warning.
-fn check_suite(suite: &Suite) -> Result<()> {
+fn check_suite(suite: &mut Suite) -> Result<()> {
+    // Every transport name the file writes must exist; written in any case, it is stored
+    // in the registry's spelling so the plan matches it.
+    for n in &suite.transport_names {
+        wirebench_transports::registry::transport(&n.name)
+            .map_err(|e| bad_input(format!("{}: {e}", n.at)))?;
+    }
+    let canonical = |list: &mut Option<Vec<String>>| {
+        for name in list.iter_mut().flatten() {
+            if let Ok(t) = wirebench_transports::registry::transport(name) {
+                *name = t.name().to_owned();
+            }
+        }
+    };
+    canonical(&mut suite.transports);
+    for p in &mut suite.load {
+        canonical(&mut p.transports);
+    }
+    for f in &mut suite.faults {
+        canonical(&mut f.transports);
+    }
     for fp in &suite.faults {
         if let PolicyChoice::With { config, .. } = &fp.policy {
             crate::faultplan::policy_layer(config).map_err(|e| {

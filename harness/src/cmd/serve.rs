@@ -65,7 +65,7 @@ pub struct Args {
     #[arg(long)]
     pub watch_stdin: bool,
     /// How long a SIGTERM drain lets the calls in flight finish before it cuts them.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", allow_hyphen_values = true, value_parser = parse_duration)]
     pub drain_grace: Duration,
 }
 
