@@ -36,7 +36,11 @@ pub enum Command {
     Run(cmd::run::Args),
     /// Re-render report.html and summary.md from a saved results.json.
     Report(cmd::report::Args),
-    /// Compare two results files and decide, with noise in mind, whether NEW regressed.
+    // `about`, not a doc comment: a one-paragraph doc comment here would clear the long
+    // help the command's own Args carry.
+    #[command(
+        about = "Compare two results files and decide, with noise in mind, whether NEW regressed"
+    )]
     Compare(cmd::compare::Args),
     /// Run the conformance cases against transports and print the case × transport matrix.
     Conformance(cmd::conformance::Args),
@@ -46,7 +50,9 @@ pub enum Command {
     Serve(cmd::serve::Args),
     /// One ad-hoc load run against one transport, with a summary table.
     Load(Box<cmd::load::Args>),
-    /// Run the fault proxy in front of any TCP or UDP service (latency, loss, resets, ...).
+    #[command(
+        about = "Run the fault proxy in front of any TCP or UDP service (latency, loss, resets, ...)"
+    )]
     Proxy(cmd::proxy::Args),
 }
 

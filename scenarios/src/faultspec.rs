@@ -29,6 +29,47 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+/// Every fault with its parameters, directions and defaults: `wirebench proxy --help` prints
+/// it, and the suite README points here.
+pub const SYNTAX: &str = "\
+FAULTS: KIND[:VALUE][,key=value...]
+
+Keys every fault takes:
+  dir=up|down|both   which direction (up = client to server); default both. A delay applies
+                     once in each direction it covers: latency:20ms on both directions adds
+                     40 ms to a request/response round trip, latency:20ms,dir=down 20 ms.
+  p=PROBABILITY      the chance it applies (0.05 or 5%); default 1 (always). Per chunk read
+                     (TCP data faults), per packet (UDP), or per connection (reset, refuse,
+                     blackhole, limit, slow-close).
+
+TCP and UDP:
+  latency:DELAY[,jitter=J][,dist=uniform|normal|pareto]
+                     delay each chunk/packet by DELAY (required), plus a random jitter:
+                     uniform within +-J (the default dist), normal with sigma J, or pareto
+                     (shape 1.5, scale J: a heavy tail).
+  bandwidth:RATE     cap each direction it covers at RATE per second: 512kbit, 1mbit, 1gbit,
+                     or bytes: 64kb, 1mb, 100b (required).
+  blackhole          accept and read, never forward (connections or datagrams vanish).
+
+TCP only:
+  slicer[:SIZE][,delay=D]
+                     forward in writes of at most SIZE bytes (default 1), D apart (default 0).
+  limit:BYTES        close the connection after BYTES in the covered direction (required).
+  reset[:AFTER]      reset (RST) the connection AFTER it opened (default at once).
+  slow-close:DELAY   hold a half-close (FIN) back for DELAY (required).
+  refuse             refuse new connections (RST at once).
+
+UDP only:
+  loss:RATE          drop packets at random with probability RATE (5%).
+  loss:ge,p=P,r=R[,good=G][,bad=B]
+                     bursty Gilbert-Elliott loss: P = good-to-bad transition, R = bad-to-good,
+                     loss G in the good state (default 0), B in the bad one (default 100%).
+  duplicate          send a packet twice (use p= for how often).
+  reorder[:DELAY]    hold a packet back DELAY (default 5ms) so later ones overtake it.
+  corrupt            flip one random bit of the packet (use p= for how often).
+
+Sizes, durations and probabilities read as everywhere else: 4KiB, 250ms, 1%.";
+
 /// A spec that could not be understood.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[error("fault {spec:?}: {reason}")]
@@ -146,6 +187,16 @@ impl FaultKind {
             FaultKind::Duplicate => "duplicate",
             FaultKind::Reorder(_) => "reorder",
             FaultKind::Corrupt => "corrupt",
+        }
+    }
+
+    /// The faults that mean something on TCP (`udp` false) or on UDP, by keyword, for messages
+    /// that tell a user what to use instead.
+    pub fn names_for(udp: bool) -> &'static str {
+        if udp {
+            "latency, bandwidth, blackhole, loss, duplicate, reorder, corrupt"
+        } else {
+            "latency, bandwidth, blackhole, slicer, limit, reset, slow-close, refuse"
         }
     }
 
@@ -350,9 +401,8 @@ fn parse_inner(spec: &str) -> Result<Fault, SpecError> {
                 .take()
                 .or_else(|| take("size"))
                 .unwrap_or("1".into());
-            let size: usize = size
-                .parse()
-                .map_err(|_| why(format!("slicer size {size:?} is not a byte count")))?;
+            let size =
+                crate::units::parse_size(&size).map_err(|e| why(format!("slicer size {e}")))?;
             if size == 0 {
                 return Err(why("slicer size must be at least 1 byte"));
             }
@@ -368,8 +418,7 @@ fn parse_inner(spec: &str) -> Result<Fault, SpecError> {
                 .or_else(|| take("bytes"))
                 .ok_or_else(|| why("limit needs a byte count, e.g. limit:4096"))?;
             FaultKind::Limit(
-                n.parse()
-                    .map_err(|_| why(format!("limit {n:?} is not a byte count")))?,
+                crate::units::parse_size(&n).map_err(|e| why(format!("limit {e}")))? as u64,
             )
         }
         "reset" => {
@@ -537,7 +586,7 @@ mod tests {
             ("bandwidth:fast", "needs a unit"),
             ("bandwidth:0mbit", "positive"),
             ("slicer:0", "at least 1"),
-            ("limit:lots", "not a byte count"),
+            ("limit:lots", "expected a byte size"),
             ("loss", "needs a rate"),
             ("loss:ge,p=1%", "needs r="),
             ("latency:5ms,oops", "key=value"),

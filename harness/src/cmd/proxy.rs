@@ -12,29 +12,27 @@ use crate::exit::bad_input;
 use crate::proxy::{Fault, Protocol, Proxy, spec};
 use wirebench_scenarios::units::parse_duration;
 
+/// The fault syntax (written once, beside its parser) and examples, after the flags.
+fn faults_and_examples() -> String {
+    format!(
+        "{}\n\nExamples:\n  \
+         wirebench proxy --listen 127.0.0.1:7000 --upstream 127.0.0.1:50051 --fault latency:50ms,dir=down\n  \
+         wirebench proxy --udp --listen 127.0.0.1:7001 --upstream 127.0.0.1:4433 --fault loss:2% --fault reorder,p=1%\n  \
+         wirebench proxy --upstream 127.0.0.1:8080 --fault reset:2s,p=10% --stats-every 1s",
+        wirebench_scenarios::faultspec::SYNTAX
+    )
+}
+
 /// Arguments of `wirebench proxy`.
 #[derive(Debug, clap::Args)]
 #[command(
-    long_about = "Runs the fault proxy in front of any TCP or UDP service until interrupted.\n\n\
-Fault specs are KIND[:PARAM][,key=value...]; common keys: dir=up|down|both (up = client to \
-server, default both) and p=PROBABILITY (0..1 or a percentage) per chunk/packet, or per \
-connection for reset, refuse, blackhole, limit and slow-close.\n\n\
-TCP and UDP:\n\
-  latency:50ms[,jitter=5ms,dist=uniform|normal|pareto]   delay each chunk/packet\n\
-  bandwidth:1mbit                                        cap throughput (kbit, mbit, gbit, kb, mb, b /s)\n\
-  blackhole                                              accept and read, never forward\n\
-TCP only:\n\
-  slicer:size=1[,delay=1ms]                              forward in writes of at most SIZE bytes\n\
-  limit:4096                                             close the connection after N bytes\n\
-  reset[:after=2s]                                       reset (RST) the connection after a while\n\
-  slow-close:1s                                          hold a half-close (FIN) back\n\
-  refuse                                                 refuse new connections\n\
-UDP only:\n\
-  loss:5%  or  loss:ge,p=1%,r=30%[,good=0,bad=100%]      random or bursty (Gilbert-Elliott) loss\n\
-  duplicate[,p=1%]  reorder[:5ms][,p=5%]  corrupt[,p=1%]\n\n\
+    long_about = "Runs the fault proxy in front of any TCP or UDP service until interrupted. \
+It prints one JSON line when it listens ({\"proxy\":..,\"listen\":..,\"upstream\":..}).\n\n\
 While it runs, type on stdin: `set SPEC [SPEC...]` to replace the faults, `clear` to remove \
-them, `stats` to print the counters. Counters are printed every --stats-every and at exit.",
-    after_help = "Examples:\n  wirebench proxy --listen 127.0.0.1:7000 --upstream 127.0.0.1:50051 --fault latency:50ms,dir=down\n  wirebench proxy --udp --listen 127.0.0.1:7001 --upstream 127.0.0.1:4433 --fault loss:2% --fault reorder,p=1%"
+them, `stats` to print the counters. Counters are one JSON object per line on stdout — on \
+`stats`, every --stats-every, and once at exit (Ctrl-C or SIGTERM) — each with its time and \
+why it was printed.",
+    after_help = faults_and_examples()
 )]
 pub struct Args {
     /// Address to listen on (port 0 picks one; the bound address is printed).
@@ -46,7 +44,8 @@ pub struct Args {
     /// Proxy UDP datagrams instead of TCP connections.
     #[arg(long)]
     pub udp: bool,
-    /// A fault to apply (repeatable); see above for the syntax.
+    /// A fault to apply (repeatable): KIND[:VALUE][,key=value...], every fault and its
+    /// parameters under FAULTS below.
     #[arg(long = "fault", value_parser = parse_fault)]
     pub faults: Vec<Fault>,
     /// Seed for every random decision (probabilities, jitter, loss).
@@ -67,7 +66,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    rt.block_on(async move {
+    let outcome = rt.block_on(async move {
         let protocol = if args.udp {
             Protocol::Udp
         } else {
@@ -102,26 +101,45 @@ pub fn run(args: Args) -> Result<ExitCode> {
             args.stats_every
         });
         tick.tick().await;
-        loop {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("watching for SIGTERM")?;
+        let started = std::time::Instant::now();
+        let stop = loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => break,
-                _ = tick.tick() => eprintln!("{:?}", proxy.counters()),
+                _ = tokio::signal::ctrl_c() => break "SIGINT",
+                _ = term.recv() => break "SIGTERM",
+                _ = tick.tick() => print_counters(&proxy, started, "interval"),
                 line = lines.next_line(), if stdin_open => match line {
-                    Ok(Some(line)) => command(&proxy, line.trim()),
+                    Ok(Some(line)) => command(&proxy, line.trim(), started),
                     _ => stdin_open = false,
                 },
             }
-        }
-        println!("{}", serde_json::to_string(&proxy.counters())?);
+        };
+        print_counters(&proxy, started, stop);
         Ok(ExitCode::SUCCESS)
-    })
+    });
+    // Stdin is read by a blocking thread that no one can cancel: waiting for it would hang
+    // the exit until the user pressed Enter, so the runtime is left behind instead.
+    rt.shutdown_background();
+    outcome
 }
 
-fn command(proxy: &Proxy, line: &str) {
+/// One line of counters on stdout, as JSON: `{"elapsed_s":..,"reason":..,"counters":{..}}`,
+/// `reason` being `interval`, `stats` (asked on stdin), `SIGINT` or `SIGTERM` (the last line).
+fn print_counters(proxy: &Proxy, started: std::time::Instant, reason: &str) {
+    let line = serde_json::json!({
+        "elapsed_s": (started.elapsed().as_secs_f64() * 1e3).round() / 1e3,
+        "reason": reason,
+        "counters": proxy.counters(),
+    });
+    println!("{line}");
+}
+
+fn command(proxy: &Proxy, line: &str, started: std::time::Instant) {
     let mut words = line.split_whitespace();
     match words.next() {
         None => {}
-        Some("stats") => eprintln!("{:?}", proxy.counters()),
+        Some("stats") => print_counters(proxy, started, "stats"),
         Some("clear") => {
             let _ = proxy.set_faults(Vec::new());
             eprintln!("faults cleared");

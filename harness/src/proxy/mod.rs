@@ -43,12 +43,19 @@ pub enum ProxyError {
         source: std::io::Error,
     },
     /// A fault that means nothing for this protocol (e.g. `loss` on TCP).
-    #[error("fault {fault} does not apply to {protocol} (see `wirebench proxy --help`)")]
+    #[error(
+        "fault {fault} does not apply to {protocol}: {protocol} takes {usable}{hint} (all faults: \
+         `wirebench proxy --help`)"
+    )]
     NotApplicable {
         /// The fault.
         fault: String,
         /// `tcp` or `udp`.
         protocol: &'static str,
+        /// The faults that do apply to `protocol`.
+        usable: &'static str,
+        /// How to get the fault where it applies.
+        hint: &'static str,
     },
 }
 
@@ -348,9 +355,16 @@ impl Drop for Proxy {
 fn check(protocol: Protocol, faults: &[Fault]) -> Result<(), ProxyError> {
     for f in faults {
         if !f.kind.applies_to(protocol == Protocol::Udp) {
+            let udp = protocol == Protocol::Udp;
             return Err(ProxyError::NotApplicable {
                 fault: f.to_string(),
                 protocol: protocol.name(),
+                usable: FaultKind::names_for(udp),
+                hint: if udp {
+                    ""
+                } else {
+                    "; packet faults need --udp, in front of a UDP service such as quic"
+                },
             });
         }
     }
