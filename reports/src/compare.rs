@@ -749,7 +749,7 @@ pub fn compare(
 }
 
 /// How two machines differ in what moves performance: CPU model, cores, kernel.
-fn machine_differences(
+pub(crate) fn machine_differences(
     base: &crate::results::Environment,
     new: &crate::results::Environment,
 ) -> Vec<String> {

@@ -10,6 +10,7 @@ pub mod histogram;
 pub mod html;
 pub mod junit;
 pub mod markdown;
+pub mod merge;
 pub mod results;
 pub mod setup;
 

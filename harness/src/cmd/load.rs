@@ -1,5 +1,6 @@
-//! `wirebench load`: one ad-hoc load run against one transport, a summary on the terminal,
-//! and optionally the full record as a results file (`--json`).
+//! `wirebench load`: one ad-hoc load point against one transport (a summary on the terminal)
+//! or against several in turn (one table side by side), and optionally the full records as a
+//! results file (`--json`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -9,7 +10,7 @@ use wirebench_tls::TlsMode;
 
 use anyhow::Result;
 use wirebench_core::{Capability, Method, Transport};
-use wirebench_reports::results::{Results, RunRecord, SuiteRecord};
+use wirebench_reports::results::{Results, RunFailure, RunRecord, SuiteRecord};
 use wirebench_scenarios::load::{Length, LoadSpec, Mode, Schedule, Stall};
 use wirebench_scenarios::suite::ValiditySpec;
 use wirebench_scenarios::units::{parse_duration, parse_rate, parse_size};
@@ -21,8 +22,9 @@ use wirebench_transports::AnyTransport;
 use crate::brokers::{Availability, BrokerArgs, availability};
 use crate::cmd::args::PlacementArgs;
 use crate::cmd::serve::parse_options;
+use crate::cmd::side_by_side;
 use crate::exit::bad_input;
-use crate::run::events::{EventBus, RunEvent};
+use crate::run::events::{EventBus, RunEvent, StepResult};
 use crate::run::{executor, reporters};
 use crate::runner::{RunContext, run_point};
 use crate::{environment, interrupt};
@@ -56,12 +58,14 @@ fn positive_u64(s: &str) -> Result<u64, String> {
     wirebench load --transport tcp --concurrency 1 --duration 5s\n  \
     wirebench load --transport tcp --rate 20k --schedule poisson --connections 4 --duration 10s\n  \
     wirebench load --transport tcp --method bidi --messages 100 --concurrency 4 --duration 5s\n  \
+    wirebench load --transport tcp,grpc,quic --rate 5k --duration 5s --json side-by-side.json\n  \
     wirebench load --transport tcp --rate 500 --max-in-flight 1 --stall-at 1s --stall-for 500ms --duration 3s\n  \
     wirebench serve --transport tcp --listen 127.0.0.1:7000 &\n  \
     wirebench load --transport tcp --target 127.0.0.1:7000 --rate 5000 --duration 10s --json run.json")]
 #[command(group(clap::ArgGroup::new("loop").args(["rate", "concurrency"])))]
 pub struct Args {
-    /// The transport to load.
+    /// The transport to load, or several separated by commas (`tcp,grpc,quic`, or `all`):
+    /// the same point runs on each in turn and one table puts them side by side.
     #[arg(long, default_value = "tcp")]
     pub transport: String,
     /// Open loop: requests per second in total (e.g. 5000, 2.5k). Latency is measured from
@@ -359,56 +363,167 @@ fn validity_lines(v: &wirebench_reports::results::Validity) -> String {
     out
 }
 
-/// Runs `wirebench load`: one point, with a bar and its live figures (or one line per
-/// interval), then the summary table.
+/// Runs `wirebench load`: one point on each transport named, with a bar and its live
+/// figures (or one line per interval), then the summary (one transport) or a table side by
+/// side (several).
 pub fn run(args: Args) -> Result<ExitCode> {
-    let transport = wirebench_transports::registry::transport(&args.transport)
-        .map_err(|e| bad_input(e.to_string()))?;
     let spec = args.spec();
-    check(&args, &transport, &spec)?;
+    let transports = chosen(&args, &spec)?;
     let reporters = if args.quiet {
         Vec::new()
     } else {
         vec![reporters::progress(args.plain)]
     };
     let bus = Arc::new(EventBus::new(reporters));
-    let ctx = run_context(&args, &transport, &bus)?;
+    let ctx = run_context(&args, &transports, &bus)?;
     let started = environment::now_rfc3339();
-    let name = transport.name().to_owned();
-    let label = format!("{name}: {}", spec.describe());
+    let names: Vec<String> = transports.iter().map(|t| t.name().to_owned()).collect();
     bus.emit(RunEvent::Started {
         suite: "load".into(),
-        transports: vec![name.clone()],
-        steps: 1,
-        eta: spec.estimate(),
+        transports: names.clone(),
+        steps: transports.len(),
+        eta: spec.estimate() * transports.len() as u32,
         out: args.json.clone(),
     })?;
-    bus.emit(RunEvent::StepStarted {
-        index: 0,
-        label: label.clone(),
-        estimate: spec.estimate(),
-    })?;
-    let record = run_point(transport, &spec, &ctx);
+    let interrupted = || ctx.interrupted.load(std::sync::atomic::Ordering::SeqCst);
+    let mut records = Vec::new();
+    let mut failures = Vec::new();
+    let single = transports.len() == 1;
+    for (index, transport) in transports.into_iter().enumerate() {
+        if interrupted() {
+            break;
+        }
+        let name = transport.name().to_owned();
+        let label = format!("{name}: {}", spec.describe());
+        bus.emit(RunEvent::StepStarted {
+            index,
+            label: label.clone(),
+            estimate: spec.estimate(),
+        })?;
+        match run_point(transport, &spec, &ctx) {
+            Ok(mut record) => {
+                record.thresholds = crate::thresholds::check(&args.thresholds, &record.summary);
+                if !single {
+                    let line = StepResult::Load {
+                        point: index,
+                        record: Box::new(record.clone()),
+                    };
+                    bus.emit(RunEvent::StepFinished {
+                        index,
+                        label,
+                        result: line,
+                    })?;
+                }
+                records.push(record);
+            }
+            // One transport's run failing is itself an input error when it is the only
+            // one; among several the others still run, and the failure is named at the end.
+            Err(e) if single => {
+                let _ = bus.emit(RunEvent::Finished {
+                    complete: false,
+                    interrupted: interrupted(),
+                });
+                return Err(e);
+            }
+            Err(e) => {
+                let failure = RunFailure {
+                    transport: name,
+                    point: spec.name.clone(),
+                    error: format!("{e:#}"),
+                };
+                bus.emit(RunEvent::StepFinished {
+                    index,
+                    label,
+                    result: StepResult::Failed(failure.clone()),
+                })?;
+                failures.push(failure);
+            }
+        }
+    }
     // The bar goes before anything else is printed, whatever happened.
     let _ = bus.emit(RunEvent::Finished {
-        complete: record.is_ok(),
-        interrupted: ctx.interrupted.load(std::sync::atomic::Ordering::SeqCst),
+        complete: records.len() + failures.len() == names.len(),
+        interrupted: interrupted(),
     });
-    let mut record = record?;
-    record.thresholds = crate::thresholds::check(&args.thresholds, &record.summary);
-    print!("{}", summary_text(&record));
-    let breached = record.breaches().next().is_some();
+    match records.as_slice() {
+        [one] if single => print!("{}", summary_text(one)),
+        _ => print!("{}", side_by_side::table(&records, &failures)),
+    }
+    let breached = records.iter().any(|r| r.breaches().next().is_some());
     if let Some(path) = &args.json {
-        save_json(path, started, &spec, name, record)?;
+        let complete = !interrupted() && failures.is_empty();
+        save_json(
+            path,
+            started,
+            &spec,
+            names,
+            records,
+            failures.clone(),
+            complete,
+        )?;
         println!("wrote {}", path.display());
     }
-    if ctx.interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+    if interrupted() {
         return Ok(ExitCode::from(crate::exit::INTERRUPTED));
+    }
+    if !failures.is_empty() {
+        return Ok(ExitCode::from(crate::exit::HARNESS));
     }
     if breached {
         return Ok(ExitCode::from(crate::exit::FAILED));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The transports named by `--transport`, each checked against the point before anything
+/// runs. `all` keeps the ones that can run here and says why the others cannot.
+fn chosen(args: &Args, spec: &LoadSpec) -> Result<Vec<AnyTransport>> {
+    let every = args.transport.trim().eq_ignore_ascii_case("all");
+    let transports = super::parse_transports(Some(&args.transport))?;
+    if transports.is_empty() {
+        return Err(bad_input("--transport: no transport named"));
+    }
+    for (i, t) in transports.iter().enumerate() {
+        if transports[..i].iter().any(|u| u.name() == t.name()) {
+            return Err(bad_input(format!(
+                "--transport {}: {} is named twice",
+                args.transport,
+                t.name()
+            )));
+        }
+    }
+    if transports.len() > 1 {
+        if args.placement.target.is_some() || args.placement.server_cmd.is_some() {
+            return Err(bad_input(
+                "--target and --server-cmd name one server, so they take one transport \
+                 (--transport NAME)",
+            ));
+        }
+        if !args.options.is_empty() || !args.server_options.is_empty() {
+            return Err(bad_input(
+                "--option and --server-option are one transport's knobs, so they take one \
+                 transport; to set knobs for several, write a suite (wirebench run --suite)",
+            ));
+        }
+    }
+    // What is wrong with the point itself is wrong for every transport: said once, first.
+    spec.validate().map_err(|e| bad_input(e.to_string()))?;
+    args.brokers.validate()?;
+    let mut kept = Vec::new();
+    for t in transports {
+        match check(args, &t, spec) {
+            Ok(()) => kept.push(t),
+            // `all` means "all that can run here": the rest is said, not fatal.
+            Err(e) if every => eprintln!("not loading {}: {e:#}", t.name()),
+            Err(e) => return Err(e),
+        }
+    }
+    if kept.is_empty() {
+        return Err(bad_input(
+            "--transport all: no transport can run this point here",
+        ));
+    }
+    Ok(kept)
 }
 
 /// What can be refused before anything runs.
@@ -453,8 +568,19 @@ fn check(args: &Args, transport: &AnyTransport, spec: &LoadSpec) -> Result<()> {
     Ok(())
 }
 
-fn run_context(args: &Args, transport: &AnyTransport, bus: &Arc<EventBus>) -> Result<RunContext> {
-    let name = transport.name().to_owned();
+fn run_context(
+    args: &Args,
+    transports: &[AnyTransport],
+    bus: &Arc<EventBus>,
+) -> Result<RunContext> {
+    // Options were refused above for several transports, so they belong to the one.
+    let options = |given: &[String]| -> Result<BTreeMap<String, _>> {
+        let parsed = parse_options(given)?;
+        Ok(transports
+            .iter()
+            .map(|t| (t.name().to_owned(), parsed.clone()))
+            .collect())
+    };
     Ok(RunContext {
         pin: args.placement.pin,
         validity: ValiditySpec {
@@ -467,25 +593,29 @@ fn run_context(args: &Args, transport: &AnyTransport, bus: &Arc<EventBus>) -> Re
         target_pid: args.placement.target_pid,
         server_cmd: args.placement.server_cmd.clone(),
         server_threads: args.placement.server_threads,
-        client_options: BTreeMap::from([(name.clone(), parse_options(&args.options)?)]),
-        server_options: BTreeMap::from([(name.clone(), parse_options(&args.server_options)?)]),
-        server_listen: args
-            .brokers
-            .url_for(transport)
-            .map(|u| BTreeMap::from([(name.clone(), u.to_owned())]))
-            .unwrap_or_default(),
+        client_options: options(&args.options)?,
+        server_options: options(&args.server_options)?,
+        server_listen: transports
+            .iter()
+            .filter_map(|t| {
+                let url = args.brokers.url_for(t)?;
+                Some((t.name().to_owned(), url.to_owned()))
+            })
+            .collect(),
         tls: Default::default(),
         live: (!args.quiet).then(|| executor::live(bus)),
     })
 }
 
-/// Writes the run as a results file of one record.
+/// Writes the runs (one per transport) as a results file.
 fn save_json(
     path: &std::path::Path,
     started: String,
     spec: &LoadSpec,
-    transport: String,
-    record: RunRecord,
+    transports: Vec<String>,
+    records: Vec<RunRecord>,
+    errors: Vec<RunFailure>,
+    complete: bool,
 ) -> Result<()> {
     let mut results = Results::new(
         format!("wirebench {}", env!("CARGO_PKG_VERSION")),
@@ -498,10 +628,11 @@ fn save_json(
             toml: String::new(),
         },
     );
-    results.transports = vec![transport];
-    results.runs.push(record);
+    results.transports = transports;
+    results.runs = records;
+    results.errors = errors;
     results.finished_at = Some(environment::now_rfc3339());
-    results.complete = true;
+    results.complete = complete;
     results.save(path)?;
     Ok(())
 }

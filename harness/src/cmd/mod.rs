@@ -9,6 +9,7 @@ pub mod proxy;
 pub mod report;
 pub mod run;
 pub mod serve;
+pub mod side_by_side;
 
 use wirebench_transports::registry::{self, AnyTransport};
 

@@ -1,0 +1,278 @@
+//! Several results files as one: `wirebench report a.json b.json` renders them in one report.
+//! Runs, cases and fault runs are kept as they are; only names that would collide (the same
+//! transport and point from two files) get their file's label, so nothing is silently
+//! overwritten or averaged, and a merge of files from different machines says so.
+
+use std::collections::BTreeMap;
+
+use crate::compare::machine_differences;
+use crate::results::Results;
+
+/// One input: a short label that tells it apart from the others (its file name) and its
+/// results.
+#[derive(Clone, Debug)]
+pub struct Part {
+    /// How the file is named where names collide (`a.json` → `a`).
+    pub label: String,
+    /// Its results.
+    pub results: Results,
+}
+
+/// The parts as one [`Results`]: the first part's environment and floor, every run, case,
+/// skip, error and fault run of every part in order, and a description that names the files
+/// (and warns when they come from different machines). `None` when `parts` is empty.
+pub fn merge(parts: Vec<Part>) -> Option<Results> {
+    let count = |key: &dyn Fn(&Results) -> Vec<String>| {
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        for p in &parts {
+            // A name counts once per file: repeats inside one file are that file's business.
+            let mut keys = key(&p.results);
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                *seen.entry(k).or_default() += 1;
+            }
+        }
+        seen
+    };
+    let runs = count(&|r| {
+        r.runs
+            .iter()
+            .map(|x| format!("{}/{}", x.transport, x.point))
+            .collect()
+    });
+    let cases = count(&|r| {
+        r.conformance
+            .iter()
+            .map(|x| format!("{}/{}", x.transport, x.case))
+            .collect()
+    });
+    let faults = count(&|r| {
+        r.fault_runs
+            .iter()
+            .map(|x| format!("{}/{}/{}", x.transport, x.plan, x.policy))
+            .collect()
+    });
+    let clash = |seen: &BTreeMap<String, usize>, k: String| seen.get(&k).is_some_and(|&n| n > 1);
+
+    let mut parts = parts.into_iter();
+    let first = parts.next()?;
+    let mut out = first.results.clone();
+    out.runs.clear();
+    out.conformance.clear();
+    out.fault_runs.clear();
+    out.skipped.clear();
+    out.errors.clear();
+    out.transports.clear();
+    let mut names = Vec::new();
+    let mut files = Vec::new();
+    let mut machines = Vec::new();
+    for part in std::iter::once(first).chain(parts) {
+        let Part { label, results: r } = part;
+        let differs = machine_differences(&out.environment, &r.environment);
+        if !differs.is_empty() {
+            machines.push(format!("{label}: {}", differs.join(", ")));
+        }
+        files.push(format!("{label} ({}, {})", r.suite.name, r.started_at));
+        if !names.contains(&r.suite.name) {
+            names.push(r.suite.name.clone());
+        }
+        for t in &r.transports {
+            if !out.transports.contains(t) {
+                out.transports.push(t.clone());
+            }
+        }
+        if out.floor.is_none() {
+            out.floor = r.floor.clone();
+        }
+        out.started_at = out.started_at.clone().min(r.started_at.clone());
+        out.finished_at = match (out.finished_at.take(), r.finished_at.clone()) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            _ => None,
+        };
+        out.complete &= r.complete;
+        out.interrupted |= r.interrupted;
+        for mut x in r.runs {
+            if clash(&runs, format!("{}/{}", x.transport, x.point)) {
+                x.point = format!("{} ({label})", x.point);
+            }
+            out.runs.push(x);
+        }
+        for mut x in r.conformance {
+            if clash(&cases, format!("{}/{}", x.transport, x.case)) {
+                x.transport = format!("{} ({label})", x.transport);
+            }
+            out.conformance.push(x);
+        }
+        for mut x in r.fault_runs {
+            if clash(&faults, format!("{}/{}/{}", x.transport, x.plan, x.policy)) {
+                x.plan = format!("{} ({label})", x.plan);
+            }
+            out.fault_runs.push(x);
+        }
+        for mut x in r.skipped {
+            x.point = format!("{} ({label})", x.point);
+            out.skipped.push(x);
+        }
+        for mut x in r.errors {
+            x.point = format!("{} ({label})", x.point);
+            out.errors.push(x);
+        }
+    }
+    out.suite.name = names.join(" + ");
+    out.suite.description = format!("{} results files merged: {}", files.len(), files.join("; "));
+    if !machines.is_empty() {
+        out.suite.description.push_str(&format!(
+            ". WARNING: not all made on one machine ({}), so differences between them may be \
+             the machines', not the transports'",
+            machines.join("; ")
+        ));
+    }
+    out.suite.source = "merged".into();
+    out.suite.toml = String::new();
+    Some(out)
+}
+
+/// Labels for files, each as short as it can be while telling them apart: the file's stem
+/// (`a.json` → `a`), or its folder and stem when stems repeat
+/// (`2026-12-01/results.json` → `2026-12-01/results`), or its place in the list.
+pub fn labels(paths: &[std::path::PathBuf]) -> Vec<String> {
+    let stem = |p: &std::path::Path| {
+        p.file_stem().map_or_else(
+            || p.display().to_string(),
+            |s| s.to_string_lossy().into_owned(),
+        )
+    };
+    let with_dir = |p: &std::path::Path| {
+        let dir = p
+            .parent()
+            .and_then(|d| d.file_name())
+            .map(|d| d.to_string_lossy().into_owned());
+        match dir {
+            Some(d) => format!("{d}/{}", stem(p)),
+            None => stem(p),
+        }
+    };
+    let unique = |v: &[String]| {
+        let mut s = v.to_vec();
+        s.sort();
+        s.dedup();
+        s.len() == v.len()
+    };
+    let stems: Vec<String> = paths.iter().map(|p| stem(p)).collect();
+    if unique(&stems) {
+        return stems;
+    }
+    let dirs: Vec<String> = paths.iter().map(|p| with_dir(p)).collect();
+    if unique(&dirs) {
+        return dirs;
+    }
+    (1..=paths.len()).map(|i| format!("file {i}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::{Environment, RunRecord, SuiteRecord};
+    use std::path::PathBuf;
+
+    fn results(suite: &str, cpu: &str, runs: &[(&str, &str)]) -> Results {
+        let mut r = Results::new(
+            "wirebench test".into(),
+            "2026-12-01T10:00:00Z".into(),
+            Environment {
+                cpu_model: cpu.into(),
+                cores: 2,
+                ..Environment::default()
+            },
+            SuiteRecord {
+                name: suite.into(),
+                ..SuiteRecord::default()
+            },
+        );
+        r.complete = true;
+        for (t, p) in runs {
+            r.transports.push((*t).into());
+            r.runs.push(RunRecord {
+                transport: (*t).into(),
+                point: (*p).into(),
+                ..RunRecord::default()
+            });
+        }
+        r
+    }
+
+    #[test]
+    fn every_run_is_kept_and_only_colliding_names_get_their_file() {
+        let merged = merge(vec![
+            Part {
+                label: "before".into(),
+                results: results("load", "X", &[("tcp", "load"), ("grpc", "load")]),
+            },
+            Part {
+                label: "after".into(),
+                results: results("load", "X", &[("tcp", "load"), ("quic", "load")]),
+            },
+        ])
+        .expect("two parts");
+        let names: Vec<String> = merged
+            .runs
+            .iter()
+            .map(|r| format!("{}/{}", r.transport, r.point))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "tcp/load (before)",
+                "grpc/load",
+                "tcp/load (after)",
+                "quic/load"
+            ]
+        );
+        assert_eq!(merged.transports, ["tcp", "grpc", "quic"]);
+        assert!(merged.complete);
+        assert!(!merged.suite.description.contains("WARNING"));
+        assert!(
+            merged
+                .suite
+                .description
+                .starts_with("2 results files merged")
+        );
+    }
+
+    #[test]
+    fn files_from_different_machines_are_flagged() {
+        let merged = merge(vec![
+            Part {
+                label: "a".into(),
+                results: results("quick", "EPYC", &[("tcp", "p")]),
+            },
+            Part {
+                label: "b".into(),
+                results: results("quick", "Xeon", &[("grpc", "p")]),
+            },
+        ])
+        .expect("two parts");
+        assert!(
+            merged.suite.description.contains("WARNING"),
+            "{}",
+            merged.suite.description
+        );
+        assert!(merged.suite.description.contains("Xeon"));
+        assert!(merge(Vec::new()).is_none());
+    }
+
+    #[test]
+    fn labels_are_as_short_as_tells_files_apart() {
+        let p = |s: &str| PathBuf::from(s);
+        assert_eq!(labels(&[p("a.json"), p("x/b.json")]), ["a", "b"]);
+        assert_eq!(
+            labels(&[p("r/1/results.json"), p("r/2/results.json")]),
+            ["1/results", "2/results"]
+        );
+        assert_eq!(
+            labels(&[p("1/results.json"), p("1/results.json")]),
+            ["file 1", "file 2"]
+        );
+    }
+}
