@@ -147,15 +147,17 @@ fn draw_spectrum(
 }
 
 /// Latency over time: one line per series, x in seconds, y in µs (log).
-pub fn over_time(title: &str, series: &[Series]) -> String {
+/// The x axis ends at `xmax` seconds, the end of the data drawn (so it never runs on past
+/// the measured phase); at least as far as the last point.
+pub fn over_time(title: &str, series: &[Series], xmax: f64) -> String {
     let Some((ymin, ymax)) = y_bounds(series) else {
         return no_data(title);
     };
-    let xmax = series
+    let last = series
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.0))
-        .fold(1.0f64, f64::max)
-        + 1.0;
+        .fold(0.0f64, f64::max);
+    let xmax = if xmax > last { xmax } else { last + 0.5 };
     let mut svg = String::new();
     let drawn = draw_over_time(&mut svg, title, series, xmax, ymin, ymax);
     match drawn {
@@ -244,9 +246,12 @@ fn draw_fault_timeline(
     ymax: f64,
 ) -> Drawn {
     {
-        let root = SVGBackend::with_string(svg, (720, 360)).into_drawing_area();
+        let root = SVGBackend::with_string(svg, (720, 384)).into_drawing_area();
         root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
+        // The legend goes in a strip of its own beneath the chart: the phase labels sit at the
+        // top of the plot, where a legend inside it would hide the first one.
+        let (upper, strip) = root.split_vertically(360);
+        let mut chart = ChartBuilder::on(&upper)
             .caption(title, ("sans-serif", 19))
             .margin(12)
             .x_label_area_size(48)
@@ -285,8 +290,47 @@ fn draw_fault_timeline(
         }))?;
         let red = RGBColor(200, 30, 30).stroke_width(1);
         chart.draw_secondary_series(LineSeries::new(errors.iter().copied(), red))?;
-        draw_lines(&mut chart, series)?;
+        draw_only_lines(&mut chart, series)?;
+        let mut items: Vec<(String, ShapeStyle)> = series
+            .iter()
+            .map(|s| (s.label.clone(), stroke(s)))
+            .collect();
+        items.push(("errors % (right axis)".into(), red));
+        legend_below(&strip, &items, 8)?;
         root.present()?;
+    }
+    Ok(())
+}
+
+/// How a series is stroked: a primary line bold, a secondary one thin and light.
+fn stroke(s: &Series) -> ShapeStyle {
+    let color = PALETTE[s.color % PALETTE.len()];
+    if s.secondary {
+        color.mix(0.45).stroke_width(1)
+    } else {
+        color.stroke_width(2)
+    }
+}
+
+/// A legend in one row beneath the plot, centred at height `y` of `root`: outside the
+/// plotting area, so it can cover neither data nor the labels drawn on it.
+fn legend_below(
+    root: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    items: &[(String, ShapeStyle)],
+    y: i32,
+) -> Drawn {
+    // No font metrics in the SVG backend: a 14 px sans-serif averages about 7 px a character.
+    let width = |label: &str| 18 + 6 + 7 * label.chars().count() as i32 + 18;
+    let total: i32 = items.iter().map(|(l, _)| width(l)).sum();
+    let mut x = (root.dim_in_pixel().0 as i32 - total).max(0) / 2;
+    for (label, style) in items {
+        root.draw(&PathElement::new(vec![(x, y), (x + 18, y)], *style))?;
+        root.draw(&Text::new(
+            label.clone(),
+            (x + 24, y - 7),
+            ("sans-serif", 14).into_font(),
+        ))?;
+        x += width(label);
     }
     Ok(())
 }
@@ -299,18 +343,7 @@ where
     X: plotters::coord::ranged1d::Ranged<ValueType = f64>,
     Y: plotters::coord::ranged1d::Ranged<ValueType = f64>,
 {
-    for s in series {
-        let color = PALETTE[s.color % PALETTE.len()];
-        let style = if s.secondary {
-            color.mix(0.45).stroke_width(1)
-        } else {
-            color.stroke_width(2)
-        };
-        chart
-            .draw_series(LineSeries::new(s.points.iter().copied(), style))?
-            .label(s.label.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
-    }
+    draw_only_lines(chart, series)?;
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)
@@ -318,6 +351,24 @@ where
         .background_style(WHITE.mix(0.85))
         .border_style(RGBColor(200, 200, 200))
         .draw()?;
+    Ok(())
+}
+
+fn draw_only_lines<'a, X, Y>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+    series: &[Series],
+) -> Drawn
+where
+    X: plotters::coord::ranged1d::Ranged<ValueType = f64>,
+    Y: plotters::coord::ranged1d::Ranged<ValueType = f64>,
+{
+    for s in series {
+        let style = stroke(s);
+        chart
+            .draw_series(LineSeries::new(s.points.iter().copied(), style))?
+            .label(s.label.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+    }
     Ok(())
 }
 
@@ -346,7 +397,7 @@ mod tests {
         assert!(svg.starts_with("<svg"), "{}", &svg[..40.min(svg.len())]);
         assert!(!svg.contains("http"));
         assert!(svg.contains("99%"));
-        let svg = over_time("t", &[s]);
+        let svg = over_time("t", &[s], 2.0);
         assert!(svg.starts_with("<svg") && !svg.contains("http"));
         assert!(spectrum("empty", &[]).contains("no data"));
     }

@@ -135,7 +135,7 @@ pub fn html_section(out: &mut String, results: &Results) {
                 .collect();
             let _ = write!(
                 out,
-                "<p>{} {} requests/s, {} B; phases: {}.</p>",
+                "<p>{}, open loop at {}, {} B; phases: {}.</p>",
                 escape(&first.params.method),
                 rate(first.params.rate.unwrap_or(0.0)),
                 first.params.payload_bytes,
@@ -146,39 +146,16 @@ pub fn html_section(out: &mut String, results: &Results) {
             "<div class=\"scroll\"><table><thead><tr><th class=\"l\">transport</th>\
              <th class=\"l\">phase</th><th>sent</th><th>ok</th><th>failed</th><th>timed out</th>\
              <th>errors</th><th>ok/s</th><th>p50</th><th>p99</th><th>Δp50</th><th>Δp99</th>\
-             <th>detected</th><th>first ok</th><th>p99 back</th><th class=\"l\">accounting</th>\
-             </tr></thead><tbody>",
+             <th>detected</th><th>first ok</th><th>p99 back</th></tr></thead><tbody>",
         );
         for f in &runs {
             for (i, p) in f.phases.iter().enumerate() {
                 let rec = f.recovery.iter().find(|r| r.phase == p.name);
-                let acct = if i == 0 {
-                    let a = &f.accounting;
-                    format!(
-                        "{} sent = {} ok + {} failed + {} timed out{}{}",
-                        a.sent,
-                        a.ok,
-                        a.failed,
-                        a.timed_out,
-                        if a.unanswered > 0 {
-                            format!(" + {} unanswered", a.unanswered)
-                        } else {
-                            String::new()
-                        },
-                        if a.balanced { " ✓" } else { " — MISMATCH" }
-                    ) + &if a.unsent > 0 {
-                        format!("; {} due never sent", a.unsent)
-                    } else {
-                        String::new()
-                    }
-                } else {
-                    String::new()
-                };
                 let _ = write!(
                     out,
                     "<tr{}><td class=\"l\">{}</td><td class=\"l\">{}</td><td>{}</td><td>{}</td>\
                      <td>{}</td><td>{}</td><td>{:.1}%</td><td>{}</td><td>{}</td><td>{}</td>\
-                     <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"l\">{}</td></tr>",
+                     <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                     if f.validity.valid {
                         ""
                     } else {
@@ -213,9 +190,15 @@ pub fn html_section(out: &mut String, results: &Results) {
                     rec.map_or(String::new(), |r| ms(r.detected_ms)),
                     rec.map_or(String::new(), |r| ms(r.first_success_ms)),
                     rec.map_or(String::new(), |r| ms(r.p99_recovered_ms)),
-                    escape(&acct)
                 );
             }
+            // The accounting is a sentence, not a figure: a row of its own under the run's
+            // phases, as wide as the table, so it is never cut off on a narrow screen.
+            let _ = write!(
+                out,
+                "<tr class=\"acct\"><td></td><td class=\"l\" colspan=\"14\">{}</td></tr>",
+                escape(&accounting(f))
+            );
         }
         out.push_str("</tbody></table></div>");
         for f in &runs {
@@ -232,6 +215,23 @@ pub fn html_section(out: &mut String, results: &Results) {
             }
         }
     }
+}
+
+/// Every request of a fault run accounted for, in one line.
+fn accounting(f: &FaultRunRecord) -> String {
+    let a = &f.accounting;
+    let mut s = format!(
+        "accounting: {} sent = {} ok + {} failed + {} timed out",
+        a.sent, a.ok, a.failed, a.timed_out
+    );
+    if a.unanswered > 0 {
+        s.push_str(&format!(" + {} unanswered", a.unanswered));
+    }
+    s.push_str(if a.balanced { " ✓" } else { " — MISMATCH" });
+    if a.unsent > 0 {
+        s.push_str(&format!("; {} due never sent", a.unsent));
+    }
+    s
 }
 
 /// Appends the recovery figures for `summary.md`.

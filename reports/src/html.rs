@@ -64,6 +64,7 @@ th, td { padding: 4px 8px; border-bottom: 1px solid var(--line); text-align: rig
 th { background: #f5f5f7; font-weight: 600; }
 td.l, th.l { text-align: left; }
 tr.group td { background: #fafafa; font-weight: 600; text-align: left; white-space: normal; }
+tr.acct td { color: var(--muted); font-size: .92em; white-space: normal; }
 .swatch { display: inline-block; width: .8em; height: .8em; border-radius: 2px; margin-right: .35em; vertical-align: -1px; }
 .valid { color: var(--ok); }
 .invalid { color: var(--bad); font-weight: 600; }
@@ -535,6 +536,8 @@ fn point_section(out: &mut String, results: &Results, p: &str, ts: &[String]) {
     );
     let mut spectrum = Vec::new();
     let mut timeline = Vec::new();
+    let mut xmax = 0.0f64;
+    let mut dropped = Vec::new();
     for r in &runs {
         let c = color_of(ts, &r.transport);
         if let Ok(h) = decode(&r.histograms.latency) {
@@ -553,15 +556,20 @@ fn point_section(out: &mut String, results: &Results, p: &str, ts: &[String]) {
                 secondary: true,
             });
         }
-        let p99: Vec<(f64, f64)> = r
-            .intervals
+        let drawn = drawn_intervals(r);
+        xmax = xmax.max(drawn.end_s);
+        if let Some(note) = drawn.dropped {
+            dropped.push(note);
+        }
+        let p99: Vec<(f64, f64)> = drawn
+            .points
             .iter()
-            .map(|i| (i.start_s + 0.5, i.latency.p99_ns as f64 / 1e3))
+            .map(|(x, i)| (*x, i.latency.p99_ns as f64 / 1e3))
             .collect();
-        let p50: Vec<(f64, f64)> = r
-            .intervals
+        let p50: Vec<(f64, f64)> = drawn
+            .points
             .iter()
-            .map(|i| (i.start_s + 0.5, i.latency.p50_ns as f64 / 1e3))
+            .map(|(x, i)| (*x, i.latency.p50_ns as f64 / 1e3))
             .collect();
         timeline.push(Series {
             label: format!("{} p99", r.transport),
@@ -588,10 +596,78 @@ fn point_section(out: &mut String, results: &Results, p: &str, ts: &[String]) {
     out.push_str(&charts::over_time(
         &format!("{p}: latency over time (1 s intervals)"),
         &timeline,
+        xmax,
     ));
+    if !dropped.is_empty() {
+        let _ = write!(
+            out,
+            "<p class=\"muted\">Not drawn: {}: too short a last interval for its \
+             percentiles to mean anything (its calls are in every other figure).</p>",
+            escape(&dropped.join("; "))
+        );
+    }
     out.push_str("</div></div>");
     for r in runs {
         run_details(out, r, ts);
+    }
+}
+
+/// A run's intervals as the latency-over-time chart draws them.
+struct Drawn<'a> {
+    /// Each interval with the x at the middle of the time it covers.
+    points: Vec<(f64, &'a crate::results::IntervalRecord)>,
+    /// Where the drawn data ends (seconds into the measured phase).
+    end_s: f64,
+    /// What was left out, said under the chart.
+    dropped: Option<String>,
+}
+
+/// The intervals worth drawing: the measured phase ends inside its last interval (the last
+/// answers trickle in), so that interval may cover a few milliseconds and a call or two, and
+/// its "p99" is one sample. A last interval covering less than half an interval is left out
+/// (unless it is the only one) and named; the others are drawn at the middle of what they
+/// cover.
+fn drawn_intervals(r: &RunRecord) -> Drawn<'_> {
+    let iv = &r.intervals;
+    let len = match iv.as_slice() {
+        [a, b, ..] if b.start_s > a.start_s => b.start_s - a.start_s,
+        _ => 1.0,
+    };
+    let end = r.summary.elapsed_s;
+    let covered = |i: &crate::results::IntervalRecord| {
+        if end > i.start_s {
+            (i.start_s + len).min(end) - i.start_s
+        } else {
+            len
+        }
+    };
+    let mut dropped = None;
+    let mut keep = iv.len();
+    if let Some(last) = iv.last()
+        && iv.len() > 1
+        && covered(last) < len / 2.0
+    {
+        keep -= 1;
+        dropped = Some(format!(
+            "{}'s last {} ({} call{})",
+            r.transport,
+            dur((covered(last) * 1e9) as u64),
+            last.calls,
+            if last.calls == 1 { "" } else { "s" }
+        ));
+    }
+    let points: Vec<_> = iv[..keep]
+        .iter()
+        .map(|i| (i.start_s + covered(i) / 2.0, i))
+        .collect();
+    let end_s = iv[..keep]
+        .iter()
+        .map(|i| i.start_s + covered(i))
+        .fold(0.0, f64::max);
+    Drawn {
+        points,
+        end_s,
+        dropped,
     }
 }
 
@@ -696,22 +772,33 @@ pub fn render(results: &Results) -> String {
         escape(&results.suite.name)
     );
     let e = &results.environment;
-    let _ = write!(
-        out,
-        "<h1>wirebench: {}</h1><p class=\"muted\">{} · started {} · {} · {} cores · {} · git {}{}</p>",
-        escape(&results.suite.name),
-        escape(&results.suite.description),
-        escape(&results.started_at),
-        escape(&e.cpu_model),
-        e.cores,
-        escape(&e.build_profile),
-        escape(e.git_sha.as_deref().map_or("?", |s| &s[..s.len().min(12)])),
+    // The description is a sentence of its own (when the suite has one); the facts of the run
+    // follow on their own line, so neither starts with a dangling separator.
+    let git = format!(
+        "git {}{}",
+        e.git_sha.as_deref().map_or("?", |s| &s[..s.len().min(12)]),
         if e.git_dirty == Some(true) {
             " (dirty)"
         } else {
             ""
         }
     );
+    let facts = [
+        format!("started {}", results.started_at),
+        e.cpu_model.clone(),
+        format!("{} cores", e.cores),
+        e.build_profile.clone(),
+        git,
+    ]
+    .into_iter()
+    .filter(|s| !s.trim().is_empty())
+    .collect::<Vec<_>>()
+    .join(" · ");
+    let _ = write!(out, "<h1>wirebench: {}</h1>", escape(&results.suite.name));
+    if !results.suite.description.trim().is_empty() {
+        let _ = write!(out, "<p>{}</p>", escape(&results.suite.description));
+    }
+    let _ = write!(out, "<p class=\"muted\">{}</p>", escape(&facts));
     if e.build_profile != "release" {
         out.push_str("<div class=\"banner\">This is a debug build: its numbers are not representative. Use <code>cargo run --release</code>.</div>");
     }
@@ -864,4 +951,69 @@ pub fn render(results: &Results) -> String {
     }
     out.push_str("</body></html>\n");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::{IntervalRecord, SuiteRecord};
+
+    fn run_with_intervals(starts: &[f64], elapsed_s: f64) -> RunRecord {
+        let mut r = RunRecord {
+            transport: "tcp".into(),
+            point: "p".into(),
+            ..RunRecord::default()
+        };
+        r.summary.elapsed_s = elapsed_s;
+        r.intervals = starts
+            .iter()
+            .map(|&start_s| IntervalRecord {
+                start_s,
+                calls: 1,
+                ..IntervalRecord::default()
+            })
+            .collect();
+        r
+    }
+
+    #[test]
+    fn a_sliver_of_a_last_interval_is_not_drawn_and_is_named() {
+        // 2 s measured, the last answer 3 ms after: a third "interval" of one call.
+        let r = run_with_intervals(&[0.0, 1.0, 2.0], 2.003);
+        let d = drawn_intervals(&r);
+        assert_eq!(d.points.len(), 2);
+        assert_eq!(d.points[1].0, 1.5);
+        assert_eq!(d.end_s, 2.0, "the axis ends with the data");
+        assert_eq!(d.dropped.as_deref(), Some("tcp's last 3.00 ms (1 call)"));
+        // Most of an interval is drawn, at the middle of what it covers.
+        let r = run_with_intervals(&[0.0, 1.0, 2.0], 2.8);
+        let d = drawn_intervals(&r);
+        assert_eq!(d.points.len(), 3);
+        assert!((d.points[2].0 - 2.4).abs() < 1e-9);
+        assert!((d.end_s - 2.8).abs() < 1e-9);
+        assert!(d.dropped.is_none());
+        // A run shorter than one interval still has its one point.
+        let r = run_with_intervals(&[0.0], 0.3);
+        let d = drawn_intervals(&r);
+        assert_eq!(d.points.len(), 1);
+    }
+
+    #[test]
+    fn a_suite_without_a_description_leaves_no_dangling_separator() {
+        let results = Results::new(
+            "wirebench test".into(),
+            "2026-12-08T00:00:00Z".into(),
+            Default::default(),
+            SuiteRecord {
+                name: "mine".into(),
+                ..SuiteRecord::default()
+            },
+        );
+        let html = render(&results);
+        assert!(
+            html.contains("<p class=\"muted\">started 2026-12-08T00:00:00Z · "),
+            "{html}"
+        );
+        assert!(!html.contains(">· "), "{html}");
+    }
 }
