@@ -110,13 +110,14 @@ fn several_results_files_make_one_report() {
     c.arg("report").arg(&a).arg(&b).arg("--out").arg(&out_dir);
     let out = run(c, LIMIT);
     assert!(out.status.success(), "{}", stderr(&out));
-    // The same transport and point from both files stays two runs, told apart by file.
+    // The same transport and point from both files stays two runs, told apart by file, and
+    // each file's point keeps its runs together.
     assert_eq!(
         runs(&out_dir.join("results.json")),
         [
             ("tcp".to_owned(), "load (before)".to_owned()),
             ("tcp".to_owned(), "load (after)".to_owned()),
-            ("inproc".to_owned(), "load".to_owned())
+            ("inproc".to_owned(), "load (after)".to_owned())
         ]
     );
     let html = std::fs::read_to_string(out_dir.join("report.html")).expect("report written");

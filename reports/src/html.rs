@@ -774,15 +774,18 @@ pub fn render(results: &Results) -> String {
     let e = &results.environment;
     // The description is a sentence of its own (when the suite has one); the facts of the run
     // follow on their own line, so neither starts with a dangling separator.
-    let git = format!(
-        "git {}{}",
-        e.git_sha.as_deref().map_or("?", |s| &s[..s.len().min(12)]),
-        if e.git_dirty == Some(true) {
-            " (dirty)"
-        } else {
-            ""
-        }
-    );
+    let git = match &e.git_sha {
+        Some(sha) => format!(
+            "git {}{}",
+            &sha[..sha.len().min(12)],
+            if e.git_dirty == Some(true) {
+                " (dirty)"
+            } else {
+                ""
+            }
+        ),
+        None => String::new(),
+    };
     let facts = [
         format!("started {}", results.started_at),
         e.cpu_model.clone(),

@@ -35,12 +35,24 @@ pub fn merge(parts: Vec<Part>) -> Option<Results> {
         }
         seen
     };
-    let runs = count(&|r| {
-        r.runs
-            .iter()
-            .map(|x| format!("{}/{}", x.transport, x.point))
-            .collect()
-    });
+    // A point is relabelled as a whole when any transport ran it in two files: its runs
+    // stay together per file ("load (before)": tcp and inproc), while files that ran a
+    // point on different transports keep one point, side by side.
+    let mut clashing_points: Vec<String> = Vec::new();
+    {
+        let runs = count(&|r| {
+            r.runs
+                .iter()
+                .map(|x| format!("{}\u{0}{}", x.point, x.transport))
+                .collect()
+        });
+        for (k, n) in runs {
+            let point = k.split('\u{0}').next().unwrap_or_default().to_owned();
+            if n > 1 && !clashing_points.contains(&point) {
+                clashing_points.push(point);
+            }
+        }
+    }
     let cases = count(&|r| {
         r.conformance
             .iter()
@@ -93,7 +105,7 @@ pub fn merge(parts: Vec<Part>) -> Option<Results> {
         out.complete &= r.complete;
         out.interrupted |= r.interrupted;
         for mut x in r.runs {
-            if clash(&runs, format!("{}/{}", x.transport, x.point)) {
+            if clashing_points.contains(&x.point) {
                 x.point = format!("{} ({label})", x.point);
             }
             out.runs.push(x);
@@ -203,15 +215,23 @@ mod tests {
     }
 
     #[test]
-    fn every_run_is_kept_and_only_colliding_names_get_their_file() {
+    fn every_run_is_kept_and_only_colliding_points_get_their_file() {
         let merged = merge(vec![
             Part {
                 label: "before".into(),
-                results: results("load", "X", &[("tcp", "load"), ("grpc", "load")]),
+                results: results(
+                    "load",
+                    "X",
+                    &[("tcp", "load"), ("grpc", "load"), ("tcp", "big")],
+                ),
             },
             Part {
                 label: "after".into(),
-                results: results("load", "X", &[("tcp", "load"), ("quic", "load")]),
+                results: results(
+                    "load",
+                    "X",
+                    &[("tcp", "load"), ("quic", "load"), ("grpc", "big")],
+                ),
             },
         ])
         .expect("two parts");
@@ -220,13 +240,17 @@ mod tests {
             .iter()
             .map(|r| format!("{}/{}", r.transport, r.point))
             .collect();
+        // `load` ran on tcp in both files: each file's `load` keeps its runs together under
+        // its own label; `big` ran on different transports, so it stays one point.
         assert_eq!(
             names,
             [
                 "tcp/load (before)",
-                "grpc/load",
+                "grpc/load (before)",
+                "tcp/big",
                 "tcp/load (after)",
-                "quic/load"
+                "quic/load (after)",
+                "grpc/big"
             ]
         );
         assert_eq!(merged.transports, ["tcp", "grpc", "quic"]);
