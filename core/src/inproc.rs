@@ -113,6 +113,11 @@ impl Transport for Inproc {
     fn capabilities(&self) -> Capabilities {
         const GAPS: &[(Capability, &str)] = &[
             (
+                Capability::WireBytes,
+                "inproc has no wire: calls pass through tokio channels, so there are no bytes \
+                 to count",
+            ),
+            (
                 Capability::ByteStreamWire,
                 "inproc has no wire: messages pass through tokio channels",
             ),

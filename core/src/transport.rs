@@ -513,11 +513,14 @@ pub enum Capability {
     /// closes their connections, and a client's new calls fail fast with `UNAVAILABLE` so it
     /// connects again.
     GracefulDrain,
+    /// The connection counts the bytes it moves at its socket ([`Connection::wire_bytes`]),
+    /// so load runs report wire bytes per call.
+    WireBytes,
 }
 
 impl Capability {
     /// Every capability.
-    pub const ALL: [Capability; 25] = [
+    pub const ALL: [Capability; 26] = [
         Capability::Unary,
         Capability::ServerStream,
         Capability::ClientStream,
@@ -543,6 +546,7 @@ impl Capability {
         Capability::DeadPeerDetection,
         Capability::Reconnect,
         Capability::GracefulDrain,
+        Capability::WireBytes,
     ];
 
     /// A short name for reports.
@@ -573,6 +577,7 @@ impl Capability {
             Capability::DeadPeerDetection => "dead-peer-detection",
             Capability::Reconnect => "reconnect",
             Capability::GracefulDrain => "graceful-drain",
+            Capability::WireBytes => "wire-bytes",
         }
     }
 }

@@ -433,7 +433,7 @@ pub fn run_point(transport: AnyTransport, spec: &LoadSpec, ctx: &RunContext) -> 
     };
     drop(placement);
 
-    let summary = run_summary(
+    let mut summary = run_summary(
         spec,
         &outcome,
         &acct,
@@ -449,6 +449,17 @@ pub fn run_point(transport: AnyTransport, spec: &LoadSpec, ctx: &RunContext) -> 
         },
         &server_cpus,
     );
+    if summary.bytes.is_none() {
+        // Said, not left blank: the transport's declared reason, or (when it declares that it
+        // counts them yet gave none) that this is a defect.
+        summary.bytes_not_measured = Some(
+            transport
+                .capabilities()
+                .gap(Capability::WireBytes)
+                .unwrap_or("the transport declares that it counts its bytes but gave none")
+                .to_owned(),
+        );
+    }
     let validity = judge(
         spec,
         &summary,
@@ -612,6 +623,7 @@ fn run_summary(
             sent_per_call: w.sent as f64 / calls.max(1) as f64,
             received_per_call: w.received as f64 / calls.max(1) as f64,
         }),
+        bytes_not_measured: None,
         client,
         server,
         worker_busy: outcome.worker_busy.clone(),

@@ -69,6 +69,20 @@ fn one_point_on_several_transports_is_one_table_and_one_file() {
             ("inproc".to_owned(), "load".to_owned())
         ]
     );
+    // A missing figure carries the transport's declared reason; a measured one none.
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("written")).expect("JSON");
+    let tcp = &v["runs"][0]["summary"];
+    assert!(tcp["bytes"]["sent_per_call"].as_f64().is_some(), "{tcp}");
+    assert!(tcp.get("bytes_not_measured").is_none(), "{tcp}");
+    let inproc = &v["runs"][1]["summary"];
+    assert!(inproc["bytes"].is_null(), "{inproc}");
+    assert!(
+        inproc["bytes_not_measured"]
+            .as_str()
+            .is_some_and(|w| w.contains("no wire")),
+        "{inproc}"
+    );
 }
 
 #[test]

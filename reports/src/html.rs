@@ -443,14 +443,16 @@ fn run_details(out: &mut String, r: &RunRecord, ts: &[String]) {
                 .join(", "),
         ),
     );
-    if let Some(b) = &s.bytes {
-        dd(
+    match (&s.bytes, &s.bytes_not_measured) {
+        (Some(b), _) => dd(
             "wire bytes per call",
             format!(
                 "{:.0} sent, {:.0} received",
                 b.sent_per_call, b.received_per_call
             ),
-        );
+        ),
+        (None, Some(why)) => dd("wire bytes per call", format!("not measured: {why}")),
+        (None, None) => {}
     }
     dd(
         "client",

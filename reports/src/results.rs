@@ -557,6 +557,10 @@ pub struct RunSummary {
     pub offered: Option<OfferedLoad>,
     /// Bytes on the wire, when the transport counts them.
     pub bytes: Option<WireTotals>,
+    /// Why `bytes` is absent: the transport's declared reason (additive, omitted when the
+    /// bytes were counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_not_measured: Option<String>,
     /// The client (load generator) process.
     pub client: ProcessUsage,
     /// The server process, when it is a separate process we can see.

@@ -109,6 +109,7 @@ fn full() -> Results {
             generator_lag: Some(lat),
             message_latency: Some(lat),
             bytes: Some(WireTotals::default()),
+            bytes_not_measured: Some("no wire".into()),
             client: usage.clone(),
             server: Some(usage),
             worker_busy: vec![0.5],

@@ -315,7 +315,12 @@ pub fn summary_text(r: &RunRecord) -> String {
             "  wire bytes/call: sent {:.0}, received {:.0}\n",
             b.sent_per_call, b.received_per_call
         ),
-        None => format!("  wire bytes/call: not measured: {NO_WIRE_BYTES}\n"),
+        None => format!(
+            "  wire bytes/call: not measured: {}\n",
+            s.bytes_not_measured
+                .as_deref()
+                .unwrap_or("the results file does not say why")
+        ),
     });
     out.push_str(&validity_lines(&r.validity));
     for t in &r.thresholds {
@@ -327,10 +332,6 @@ pub fn summary_text(r: &RunRecord) -> String {
     }
     out
 }
-
-/// Why a run may have no wire bytes: the transports that cannot count them.
-const NO_WIRE_BYTES: &str = "this transport cannot count its own bytes on the wire (its client \
-     library owns the socket, or there is no wire at all)";
 
 /// An open loop's schedule accounted for: due = sent + never sent.
 fn offered_line(o: &wirebench_reports::results::OfferedLoad) -> String {

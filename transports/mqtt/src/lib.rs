@@ -181,6 +181,12 @@ impl Transport for Mqtt {
                  within one session)",
             ),
             (Capability::Datagrams, gaps::DATAGRAMS),
+            (
+                Capability::WireBytes,
+                "rumqttc owns its socket and exposes no byte counters; and a call crosses two \
+                 hops (client to broker to server), so a count at the client would be half the \
+                 story",
+            ),
         ];
         Capabilities::all_except(GAPS)
     }

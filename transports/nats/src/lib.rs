@@ -157,6 +157,12 @@ impl Transport for Nats {
                  the broker's flow control (slow-consumer limits) is what bounds them",
             ),
             (Capability::Datagrams, gaps::DATAGRAMS),
+            (
+                Capability::WireBytes,
+                "async-nats owns its socket and exposes no byte counters; and a call crosses \
+                 two hops (client to broker to server), so a count at the client would be half \
+                 the story",
+            ),
         ];
         Capabilities::all_except(GAPS)
     }
