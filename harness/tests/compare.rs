@@ -7,28 +7,15 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{bin, run, stderr, stdout, temp_dir};
+use common::{bin, run, short_load, stderr, stdout, temp_dir};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
 /// A results file of one short in-process closed-loop run named `point` lasting `duration`.
 fn results(dir: &Path, file: &str, duration: &str) -> PathBuf {
     let path = dir.join(file);
-    let mut c = bin();
-    c.args([
-        "load",
-        "--transport",
-        "inproc",
-        "--concurrency",
-        "1",
-        "--warmup",
-        "0s",
-        "--duration",
-        duration,
-        "--quiet",
-        "--json",
-    ])
-    .arg(&path);
+    let mut c = short_load("inproc", duration);
+    c.arg("--json").arg(&path);
     let out = run(c, LIMIT);
     assert!(out.status.success(), "{}", stderr(&out));
     path

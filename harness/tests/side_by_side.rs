@@ -5,23 +5,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{bin, run, stderr, stdout, temp_dir};
+use common::{bin, run, short_load, stderr, stdout, temp_dir};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
 fn load(transports: &str, json: &std::path::Path) -> std::process::Output {
-    let mut c = bin();
-    c.args(["load", "--transport", transports])
-        .args([
-            "--concurrency",
-            "1",
-            "--duration",
-            "300ms",
-            "--warmup",
-            "100ms",
-        ])
-        .args(["--quiet", "--json"])
-        .arg(json);
+    let mut c = short_load(transports, "300ms");
+    c.arg("--json").arg(json);
     run(c, LIMIT)
 }
 

@@ -6,24 +6,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{bin, run, stderr, stdout, temp_dir};
+use common::{bin, run, short_load, stderr, stdout, temp_dir};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
 fn load(json: &std::path::Path, thresholds: &[&str]) -> std::process::Output {
-    let mut c = bin();
-    c.args([
-        "load",
-        "--transport",
-        "inproc",
-        "--concurrency",
-        "1",
-        "--warmup",
-        "0s",
-        "--duration",
-        "300ms",
-        "--quiet",
-    ]);
+    let mut c = short_load("inproc", "300ms");
     for t in thresholds {
         c.args(["--threshold", t]);
     }

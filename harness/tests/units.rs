@@ -175,7 +175,8 @@ fn every_flag_reads_units_as_the_grammar_does() {
 /// A suite with `key = "input"` in the table `table`, and how to read the value back.
 struct Key {
     kind: Kind,
-    toml: fn(&str) -> String,
+    /// The suite, with `{v}` where the input goes.
+    toml: &'static str,
     read: fn(&Suite) -> f64,
 }
 
@@ -183,137 +184,123 @@ fn point(suite: &Suite) -> &wirebench_scenarios::load::LoadSpec {
     &suite.load[0].spec
 }
 
+/// A suite whose one load point sets `key` to the input.
+macro_rules! point_key {
+    ($key:literal) => {
+        concat!(
+            "name = \"u\"\n[[load]]\nname = \"p\"\n",
+            $key,
+            " = \"{v}\"\n"
+        )
+    };
+}
+
+/// A suite whose `[table]` sets `key` to the input.
+macro_rules! table_key {
+    ($table:literal, $key:literal) => {
+        concat!("name = \"u\"\n[", $table, "]\n", $key, " = \"{v}\"\n")
+    };
+}
+
+fn key(kind: Kind, toml: &'static str, read: fn(&Suite) -> f64) -> Key {
+    Key { kind, toml, read }
+}
+
 fn keys() -> Vec<(&'static str, Key)> {
     vec![
         (
             "rate",
-            Key {
-                kind: Kind::Rate,
-                toml: |v| format!("name = \"u\"\n[[load]]\nname = \"p\"\nrate = \"{v}\"\n"),
-                read: |s| match point(s).mode {
-                    Mode::Open { rate, .. } => rate,
-                    Mode::Closed { .. } => -1.0,
-                },
-            },
+            key(Kind::Rate, point_key!("rate"), |s| match point(s).mode {
+                Mode::Open { rate, .. } => rate,
+                Mode::Closed { .. } => -1.0,
+            }),
         ),
         (
             "payload",
-            Key {
-                kind: Kind::Size,
-                toml: |v| format!("name = \"u\"\n[[load]]\nname = \"p\"\npayload = \"{v}\"\n"),
-                read: |s| point(s).payload as f64,
-            },
+            key(Kind::Size, point_key!("payload"), |s| {
+                point(s).payload as f64
+            }),
         ),
         (
             "response_size",
-            Key {
-                kind: Kind::Size,
-                toml: |v| {
-                    format!("name = \"u\"\n[[load]]\nname = \"p\"\nresponse_size = \"{v}\"\n")
-                },
-                read: |s| point(s).response_size.map_or(-1.0, |n| n as f64),
-            },
+            key(Kind::Size, point_key!("response_size"), |s| {
+                point(s).response_size.map_or(-1.0, |n| n as f64)
+            }),
         ),
         (
             "duration",
-            Key {
-                kind: Kind::Duration,
-                toml: |v| format!("name = \"u\"\n[[load]]\nname = \"p\"\nduration = \"{v}\"\n"),
-                read: |s| match point(s).length {
+            key(Kind::Duration, point_key!("duration"), |s| {
+                match point(s).length {
                     Length::Duration(d) => secs(d),
                     Length::Requests(_) => -1.0,
-                },
-            },
+                }
+            }),
         ),
         (
             "warmup",
-            Key {
-                kind: Kind::Duration,
-                toml: |v| format!("name = \"u\"\n[[load]]\nname = \"p\"\nwarmup = \"{v}\"\n"),
-                read: |s| secs(point(s).warmup),
-            },
+            key(Kind::Duration, point_key!("warmup"), |s| {
+                secs(point(s).warmup)
+            }),
         ),
         (
             "timeout",
-            Key {
-                kind: Kind::Duration,
-                toml: |v| format!("name = \"u\"\n[[load]]\nname = \"p\"\ntimeout = \"{v}\"\n"),
-                read: |s| point(s).timeout.map_or(-1.0, secs),
-            },
+            key(Kind::Duration, point_key!("timeout"), |s| {
+                point(s).timeout.map_or(-1.0, secs)
+            }),
         ),
         (
             "server_delay",
-            Key {
-                kind: Kind::Duration,
-                toml: |v| format!("name = \"u\"\n[[load]]\nname = \"p\"\nserver_delay = \"{v}\"\n"),
-                read: |s| secs(point(s).server_delay),
-            },
+            key(Kind::Duration, point_key!("server_delay"), |s| {
+                secs(point(s).server_delay)
+            }),
         ),
         (
             "stall_at",
-            Key {
-                kind: Kind::Duration,
-                toml: |v| {
-                    format!(
-                        "name = \"u\"\n[[load]]\nname = \"p\"\nstall_for = \"1s\"\nstall_at = \"{v}\"\n"
-                    )
-                },
-                read: |s| point(s).stall.map_or(-1.0, |st| secs(st.at)),
-            },
+            key(
+                Kind::Duration,
+                "name = \"u\"\n[[load]]\nname = \"p\"\nstall_for = \"1s\"\nstall_at = \"{v}\"\n",
+                |s| point(s).stall.map_or(-1.0, |st| secs(st.at)),
+            ),
         ),
         (
             "floor.duration",
-            Key {
-                kind: Kind::Duration,
-                toml: |v| format!("name = \"u\"\n[floor]\nduration = \"{v}\"\n"),
-                read: |s| secs(s.floor.duration),
-            },
+            key(Kind::Duration, table_key!("floor", "duration"), |s| {
+                secs(s.floor.duration)
+            }),
         ),
         (
             "floor.warmup",
-            Key {
-                kind: Kind::Duration,
-                toml: |v| format!("name = \"u\"\n[floor]\nwarmup = \"{v}\"\n"),
-                read: |s| secs(s.floor.warmup),
-            },
+            key(Kind::Duration, table_key!("floor", "warmup"), |s| {
+                secs(s.floor.warmup)
+            }),
         ),
         (
             "floor.payload",
-            Key {
-                kind: Kind::Size,
-                toml: |v| format!("name = \"u\"\n[floor]\npayload = \"{v}\"\n"),
-                read: |s| s.floor.payload as f64,
-            },
+            key(Kind::Size, table_key!("floor", "payload"), |s| {
+                s.floor.payload as f64
+            }),
         ),
         (
             "validity.max_lag_p99",
-            Key {
-                kind: Kind::Duration,
-                toml: |v| format!("name = \"u\"\n[validity]\nmax_lag_p99 = \"{v}\"\n"),
-                read: |s| secs(s.validity.max_lag_p99),
-            },
+            key(Kind::Duration, table_key!("validity", "max_lag_p99"), |s| {
+                secs(s.validity.max_lag_p99)
+            }),
         ),
         (
             "thresholds (latency)",
-            Key {
-                kind: Kind::Duration,
-                toml: |v| {
-                    format!("name = \"u\"\nthresholds = [\"p99 < {v}\"]\n[[load]]\nname = \"p\"\n")
-                },
-                read: |s| limit(&s.load[0].thresholds[0]),
-            },
+            key(
+                Kind::Duration,
+                "name = \"u\"\nthresholds = [\"p99 < {v}\"]\n[[load]]\nname = \"p\"\n",
+                |s| limit(&s.load[0].thresholds[0]),
+            ),
         ),
         (
             "thresholds (throughput)",
-            Key {
-                kind: Kind::Rate,
-                toml: |v| {
-                    format!(
-                        "name = \"u\"\nthresholds = [\"throughput > {v}\"]\n[[load]]\nname = \"p\"\n"
-                    )
-                },
-                read: |s| limit(&s.load[0].thresholds[0]),
-            },
+            key(
+                Kind::Rate,
+                "name = \"u\"\nthresholds = [\"throughput > {v}\"]\n[[load]]\nname = \"p\"\n",
+                |s| limit(&s.load[0].thresholds[0]),
+            ),
         ),
     ]
 }
@@ -329,7 +316,7 @@ fn limit(t: &Threshold) -> f64 {
 fn every_suite_key_reads_units_as_the_grammar_does() {
     for (name, key) in keys() {
         for input in INPUTS {
-            let got = Suite::parse(&(key.toml)(input), "u.toml")
+            let got = Suite::parse(&key.toml.replace("{v}", input), "u.toml")
                 .map(|s| (key.read)(&s))
                 .map_err(|e| e.to_string());
             match expected(key.kind, input) {

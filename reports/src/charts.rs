@@ -140,7 +140,7 @@ fn draw_spectrum(
             .axis_desc_style(("sans-serif", 15))
             .light_line_style(RGBColor(235, 235, 235))
             .draw()?;
-        draw_lines(&mut chart, series)?;
+        draw_lines(&mut chart, series, true)?;
         root.present()?;
     }
     Ok(())
@@ -192,7 +192,7 @@ fn draw_over_time(
             .axis_desc_style(("sans-serif", 15))
             .light_line_style(RGBColor(235, 235, 235))
             .draw()?;
-        draw_lines(&mut chart, series)?;
+        draw_lines(&mut chart, series, true)?;
         root.present()?;
     }
     Ok(())
@@ -290,7 +290,7 @@ fn draw_fault_timeline(
         }))?;
         let red = RGBColor(200, 30, 30).stroke_width(1);
         chart.draw_secondary_series(LineSeries::new(errors.iter().copied(), red))?;
-        draw_only_lines(&mut chart, series)?;
+        draw_lines(&mut chart, series, false)?;
         let mut items: Vec<(String, ShapeStyle)> = series
             .iter()
             .map(|s| (s.label.clone(), stroke(s)))
@@ -335,28 +335,11 @@ fn legend_below(
     Ok(())
 }
 
+/// The series' lines, with the legend inside the plot (upper left) when `legend` is set.
 fn draw_lines<'a, X, Y>(
     chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
     series: &[Series],
-) -> Drawn
-where
-    X: plotters::coord::ranged1d::Ranged<ValueType = f64>,
-    Y: plotters::coord::ranged1d::Ranged<ValueType = f64>,
-{
-    draw_only_lines(chart, series)?;
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .label_font(("sans-serif", 14))
-        .background_style(WHITE.mix(0.85))
-        .border_style(RGBColor(200, 200, 200))
-        .draw()?;
-    Ok(())
-}
-
-fn draw_only_lines<'a, X, Y>(
-    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
-    series: &[Series],
+    legend: bool,
 ) -> Drawn
 where
     X: plotters::coord::ranged1d::Ranged<ValueType = f64>,
@@ -368,6 +351,15 @@ where
             .draw_series(LineSeries::new(s.points.iter().copied(), style))?
             .label(s.label.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+    }
+    if legend {
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .label_font(("sans-serif", 14))
+            .background_style(WHITE.mix(0.85))
+            .border_style(RGBColor(200, 200, 200))
+            .draw()?;
     }
     Ok(())
 }

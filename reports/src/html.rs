@@ -810,40 +810,34 @@ pub fn render(results: &Results) -> String {
     if results.interrupted || !results.complete {
         out.push_str("<div class=\"banner\">This run did not complete (interrupted or still running): the report shows what finished.</div>");
     }
-    let count = |label: &str| {
-        results
-            .runs
-            .iter()
-            .filter(|r| r.validity.label() == label)
-            .count()
-    };
-    let invalid = count("INVALID");
-    if invalid > 0 {
-        let _ = write!(
-            out,
-            "<div class=\"banner\">{invalid} of {} runs are marked INVALID: their numbers measure the load generator, not the transport. The reasons are in each run's details.</div>",
-            results.runs.len()
-        );
-    }
-    let breached = results
-        .runs
-        .iter()
-        .filter(|r| r.breaches().next().is_some())
-        .count();
-    if breached > 0 {
-        let _ = write!(
-            out,
-            "<div class=\"banner\">{breached} of {} runs breached a threshold (shown in the headline's validity column and each run's details).</div>",
-            results.runs.len()
-        );
-    }
-    let unsustained = count("UNSUSTAINED");
-    if unsustained > 0 {
-        let _ = write!(
-            out,
-            "<div class=\"banner\">{unsustained} of {} open-loop runs are UNSUSTAINED: the system under test could not keep up with the offered rate, so requests queued or were never sent. Their percentiles cover the requests sent; each run's details count the rest.</div>",
-            results.runs.len()
-        );
+    // One banner per kind of run whose numbers need a second look, with how many there are.
+    let count = |keep: &dyn Fn(&RunRecord) -> bool| results.runs.iter().filter(|r| keep(r)).count();
+    let banners: [(usize, &str); 3] = [
+        (
+            count(&|r| r.validity.label() == "INVALID"),
+            "runs are marked INVALID: their numbers measure the load generator, not the \
+             transport. The reasons are in each run's details.",
+        ),
+        (
+            count(&|r| r.breaches().next().is_some()),
+            "runs breached a threshold (shown in the headline's validity column and each run's \
+             details).",
+        ),
+        (
+            count(&|r| r.validity.label() == "UNSUSTAINED"),
+            "open-loop runs are UNSUSTAINED: the system under test could not keep up with the \
+             offered rate, so requests queued or were never sent. Their percentiles cover the \
+             requests sent; each run's details count the rest.",
+        ),
+    ];
+    for (n, what) in banners {
+        if n > 0 {
+            let _ = write!(
+                out,
+                "<div class=\"banner\">{n} of {} {what}</div>",
+                results.runs.len()
+            );
+        }
     }
 
     out.push_str("<h2>Headline</h2>");

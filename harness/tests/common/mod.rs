@@ -14,6 +14,15 @@ pub fn bin() -> Command {
     c
 }
 
+/// `wirebench load` of `transport` in a closed loop of one call, no warm-up, measured for
+/// `duration`, no progress: the shortest real run, for tests about what surrounds it.
+pub fn short_load(transport: &str, duration: &str) -> Command {
+    let mut c = bin();
+    c.args(["load", "--transport", transport, "--concurrency", "1"])
+        .args(["--warmup", "0s", "--duration", duration, "--quiet"]);
+    c
+}
+
 /// Runs a command with a time limit (no test may hang).
 pub fn run(mut c: Command, limit: Duration) -> Output {
     let (tx, rx) = std::sync::mpsc::channel();
