@@ -34,8 +34,13 @@ pub enum Command {
     /// Run a suite (default: quick): the floor, conformance and load points against every
     /// transport; writes results.json, report.html and summary.md.
     Run(cmd::run::Args),
-    /// Re-render report.html and summary.md from a saved results.json.
+    /// Render report.html, summary.md and junit.xml from one or more saved results files.
     Report(cmd::report::Args),
+    #[command(
+        about = "Build or extend a static site of many runs: trends per metric over commits, \
+                 regressions marked where they happened"
+    )]
+    History(cmd::history::Args),
     // `about`, not a doc comment: a one-paragraph doc comment here would clear the long
     // help the command's own Args carry.
     #[command(
@@ -48,7 +53,7 @@ pub enum Command {
     Floor(cmd::floor::Args),
     /// Serve the echo service over one transport (prints a JSON ready line).
     Serve(cmd::serve::Args),
-    /// One ad-hoc load run against one transport, with a summary table.
+    /// One load point against one transport (a summary) or several (a table side by side).
     Load(Box<cmd::load::Args>),
     #[command(
         about = "Run the fault proxy in front of any TCP or UDP service (latency, loss, resets, ...)"
@@ -109,6 +114,7 @@ pub fn main() -> ExitCode {
         Command::Floor(a) => cmd::floor::run(a),
         Command::Run(a) => cmd::run::run(a),
         Command::Report(a) => cmd::report::run(a),
+        Command::History(a) => cmd::history::run(a),
         Command::Compare(a) => cmd::compare::run(a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Load(a) => cmd::load::run(*a),

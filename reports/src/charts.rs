@@ -198,6 +198,169 @@ fn draw_over_time(
     Ok(())
 }
 
+/// One machine class's values of one metric across a history's runs (x = the run's index).
+#[derive(Clone, Debug, Default)]
+pub struct TrendLine {
+    /// Legend label.
+    pub label: String,
+    /// Palette index.
+    pub color: usize,
+    /// Valid runs' values: the line.
+    pub points: Vec<(usize, f64)>,
+    /// The repeats' range at a run, drawn as a bar.
+    pub band: Vec<(usize, f64, f64)>,
+    /// Invalid or unsustained runs' values: drawn apart, hollow, never joined to the line.
+    pub apart: Vec<(usize, f64)>,
+}
+
+/// A step `compare` judged: a red triangle pointing down for a regression, a green one up for
+/// an improvement.
+#[derive(Clone, Copy, Debug)]
+pub struct TrendMarker {
+    /// The run's index.
+    pub x: usize,
+    /// The value there.
+    pub y: f64,
+    /// Regressed (else improved).
+    pub regressed: bool,
+}
+
+/// How many x labels fit a trend chart without touching: a commit label is about 60 px wide
+/// at 14 px and the plot about 560 px.
+pub const TREND_MAX_X_LABELS: usize = 8;
+
+/// A metric over a history's runs, labelled by `x_labels` (one per run, e.g. a short commit),
+/// on a linear axis from 0 so that a trend is drawn to scale.
+pub fn trend(
+    title: &str,
+    y_desc: &str,
+    y_format: &dyn Fn(f64) -> String,
+    x_labels: &[String],
+    lines: &[TrendLine],
+    markers: &[TrendMarker],
+) -> String {
+    let ymax = lines
+        .iter()
+        .flat_map(|l| {
+            l.points
+                .iter()
+                .map(|p| p.1)
+                .chain(l.apart.iter().map(|p| p.1))
+                .chain(l.band.iter().map(|b| b.2))
+        })
+        .filter(|y| y.is_finite())
+        .fold(0.0f64, f64::max);
+    if ymax <= 0.0 || x_labels.is_empty() {
+        return no_data(title);
+    }
+    let mut svg = String::new();
+    match draw_trend(
+        &mut svg, title, y_desc, y_format, x_labels, lines, markers, ymax,
+    ) {
+        Ok(()) => inline(svg),
+        Err(_) => no_data(title),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn draw_trend(
+    svg: &mut String,
+    title: &str,
+    y_desc: &str,
+    y_format: &dyn Fn(f64) -> String,
+    x_labels: &[String],
+    lines: &[TrendLine],
+    markers: &[TrendMarker],
+    ymax: f64,
+) -> Drawn {
+    {
+        let root = SVGBackend::with_string(svg, (640, 344)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let (upper, strip) = root.split_vertically(320);
+        let n = x_labels.len();
+        let mut chart = ChartBuilder::on(&upper)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(44)
+            .y_label_area_size(72)
+            .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..ymax * 1.15)?;
+        // Labels only at whole runs, and no more than fit: every k-th run is labelled.
+        let step = n.div_ceil(TREND_MAX_X_LABELS).max(1);
+        chart
+            .configure_mesh()
+            .x_desc("run (commit)")
+            .y_desc(y_desc)
+            .x_labels(n.min(TREND_MAX_X_LABELS * 2) + 1)
+            .x_label_formatter(&|x| {
+                let i = x.round();
+                if (x - i).abs() > 1e-6 || i < 0.0 || i as usize >= n || i as usize % step != 0 {
+                    return String::new();
+                }
+                x_labels[i as usize].clone()
+            })
+            .y_label_formatter(&|y| y_format(*y))
+            .label_style(("sans-serif", 14))
+            .axis_desc_style(("sans-serif", 14))
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()?;
+        for l in lines {
+            let color = PALETTE[l.color % PALETTE.len()];
+            chart.draw_series(l.band.iter().map(|&(x, lo, hi)| {
+                PathElement::new(
+                    vec![(x as f64, lo), (x as f64, hi)],
+                    color.mix(0.35).stroke_width(6),
+                )
+            }))?;
+            chart.draw_series(LineSeries::new(
+                l.points.iter().map(|&(x, y)| (x as f64, y)),
+                color.stroke_width(2),
+            ))?;
+            chart.draw_series(
+                l.points
+                    .iter()
+                    .map(|&(x, y)| Circle::new((x as f64, y), 3, color.filled())),
+            )?;
+            chart.draw_series(l.apart.iter().map(|&(x, y)| {
+                Circle::new((x as f64, y), 5, RGBColor(120, 120, 120).stroke_width(2))
+            }))?;
+        }
+        let red = RGBColor(200, 30, 30);
+        let green = RGBColor(30, 140, 50);
+        chart.draw_series(markers.iter().map(|m| {
+            let (shape, color) = if m.regressed {
+                (vec![(-7, -14), (7, -14), (0, -3)], red)
+            } else {
+                (vec![(-7, 14), (7, 14), (0, 3)], green)
+            };
+            EmptyElement::at((m.x as f64, m.y)) + Polygon::new(shape, color.filled())
+        }))?;
+        let mut items: Vec<(String, ShapeStyle)> = lines
+            .iter()
+            .map(|l| {
+                (
+                    l.label.clone(),
+                    PALETTE[l.color % PALETTE.len()].stroke_width(2),
+                )
+            })
+            .collect();
+        if lines.iter().any(|l| !l.apart.is_empty()) {
+            items.push((
+                "○ invalid (not joined)".into(),
+                RGBColor(120, 120, 120).stroke_width(2),
+            ));
+        }
+        if markers.iter().any(|m| m.regressed) {
+            items.push(("▼ regressed".into(), red.stroke_width(2)));
+        }
+        if markers.iter().any(|m| !m.regressed) {
+            items.push(("▲ improved".into(), green.stroke_width(2)));
+        }
+        legend_below(&strip, &items, 8)?;
+        root.present()?;
+    }
+    Ok(())
+}
+
 /// A phase of a fault timeline: a band on the time axis, shaded when a fault is on.
 #[derive(Clone, Debug)]
 pub struct Band {

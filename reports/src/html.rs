@@ -49,7 +49,7 @@ pub fn rate(r: f64) -> String {
     }
 }
 
-const CSS: &str = r#"
+pub(crate) const CSS: &str = r#"
 :root { --fg:#1d1d1f; --muted:#6e6e73; --line:#e3e3e8; --bg:#fff; --bad:#b3261e; --ok:#1e7d32; --warn:#8a5a00; }
 * { box-sizing: border-box; }
 body { font: 15px/1.45 -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; color: var(--fg); background: var(--bg); margin: 0 auto; max-width: 1100px; padding: 12px; }

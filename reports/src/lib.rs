@@ -7,6 +7,7 @@ pub mod compare;
 pub mod conformance;
 pub mod faults;
 pub mod histogram;
+pub mod history;
 pub mod html;
 pub mod junit;
 pub mod markdown;

@@ -4,6 +4,7 @@ pub mod args;
 pub mod compare;
 pub mod conformance;
 pub mod floor;
+pub mod history;
 pub mod load;
 pub mod proxy;
 pub mod report;

@@ -1,0 +1,360 @@
+//! The history of many runs: `wirebench history` keeps, in one compact versioned file
+//! (`history.json`, schema `wirebench-history`), each run's headline figures per transport and
+//! point, and every step where `compare` — applied to a run and the previous run *of the same
+//! machine class* — said "regressed" or "improved". From it, [`site`] renders a static site of
+//! trends.
+//!
+//! Only the latest run of each machine class is kept whole enough to compare with (its
+//! records without whole-run histograms), so a new run can be appended without the old
+//! results files at hand, and the file grows by a few hundred bytes per run and point.
+
+pub mod site;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::compare::{CompareConfig, Metric, Verdict, compare};
+use crate::results::{Environment, Results, RunHistograms, write_atomic};
+
+/// The `schema` field of a history file.
+pub const SCHEMA: &str = "wirebench-history";
+/// The history schema version this build writes and reads.
+pub const VERSION: u32 = 1;
+/// The history file's name inside a site.
+pub const FILE: &str = "history.json";
+
+/// Why a history could not be read or written.
+#[derive(Debug, Error)]
+pub enum HistoryError {
+    /// The file could not be read.
+    #[error("cannot read {file}: {source}")]
+    Read {
+        /// The path.
+        file: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a history of this version.
+    #[error("{file}: {message}")]
+    Format {
+        /// The path.
+        file: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The file could not be written.
+    #[error("cannot write {file}: {source}")]
+    Write {
+        /// The path.
+        file: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Every run added so far, in the order added (oldest first).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    /// Always [`SCHEMA`].
+    pub schema: String,
+    /// [`VERSION`].
+    pub version: u32,
+    /// The runs.
+    pub runs: Vec<HistoryRun>,
+    /// The latest run of each machine class, kept to compare the next one with.
+    pub latest: BTreeMap<String, Results>,
+}
+
+/// One run in the history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistoryRun {
+    /// Unique within the site; the folder of its report (`runs/ID/report.html`).
+    pub id: String,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    /// The commit it measured, when it ran in a checkout.
+    pub git_sha: Option<String>,
+    /// Whether the checkout had uncommitted changes.
+    pub git_dirty: bool,
+    /// The suite's name.
+    pub suite: String,
+    /// Its machine class: CPU model, cores and kernel ([`machine_class`]).
+    pub machine: String,
+    /// Whether every planned step ran.
+    pub complete: bool,
+    /// The file it was read from, as given.
+    pub source: String,
+    /// Its figures, one entry per transport and load point.
+    pub points: Vec<PointFigures>,
+    /// What `compare` said against the previous run of the same machine class.
+    pub changes: Vec<Change>,
+}
+
+/// A load point's headline figures in one run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PointFigures {
+    /// The transport.
+    pub transport: String,
+    /// The load point.
+    pub point: String,
+    /// `valid`, `INVALID` or `UNSUSTAINED`.
+    pub validity: String,
+    /// Calls per second.
+    pub throughput_per_s: f64,
+    /// Median latency (ns).
+    pub p50_ns: u64,
+    /// 99th percentile (ns).
+    pub p99_ns: u64,
+    /// Client CPU µs per call.
+    pub cpu_client_us: f64,
+    /// Server CPU µs per call, when seen.
+    pub cpu_server_us: Option<f64>,
+    /// The spread of the repeats, when the point was repeated.
+    pub spread: Option<Spread>,
+}
+
+/// The lowest and highest value of each figure over a point's repeats.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Spread {
+    /// Repeats.
+    pub repeats: usize,
+    /// Throughput, calls/s.
+    pub throughput_per_s: (f64, f64),
+    /// p50, ns.
+    pub p50_ns: (u64, u64),
+    /// p99, ns.
+    pub p99_ns: (u64, u64),
+    /// Client CPU µs per call.
+    pub cpu_client_us: (f64, f64),
+}
+
+/// A step `compare` judged beyond the threshold and the noise.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// The transport.
+    pub transport: String,
+    /// The load point.
+    pub point: String,
+    /// The metric (`throughput`, `p50`, ...).
+    pub metric: Metric,
+    /// `true` for a regression, `false` for an improvement.
+    pub regressed: bool,
+    /// NEW / BASE − 1.
+    pub change: f64,
+    /// The run it was compared with.
+    pub base: String,
+}
+
+/// Figures the site draws, per metric.
+impl PointFigures {
+    /// The value of `metric` (latencies in ns, CPU in µs), if the run has it.
+    pub fn value(&self, metric: Metric) -> Option<f64> {
+        match metric {
+            Metric::Throughput => Some(self.throughput_per_s),
+            Metric::P50 => Some(self.p50_ns as f64),
+            Metric::P99 => Some(self.p99_ns as f64),
+            Metric::CpuClient => Some(self.cpu_client_us),
+            Metric::CpuServer => self.cpu_server_us,
+            Metric::P999 => None,
+        }
+    }
+
+    /// The repeats' range of `metric`, when the point was repeated.
+    pub fn range(&self, metric: Metric) -> Option<(f64, f64)> {
+        let s = self.spread.as_ref()?;
+        match metric {
+            Metric::Throughput => Some(s.throughput_per_s),
+            Metric::P50 => Some((s.p50_ns.0 as f64, s.p50_ns.1 as f64)),
+            Metric::P99 => Some((s.p99_ns.0 as f64, s.p99_ns.1 as f64)),
+            Metric::CpuClient => Some(s.cpu_client_us),
+            Metric::CpuServer | Metric::P999 => None,
+        }
+    }
+}
+
+/// The machine class of an environment: what moves performance (CPU model, cores, kernel).
+/// Runs of different classes are never compared or joined in one line.
+pub fn machine_class(e: &Environment) -> String {
+    format!("{} · {} cores · {}", e.cpu_model, e.cores, e.kernel)
+}
+
+impl Default for History {
+    fn default() -> History {
+        History {
+            schema: SCHEMA.into(),
+            version: VERSION,
+            runs: Vec::new(),
+            latest: BTreeMap::new(),
+        }
+    }
+}
+
+impl History {
+    /// Reads a history file.
+    pub fn load(path: &Path) -> Result<History, HistoryError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| HistoryError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        let format = |message: String| HistoryError::Format {
+            file: file.clone(),
+            message,
+        };
+        let head: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| format(format!("line {}: not JSON: {e}", e.line())))?;
+        if head.get("schema").and_then(|s| s.as_str()) != Some(SCHEMA)
+            || head.get("version").and_then(serde_json::Value::as_u64) != Some(u64::from(VERSION))
+        {
+            return Err(format(format!(
+                "not a wirebench history of version {VERSION} (expected \"schema\": \
+                 \"{SCHEMA}\")"
+            )));
+        }
+        serde_json::from_str(&text).map_err(|e| format(format!("line {}: {e}", e.line())))
+    }
+
+    /// Writes it atomically.
+    pub fn save(&self, path: &Path) -> Result<(), HistoryError> {
+        let err = |source| HistoryError::Write {
+            file: path.display().to_string(),
+            source,
+        };
+        let json = serde_json::to_vec(self).map_err(|e| err(std::io::Error::other(e)))?;
+        write_atomic(path, &json).map_err(err)
+    }
+
+    /// Whether a run with this start time, commit and suite is already in.
+    pub fn contains(&self, r: &Results) -> bool {
+        self.runs.iter().any(|h| {
+            h.started_at == r.started_at
+                && h.git_sha == r.environment.git_sha
+                && h.suite == r.suite.name
+        })
+    }
+
+    /// Adds a run: its figures, and what `compare` says against the previous run of its
+    /// machine class. Returns the new run's id.
+    pub fn add(&mut self, results: &Results, source: &str, cfg: &CompareConfig) -> String {
+        let machine = machine_class(&results.environment);
+        let id = format!(
+            "{:03}-{}{}",
+            self.runs.len() + 1,
+            results
+                .started_at
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                .collect::<String>(),
+            results
+                .environment
+                .git_sha
+                .as_deref()
+                .map(|s| format!("-{}", &s[..s.len().min(7)]))
+                .unwrap_or_default()
+        );
+        let changes = match self.latest.get(&machine) {
+            Some(base) => {
+                let base_id = self
+                    .runs
+                    .iter()
+                    .rev()
+                    .find(|r| r.machine == machine)
+                    .map(|r| r.id.clone())
+                    .unwrap_or_default();
+                changes(base, &base_id, results, cfg)
+            }
+            None => Vec::new(),
+        };
+        self.runs.push(HistoryRun {
+            id: id.clone(),
+            started_at: results.started_at.clone(),
+            git_sha: results.environment.git_sha.clone(),
+            git_dirty: results.environment.git_dirty == Some(true),
+            suite: results.suite.name.clone(),
+            machine: machine.clone(),
+            complete: results.complete,
+            source: source.to_owned(),
+            points: results.runs.iter().map(figures).collect(),
+            changes,
+        });
+        self.latest.insert(machine, comparable(results));
+        id
+    }
+}
+
+/// What compare needs of a run and nothing more: no whole-run histograms, no conformance, no
+/// fault runs, no suite text.
+fn comparable(r: &Results) -> Results {
+    let mut r = r.clone();
+    for run in &mut r.runs {
+        run.histograms = RunHistograms::default();
+    }
+    r.conformance.clear();
+    r.fault_runs.clear();
+    r.suite.toml.clear();
+    r
+}
+
+fn changes(base: &Results, base_id: &str, new: &Results, cfg: &CompareConfig) -> Vec<Change> {
+    let c = compare(base, "base", new, "new", cfg);
+    let mut out = Vec::new();
+    for run in &c.runs {
+        for m in &run.metrics {
+            let regressed = match m.verdict {
+                Verdict::Regressed => true,
+                Verdict::Improved => false,
+                _ => continue,
+            };
+            out.push(Change {
+                transport: run.transport.clone(),
+                point: run.point.clone(),
+                metric: m.metric,
+                regressed,
+                change: m.change,
+                base: base_id.to_owned(),
+            });
+        }
+    }
+    out
+}
+
+fn figures(r: &crate::results::RunRecord) -> PointFigures {
+    let s = &r.summary;
+    let spread = (r.repeats.len() >= 2).then(|| {
+        let range_f = |f: &dyn Fn(&crate::results::RepeatSummary) -> f64| {
+            r.repeats
+                .iter()
+                .map(f)
+                .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)))
+        };
+        let range_u = |f: &dyn Fn(&crate::results::RepeatSummary) -> u64| {
+            r.repeats
+                .iter()
+                .map(f)
+                .fold((u64::MAX, 0), |(lo, hi), v| (lo.min(v), hi.max(v)))
+        };
+        Spread {
+            repeats: r.repeats.len(),
+            throughput_per_s: range_f(&|x| x.throughput_per_s),
+            p50_ns: range_u(&|x| x.p50_ns),
+            p99_ns: range_u(&|x| x.p99_ns),
+            cpu_client_us: range_f(&|x| x.cpu_client_us),
+        }
+    });
+    PointFigures {
+        transport: r.transport.clone(),
+        point: r.point.clone(),
+        validity: r.validity.label().to_owned(),
+        throughput_per_s: s.throughput_per_s,
+        p50_ns: s.latency.p50_ns,
+        p99_ns: s.latency.p99_ns,
+        cpu_client_us: s.client.cpu_us_per_call,
+        cpu_server_us: s.server.as_ref().map(|u| u.cpu_us_per_call),
+        spread,
+    }
+}
