@@ -293,7 +293,11 @@ fn draw_trend(
             .x_labels(n.min(TREND_MAX_X_LABELS * 2) + 1)
             .x_label_formatter(&|x| {
                 let i = x.round();
-                if (x - i).abs() > 1e-6 || i < 0.0 || i as usize >= n || i as usize % step != 0 {
+                if (x - i).abs() > 1e-6
+                    || i < 0.0
+                    || i as usize >= n
+                    || !(i as usize).is_multiple_of(step)
+                {
                     return String::new();
                 }
                 x_labels[i as usize].clone()
