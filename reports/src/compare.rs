@@ -2,7 +2,8 @@
 //! BASE — with the machine's noise in mind.
 //!
 //! A metric counts as changed only when its change is larger than the threshold **and**
-//! outside the noise. The noise comes from each run's own per-second intervals: their
+//! outside the noise. The change is measured as a factor, the same either way (1.25x worse or
+//! 1.25x better against a 25 % threshold), so a fix that undoes a regression is as large as it. The noise comes from each run's own per-second intervals: their
 //! histograms are resampled with replacement (a bootstrap over intervals, merging the drawn
 //! intervals' histograms losslessly) to get a confidence interval for the ratio NEW/BASE; the
 //! change is significant only when that interval excludes 1. Without intervals to resample
@@ -561,11 +562,11 @@ fn compare_run(base: &RunRecord, new: &RunRecord, cfg: &CompareConfig) -> RunCom
             r.sort_by(f64::total_cmp);
             (percentile(r, alpha) - 1.0, percentile(r, 1.0 - alpha) - 1.0)
         });
-        let beyond_threshold = change.abs() > threshold;
+        let beyond_threshold = factor(change) > threshold;
         let significant = match interval {
             Some((lo, hi)) => lo > 0.0 || hi < 0.0,
             // No spread to judge by: the change must also exceed the measurement resolution.
-            None => change.abs() > threshold + noise_allowance(base, new, m, threshold),
+            None => factor(change) > threshold + noise_allowance(base, new, m, threshold),
         };
         let verdict = match (beyond_threshold, significant, worse) {
             (false, _, _) => Verdict::Same,
@@ -679,7 +680,7 @@ fn compare_repeats(
         };
         let verdict = if bm <= 0.0 {
             Verdict::Missing
-        } else if change.abs() <= threshold {
+        } else if factor(change) <= threshold {
             Verdict::Same
         } else if p > cfg.rank_alpha {
             Verdict::Noise
@@ -745,6 +746,19 @@ pub fn compare(
         only_in_base,
         only_in_new,
         machine: machine_differences(&base.environment, &new.environment),
+    }
+}
+
+/// The size of a change as a factor, the same either way: NEW/BASE − 1 going up, BASE/NEW − 1
+/// going down. So a threshold of 25 % means "1.25x worse or 1.25x better", and a fix that
+/// exactly undoes a regression (+30 % then −23 %) is judged as large as the regression was.
+fn factor(change: f64) -> f64 {
+    if change >= 0.0 {
+        change
+    } else if change > -1.0 {
+        1.0 / (1.0 + change) - 1.0
+    } else {
+        f64::INFINITY
     }
 }
 
@@ -1207,6 +1221,14 @@ mod tests {
             "{v:?}\n{}",
             render_text(&c, false)
         );
+    }
+
+    #[test]
+    fn a_change_is_a_factor_the_same_either_way() {
+        assert!((factor(0.3) - 0.3).abs() < 1e-12);
+        assert!((factor(1.0 / 1.3 - 1.0) - 0.3).abs() < 1e-12);
+        assert_eq!(factor(-1.0), f64::INFINITY);
+        assert_eq!(factor(0.0), 0.0);
     }
 
     #[test]

@@ -66,9 +66,13 @@ fn page(title: &str, root: &str, body: &str) -> String {
     format!(
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{}</title><style>{CSS}</style></head><body>\
-         <p class=\"muted\"><a href=\"{root}index.html\">wirebench history</a></p>{body}</body></html>",
-        escape(title)
+         <title>{}</title><style>{CSS}</style></head><body>{}{body}</body></html>",
+        escape(title),
+        if root.is_empty() {
+            String::new()
+        } else {
+            format!("<p class=\"muted\"><a href=\"{root}index.html\">wirebench history</a></p>")
+        }
     )
 }
 
@@ -335,7 +339,8 @@ fn point(h: &History, transport: &str, point: &str) -> String {
         "<h1>{} · {}</h1><p class=\"muted\">Valid runs are joined by a line; the bars are the \
          spread of a point's repeats; an invalid or unsustained run is a hollow circle, apart. \
          ▼ marks a step <code>compare</code> judged a regression against the previous run of \
-         the same machine class, ▲ an improvement.</p><div class=\"grid\">",
+         the same machine class, ▲ an improvement.</p>\
+         <div class=\"grid\" style=\"grid-template-columns: repeat(auto-fit, minmax(460px, 1fr))\">",
         escape(transport),
         escape(point)
     );
