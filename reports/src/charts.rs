@@ -309,6 +309,17 @@ fn draw_trend(
             .draw()?;
         for l in lines {
             let color = PALETTE[l.color % PALETTE.len()];
+            // The repeats' spread as a band through the runs that have one, and a bar at each
+            // (a band of one run would be invisible).
+            if l.band.len() >= 2 {
+                let mut outline: Vec<(f64, f64)> =
+                    l.band.iter().map(|&(x, _, hi)| (x as f64, hi)).collect();
+                outline.extend(l.band.iter().rev().map(|&(x, lo, _)| (x as f64, lo)));
+                chart.draw_series(std::iter::once(Polygon::new(
+                    outline,
+                    color.mix(0.15).filled(),
+                )))?;
+            }
             chart.draw_series(l.band.iter().map(|&(x, lo, hi)| {
                 PathElement::new(
                     vec![(x as f64, lo), (x as f64, hi)],

@@ -318,3 +318,35 @@ fn html_report_is_self_contained() {
     assert!(html.contains("Fault runs") && html.contains("tcp + policy"));
     assert!(md.contains("| reset | tcp + policy | fault |"), "{md}");
 }
+
+/// The checked-in history schema accepts what `wirebench history` writes (with a spread, a
+/// change and a latest run), and each kept latest run is itself a valid results document.
+#[test]
+fn a_history_validates_and_its_latest_runs_are_results() {
+    use wirebench_reports::compare::CompareConfig;
+    use wirebench_reports::history::History;
+    let text = include_str!("../schema/history.schema.json");
+    let schema: serde_json::Value = serde_json::from_str(text).expect("the schema is JSON");
+    let validator = jsonschema::validator_for(&schema).expect("a valid schema");
+    let mut first = full();
+    let again = first.runs[0].repeats[0].clone();
+    first.runs[0].repeats.push(again);
+    let mut second = first.clone();
+    second.started_at = "2026-01-02T00:00:00Z".into();
+    second.runs[0].summary.latency.p50_ns *= 3;
+    let mut h = History::default();
+    h.add(&first, "a.json", &CompareConfig::default());
+    h.add(&second, "b.json", &CompareConfig::default());
+    assert!(h.runs[0].points[0].spread.is_some());
+    let value = serde_json::to_value(&h).expect("serializes");
+    let errors: Vec<String> = validator
+        .iter_errors(&value)
+        .map(|e| format!("{e} at {}", e.instance_path))
+        .collect();
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+    for latest in h.latest.values() {
+        check(&serde_json::to_value(latest).expect("serializes")).expect("a results document");
+    }
+    // And a foreign document is refused.
+    assert!(!validator.is_valid(&serde_json::json!({"schema": "wirebench-results"})));
+}

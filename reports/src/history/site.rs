@@ -336,7 +336,7 @@ fn point(h: &History, transport: &str, point: &str) -> String {
     let mut b = String::new();
     let _ = write!(
         b,
-        "<h1>{} · {}</h1><p class=\"muted\">Valid runs are joined by a line; the bars are the \
+        "<h1>{} · {}</h1><p class=\"muted\">Valid runs are joined by a line; the shaded band and bars are the \
          spread of a point's repeats; an invalid or unsustained run is a hollow circle, apart. \
          ▼ marks a step <code>compare</code> judged a regression against the previous run of \
          the same machine class, ▲ an improvement.</p>\
