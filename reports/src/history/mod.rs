@@ -358,3 +358,78 @@ fn figures(r: &crate::results::RunRecord) -> PointFigures {
         spread,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::{RunRecord, SuiteRecord, Validity};
+
+    fn results(started: &str, cpu: &str, p50_ns: u64) -> Results {
+        let mut r = Results::new(
+            "t".into(),
+            started.into(),
+            Environment {
+                cpu_model: cpu.into(),
+                cores: 2,
+                kernel: "6.1".into(),
+                ..Environment::default()
+            },
+            SuiteRecord {
+                name: "ci".into(),
+                ..SuiteRecord::default()
+            },
+        );
+        let mut run = RunRecord {
+            transport: "tcp".into(),
+            point: "p".into(),
+            validity: Validity {
+                valid: true,
+                ..Validity::default()
+            },
+            ..RunRecord::default()
+        };
+        run.summary.latency.p50_ns = p50_ns;
+        run.summary.throughput_per_s = 1000.0;
+        r.runs.push(run);
+        r
+    }
+
+    #[test]
+    fn runs_are_compared_only_within_their_machine_class() {
+        let cfg = CompareConfig::default();
+        let mut h = History::default();
+        h.add(&results("2026-01-01T00:00:00Z", "EPYC", 50_000), "a", &cfg);
+        // Three times slower, but on another machine: nothing to say.
+        h.add(&results("2026-01-02T00:00:00Z", "Xeon", 150_000), "b", &cfg);
+        assert!(h.runs[1].changes.is_empty(), "{:?}", h.runs[1].changes);
+        // Three times slower on the first machine: compared with its own last run.
+        h.add(&results("2026-01-03T00:00:00Z", "EPYC", 150_000), "c", &cfg);
+        let c = &h.runs[2].changes;
+        assert!(
+            c.iter()
+                .any(|c| c.regressed && c.metric == Metric::P50 && c.base == h.runs[0].id),
+            "{c:?}"
+        );
+        assert_eq!(h.latest.len(), 2);
+        assert!(h.contains(&results("2026-01-03T00:00:00Z", "EPYC", 1)));
+        // Ids are unique and sort in the order added.
+        let mut ids: Vec<&str> = h.runs.iter().map(|r| r.id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 3);
+    }
+
+    #[test]
+    fn a_foreign_file_is_refused_by_name() {
+        let dir = std::env::temp_dir().join(format!("wb-history-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("history.json");
+        std::fs::write(&path, "{\"schema\": \"wirebench-results\", \"version\": 1}").expect("w");
+        let e = History::load(&path).expect_err("not a history");
+        assert!(e.to_string().contains("history.json"), "{e}");
+        assert!(e.to_string().contains("not a wirebench history"), "{e}");
+        let h = History::default();
+        h.save(&path).expect("saved");
+        assert_eq!(History::load(&path).expect("reads back"), h);
+    }
+}
