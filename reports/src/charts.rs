@@ -229,17 +229,37 @@ pub struct TrendMarker {
 /// at 14 px and the plot about 560 px.
 pub const TREND_MAX_X_LABELS: usize = 8;
 
-/// A metric over a history's runs, labelled by `x_labels` (one per run, e.g. a short commit),
-/// on a linear axis from 0 so that a trend is drawn to scale.
-pub fn trend(
-    title: &str,
-    y_desc: &str,
-    y_format: &dyn Fn(f64) -> String,
-    x_labels: &[String],
-    lines: &[TrendLine],
-    markers: &[TrendMarker],
-) -> String {
-    let ymax = lines
+/// A metric over a history's runs.
+#[derive(Clone, Copy)]
+pub struct Trend<'a> {
+    /// The chart's title.
+    pub title: &'a str,
+    /// The y axis's name.
+    pub y_desc: &'a str,
+    /// How a y value is written on the axis.
+    pub y_format: &'a dyn Fn(f64) -> String,
+    /// One label per run (e.g. a short commit).
+    pub x_labels: &'a [String],
+    /// One line per machine class (or transport).
+    pub lines: &'a [TrendLine],
+    /// Where compare judged a change.
+    pub markers: &'a [TrendMarker],
+}
+
+impl std::fmt::Debug for Trend<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trend")
+            .field("title", &self.title)
+            .field("runs", &self.x_labels.len())
+            .field("lines", &self.lines.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Draws a [`Trend`] on a linear axis from 0, so that a trend is drawn to scale.
+pub fn trend(t: &Trend<'_>) -> String {
+    let ymax = t
+        .lines
         .iter()
         .flat_map(|l| {
             l.points
@@ -250,29 +270,25 @@ pub fn trend(
         })
         .filter(|y| y.is_finite())
         .fold(0.0f64, f64::max);
-    if ymax <= 0.0 || x_labels.is_empty() {
-        return no_data(title);
+    if ymax <= 0.0 || t.x_labels.is_empty() {
+        return no_data(t.title);
     }
     let mut svg = String::new();
-    match draw_trend(
-        &mut svg, title, y_desc, y_format, x_labels, lines, markers, ymax,
-    ) {
+    match draw_trend(&mut svg, t, ymax) {
         Ok(()) => inline(svg),
-        Err(_) => no_data(title),
+        Err(_) => no_data(t.title),
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn draw_trend(
-    svg: &mut String,
-    title: &str,
-    y_desc: &str,
-    y_format: &dyn Fn(f64) -> String,
-    x_labels: &[String],
-    lines: &[TrendLine],
-    markers: &[TrendMarker],
-    ymax: f64,
-) -> Drawn {
+fn draw_trend(svg: &mut String, t: &Trend<'_>, ymax: f64) -> Drawn {
+    let Trend {
+        title,
+        y_desc,
+        y_format,
+        x_labels,
+        lines,
+        markers,
+    } = *t;
     {
         let root = SVGBackend::with_string(svg, (640, 344)).into_drawing_area();
         root.fill(&WHITE)?;

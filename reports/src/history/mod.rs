@@ -14,10 +14,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
 
 use crate::compare::{CompareConfig, Metric, Verdict, compare};
-use crate::results::{Environment, Results, RunHistograms, write_atomic};
+use crate::results::{Environment, Results, ResultsError, RunHistograms, write_atomic};
 
 /// The `schema` field of a history file.
 pub const SCHEMA: &str = "wirebench-history";
@@ -25,37 +24,6 @@ pub const SCHEMA: &str = "wirebench-history";
 pub const VERSION: u32 = 1;
 /// The history file's name inside a site.
 pub const FILE: &str = "history.json";
-
-/// Why a history could not be read or written.
-#[derive(Debug, Error)]
-pub enum HistoryError {
-    /// The file could not be read.
-    #[error("cannot read {file}: {source}")]
-    Read {
-        /// The path.
-        file: String,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not a history of this version.
-    #[error("{file}: {message}")]
-    Format {
-        /// The path.
-        file: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// The file could not be written.
-    #[error("cannot write {file}: {source}")]
-    Write {
-        /// The path.
-        file: String,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-}
 
 /// Every run added so far, in the order added (oldest first).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -195,33 +163,37 @@ impl Default for History {
 }
 
 impl History {
-    /// Reads a history file.
-    pub fn load(path: &Path) -> Result<History, HistoryError> {
+    /// Reads a history file (its errors are a results file's: what and where).
+    pub fn load(path: &Path) -> Result<History, ResultsError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| HistoryError::Read {
+        let text = std::fs::read_to_string(path).map_err(|source| ResultsError::Read {
             file: file.clone(),
             source,
         })?;
-        let format = |message: String| HistoryError::Format {
+        let parse = |e: serde_json::Error| ResultsError::Parse {
             file: file.clone(),
-            message,
+            line: e.line(),
+            column: e.column(),
+            message: e.to_string(),
         };
-        let head: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| format(format!("line {}: not JSON: {e}", e.line())))?;
+        let head: serde_json::Value = serde_json::from_str(&text).map_err(parse)?;
         if head.get("schema").and_then(|s| s.as_str()) != Some(SCHEMA)
             || head.get("version").and_then(serde_json::Value::as_u64) != Some(u64::from(VERSION))
         {
-            return Err(format(format!(
-                "not a wirebench history of version {VERSION} (expected \"schema\": \
-                 \"{SCHEMA}\")"
-            )));
+            return Err(ResultsError::Version {
+                file,
+                message: format!(
+                    "not a wirebench history of version {VERSION} (expected \"schema\": \
+                     \"{SCHEMA}\")"
+                ),
+            });
         }
-        serde_json::from_str(&text).map_err(|e| format(format!("line {}: {e}", e.line())))
+        serde_json::from_str(&text).map_err(parse)
     }
 
     /// Writes it atomically.
-    pub fn save(&self, path: &Path) -> Result<(), HistoryError> {
-        let err = |source| HistoryError::Write {
+    pub fn save(&self, path: &Path) -> Result<(), ResultsError> {
+        let err = |source| ResultsError::Write {
             file: path.display().to_string(),
             source,
         };

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use super::{History, HistoryRun, PointFigures};
-use crate::charts::{self, TrendLine, TrendMarker};
+use crate::charts::{self, Trend, TrendLine, TrendMarker};
 use crate::compare::Metric;
 use crate::html::{CSS, dur, escape, rate};
 use crate::results::write_atomic;
@@ -168,14 +168,14 @@ fn chart(h: &History, transport: &str, point: &str, metric: Metric, name: &str) 
         Metric::Throughput => rate(v),
         _ => format!("{v:.0}"),
     };
-    charts::trend(
-        &format!("{transport} {point}: {name}"),
-        name,
-        &scale,
-        &labels,
-        &lines,
-        &markers,
-    )
+    charts::trend(&Trend {
+        title: &format!("{transport} {point}: {name}"),
+        y_desc: name,
+        y_format: &scale,
+        x_labels: &labels,
+        lines: &lines,
+        markers: &markers,
+    })
 }
 
 fn change_text(c: &super::Change) -> String {
@@ -319,14 +319,14 @@ fn index(h: &History) -> String {
             "<h3>{}</h3><p>Per transport: {}.</p><div class=\"chart\">{}</div>",
             escape(p),
             links.join(", "),
-            charts::trend(
-                &format!("{p}: p50"),
-                "p50",
-                &|v| dur(v as u64),
-                &labels,
-                &all_lines,
-                &all_markers
-            )
+            charts::trend(&Trend {
+                title: &format!("{p}: p50"),
+                y_desc: "p50",
+                y_format: &|v| dur(v as u64),
+                x_labels: &labels,
+                lines: &all_lines,
+                markers: &all_markers,
+            })
         );
     }
     page("wirebench history", "", &b)
