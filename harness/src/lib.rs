@@ -10,6 +10,7 @@ pub mod environment;
 pub mod exit;
 pub mod faultplan;
 pub mod floor;
+pub mod host;
 pub mod interrupt;
 pub mod load;
 pub mod pacer;

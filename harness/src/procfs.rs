@@ -36,8 +36,8 @@ fn proc_path(pid: u32, file: &str) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/{file}"))
 }
 
-/// Clock ticks per second (`sysconf(_SC_CLK_TCK)`, 100 on Linux).
-fn ticks_per_second() -> f64 {
+/// Clock ticks per second (`sysconf(_SC_CLK_TCK)`, 100 on Linux): the unit of `/proc` times.
+pub fn ticks_per_second() -> f64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()

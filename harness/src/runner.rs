@@ -274,6 +274,11 @@ struct Accounting {
     server_start: Option<CpuTimes>,
     client_end: Option<CpuTimes>,
     server_end: Option<CpuTimes>,
+    /// Whose processes count as ours on the host: this one (and so every child it started)
+    /// and an external server's pid when given.
+    host_roots: Vec<u32>,
+    host_start: Option<crate::host::Sample>,
+    host_end: Option<crate::host::Sample>,
 }
 
 impl Accounting {
@@ -285,7 +290,21 @@ impl Accounting {
             server_start: None,
             client_end: None,
             server_end: None,
+            host_roots: std::iter::once(client_pid).chain(server_pid).collect(),
+            host_start: None,
+            host_end: None,
         }
+    }
+
+    /// The host's load over the measured phase, when both edges were sampled.
+    fn host(&self) -> Option<wirebench_reports::results::HostLoad> {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        Some(crate::host::between(
+            self.host_start?,
+            self.host_end?,
+            procfs::ticks_per_second(),
+            cpus,
+        ))
     }
 }
 
@@ -293,9 +312,11 @@ impl Hooks for Accounting {
     fn measure_start(&mut self) {
         self.client_start = procfs::cpu_times(self.client_pid).ok();
         self.server_start = self.server_pid.and_then(|p| procfs::cpu_times(p).ok());
+        self.host_start = crate::host::sample(&self.host_roots);
     }
 
     fn measure_end(&mut self) {
+        self.host_end = crate::host::sample(&self.host_roots);
         self.client_end = procfs::cpu_times(self.client_pid).ok();
         self.server_end = self.server_pid.and_then(|p| procfs::cpu_times(p).ok());
     }
@@ -624,6 +645,7 @@ fn run_summary(
             received_per_call: w.received as f64 / calls.max(1) as f64,
         }),
         bytes_not_measured: None,
+        host: acct.host(),
         client,
         server,
         worker_busy: outcome.worker_busy.clone(),
@@ -695,13 +717,34 @@ pub fn judge(
     if s.calls == 0 {
         reasons.push("no call completed".to_owned());
     }
+    // Whose fault a late schedule is: a busy host is named first, and the lag then points
+    // at it instead of at the generator.
+    let host_busy = s.host.as_ref().and_then(crate::host::busy_reason);
+    if let Some(why) = &host_busy {
+        reasons.push(why.clone());
+    } else if let Some(h) = s
+        .host
+        .as_ref()
+        .filter(|h| h.other_cpus >= crate::host::NOTE_CPUS)
+    {
+        notes.push(format!(
+            "other processes used {:.2} of {} CPUs during this point",
+            h.other_cpus, h.cpus
+        ));
+    }
     if let Some(lag) = &s.generator_lag {
         let limit = ctx.validity.max_lag_p99;
         if lag.p99_ns > limit.as_nanos() as u64 {
             reasons.push(format!(
-                "generator lag p99 {} exceeds {}: the load generator fell behind its schedule",
+                "generator lag p99 {} exceeds {}: {}",
                 us(lag.p99_ns),
-                us(limit.as_nanos() as u64)
+                us(limit.as_nanos() as u64),
+                if host_busy.is_some() {
+                    "the schedule slipped because the host was busy (above), not because the \
+                     generator was slow"
+                } else {
+                    "the load generator fell behind its schedule"
+                }
             ));
         }
     }

@@ -454,6 +454,15 @@ fn run_details(out: &mut String, r: &RunRecord, ts: &[String]) {
         (None, Some(why)) => dd("wire bytes per call", format!("not measured: {why}")),
         (None, None) => {}
     }
+    if let Some(h) = &s.host {
+        dd(
+            "host",
+            format!(
+                "other processes used {:.2} of {} CPUs over the {:.1} s measured; {:.0} ms stolen",
+                h.other_cpus, h.cpus, h.window_s, h.steal_ms
+            ),
+        );
+    }
     dd(
         "client",
         format!(

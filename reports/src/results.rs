@@ -561,6 +561,9 @@ pub struct RunSummary {
     /// bytes were counted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_not_measured: Option<String>,
+    /// What the rest of the host did during the measured phase (additive; Linux only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostLoad>,
     /// The client (load generator) process.
     pub client: ProcessUsage,
     /// The server process, when it is a separate process we can see.
@@ -571,6 +574,20 @@ pub struct RunSummary {
     /// (TCP/QUIC and TLS handshakes, HTTP/2 or broker session setup), several in a row.
     #[serde(default)]
     pub connect: Option<LatencySummary>,
+}
+
+/// The host during a measured phase: CPU used by processes other than the load generator, the
+/// server and the brokers they started, and time a hypervisor stole.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostLoad {
+    /// The window measured, seconds.
+    pub window_s: f64,
+    /// CPUs the host has.
+    pub cpus: u32,
+    /// Other processes' CPU use, in CPUs (0.9 = 90 % of one CPU), interrupts left out.
+    pub other_cpus: f64,
+    /// Steal time summed over the CPUs, milliseconds.
+    pub steal_ms: f64,
 }
 
 /// An open loop's accounting of its schedule: due = sent + unsent, and the rate achieved.

@@ -110,6 +110,12 @@ fn full() -> Results {
             message_latency: Some(lat),
             bytes: Some(WireTotals::default()),
             bytes_not_measured: Some("no wire".into()),
+            host: Some(HostLoad {
+                window_s: 2.0,
+                cpus: 2,
+                other_cpus: 0.9,
+                steal_ms: 3.0,
+            }),
             client: usage.clone(),
             server: Some(usage),
             worker_busy: vec![0.5],

@@ -322,6 +322,12 @@ pub fn summary_text(r: &RunRecord) -> String {
                 .unwrap_or("the results file does not say why")
         ),
     });
+    if let Some(h) = &s.host {
+        out.push_str(&format!(
+            "  host: other processes used {:.2} of {} CPUs, {:.0} ms stolen\n",
+            h.other_cpus, h.cpus, h.steal_ms
+        ));
+    }
     out.push_str(&validity_lines(&r.validity));
     for t in &r.thresholds {
         let verdict = if t.passed { "ok" } else { "BREACHED" };
