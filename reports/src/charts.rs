@@ -43,6 +43,32 @@ fn fmt_us(us: f64) -> String {
     }
 }
 
+/// A log axis's labels, spaced for the range drawn: plotters puts key points at every integer
+/// mantissa, and on a narrow range (800 µs to 1 ms) those stack into each other. Only
+/// mantissas far enough apart for the decades shown get a label (1-2-3-5 within a decade or
+/// so, 1-2-5 up to 2.5 decades, powers of ten beyond); the mesh lines stay.
+fn log_ticks(ymin: f64, ymax: f64) -> impl Fn(&f64) -> String {
+    let decades = (ymax / ymin.max(f64::MIN_POSITIVE)).log10();
+    let allowed: &'static [f64] = if decades > 2.5 {
+        &[1.0, 10.0]
+    } else if decades > 1.2 {
+        &[1.0, 2.0, 5.0, 10.0]
+    } else {
+        &[1.0, 2.0, 3.0, 5.0, 10.0]
+    };
+    move |&us: &f64| {
+        if us <= 0.0 || !us.is_finite() {
+            return String::new();
+        }
+        let mantissa = us / 10f64.powf(us.log10().floor());
+        if allowed.iter().any(|m| (mantissa - m).abs() < 1e-6 * m) {
+            fmt_us(us)
+        } else {
+            String::new()
+        }
+    }
+}
+
 fn trim(v: f64) -> String {
     let s = if v >= 100.0 {
         format!("{v:.0}")
@@ -135,7 +161,7 @@ fn draw_spectrum(
             .x_desc("percentile")
             .y_desc("latency")
             .x_label_formatter(&|x| percentile_label(*x))
-            .y_label_formatter(&|y| fmt_us(*y))
+            .y_label_formatter(&log_ticks(ymin, ymax))
             .label_style(("sans-serif", 15))
             .axis_desc_style(("sans-serif", 15))
             .light_line_style(RGBColor(235, 235, 235))
@@ -187,7 +213,7 @@ fn draw_over_time(
             .configure_mesh()
             .x_desc("seconds into the measured phase")
             .y_desc("latency")
-            .y_label_formatter(&|y| fmt_us(*y))
+            .y_label_formatter(&log_ticks(ymin, ymax))
             .label_style(("sans-serif", 15))
             .axis_desc_style(("sans-serif", 15))
             .light_line_style(RGBColor(235, 235, 235))
@@ -457,7 +483,7 @@ fn draw_fault_timeline(
             .configure_mesh()
             .x_desc("seconds into the measured phase")
             .y_desc("latency")
-            .y_label_formatter(&|y| fmt_us(*y))
+            .y_label_formatter(&log_ticks(ymin, ymax))
             .label_style(("sans-serif", 15))
             .axis_desc_style(("sans-serif", 15))
             .light_line_style(RGBColor(235, 235, 235))

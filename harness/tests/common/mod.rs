@@ -58,3 +58,92 @@ pub fn stderr(o: &Output) -> String {
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
+
+/// Screenshots `page` in headless Chromium into `png` and returns its bytes; `None` when no
+/// Chromium is installed, which under `CI` is a failure (`.ci/run` installs it).
+pub fn screenshot(page: &std::path::Path, png: &std::path::Path) -> Option<Vec<u8>> {
+    let chromium = ["chromium", "chromium-browser"].into_iter().find(|c| {
+        Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let Some(chromium) = chromium else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "chromium is missing: .ci/run installs it (apt-get install chromium)"
+        );
+        eprintln!("chromium not installed: no screenshot taken");
+        return None;
+    };
+    let mut c = Command::new(chromium);
+    c.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--window-size=1100,1600",
+    ])
+    .arg(format!("--screenshot={}", png.display()))
+    .arg(format!("file://{}", page.display()));
+    let out = run(c, Duration::from_secs(120));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let bytes = std::fs::read(png).expect("a screenshot");
+    assert!(
+        bytes.starts_with(b"\x89PNG"),
+        "{}: not a PNG",
+        png.display()
+    );
+    Some(bytes)
+}
+
+/// Text labels of an SVG chart whose boxes overlap: each label's box is estimated from its
+/// position, anchor, baseline shift and font size (a sans-serif character averages 0.55 em).
+/// Rotated labels (axis names) are left out, and so is a label drawn twice at one place.
+pub fn overlapping_labels(svg: &str) -> Vec<(String, String)> {
+    let attr = |tag: &str, name: &str| -> Option<String> {
+        let at = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+        Some(tag[at..].split('"').next()?.to_owned())
+    };
+    let mut boxes: Vec<(f64, f64, f64, f64, String)> = Vec::new();
+    let mut rest = svg;
+    while let Some(open) = rest.find("<text") {
+        let tag_end = open + rest[open..].find('>').expect("a tag end");
+        let tag = &rest[open..tag_end];
+        let close = tag_end + rest[tag_end..].find("</text>").expect("a text end");
+        let text = rest[tag_end + 1..close].trim().to_owned();
+        rest = &rest[close..];
+        if text.is_empty() || tag.contains("rotate") {
+            continue;
+        }
+        let num = |n: &str| attr(tag, n).and_then(|v| v.parse::<f64>().ok());
+        let (Some(x), Some(y), Some(fs)) = (num("x"), num("y"), num("font-size")) else {
+            continue;
+        };
+        let w = 0.55 * fs * text.chars().count() as f64;
+        let x0 = match attr(tag, "text-anchor").as_deref() {
+            Some("middle") => x - w / 2.0,
+            Some("end") => x - w,
+            _ => x,
+        };
+        let y0 = match attr(tag, "dy").as_deref() {
+            Some("0.76em") => y,
+            Some("-0.5ex") => y - 0.75 * fs,
+            Some("0.5ex") => y - 0.25 * fs,
+            _ => y - 0.8 * fs,
+        };
+        boxes.push((x0, y0, x0 + w, y0 + fs, text));
+    }
+    let mut out = Vec::new();
+    for (i, a) in boxes.iter().enumerate() {
+        for b in &boxes[i + 1..] {
+            let same = a.4 == b.4 && (a.0 - b.0).abs() < 0.5 && (a.1 - b.1).abs() < 0.5;
+            let apart =
+                a.2 - 1.0 <= b.0 || b.2 - 1.0 <= a.0 || a.3 - 1.0 <= b.1 || b.3 - 1.0 <= a.1;
+            if !same && !apart {
+                out.push((a.4.clone(), b.4.clone()));
+            }
+        }
+    }
+    out
+}
