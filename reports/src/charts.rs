@@ -224,6 +224,163 @@ fn draw_over_time(
     Ok(())
 }
 
+/// One transport's bars across the categories of a [`bars`] chart.
+#[derive(Clone, Debug)]
+pub struct BarSeries {
+    /// Legend label.
+    pub label: String,
+    /// Palette index.
+    pub color: usize,
+    /// Per category: the solid bar's value, and optionally a longer light one behind it (a
+    /// p99 behind its p50). `None`: the transport did not run that category.
+    pub values: Vec<Option<(f64, Option<f64>)>>,
+}
+
+/// Horizontal grouped bars: one row per category (labelled on the left, where long names
+/// fit), one bar per series within it. `log` draws the value axis on a log scale (latencies
+/// that span µs to ms).
+pub fn bars(
+    title: &str,
+    x_desc: &str,
+    format: &dyn Fn(f64) -> String,
+    categories: &[String],
+    series: &[BarSeries],
+    log: bool,
+) -> String {
+    let values = || {
+        series
+            .iter()
+            .flat_map(|s| s.values.iter().flatten())
+            .flat_map(|&(v, behind)| std::iter::once(v).chain(behind))
+            .filter(|v| v.is_finite() && *v > 0.0)
+    };
+    let hi = values().fold(0.0f64, f64::max);
+    let lo = values().fold(f64::MAX, f64::min);
+    if categories.is_empty() || hi <= 0.0 {
+        return no_data(title);
+    }
+    let mut svg = String::new();
+    let drawn = draw_bars(
+        &mut svg,
+        title,
+        x_desc,
+        format,
+        categories,
+        series,
+        log,
+        (lo, hi),
+    );
+    match drawn {
+        Ok(()) => inline(svg),
+        Err(_) => no_data(title),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn draw_bars(
+    svg: &mut String,
+    title: &str,
+    x_desc: &str,
+    format: &dyn Fn(f64) -> String,
+    categories: &[String],
+    series: &[BarSeries],
+    log: bool,
+    (lo, hi): (f64, f64),
+) -> Drawn {
+    let n = categories.len();
+    // Each row holds every series' bar, 9 px apiece, with room between rows.
+    let row_px = (series.len() as u32 * 9 + 14).max(28);
+    let height = 90 + row_px * n as u32;
+    {
+        let root = SVGBackend::with_string(svg, (640, height + 24)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let (upper, strip) = root.split_vertically(height);
+        let longest = categories
+            .iter()
+            .map(|c| c.chars().count())
+            .max()
+            .unwrap_or(4);
+        let mut builder = ChartBuilder::on(&upper);
+        builder
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size((longest as u32 * 8 + 12).clamp(60, 220));
+        let names = |y: &f64| {
+            let i = (y - 0.5).round();
+            if (y - 0.5 - i).abs() > 1e-6 || i < 0.0 || i as usize >= n {
+                return String::new();
+            }
+            categories[n - 1 - i as usize].clone()
+        };
+        // Rows top-down in the order given: category i sits at y = n - 1 - i.
+        let rect = |i: usize, k: usize, x0: f64, x1: f64| {
+            let slot = 0.8 / series.len().max(1) as f64;
+            let top = (n - 1 - i) as f64 + 0.9 - slot * k as f64;
+            [(x0, top - slot * 0.85), (x1, top)]
+        };
+        macro_rules! draw {
+            ($chart:expr, $floor:expr) => {{
+                let mut chart = $chart;
+                chart
+                    .configure_mesh()
+                    .x_desc(x_desc)
+                    .x_label_formatter(&|x| format(*x))
+                    .x_labels(6)
+                    .y_labels(2 * n + 1)
+                    .y_label_formatter(&names)
+                    .disable_y_mesh()
+                    .label_style(("sans-serif", 13))
+                    .axis_desc_style(("sans-serif", 14))
+                    .light_line_style(RGBColor(235, 235, 235))
+                    .draw()?;
+                for (k, s) in series.iter().enumerate() {
+                    let color = PALETTE[s.color % PALETTE.len()];
+                    for (i, v) in s.values.iter().enumerate() {
+                        let Some((v, behind)) = *v else { continue };
+                        if let Some(b) = behind.filter(|b| *b > 0.0) {
+                            chart.draw_series(std::iter::once(Rectangle::new(
+                                rect(i, k, $floor, b),
+                                color.mix(0.3).filled(),
+                            )))?;
+                        }
+                        if v > 0.0 {
+                            chart.draw_series(std::iter::once(Rectangle::new(
+                                rect(i, k, $floor, v),
+                                color.filled(),
+                            )))?;
+                        }
+                    }
+                }
+            }};
+        }
+        if log {
+            let floor = lo / 2.0;
+            draw!(
+                builder.build_cartesian_2d((floor..hi * 2.0).log_scale(), 0f64..n as f64)?,
+                floor
+            );
+        } else {
+            draw!(
+                builder.build_cartesian_2d(0f64..hi * 1.1, 0f64..n as f64)?,
+                0.0
+            );
+        }
+        let items: Vec<(String, ShapeStyle)> = series
+            .iter()
+            .map(|s| {
+                (
+                    s.label.clone(),
+                    PALETTE[s.color % PALETTE.len()].stroke_width(6),
+                )
+            })
+            .collect();
+        legend_below(&strip, &items, 8)?;
+        root.present()?;
+    }
+    Ok(())
+}
+
 /// One machine class's values of one metric across a history's runs (x = the run's index).
 #[derive(Clone, Debug, Default)]
 pub struct TrendLine {

@@ -107,6 +107,57 @@ fn transports(results: &Results) -> Vec<String> {
     v
 }
 
+/// The headline drawn: throughput, and p50 (solid) before p99 (light), per point and
+/// transport, so a reader sees the ranking before reading the table.
+fn headline_charts(out: &mut String, results: &Results, ts: &[String]) {
+    let cats = points(results);
+    let series = |value: &dyn Fn(&RunRecord) -> (f64, Option<f64>)| -> Vec<charts::BarSeries> {
+        ts.iter()
+            .filter(|t| results.runs.iter().any(|r| &r.transport == *t))
+            .map(|t| charts::BarSeries {
+                label: t.clone(),
+                color: color_of(ts, t),
+                values: cats
+                    .iter()
+                    .map(|p| {
+                        results
+                            .runs
+                            .iter()
+                            .find(|r| &r.transport == t && &r.point == p)
+                            .map(value)
+                    })
+                    .collect(),
+            })
+            .collect()
+    };
+    let throughput = series(&|r| (r.summary.throughput_per_s, None));
+    let latency = series(&|r| {
+        (
+            r.summary.latency.p50_ns as f64 / 1e3,
+            Some(r.summary.latency.p99_ns as f64 / 1e3),
+        )
+    });
+    out.push_str("<div class=\"grid\"><div class=\"chart\">");
+    out.push_str(&charts::bars(
+        "throughput (calls/s)",
+        "calls/s",
+        &|v| rate(v),
+        &cats,
+        &throughput,
+        false,
+    ));
+    out.push_str("</div><div class=\"chart\">");
+    out.push_str(&charts::bars(
+        "latency: p50 (solid), p99 (light)",
+        "latency",
+        &|us| dur((us * 1e3) as u64),
+        &cats,
+        &latency,
+        true,
+    ));
+    out.push_str("</div></div>");
+}
+
 fn color_of(transports: &[String], t: &str) -> usize {
     transports.iter().position(|x| x == t).unwrap_or(0)
 }
@@ -854,6 +905,7 @@ pub fn render(results: &Results) -> String {
         out.push_str("<p class=\"muted\">No load runs.</p>");
     } else {
         headline(&mut out, results, &ts);
+        headline_charts(&mut out, results, &ts);
         out.push_str("<p class=\"muted\">Open-loop latency is measured from each request's intended start (coordinated omission corrected). CPU is user + system time of each process over the measured phase divided by calls. Scheduler ticks (4 ms on these machines) show up as p99.9 tails under load: a tail near 4 ms is the kernel's, not the transport's.</p>");
     }
 
