@@ -1224,6 +1224,30 @@ mod tests {
     }
 
     #[test]
+    fn a_point_invalidated_by_a_busy_host_is_not_called_a_regression_and_says_why() {
+        let base = results(vec![run("p", 50_000.0, 0.1, 5, 1)]);
+        // Three times slower, but the host was busy: not judged, with the host named.
+        let mut slow = run("p", 150_000.0, 0.1, 5, 2);
+        slow.validity = Validity {
+            valid: false,
+            reasons: vec![
+                "host busy: other processes used 1.84 of 2 CPUs during this point, so the \
+                 generator and the server shared them; re-run on a quiet machine"
+                    .into(),
+            ],
+            notes: vec![],
+            unsustained: None,
+        };
+        let c = compare(&base, "b", &results(vec![slow]), "n", &cfg());
+        assert!(c.regressions().is_empty());
+        let text = render_text(&c, false);
+        assert!(
+            text.contains("host busy: other processes used 1.84 of 2 CPUs"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn a_change_is_a_factor_the_same_either_way() {
         assert!((factor(0.3) - 0.3).abs() < 1e-12);
         assert!((factor(1.0 / 1.3 - 1.0) - 0.3).abs() < 1e-12);
