@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 
 use wirebench_reports::results::HostLoad;
 
-/// Other processes using this much of the host's CPUs (in CPUs) make a point invalid: its
-/// client and server shared their CPUs with someone else's work.
+/// Other processes using this much of the host's CPUs (in CPUs) are named as the cause of a
+/// schedule that slipped (and noted when it held): the client and server shared their CPUs
+/// with someone else's work.
 pub const BUSY_CPUS: f64 = 0.5;
-/// Steal beyond this share of the window (summed over CPUs) makes a point invalid.
+/// Steal beyond this share of the window (summed over CPUs) is treated the same way.
 pub const STOLEN_SHARE: f64 = 0.05;
 /// Other processes using this much are worth a note.
 pub const NOTE_CPUS: f64 = 0.1;
@@ -125,7 +126,7 @@ pub fn between(start: Sample, end: Sample, ticks_per_s: f64, cpus: u32) -> HostL
     }
 }
 
-/// Why the host makes a point's numbers untrustworthy, if it does.
+/// What the host did to a point, when it was busy enough to be the cause of a late schedule.
 pub fn busy_reason(h: &HostLoad) -> Option<String> {
     let stolen = h.steal_ms / 1e3 / h.window_s.max(1e-9);
     if h.other_cpus >= BUSY_CPUS {

@@ -717,35 +717,52 @@ pub fn judge(
     if s.calls == 0 {
         reasons.push("no call completed".to_owned());
     }
-    // Whose fault a late schedule is: a busy host is named first, and the lag then points
-    // at it instead of at the generator.
-    let host_busy = s.host.as_ref().and_then(crate::host::busy_reason);
-    if let Some(why) = &host_busy {
-        reasons.push(why.clone());
-    } else if let Some(h) = s
-        .host
-        .as_ref()
-        .filter(|h| h.other_cpus >= crate::host::NOTE_CPUS)
-    {
-        notes.push(format!(
-            "other processes used {:.2} of {} CPUs during this point",
-            h.other_cpus, h.cpus
-        ));
+    // Whose fault a late schedule is. A busy host (someone else's work, or stolen time) is
+    // named as the cause of a schedule that slipped; when the schedule held, it is a note
+    // only: the numbers were kept, and the note says they may carry its interference.
+    let mut host_busy = s.host.as_ref().and_then(crate::host::busy_reason);
+    if ctx.target.is_some() && ctx.target_pid.is_none() {
+        // The server is another process we cannot tell apart: its CPU is in the others'.
+        host_busy = host_busy.map(|why| {
+            format!(
+                "{why} (this includes the --target server's own CPU: give --target-pid to \
+                 tell them apart)"
+            )
+        });
     }
-    if let Some(lag) = &s.generator_lag {
-        let limit = ctx.validity.max_lag_p99;
-        if lag.p99_ns > limit.as_nanos() as u64 {
+    let lag_over = s
+        .generator_lag
+        .as_ref()
+        .filter(|lag| lag.p99_ns > ctx.validity.max_lag_p99.as_nanos() as u64);
+    match (lag_over, &host_busy) {
+        (Some(lag), Some(why)) => {
+            reasons.push(why.clone());
             reasons.push(format!(
-                "generator lag p99 {} exceeds {}: {}",
+                "generator lag p99 {} exceeds {}: the schedule slipped because the host was \
+                 busy (above), not because the generator was slow",
                 us(lag.p99_ns),
-                us(limit.as_nanos() as u64),
-                if host_busy.is_some() {
-                    "the schedule slipped because the host was busy (above), not because the \
-                     generator was slow"
-                } else {
-                    "the load generator fell behind its schedule"
-                }
+                us(ctx.validity.max_lag_p99.as_nanos() as u64)
             ));
+        }
+        (Some(lag), None) => reasons.push(format!(
+            "generator lag p99 {} exceeds {}: the load generator fell behind its schedule",
+            us(lag.p99_ns),
+            us(ctx.validity.max_lag_p99.as_nanos() as u64)
+        )),
+        (None, Some(why)) => notes.push(format!(
+            "{why}; the schedule held, but latencies may include that interference"
+        )),
+        (None, None) => {
+            if let Some(h) = s
+                .host
+                .as_ref()
+                .filter(|h| h.other_cpus >= crate::host::NOTE_CPUS)
+            {
+                notes.push(format!(
+                    "other processes used {:.2} of {} CPUs during this point",
+                    h.other_cpus, h.cpus
+                ));
+            }
         }
     }
     let busiest = s.worker_busy.iter().copied().fold(0.0f64, f64::max);
@@ -890,6 +907,56 @@ mod tests {
             pid: Some(1),
             ..ServerInfo::default()
         }
+    }
+
+    #[test]
+    fn a_busy_host_is_named_for_a_slipped_schedule_and_noted_for_a_kept_one() {
+        let busy = |lag_us| {
+            let mut s = summary(lag_us, 0.1);
+            s.host = Some(wirebench_reports::results::HostLoad {
+                window_s: 2.0,
+                cpus: 2,
+                other_cpus: 1.2,
+                steal_ms: 0.0,
+            });
+            s
+        };
+        let ctx = RunContext::default();
+        let v = judge(&open(), &busy(3000), &child(), false, &ctx);
+        assert!(!v.valid);
+        assert!(
+            v.reasons[0].contains("host busy: other processes used 1.20 of 2"),
+            "{v:?}"
+        );
+        assert!(
+            v.reasons[1].contains("not because the generator was slow"),
+            "{v:?}"
+        );
+        let v = judge(&open(), &busy(100), &child(), false, &ctx);
+        assert!(v.valid, "{v:?}");
+        assert!(
+            v.notes.iter().any(|n| n.contains("the schedule held")),
+            "{v:?}"
+        );
+        // An external server without its pid is part of "others", and the verdict says so.
+        let ctx = RunContext {
+            target: Some("127.0.0.1:1".into()),
+            ..RunContext::default()
+        };
+        let v = judge(&open(), &busy(3000), &child(), false, &ctx);
+        assert!(v.reasons[0].contains("--target-pid"), "{v:?}");
+        // A slipped schedule on a quiet host is the generator's.
+        let v = judge(
+            &open(),
+            &summary(3000, 0.1),
+            &child(),
+            false,
+            &RunContext::default(),
+        );
+        assert!(
+            v.reasons[0].contains("the load generator fell behind"),
+            "{v:?}"
+        );
     }
 
     #[test]
