@@ -237,18 +237,37 @@ pub struct BarSeries {
 }
 
 /// Horizontal grouped bars: one row per category (labelled on the left, where long names
-/// fit), one bar per series within it. `log` draws the value axis on a log scale (latencies
-/// that span µs to ms).
-pub fn bars(
-    title: &str,
-    x_desc: &str,
-    format: &dyn Fn(f64) -> String,
-    categories: &[String],
-    series: &[BarSeries],
-    log: bool,
-) -> String {
+/// fit), one bar per series within it.
+#[derive(Clone, Copy)]
+pub struct Bars<'a> {
+    /// The chart's title.
+    pub title: &'a str,
+    /// The value axis's name.
+    pub x_desc: &'a str,
+    /// How a value is written on its axis.
+    pub format: &'a dyn Fn(f64) -> String,
+    /// The rows, top down.
+    pub categories: &'a [String],
+    /// One series per transport.
+    pub series: &'a [BarSeries],
+    /// A log value axis (latencies that span µs to ms).
+    pub log: bool,
+}
+
+impl std::fmt::Debug for Bars<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bars")
+            .field("title", &self.title)
+            .field("categories", &self.categories.len())
+            .field("series", &self.series.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Draws [`Bars`].
+pub fn bars(b: &Bars<'_>) -> String {
     let values = || {
-        series
+        b.series
             .iter()
             .flat_map(|s| s.values.iter().flatten())
             .flat_map(|&(v, behind)| std::iter::once(v).chain(behind))
@@ -256,37 +275,25 @@ pub fn bars(
     };
     let hi = values().fold(0.0f64, f64::max);
     let lo = values().fold(f64::MAX, f64::min);
-    if categories.is_empty() || hi <= 0.0 {
-        return no_data(title);
+    if b.categories.is_empty() || hi <= 0.0 {
+        return no_data(b.title);
     }
     let mut svg = String::new();
-    let drawn = draw_bars(
-        &mut svg,
+    match draw_bars(&mut svg, b, (lo, hi)) {
+        Ok(()) => inline(svg),
+        Err(_) => no_data(b.title),
+    }
+}
+
+fn draw_bars(svg: &mut String, b: &Bars<'_>, (lo, hi): (f64, f64)) -> Drawn {
+    let Bars {
         title,
         x_desc,
         format,
         categories,
         series,
         log,
-        (lo, hi),
-    );
-    match drawn {
-        Ok(()) => inline(svg),
-        Err(_) => no_data(title),
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn draw_bars(
-    svg: &mut String,
-    title: &str,
-    x_desc: &str,
-    format: &dyn Fn(f64) -> String,
-    categories: &[String],
-    series: &[BarSeries],
-    log: bool,
-    (lo, hi): (f64, f64),
-) -> Drawn {
+    } = *b;
     let n = categories.len();
     // Each row holds every series' bar, 9 px apiece, with room between rows.
     let row_px = (series.len() as u32 * 9 + 14).max(28);

@@ -138,23 +138,23 @@ fn headline_charts(out: &mut String, results: &Results, ts: &[String]) {
         )
     });
     out.push_str("<div class=\"grid\"><div class=\"chart\">");
-    out.push_str(&charts::bars(
-        "throughput (calls/s)",
-        "calls/s",
-        &|v| rate(v),
-        &cats,
-        &throughput,
-        false,
-    ));
+    out.push_str(&charts::bars(&charts::Bars {
+        title: "throughput (calls/s)",
+        x_desc: "calls/s",
+        format: &rate,
+        categories: &cats,
+        series: &throughput,
+        log: false,
+    }));
     out.push_str("</div><div class=\"chart\">");
-    out.push_str(&charts::bars(
-        "latency: p50 (solid), p99 (light)",
-        "latency",
-        &|us| dur((us * 1e3) as u64),
-        &cats,
-        &latency,
-        true,
-    ));
+    out.push_str(&charts::bars(&charts::Bars {
+        title: "latency: p50 (solid), p99 (light)",
+        x_desc: "latency",
+        format: &|us| dur((us * 1e3) as u64),
+        categories: &cats,
+        series: &latency,
+        log: true,
+    }));
     out.push_str("</div></div>");
 }
 
