@@ -234,6 +234,9 @@ pub struct BarSeries {
     /// Per category: the solid bar's value, and optionally a longer light one behind it (a
     /// p99 behind its p50). `None`: the transport did not run that category.
     pub values: Vec<Option<(f64, Option<f64>)>>,
+    /// Per category: whether the run can be trusted. An untrusted (invalid or unsustained)
+    /// run's bars are drawn as outlines only, so they cannot be read as results.
+    pub trusted: Vec<bool>,
 }
 
 /// Horizontal grouped bars: one row per category (labelled on the left, where long names
@@ -345,16 +348,22 @@ fn draw_bars(svg: &mut String, b: &Bars<'_>, (lo, hi): (f64, f64)) -> Drawn {
                     let color = PALETTE[s.color % PALETTE.len()];
                     for (i, v) in s.values.iter().enumerate() {
                         let Some((v, behind)) = *v else { continue };
+                        let trusted = s.trusted.get(i).copied().unwrap_or(true);
+                        let (solid, light) = if trusted {
+                            (color.filled(), color.mix(0.3).filled())
+                        } else {
+                            (color.stroke_width(1), color.mix(0.4).stroke_width(1))
+                        };
                         if let Some(b) = behind.filter(|b| *b > 0.0) {
                             chart.draw_series(std::iter::once(Rectangle::new(
                                 rect(i, k, $floor, b),
-                                color.mix(0.3).filled(),
+                                light,
                             )))?;
                         }
                         if v > 0.0 {
                             chart.draw_series(std::iter::once(Rectangle::new(
                                 rect(i, k, $floor, v),
-                                color.filled(),
+                                solid,
                             )))?;
                         }
                     }

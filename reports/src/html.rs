@@ -114,19 +114,25 @@ fn headline_charts(out: &mut String, results: &Results, ts: &[String]) {
     let series = |value: &dyn Fn(&RunRecord) -> (f64, Option<f64>)| -> Vec<charts::BarSeries> {
         ts.iter()
             .filter(|t| results.runs.iter().any(|r| &r.transport == *t))
-            .map(|t| charts::BarSeries {
-                label: t.clone(),
-                color: color_of(ts, t),
-                values: cats
+            .map(|t| {
+                let runs: Vec<Option<&RunRecord>> = cats
                     .iter()
                     .map(|p| {
                         results
                             .runs
                             .iter()
                             .find(|r| &r.transport == t && &r.point == p)
-                            .map(value)
                     })
-                    .collect(),
+                    .collect();
+                charts::BarSeries {
+                    label: t.clone(),
+                    color: color_of(ts, t),
+                    values: runs.iter().map(|r| r.map(value)).collect(),
+                    trusted: runs
+                        .iter()
+                        .map(|r| r.is_none_or(|r| r.validity.valid))
+                        .collect(),
+                }
             })
             .collect()
     };
@@ -139,16 +145,17 @@ fn headline_charts(out: &mut String, results: &Results, ts: &[String]) {
     });
     out.push_str("<div class=\"grid\"><div class=\"chart\">");
     out.push_str(&charts::bars(&charts::Bars {
-        title: "throughput (calls/s)",
+        title: "throughput (calls/s; outline: not valid)",
         x_desc: "calls/s",
         format: &rate,
         categories: &cats,
         series: &throughput,
-        log: false,
+        // inproc's millions beside a broker's thousands: only a log axis shows both.
+        log: true,
     }));
     out.push_str("</div><div class=\"chart\">");
     out.push_str(&charts::bars(&charts::Bars {
-        title: "latency: p50 (solid), p99 (light)",
+        title: "latency: p50 (solid), p99 (light); outline: not valid",
         x_desc: "latency",
         format: &|us| dur((us * 1e3) as u64),
         categories: &cats,
