@@ -59,6 +59,13 @@ impl Peer {
     }
 }
 
+/// The peers whose transport has `cap` (a stream workload skips the others).
+fn supporting(peers: &[Peer], cap: wirebench_core::Capability) -> impl Iterator<Item = &Peer> {
+    peers
+        .iter()
+        .filter(move |p| p.transport.capabilities().supports(cap))
+}
+
 fn peers() -> Vec<Peer> {
     servers()
         .into_iter()
@@ -98,11 +105,7 @@ fn server_stream(c: &mut Criterion) {
     let options = CallOptions::default();
     let mut g = c.benchmark_group("server_stream/100x16KiB");
     g.throughput(Throughput::Bytes(u64::from(MESSAGES * SIZE)));
-    for p in peers.iter().filter(|p| {
-        p.transport
-            .capabilities()
-            .supports(wirebench_core::Capability::ServerStream)
-    }) {
+    for p in supporting(&peers, wirebench_core::Capability::ServerStream) {
         let conn = p.connect(&rt);
         g.bench_function(BenchmarkId::from_parameter(p.transport.name()), |b| {
             b.to_async(&rt).iter(|| async {
@@ -145,11 +148,7 @@ fn bidi(c: &mut Criterion) {
     let payload = Bytes::from(vec![0x5a; SIZE]);
     let mut g = c.benchmark_group("bidi/100x1KiB");
     g.throughput(Throughput::Bytes(2 * u64::from(ROUND_TRIPS) * SIZE as u64));
-    for p in peers.iter().filter(|p| {
-        p.transport
-            .capabilities()
-            .supports(wirebench_core::Capability::Bidi)
-    }) {
+    for p in supporting(&peers, wirebench_core::Capability::Bidi) {
         let conn = p.connect(&rt);
         g.bench_function(BenchmarkId::from_parameter(p.transport.name()), |b| {
             b.to_async(&rt).iter(|| async {

@@ -202,7 +202,8 @@ impl Args {
     }
 }
 
-fn us(ns: u64) -> String {
+/// Nanoseconds as µs, or ms from 10 ms up: the terminal's one time format.
+pub(crate) fn us(ns: u64) -> String {
     if ns >= 10_000_000 {
         format!("{:.1} ms", ns as f64 / 1e6)
     } else {
@@ -516,6 +517,16 @@ fn chosen(args: &Args, spec: &LoadSpec) -> Result<Vec<AnyTransport>> {
     // What is wrong with the point itself is wrong for every transport: said once, first.
     spec.validate().map_err(|e| bad_input(e.to_string()))?;
     args.brokers.validate()?;
+    if let Some(path) = &args.json
+        && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.is_dir()
+    {
+        return Err(bad_input(format!(
+            "--json {}: directory {} does not exist",
+            path.display(),
+            dir.display()
+        )));
+    }
     let mut kept = Vec::new();
     for t in transports {
         match check(args, &t, spec) {
@@ -533,10 +544,9 @@ fn chosen(args: &Args, spec: &LoadSpec) -> Result<Vec<AnyTransport>> {
     Ok(kept)
 }
 
-/// What can be refused before anything runs.
+/// What can be refused for one transport before anything runs (the point itself is checked
+/// once, in [`chosen`]).
 fn check(args: &Args, transport: &AnyTransport, spec: &LoadSpec) -> Result<()> {
-    spec.validate().map_err(|e| bad_input(e.to_string()))?;
-    args.brokers.validate()?;
     match availability(transport, &args.brokers) {
         Availability::Ready => {}
         // One explicit transport that cannot run here: say why and how to fix it.
@@ -560,16 +570,6 @@ fn check(args: &Args, transport: &AnyTransport, spec: &LoadSpec) -> Result<()> {
         return Err(bad_input(format!(
             "{} cannot be reached in another process, so --target does not apply",
             transport.name()
-        )));
-    }
-    if let Some(path) = &args.json
-        && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && !dir.is_dir()
-    {
-        return Err(bad_input(format!(
-            "--json {}: directory {} does not exist",
-            path.display(),
-            dir.display()
         )));
     }
     Ok(())

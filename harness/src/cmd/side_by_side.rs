@@ -6,14 +6,7 @@ use std::fmt::Write;
 
 use wirebench_reports::results::{LatencySummary, RunFailure, RunRecord};
 
-/// Nanoseconds as µs, or ms from 10 ms up.
-fn time(ns: u64) -> String {
-    if ns >= 10_000_000 {
-        format!("{:.1} ms", ns as f64 / 1e6)
-    } else {
-        format!("{:.1} µs", ns as f64 / 1e3)
-    }
-}
+use super::load::us;
 
 /// The table, then a line per run that is not valid or breached a threshold, then the runs
 /// that failed.
@@ -71,11 +64,11 @@ pub fn table(records: &[RunRecord], failures: &[RunFailure]) -> String {
         rows.push([
             r.transport.clone(),
             format!("{:.0}", s.throughput_per_s),
-            time(l.p50_ns),
-            time(l.p90_ns),
-            time(l.p99_ns),
-            time(l.p999_ns),
-            time(l.max_ns),
+            us(l.p50_ns),
+            us(l.p90_ns),
+            us(l.p99_ns),
+            us(l.p999_ns),
+            us(l.max_ns),
             match best {
                 Some(b) if r.validity.valid => format!("{:.2}x", l.p50_ns as f64 / b as f64),
                 _ => "–".into(),
