@@ -3,6 +3,7 @@
 
 pub mod affinity;
 pub mod brokers;
+pub mod capacity;
 pub mod child;
 pub mod cli;
 pub mod cmd;

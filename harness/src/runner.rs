@@ -410,18 +410,81 @@ pub fn params(spec: &LoadSpec, pin: Pin, transport: &str, ctx: &RunContext) -> R
 pub fn run_point(transport: AnyTransport, spec: &LoadSpec, ctx: &RunContext) -> Result<RunRecord> {
     spec.validate()
         .map_err(|e| bad_input(format!("load point {:?}: {e}", spec.name)))?;
+    let server = PlacedServer::start(transport, spec.tls, ctx)?;
+    run_on(&server, spec, ctx)
+}
+
+/// A transport's server, placed for a series of load points (the steps of a schedule or of a
+/// capacity search run one after another on one server, as a deployed service would see its
+/// load change). Stopped when dropped.
+pub struct PlacedServer {
+    transport: AnyTransport,
+    tls: TlsMode,
+    placement: Placement,
+    info: ServerInfo,
+    endpoint: String,
+}
+
+impl std::fmt::Debug for PlacedServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlacedServer")
+            .field("transport", &self.transport.name())
+            .field("endpoint", &self.endpoint)
+            .finish()
+    }
+}
+
+impl PlacedServer {
+    /// Places `transport`'s server for points over `tls` (a child, in-process, or the
+    /// `--target`).
+    pub fn start(transport: AnyTransport, tls: TlsMode, ctx: &RunContext) -> Result<PlacedServer> {
+        let (placement, info, endpoint) = start_server(transport, tls, ctx)?;
+        Ok(PlacedServer {
+            transport,
+            tls,
+            placement,
+            info,
+            endpoint,
+        })
+    }
+
+    fn pid(&self, ctx: &RunContext) -> Option<u32> {
+        match &self.placement {
+            Placement::Child(c) => Some(c.pid()),
+            Placement::External => ctx.target_pid,
+            Placement::InProcess { .. } => None,
+        }
+    }
+
+    fn in_process_reason(&self) -> Option<String> {
+        match &self.placement {
+            Placement::InProcess { reason, .. } => Some(reason.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// Runs one load point on an already placed server and returns its record.
+pub fn run_on(server: &PlacedServer, spec: &LoadSpec, ctx: &RunContext) -> Result<RunRecord> {
+    spec.validate()
+        .map_err(|e| bad_input(format!("load point {:?}: {e}", spec.name)))?;
+    if spec.tls != server.tls {
+        return Err(anyhow!(
+            "load point {:?} is over {} but its server was placed for {}",
+            spec.name,
+            spec.tls,
+            server.tls
+        ));
+    }
+    let transport = server.transport;
     let name = transport.name();
     let me = std::process::id();
     let peak_reset = procfs::reset_peak_rss(me);
-    let (placement, server_info, endpoint) = start_server(transport, spec.tls, ctx)?;
-    let server_pid = match &placement {
-        Placement::Child(c) => Some(c.pid()),
-        Placement::External => ctx.target_pid,
-        Placement::InProcess { .. } => None,
-    };
+    let server_info = server.info.clone();
+    let server_pid = server.pid(ctx);
     let target = Target {
         transport,
-        endpoint: endpoint.clone(),
+        endpoint: server.endpoint.clone(),
         client: client_config(ctx, name, spec.tls)?,
     };
     let setup = measure_setup(&target, SETUP_SAMPLES).map_err(|e| match &ctx.target {
@@ -448,11 +511,7 @@ pub fn run_point(transport: AnyTransport, spec: &LoadSpec, ctx: &RunContext) -> 
     };
     let client_peak = procfs::peak_rss(me);
     let server_peak = server_pid.and_then(procfs::peak_rss);
-    let in_process_reason = match &placement {
-        Placement::InProcess { reason, .. } => Some(reason.clone()),
-        _ => None,
-    };
-    drop(placement);
+    let in_process_reason = server.in_process_reason();
 
     let mut summary = run_summary(
         spec,
@@ -513,6 +572,7 @@ pub fn run_point(transport: AnyTransport, spec: &LoadSpec, ctx: &RunContext) -> 
         repeats: Vec::new(),
         gate: None,
         thresholds: Vec::new(),
+        step: None,
     })
 }
 

@@ -1043,6 +1043,7 @@ mod tests {
             repeats: Vec::new(),
             gate: None,
             thresholds: Vec::new(),
+            step: None,
         }
     }
 

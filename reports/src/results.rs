@@ -98,6 +98,9 @@ pub struct Results {
     /// when empty: an additive field, so version 1 files without it still read.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fault_runs: Vec<FaultRunRecord>,
+    /// `wirebench capacity`: the knee found per transport (additive; empty otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capacity: Vec<CapacityRecord>,
 }
 
 /// One fault plan against one transport (with or without a resilience policy). The plan's
@@ -251,6 +254,7 @@ impl Results {
             conformance: Vec::new(),
             runs: Vec::new(),
             fault_runs: Vec::new(),
+            capacity: Vec::new(),
             skipped: Vec::new(),
             errors: Vec::new(),
         }
@@ -712,6 +716,69 @@ pub struct RunRecord {
     /// The absolute thresholds the run was held to, each with what was measured.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub thresholds: Vec<ThresholdOutcome>,
+    /// When the run is one step of a stepped schedule or of a capacity search: which series
+    /// it belongs to and what was stepped (additive; absent for a fixed point).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<StepInfo>,
+}
+
+/// A run's place in a stepped schedule (`--rate 1k..20k --step 5k`) or a capacity search.
+/// Each step is a run of its own, with its own summary and validity; the steps of one series
+/// share `series` and are drawn as one line of a latency–throughput chart.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepInfo {
+    /// The series: the stepped point's name (its runs are named `SERIES@VALUE`).
+    pub series: String,
+    /// What was stepped: `rate` (open loop, requests/s) or `concurrency` (closed loop).
+    pub knob: String,
+    /// This step's value of the knob.
+    pub value: f64,
+    /// Position in the order run (0 = first).
+    pub index: u32,
+}
+
+/// What `wirebench capacity` found for one transport: the highest offered rate whose step met
+/// the SLO, bracketed by the lowest rate that missed it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CapacityRecord {
+    /// The transport.
+    pub transport: String,
+    /// The series searched (its steps are the runs with this `step.series`).
+    pub series: String,
+    /// The SLO, as written (`p99 < 2ms`, `errors < 0.1%`).
+    pub slo: Vec<String>,
+    /// `found` (bracketed within the tolerance), `below-floor` (even the lowest rate tried
+    /// missed), `above-ceiling` (the highest rate allowed still met it), `generator-limited`
+    /// (the load generator could not offer the rate that would decide), or `interrupted`.
+    pub outcome: String,
+    /// The knee: the highest rate that met the SLO, requests/s.
+    pub knee_per_s: Option<f64>,
+    /// The lowest rate that missed it, requests/s.
+    pub missed_per_s: Option<f64>,
+    /// The bracket's width relative to the knee (`(missed - knee) / knee`).
+    pub bracket: Option<f64>,
+    /// The tolerance the search bisected to.
+    pub tolerance: f64,
+    /// The answer in words, with how far it can be trusted.
+    pub verdict: String,
+    /// Every step in the order run.
+    pub steps: Vec<CapacityStep>,
+}
+
+/// One step of a capacity search.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CapacityStep {
+    /// Offered rate, requests/s.
+    pub rate_per_s: f64,
+    /// The run's point name (`SERIES@RATE`) in `runs`.
+    pub point: String,
+    /// `met`, `missed` or `unjudged` (the run was invalid: it cannot be the answer).
+    pub verdict: String,
+    /// Why, in words (the SLO outcomes, or what invalidated it).
+    pub why: String,
+    /// How many runs at this rate decided it (more than one when the first was within noise
+    /// of the SLO).
+    pub runs: u32,
 }
 
 /// One threshold checked against a run.

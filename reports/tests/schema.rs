@@ -165,6 +165,30 @@ fn full() -> Results {
             measured: "1.20 ms".into(),
             passed: false,
         }],
+        step: Some(StepInfo {
+            series: "p".into(),
+            knob: "rate".into(),
+            value: 100.0,
+            index: 0,
+        }),
+    });
+    r.capacity.push(CapacityRecord {
+        transport: "tcp".into(),
+        series: "p".into(),
+        slo: vec!["p99 < 2ms".into()],
+        outcome: "found".into(),
+        knee_per_s: Some(100.0),
+        missed_per_s: Some(104.0),
+        bracket: Some(0.04),
+        tolerance: 0.05,
+        verdict: "v".into(),
+        steps: vec![CapacityStep {
+            rate_per_s: 100.0,
+            point: "p@100/s".into(),
+            verdict: "met".into(),
+            why: "p99 < 2ms: 1.2 ms".into(),
+            runs: 1,
+        }],
     });
     let run0 = r.runs[0].clone();
     let phase =
