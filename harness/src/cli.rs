@@ -56,6 +56,11 @@ pub enum Command {
     /// One load point against one transport (a summary) or several (a table side by side).
     Load(Box<cmd::load::Args>),
     #[command(
+        about = "Find each transport's knee: the highest rate that meets an SLO, with the \
+                 latency-throughput curve"
+    )]
+    Capacity(Box<cmd::capacity::Args>),
+    #[command(
         about = "Run the fault proxy in front of any TCP or UDP service (latency, loss, resets, ...)"
     )]
     Proxy(cmd::proxy::Args),
@@ -118,6 +123,7 @@ pub fn main() -> ExitCode {
         Command::Compare(a) => cmd::compare::run(a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Load(a) => cmd::load::run(*a),
+        Command::Capacity(a) => cmd::capacity::run(*a),
         Command::Proxy(a) => cmd::proxy::run(a),
     };
     match result {

@@ -24,8 +24,8 @@ pub fn check(thresholds: &[Threshold], summary: &RunSummary) -> Vec<ThresholdOut
         .collect()
 }
 
-/// What the run measured for `m`, in the threshold's unit.
-fn measured(m: Measure, s: &RunSummary) -> Option<f64> {
+/// What the run measured for `m`, in the threshold's unit (`None`: not measured).
+pub fn measured(m: Measure, s: &RunSummary) -> Option<f64> {
     let l = &s.latency;
     Some(match m {
         Measure::Throughput => s.throughput_per_s,

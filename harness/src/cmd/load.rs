@@ -29,16 +29,16 @@ use crate::run::{executor, reporters};
 use crate::runner::{RunContext, run_point};
 use crate::{environment, interrupt};
 
-fn method(s: &str) -> Result<Method, String> {
+pub(crate) fn method(s: &str) -> Result<Method, String> {
     Method::parse(s)
         .ok_or_else(|| format!("{s:?}: expected unary, server-stream, client-stream or bidi"))
 }
 
-fn schedule(s: &str) -> Result<Schedule, String> {
+pub(crate) fn schedule(s: &str) -> Result<Schedule, String> {
     Schedule::parse(s).ok_or_else(|| format!("{s:?}: expected constant or poisson"))
 }
 
-fn positive(s: &str) -> Result<u32, String> {
+pub(crate) fn positive(s: &str) -> Result<u32, String> {
     match s.parse::<u32>() {
         Ok(0) | Err(_) => Err(format!("{s:?}: expected a whole number of at least 1")),
         Ok(n) => Ok(n),
@@ -376,14 +376,16 @@ fn validity_lines(v: &wirebench_reports::results::Validity) -> String {
 /// side (several).
 pub fn run(args: Args) -> Result<ExitCode> {
     let spec = args.spec();
-    let transports = chosen(&args, &spec)?;
+    let transports = chosen(&args.choice(), &spec)?;
+    check_parent("--json", args.json.as_deref())?;
     let reporters = if args.quiet {
         Vec::new()
     } else {
         vec![reporters::progress(args.plain)]
     };
     let bus = Arc::new(EventBus::new(reporters));
-    let ctx = run_context(&args, &transports, &bus)?;
+    let live = (!args.quiet).then(|| executor::live(&bus));
+    let ctx = run_context(&args.choice(), args.max_lag, &transports, live)?;
     let started = environment::now_rfc3339();
     let names: Vec<String> = transports.iter().map(|t| t.name().to_owned()).collect();
     bus.emit(RunEvent::Started {
@@ -483,11 +485,25 @@ pub fn run(args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What picks and places the transports of a `load` or `capacity` command.
+pub(crate) struct Choice<'a> {
+    /// `--transport` as given.
+    pub list: &'a str,
+    /// Where servers come from.
+    pub placement: &'a PlacementArgs,
+    /// `--option` values.
+    pub options: &'a [String],
+    /// `--server-option` values.
+    pub server_options: &'a [String],
+    /// Brokers for broker transports.
+    pub brokers: &'a BrokerArgs,
+}
+
 /// The transports named by `--transport`, each checked against the point before anything
 /// runs. `all` keeps the ones that can run here and says why the others cannot.
-fn chosen(args: &Args, spec: &LoadSpec) -> Result<Vec<AnyTransport>> {
-    let every = args.transport.trim().eq_ignore_ascii_case("all");
-    let transports = super::parse_transports(Some(&args.transport))?;
+pub(crate) fn chosen(c: &Choice<'_>, spec: &LoadSpec) -> Result<Vec<AnyTransport>> {
+    let every = c.list.trim().eq_ignore_ascii_case("all");
+    let transports = super::parse_transports(Some(c.list))?;
     if transports.is_empty() {
         return Err(bad_input("--transport: no transport named"));
     }
@@ -495,19 +511,19 @@ fn chosen(args: &Args, spec: &LoadSpec) -> Result<Vec<AnyTransport>> {
         if transports[..i].iter().any(|u| u.name() == t.name()) {
             return Err(bad_input(format!(
                 "--transport {}: {} is named twice",
-                args.transport,
+                c.list,
                 t.name()
             )));
         }
     }
     if transports.len() > 1 {
-        if args.placement.target.is_some() || args.placement.server_cmd.is_some() {
+        if c.placement.target.is_some() || c.placement.server_cmd.is_some() {
             return Err(bad_input(
                 "--target and --server-cmd name one server, so they take one transport \
                  (--transport NAME)",
             ));
         }
-        if !args.options.is_empty() || !args.server_options.is_empty() {
+        if !c.options.is_empty() || !c.server_options.is_empty() {
             return Err(bad_input(
                 "--option and --server-option are one transport's knobs, so they take one \
                  transport; to set knobs for several, write a suite (wirebench run --suite)",
@@ -516,20 +532,10 @@ fn chosen(args: &Args, spec: &LoadSpec) -> Result<Vec<AnyTransport>> {
     }
     // What is wrong with the point itself is wrong for every transport: said once, first.
     spec.validate().map_err(|e| bad_input(e.to_string()))?;
-    args.brokers.validate()?;
-    if let Some(path) = &args.json
-        && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && !dir.is_dir()
-    {
-        return Err(bad_input(format!(
-            "--json {}: directory {} does not exist",
-            path.display(),
-            dir.display()
-        )));
-    }
+    c.brokers.validate()?;
     let mut kept = Vec::new();
     for t in transports {
-        match check(args, &t, spec) {
+        match check(c, &t, spec) {
             Ok(()) => kept.push(t),
             // `all` means "all that can run here": the rest is said, not fatal.
             Err(e) if every => eprintln!("not loading {}: {e:#}", t.name()),
@@ -546,8 +552,8 @@ fn chosen(args: &Args, spec: &LoadSpec) -> Result<Vec<AnyTransport>> {
 
 /// What can be refused for one transport before anything runs (the point itself is checked
 /// once, in [`chosen`]).
-fn check(args: &Args, transport: &AnyTransport, spec: &LoadSpec) -> Result<()> {
-    match availability(transport, &args.brokers) {
+fn check(c: &Choice<'_>, transport: &AnyTransport, spec: &LoadSpec) -> Result<()> {
+    match availability(transport, c.brokers) {
         Availability::Ready => {}
         // One explicit transport that cannot run here: say why and how to fix it.
         Availability::Skipped(why) | Availability::Missing(why) => {
@@ -561,7 +567,7 @@ fn check(args: &Args, transport: &AnyTransport, spec: &LoadSpec) -> Result<()> {
             cap.name()
         )));
     }
-    if args.placement.target.is_some()
+    if c.placement.target.is_some()
         && transport
             .capabilities()
             .gap(Capability::OutOfProcess)
@@ -575,10 +581,39 @@ fn check(args: &Args, transport: &AnyTransport, spec: &LoadSpec) -> Result<()> {
     Ok(())
 }
 
-fn run_context(
-    args: &Args,
+/// Refuses a `--json` or `--out` file whose folder does not exist, before anything runs.
+pub(crate) fn check_parent(flag: &str, path: Option<&std::path::Path>) -> Result<()> {
+    if let Some(path) = path
+        && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.is_dir()
+    {
+        return Err(bad_input(format!(
+            "{flag} {}: directory {} does not exist",
+            path.display(),
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+impl Args {
+    fn choice(&self) -> Choice<'_> {
+        Choice {
+            list: &self.transport,
+            placement: &self.placement,
+            options: &self.options,
+            server_options: &self.server_options,
+            brokers: &self.brokers,
+        }
+    }
+}
+
+/// How the chosen transports' points run: placement, validity, options and brokers.
+pub(crate) fn run_context(
+    c: &Choice<'_>,
+    max_lag: Duration,
     transports: &[AnyTransport],
-    bus: &Arc<EventBus>,
+    live: Option<Arc<dyn crate::load::live::LiveSink>>,
 ) -> Result<RunContext> {
     // Options were refused above for several transports, so they belong to the one.
     let options = |given: &[String]| -> Result<BTreeMap<String, _>> {
@@ -589,28 +624,28 @@ fn run_context(
             .collect())
     };
     Ok(RunContext {
-        pin: args.placement.pin,
+        pin: c.placement.pin,
         validity: ValiditySpec {
-            max_lag_p99: args.max_lag,
+            max_lag_p99: max_lag,
             ..ValiditySpec::default()
         },
         interrupted: interrupt::install(),
-        ready_timeout: args.placement.ready_timeout,
-        target: args.placement.target.clone(),
-        target_pid: args.placement.target_pid,
-        server_cmd: args.placement.server_cmd.clone(),
-        server_threads: args.placement.server_threads,
-        client_options: options(&args.options)?,
-        server_options: options(&args.server_options)?,
+        ready_timeout: c.placement.ready_timeout,
+        target: c.placement.target.clone(),
+        target_pid: c.placement.target_pid,
+        server_cmd: c.placement.server_cmd.clone(),
+        server_threads: c.placement.server_threads,
+        client_options: options(c.options)?,
+        server_options: options(c.server_options)?,
         server_listen: transports
             .iter()
             .filter_map(|t| {
-                let url = args.brokers.url_for(t)?;
+                let url = c.brokers.url_for(t)?;
                 Some((t.name().to_owned(), url.to_owned()))
             })
             .collect(),
         tls: Default::default(),
-        live: (!args.quiet).then(|| executor::live(bus)),
+        live,
     })
 }
 

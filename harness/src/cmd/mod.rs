@@ -1,6 +1,7 @@
 //! One module per subcommand: its arguments (clap) and its `run`.
 
 pub mod args;
+pub mod capacity;
 pub mod compare;
 pub mod conformance;
 pub mod floor;

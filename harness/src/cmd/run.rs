@@ -95,7 +95,7 @@ fn default_out() -> Result<PathBuf> {
     anyhow::bail!("no free output folder name under {}", root.display())
 }
 
-fn prepare_out(out: Option<PathBuf>) -> Result<PathBuf> {
+pub(crate) fn prepare_out(out: Option<PathBuf>) -> Result<PathBuf> {
     let dir = match out {
         Some(d) => {
             if d.join("results.json").exists() {

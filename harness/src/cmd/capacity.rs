@@ -1,0 +1,527 @@
+//! `wirebench capacity`: for each transport, the highest open-loop rate that meets an SLO
+//! (the knee), found by the search in [`crate::capacity`] over steps run one after another on
+//! one server. Every step is a run of its own in `results.json` (its summary, validity and
+//! histograms), the knees are in `capacity`, and the report draws latency against achieved
+//! throughput for every transport on one chart, the knees marked and the SLO drawn.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Result;
+use wirebench_core::tls::TlsMode;
+use wirebench_core::{Method, Transport};
+use wirebench_reports::results::{Results, RunFailure, RunRecord, StepInfo, SuiteRecord};
+use wirebench_scenarios::load::{Length, LoadSpec, Mode, Schedule};
+use wirebench_scenarios::threshold::{Measure, Op, Threshold};
+use wirebench_scenarios::units::{parse_duration, parse_rate, parse_size};
+use wirebench_transports::AnyTransport;
+
+use crate::brokers::BrokerArgs;
+use crate::capacity::{Probe, SearchSpec, Verdict, rate_text, search};
+use crate::cmd::args::PlacementArgs;
+use crate::cmd::load::{Choice, chosen, run_context};
+use crate::environment;
+use crate::exit::{FAILED, HARNESS, INTERRUPTED, bad_input};
+use crate::runner::{PlacedServer, RunContext, run_on};
+
+/// A step whose SLO measure lies within this share of the limit is run again.
+const NEAR: f64 = 0.1;
+
+/// Arguments of `wirebench capacity`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Each transport's server is started once; the search then runs \
+    open-loop steps on it: the rate doubles from --start-rate until a step misses the SLO \
+    (or is not sustained), then the bracket is bisected down to --tolerance. A step whose \
+    measure lies within 10% of a limit is run twice more and the majority decides. A step the \
+    generator invalidated (its own lag, a busy host) is never taken as an answer: the search \
+    stops there and says so.\n\n\
+    Writes results.json (every step as a run, the knees under \"capacity\"), report.html \
+    (latency against throughput, knees marked, SLO drawn) and summary.md into --out.\n\n\
+    Exit codes: 0 every knee found, 1 a knee below --min-rate, 2 bad input, 3 a step could \
+    not run or a knee could not be decided, 130 interrupted.\n\n\
+    Examples:\n  \
+    wirebench capacity --transport tcp,grpc,quic,nats,mqtt --slo 'p99<2ms'\n  \
+    wirebench capacity --transport grpc --slo 'p99<1ms' --slo 'p99.9<5ms' --min-rate 20k\n  \
+    wirebench capacity --transport tcp --server-delay 1ms --max-in-flight 8 --slo 'p99<5ms'"
+)]
+pub struct Args {
+    /// The transports to search, separated by commas (or `all`).
+    #[arg(long, default_value = "tcp")]
+    pub transport: String,
+    /// The SLO a step must meet (repeatable), as a threshold: `p99<2ms`, `p99.9 < 10ms`.
+    /// Latency counts from each request's intended start.
+    #[arg(long = "slo", value_name = "LIMIT", default_value = "p99 < 1ms", value_parser = super::run::parse_threshold)]
+    pub slo: Vec<Threshold>,
+    /// The highest share of calls that may fail in a step that meets the SLO.
+    #[arg(long, default_value = "0.1%", value_parser = parse_share)]
+    pub max_errors: f64,
+    /// The first rate tried.
+    #[arg(long, default_value = "1k", allow_hyphen_values = true, value_parser = parse_rate)]
+    pub start_rate: f64,
+    /// The lowest rate the search may try.
+    #[arg(long, default_value = "10", allow_hyphen_values = true, value_parser = parse_rate)]
+    pub min_probe: f64,
+    /// The highest rate the search may try.
+    #[arg(long, default_value = "2M", allow_hyphen_values = true, value_parser = parse_rate)]
+    pub max_rate: f64,
+    /// Bisect until the bracket (missed - met) / met is at most this (1% to 50%).
+    #[arg(long, default_value = "5%", value_parser = parse_tolerance)]
+    pub tolerance: f64,
+    /// Extra runs of a step within 10% of an SLO limit (0 to 4).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=4))]
+    pub repeats: u32,
+    /// Exit 1 when a transport's knee is below this rate (a capacity gate for CI).
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_rate)]
+    pub min_rate: Option<f64>,
+    /// Measured time of each step.
+    #[arg(long, default_value = "2s", allow_hyphen_values = true, value_parser = parse_duration)]
+    pub step: Duration,
+    /// Warm-up before each step, at the step's rate (discarded).
+    #[arg(long, default_value = "500ms", allow_hyphen_values = true, value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Request payload size.
+    #[arg(long, default_value = "64", allow_hyphen_values = true, value_parser = parse_size)]
+    pub payload: usize,
+    /// The method: unary, server-stream, client-stream or bidi.
+    #[arg(long, default_value = "unary", value_parser = super::load::method)]
+    pub method: Method,
+    /// Messages per stream call.
+    #[arg(long, default_value_t = 10, value_parser = super::load::positive)]
+    pub messages: u32,
+    /// Connections in total.
+    #[arg(long, default_value_t = 4, value_parser = super::load::positive)]
+    pub connections: u32,
+    /// Client worker threads.
+    #[arg(long, default_value_t = 1, value_parser = super::load::positive)]
+    pub workers: u32,
+    /// How starts are spaced, constant or poisson.
+    #[arg(long, default_value = "poisson", value_parser = super::load::schedule)]
+    pub schedule: Schedule,
+    /// Calls in flight at most; a due request waits for a free caller and the wait counts.
+    #[arg(long, default_value_t = 256, value_parser = super::load::positive)]
+    pub max_in_flight: u32,
+    /// Every call asks the server to wait this long: a slower system under test on demand.
+    #[arg(long, default_value = "0s", allow_hyphen_values = true, value_parser = parse_duration)]
+    pub server_delay: Duration,
+    /// Seed of the Poisson schedule.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// TLS between client and server: none, tls or mtls.
+    #[arg(long, default_value_t = TlsMode::None)]
+    pub tls: TlsMode,
+    /// A step is not judged when the generator's lag p99 exceeds this.
+    #[arg(long, default_value = "1ms", allow_hyphen_values = true, value_parser = parse_duration)]
+    pub max_lag: Duration,
+    /// Where servers come from and where processes run.
+    #[command(flatten)]
+    pub placement: PlacementArgs,
+    /// A client option KEY=VALUE for the transport (repeatable).
+    #[arg(long = "option", value_name = "KEY=VALUE")]
+    pub options: Vec<String>,
+    /// A server option KEY=VALUE for the transport (repeatable).
+    #[arg(long = "server-option", value_name = "KEY=VALUE")]
+    pub server_options: Vec<String>,
+    /// Brokers for broker transports.
+    #[command(flatten)]
+    pub brokers: BrokerArgs,
+    /// Output folder (default: a fresh timestamped folder under target/wirebench/).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    let t = Threshold::parse(&format!("errors < {s}")).map_err(|e| e.why)?;
+    Ok(t.limit)
+}
+
+fn parse_tolerance(s: &str) -> Result<f64, String> {
+    let v = parse_share(s)?;
+    if (0.01..=0.5).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{s}: the tolerance must be between 1% and 50%"))
+    }
+}
+
+impl Args {
+    fn choice(&self) -> Choice<'_> {
+        Choice {
+            list: &self.transport,
+            placement: &self.placement,
+            options: &self.options,
+            server_options: &self.server_options,
+            brokers: &self.brokers,
+        }
+    }
+
+    /// The step at `rate`.
+    fn spec(&self, rate: f64) -> LoadSpec {
+        LoadSpec {
+            name: String::new(),
+            method: self.method,
+            mode: Mode::Open {
+                rate,
+                schedule: self.schedule,
+                max_in_flight: self.max_in_flight,
+            },
+            connections: self.connections,
+            workers: self.workers,
+            payload: self.payload,
+            response_size: None,
+            messages: self.messages,
+            warmup: self.warmup,
+            length: Length::Duration(self.step),
+            seed: self.seed,
+            timeout: None,
+            stall: None,
+            server_delay: self.server_delay,
+            tls: self.tls,
+        }
+    }
+
+    /// The SLO: the latency limits given and the error share.
+    fn slo(&self) -> Result<Vec<Threshold>> {
+        let mut slo = self.slo.clone();
+        for t in &slo {
+            if !matches!(t.measure, Measure::Latency(_)) {
+                return Err(bad_input(format!(
+                    "--slo {:?}: the SLO limits latency (p50 … p99.99, max); errors have \
+                     --max-errors, and throughput is what the search finds",
+                    t.text
+                )));
+            }
+        }
+        slo.push(Threshold {
+            measure: Measure::Errors,
+            op: Op::LessOrEqual,
+            limit: self.max_errors,
+            text: format!("errors <= {}%", trim_float(self.max_errors * 100.0)),
+        });
+        Ok(slo)
+    }
+
+    fn search(&self) -> Result<SearchSpec> {
+        if !(self.min_probe > 0.0 && self.min_probe <= self.start_rate)
+            || self.start_rate > self.max_rate
+        {
+            return Err(bad_input(format!(
+                "the rates must satisfy 0 < --min-probe ({}) <= --start-rate ({}) <= \
+                 --max-rate ({})",
+                rate_text(self.min_probe),
+                rate_text(self.start_rate),
+                rate_text(self.max_rate)
+            )));
+        }
+        Ok(SearchSpec {
+            start: self.start_rate,
+            floor: self.min_probe,
+            ceiling: self.max_rate,
+            factor: 2.0,
+            tolerance: self.tolerance,
+            repeats: self.repeats,
+        })
+    }
+}
+
+/// `0.1` for 0.1000000000000001: a share as people wrote it.
+fn trim_float(v: f64) -> String {
+    let s = format!("{v:.6}");
+    s.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+/// The series name of a capacity search's steps.
+const SERIES: &str = "capacity";
+
+/// Runs `wirebench capacity`.
+pub fn run(args: Args) -> Result<ExitCode> {
+    let slo = args.slo()?;
+    let search_spec = args.search()?;
+    let transports = chosen(&args.choice(), &args.spec(args.start_rate))?;
+    let dir = super::run::prepare_out(args.out.clone())?;
+    let ctx = run_context(&args.choice(), args.max_lag, &transports, None)?;
+    let names: Vec<String> = transports.iter().map(|t| t.name().to_owned()).collect();
+    let mut results = Results::new(
+        format!("wirebench {}", env!("CARGO_PKG_VERSION")),
+        environment::now_rfc3339(),
+        environment::collect(),
+        SuiteRecord {
+            name: "capacity".into(),
+            description: format!(
+                "capacity under {} ({} {}B, {} connections, steps of {} after {} warm-up)",
+                slo_text(&slo),
+                args.method.name(),
+                args.payload,
+                args.connections,
+                wirebench_scenarios::units::format_duration(args.step),
+                wirebench_scenarios::units::format_duration(args.warmup),
+            ),
+            source: "command line".into(),
+            toml: String::new(),
+        },
+    );
+    results.transports = names;
+    let path = dir.join("results.json");
+    let interrupted = || ctx.interrupted.load(Ordering::SeqCst);
+    println!(
+        "capacity under {} — {} transport(s), writing {}",
+        slo_text(&slo),
+        transports.len(),
+        dir.display()
+    );
+    for t in &transports {
+        if interrupted() {
+            break;
+        }
+        let record = search_one(&args, *t, &slo, &search_spec, &ctx, &mut results, &path);
+        println!("{:<6} {}", t.name(), record.verdict);
+        results.capacity.push(record);
+        results.save(&path)?;
+    }
+    results.interrupted = interrupted();
+    results.complete = !results.interrupted && results.errors.is_empty();
+    results.finished_at = Some(environment::now_rfc3339());
+    results.save(&path)?;
+    let rendered = wirebench_reports::render_all(&results, &dir)?;
+    println!("\n{}", knee_table(&results));
+    println!("results: {}", path.display());
+    println!("report:  {}", rendered.html.display());
+    println!("summary: {}", rendered.summary.display());
+    Ok(exit_code(&results, args.min_rate))
+}
+
+/// The SLO in one line.
+fn slo_text(slo: &[Threshold]) -> String {
+    slo.iter()
+        .map(|t| t.text.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Searches one transport, adding its steps (and a failure, if one could not run) to
+/// `results`, saved after every step so an interruption keeps what ran.
+fn search_one(
+    args: &Args,
+    transport: AnyTransport,
+    slo: &[Threshold],
+    spec: &SearchSpec,
+    ctx: &RunContext,
+    results: &mut Results,
+    path: &std::path::Path,
+) -> wirebench_reports::results::CapacityRecord {
+    let name = transport.name();
+    let texts: Vec<String> = slo.iter().map(|t| t.text.clone()).collect();
+    let server = match PlacedServer::start(transport, args.tls, ctx) {
+        Ok(s) => s,
+        Err(e) => return failed(results, name, &texts, spec, &e),
+    };
+    let mut failure: Option<anyhow::Error> = None;
+    let mut index = 0u32;
+    let mut record = search(spec, name, SERIES, &texts, |rate, attempt| {
+        if ctx.interrupted.load(Ordering::SeqCst) {
+            return None;
+        }
+        let mut step = args.spec(rate);
+        step.name = match attempt {
+            0 => format!("{SERIES}@{}", rate_text(rate)),
+            n => format!("{SERIES}@{}#{}", rate_text(rate), n + 1),
+        };
+        // A different seed per attempt: a repeat is a new draw of the schedule.
+        step.seed = args.seed.wrapping_add(u64::from(attempt));
+        let mut run = match run_on(&server, &step, ctx) {
+            Ok(r) => r,
+            Err(e) => {
+                failure = Some(e);
+                return None;
+            }
+        };
+        run.step = Some(StepInfo {
+            series: SERIES.into(),
+            knob: "rate".into(),
+            value: rate,
+            index,
+        });
+        index += 1;
+        run.thresholds = crate::thresholds::check(slo, &run.summary);
+        let probe = judge(&run, slo);
+        println!(
+            "  {name:<6} {:>10}  {:<8}  {}",
+            rate_text(rate),
+            match probe.verdict {
+                Verdict::Met => "met",
+                Verdict::Missed => "missed",
+                Verdict::Unjudged => "UNJUDGED",
+            },
+            probe.why
+        );
+        results.runs.push(run);
+        if let Err(e) = results.save(path) {
+            failure = Some(e.into());
+            return None;
+        }
+        Some(probe)
+    });
+    if let Some(e) = failure {
+        record.outcome = "failed".into();
+        record.verdict = format!("a step could not run: {e:#}");
+        results.errors.push(RunFailure {
+            transport: name.to_owned(),
+            point: SERIES.into(),
+            error: format!("{e:#}"),
+        });
+    }
+    record
+}
+
+/// The record of a transport whose server could not start.
+fn failed(
+    results: &mut Results,
+    name: &str,
+    slo: &[String],
+    spec: &SearchSpec,
+    e: &anyhow::Error,
+) -> wirebench_reports::results::CapacityRecord {
+    results.errors.push(RunFailure {
+        transport: name.to_owned(),
+        point: SERIES.into(),
+        error: format!("{e:#}"),
+    });
+    wirebench_reports::results::CapacityRecord {
+        transport: name.to_owned(),
+        series: SERIES.into(),
+        slo: slo.to_vec(),
+        outcome: "failed".into(),
+        tolerance: spec.tolerance,
+        verdict: format!("the server could not start: {e:#}"),
+        ..Default::default()
+    }
+}
+
+/// A step's verdict: unjudged when the run is invalid (the tool's or the host's fault), missed
+/// when the rate was not sustained or an SLO limit broke, else met.
+pub fn judge(run: &RunRecord, slo: &[Threshold]) -> Probe {
+    let v = &run.validity;
+    let point = run.point.clone();
+    if !v.reasons.is_empty() {
+        return Probe {
+            point,
+            verdict: Verdict::Unjudged,
+            why: v.reasons.join("; "),
+            near: false,
+        };
+    }
+    let outcomes: Vec<String> = run
+        .thresholds
+        .iter()
+        .map(|o| format!("{}: {}", o.threshold, o.measured))
+        .collect();
+    let near = slo.iter().any(|t| {
+        crate::thresholds::measured(t.measure, &run.summary)
+            .is_some_and(|m| t.limit > 0.0 && (m - t.limit).abs() / t.limit < NEAR)
+    });
+    if let Some(u) = &v.unsustained {
+        return Probe {
+            point,
+            verdict: Verdict::Missed,
+            why: format!("not sustained: {u}"),
+            near: false,
+        };
+    }
+    let broke: Vec<&String> = run
+        .thresholds
+        .iter()
+        .zip(&outcomes)
+        .filter(|(o, _)| !o.passed)
+        .map(|(_, text)| text)
+        .collect();
+    Probe {
+        point,
+        verdict: if broke.is_empty() {
+            Verdict::Met
+        } else {
+            Verdict::Missed
+        },
+        why: if broke.is_empty() {
+            outcomes.join(", ")
+        } else {
+            format!(
+                "broke {}",
+                broke
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        },
+        near,
+    }
+}
+
+/// The knees side by side.
+fn knee_table(results: &Results) -> String {
+    let mut out = format!(
+        "{:<10} {:>12} {:>12} {:>8}  {}\n",
+        "transport", "knee", "missed at", "steps", "outcome"
+    );
+    for c in &results.capacity {
+        out.push_str(&format!(
+            "{:<10} {:>12} {:>12} {:>8}  {}\n",
+            c.transport,
+            c.knee_per_s.map_or("-".into(), rate_text),
+            c.missed_per_s.map_or("-".into(), rate_text),
+            c.steps.iter().map(|s| s.runs).sum::<u32>(),
+            c.outcome
+        ));
+    }
+    out
+}
+
+/// 130 interrupted, 3 a step failed or a knee was not decided, 1 a knee below `min_rate`.
+fn exit_code(results: &Results, min_rate: Option<f64>) -> ExitCode {
+    if results.interrupted {
+        return ExitCode::from(INTERRUPTED);
+    }
+    let undecided: Vec<&str> = results
+        .capacity
+        .iter()
+        .filter(|c| {
+            !matches!(
+                c.outcome.as_str(),
+                "found" | "above-ceiling" | "below-floor"
+            )
+        })
+        .map(|c| c.transport.as_str())
+        .collect();
+    if !undecided.is_empty() {
+        eprintln!(
+            "error: no knee decided for {} (see the verdicts above)",
+            undecided.join(", ")
+        );
+        return ExitCode::from(HARNESS);
+    }
+    if let Some(min) = min_rate {
+        let below: Vec<String> = results
+            .capacity
+            .iter()
+            .filter(|c| c.knee_per_s.is_none_or(|k| k < min))
+            .map(|c| {
+                format!(
+                    "{} ({})",
+                    c.transport,
+                    c.knee_per_s.map_or("no rate met the SLO".into(), rate_text)
+                )
+            })
+            .collect();
+        if !below.is_empty() {
+            eprintln!(
+                "capacity below --min-rate {}: {}",
+                rate_text(min),
+                below.join(", ")
+            );
+            return ExitCode::from(FAILED);
+        }
+    }
+    ExitCode::SUCCESS
+}
