@@ -102,6 +102,7 @@ pub fn search(
         tolerance: spec.tolerance,
         verdict: String::new(),
         steps: Vec::new(),
+        slo_line: None,
     };
     let mut met: Option<f64> = None;
     let mut missed: Option<f64> = None;

@@ -591,6 +591,163 @@ fn draw_trend(svg: &mut String, t: &Trend<'_>, ymax: f64) -> Drawn {
     Ok(())
 }
 
+/// One transport's steps on a latency–throughput chart, in the order of the offered rate.
+#[derive(Clone, Debug, Default)]
+pub struct Curve {
+    /// Legend label (the transport, with its knee when one was found).
+    pub label: String,
+    /// Palette index.
+    pub color: usize,
+    /// Valid and unsustained steps: (achieved calls/s, latency µs), joined by the line.
+    pub points: Vec<(f64, f64)>,
+    /// Steps the generator invalidated: drawn hollow, never joined.
+    pub apart: Vec<(f64, f64)>,
+    /// The knee, ringed.
+    pub knee: Option<(f64, f64)>,
+}
+
+/// Latency against achieved throughput, every transport on one chart (both axes log), the
+/// knees ringed and the SLO's limit drawn across.
+#[derive(Clone, Copy, Debug)]
+pub struct LatencyThroughput<'a> {
+    /// The chart's title.
+    pub title: &'a str,
+    /// What the y axis shows (`p99 latency`).
+    pub y_desc: &'a str,
+    /// The curves.
+    pub curves: &'a [Curve],
+    /// The SLO's latency limit in µs, and how it is written.
+    pub slo: Option<(f64, &'a str)>,
+}
+
+/// Draws a [`LatencyThroughput`] chart.
+pub fn latency_throughput(c: &LatencyThroughput<'_>) -> String {
+    let all = || {
+        c.curves
+            .iter()
+            .flat_map(|k| k.points.iter().chain(&k.apart))
+            .filter(|p| p.0 > 0.0 && p.1 > 0.0 && p.0.is_finite() && p.1.is_finite())
+    };
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(x, y) in all() {
+        (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
+    }
+    if x0 > x1 {
+        return no_data(c.title);
+    }
+    if let Some((limit, _)) = c.slo {
+        (y0, y1) = (y0.min(limit), y1.max(limit));
+    }
+    let mut svg = String::new();
+    match draw_latency_throughput(&mut svg, c, (x0 / 1.3, x1 * 1.3), (y0 / 1.5, y1 * 1.5)) {
+        Ok(()) => inline(svg),
+        Err(_) => no_data(c.title),
+    }
+}
+
+/// A throughput axis label: `850/s`, `12k/s`, `1.5M/s`, only at 1-2-5 mantissas.
+fn rate_tick(x: f64) -> String {
+    if x <= 0.0 || !x.is_finite() {
+        return String::new();
+    }
+    let mantissa = x / 10f64.powf(x.log10().floor());
+    if ![1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .any(|m| (mantissa - m).abs() < 1e-6 * m)
+    {
+        return String::new();
+    }
+    if x >= 1e6 {
+        format!("{}M/s", trim(x / 1e6))
+    } else if x >= 1e3 {
+        format!("{}k/s", trim(x / 1e3))
+    } else {
+        format!("{}/s", trim(x))
+    }
+}
+
+fn draw_latency_throughput(
+    svg: &mut String,
+    c: &LatencyThroughput<'_>,
+    (x0, x1): (f64, f64),
+    (y0, y1): (f64, f64),
+) -> Drawn {
+    // One legend row per three entries beneath the plot.
+    let entries = c.curves.len() + usize::from(c.slo.is_some()) + 1;
+    let rows = entries.div_ceil(3) as u32;
+    {
+        let root = SVGBackend::with_string(svg, (760, 420 + 22 * rows)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let (upper, strip) = root.split_vertically(420);
+        let mut chart = ChartBuilder::on(&upper)
+            .caption(c.title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(48)
+            .y_label_area_size(72)
+            .build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())?;
+        chart
+            .configure_mesh()
+            .x_desc("achieved throughput (calls/s)")
+            .y_desc(c.y_desc)
+            .x_label_formatter(&|x| rate_tick(*x))
+            .y_label_formatter(&log_ticks(y0, y1))
+            .label_style(("sans-serif", 14))
+            .axis_desc_style(("sans-serif", 14))
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()?;
+        let red = RGBColor(200, 30, 30);
+        if let Some((limit, _)) = c.slo {
+            // Dashed: segments of a twentieth of the axis, in log space.
+            let n = 40;
+            let at = |i: i32| x0 * (x1 / x0).powf(f64::from(i) / f64::from(n));
+            chart.draw_series((0..n).step_by(2).map(|i| {
+                PathElement::new(
+                    vec![(at(i), limit), (at(i + 1), limit)],
+                    red.stroke_width(2),
+                )
+            }))?;
+        }
+        for k in c.curves {
+            let color = PALETTE[k.color % PALETTE.len()];
+            chart.draw_series(LineSeries::new(
+                k.points.iter().copied(),
+                color.stroke_width(2),
+            ))?;
+            chart.draw_series(k.points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+            chart.draw_series(
+                k.apart
+                    .iter()
+                    .map(|&p| Circle::new(p, 5, RGBColor(120, 120, 120).stroke_width(2))),
+            )?;
+            if let Some(p) = k.knee {
+                chart.draw_series(std::iter::once(Circle::new(p, 9, color.stroke_width(3))))?;
+            }
+        }
+        let mut items: Vec<(String, ShapeStyle)> = c
+            .curves
+            .iter()
+            .map(|k| {
+                (
+                    k.label.clone(),
+                    PALETTE[k.color % PALETTE.len()].stroke_width(2),
+                )
+            })
+            .collect();
+        if let Some((_, text)) = c.slo {
+            items.push((format!("SLO {text}"), red.stroke_width(2)));
+        }
+        items.push((
+            "◯ knee   ○ invalid (not joined)".into(),
+            RGBColor(120, 120, 120).stroke_width(2),
+        ));
+        for (row, chunk) in items.chunks(3).enumerate() {
+            legend_below(&strip, chunk, 10 + 22 * row as i32)?;
+        }
+        root.present()?;
+    }
+    Ok(())
+}
+
 /// A phase of a fault timeline: a band on the time axis, shaded when a fault is on.
 #[derive(Clone, Debug)]
 pub struct Band {

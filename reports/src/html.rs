@@ -830,8 +830,10 @@ fn conformance(out: &mut String, results: &Results, ts: &[String]) {
 }
 
 /// Renders the whole report.
-pub fn render(results: &Results) -> String {
-    let ts = transports(results);
+pub fn render(all: &Results) -> String {
+    let fixed = all.without_steps();
+    let results = &*fixed;
+    let ts = transports(all);
     let mut out = String::with_capacity(256 * 1024);
     let _ = write!(
         out,
@@ -908,13 +910,19 @@ pub fn render(results: &Results) -> String {
     }
 
     out.push_str("<h2>Headline</h2>");
-    if results.runs.is_empty() {
+    if results.runs.is_empty() && !all.runs.is_empty() {
+        out.push_str(
+            "<p class=\"muted\">No fixed load points: this run stepped its load (below).</p>",
+        );
+    } else if results.runs.is_empty() {
         out.push_str("<p class=\"muted\">No load runs.</p>");
     } else {
         headline(&mut out, results, &ts);
         headline_charts(&mut out, results, &ts);
         out.push_str("<p class=\"muted\">Open-loop latency is measured from each request's intended start (coordinated omission corrected). CPU is user + system time of each process over the measured phase divided by calls. Scheduler ticks (4 ms on these machines) show up as p99.9 tails under load: a tail near 4 ms is the kernel's, not the transport's.</p>");
     }
+
+    crate::curves::html_section(&mut out, all, &ts);
 
     out.push_str("<h2>The floor</h2>");
     match &results.floor {

@@ -8,7 +8,9 @@ use crate::results::Results;
 use crate::setup;
 
 /// Renders the summary.
-pub fn render(results: &Results) -> String {
+pub fn render(all: &Results) -> String {
+    let fixed = all.without_steps();
+    let results = &*fixed;
     let mut out = String::new();
     let e = &results.environment;
     let _ = writeln!(out, "# wirebench: {}\n", results.suite.name);
@@ -155,6 +157,7 @@ pub fn render(results: &Results) -> String {
         out.push_str(&parts.join("; "));
         out.push_str("\n\n");
     }
+    crate::curves::markdown_section(&mut out, all);
     crate::faults::markdown_section(&mut out, results);
     for s in &results.skipped {
         let _ = writeln!(

@@ -260,6 +260,19 @@ impl Results {
         }
     }
 
+    /// The results without their stepped runs (the steps of a schedule or of a capacity
+    /// search): what the headline, the point sections, the summary's table and JUnit show.
+    /// Steps are drawn as curves instead (`curves`): a search's dozens of steps, most of them
+    /// overloaded on purpose, are not points to rank or to fail a build on.
+    pub fn without_steps(&self) -> std::borrow::Cow<'_, Results> {
+        if self.runs.iter().all(|r| r.step.is_none()) {
+            return std::borrow::Cow::Borrowed(self);
+        }
+        let mut fixed = self.clone();
+        fixed.runs.retain(|r| r.step.is_none());
+        std::borrow::Cow::Owned(fixed)
+    }
+
     /// Reads and checks a results file.
     pub fn load(path: &Path) -> Result<Results, ResultsError> {
         let file = path.display().to_string();
@@ -763,6 +776,33 @@ pub struct CapacityRecord {
     pub verdict: String,
     /// Every step in the order run.
     pub steps: Vec<CapacityStep>,
+    /// The SLO's first latency limit, which the report's chart plots and draws across.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slo_line: Option<SloLine>,
+}
+
+/// A latency limit of an SLO: which percentile, and its limit.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SloLine {
+    /// `p50`, `p90`, `p99`, `p99.9`, `p99.99` or `max`.
+    pub quantile: String,
+    /// The limit, nanoseconds.
+    pub limit_ns: u64,
+}
+
+impl LatencySummary {
+    /// The value of a percentile named as an SLO names it (`p99`, `p99.9`, `max`).
+    pub fn quantile(&self, name: &str) -> Option<u64> {
+        Some(match name {
+            "p50" => self.p50_ns,
+            "p90" => self.p90_ns,
+            "p99" => self.p99_ns,
+            "p99.9" => self.p999_ns,
+            "p99.99" => self.p9999_ns,
+            "max" => self.max_ns,
+            _ => return None,
+        })
+    }
 }
 
 /// One step of a capacity search.

@@ -189,6 +189,10 @@ fn full() -> Results {
             why: "p99 < 2ms: 1.2 ms".into(),
             runs: 1,
         }],
+        slo_line: Some(SloLine {
+            quantile: "p99".into(),
+            limit_ns: 2_000_000,
+        }),
     });
     let run0 = r.runs[0].clone();
     let phase =

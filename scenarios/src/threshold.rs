@@ -40,6 +40,20 @@ pub enum Quantile {
     Max,
 }
 
+impl Quantile {
+    /// As a threshold writes it: `p99`, `p99.9`, `max`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Quantile::P50 => "p50",
+            Quantile::P90 => "p90",
+            Quantile::P99 => "p99",
+            Quantile::P999 => "p99.9",
+            Quantile::P9999 => "p99.99",
+            Quantile::Max => "max",
+        }
+    }
+}
+
 /// The names a threshold's left side may take.
 pub const MEASURES: [&str; 10] = [
     "throughput",

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Result;
 use wirebench_core::tls::TlsMode;
 use wirebench_core::{Method, Transport};
-use wirebench_reports::results::{Results, RunFailure, RunRecord, StepInfo, SuiteRecord};
+use wirebench_reports::results::{Results, RunFailure, RunRecord, SloLine, StepInfo, SuiteRecord};
 use wirebench_scenarios::load::{Length, LoadSpec, Mode, Schedule};
 use wirebench_scenarios::threshold::{Measure, Op, Threshold};
 use wirebench_scenarios::units::{parse_duration, parse_rate, parse_size};
@@ -362,6 +362,13 @@ fn search_one(
             return None;
         }
         Some(probe)
+    });
+    record.slo_line = slo.iter().find_map(|t| match t.measure {
+        Measure::Latency(q) => Some(SloLine {
+            quantile: q.name().to_owned(),
+            limit_ns: t.limit as u64,
+        }),
+        _ => None,
     });
     if let Some(e) = failure {
         record.outcome = "failed".into();

@@ -1,0 +1,128 @@
+//! `wirebench capacity` against a server whose capacity is known: every call waits 2 ms at the
+//! server and at most 8 calls are in flight, so it carries 8 / (2 ms + the timer's rounding)
+//! calls a second and no more. A closed loop of 8 measures that rate first (the timer's
+//! rounding is the machine's); the search must then find it within its tolerance, and
+//! `--min-rate` above it must fail the command.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{bin, run, stderr, stdout, temp_dir};
+
+const DELAY: &str = "2ms";
+const IN_FLIGHT: &str = "8";
+
+fn json(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).expect("written")).expect("JSON")
+}
+
+/// The closed-loop throughput of 8 callers on the delaying server: its capacity.
+fn calibrate(dir: &std::path::Path) -> f64 {
+    let path = dir.join("closed.json");
+    let mut c = bin();
+    c.args(["load", "--transport", "inproc", "--concurrency", IN_FLIGHT])
+        .args([
+            "--server-delay",
+            DELAY,
+            "--duration",
+            "2s",
+            "--warmup",
+            "300ms",
+        ])
+        .args(["--quiet", "--json"])
+        .arg(&path);
+    let out = run(c, Duration::from_secs(60));
+    assert!(out.status.success(), "{}", stderr(&out));
+    json(&path)["runs"][0]["summary"]["throughput_per_s"]
+        .as_f64()
+        .expect("throughput")
+}
+
+#[test]
+fn the_search_finds_a_known_capacity_and_min_rate_gates_on_it() {
+    let dir = temp_dir("capacity-known");
+    let capacity = calibrate(&dir);
+    assert!(capacity > 500.0, "calibration: {capacity}/s");
+    let out_dir = dir.join("search");
+    let mut c = bin();
+    c.args(["capacity", "--transport", "inproc", "--slo", "p99 < 20ms"])
+        .args(["--server-delay", DELAY, "--max-in-flight", IN_FLIGHT])
+        .args(["--connections", "1", "--schedule", "constant"])
+        .args(["--start-rate", "500", "--step", "1s", "--warmup", "300ms"])
+        .args(["--min-rate", "1M", "--out"])
+        .arg(&out_dir);
+    let out = run(c, Duration::from_secs(300));
+    // The knee is far below 1M/s: the gate fails with exit 1 and names the transport.
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("below --min-rate 1M/s: inproc"),
+        "{}",
+        stderr(&out)
+    );
+    let v = json(&out_dir.join("results.json"));
+    let cap = &v["capacity"][0];
+    assert_eq!(cap["outcome"], "found", "{cap}");
+    let knee = cap["knee_per_s"].as_f64().expect("knee");
+    let missed = cap["missed_per_s"].as_f64().expect("missed");
+    eprintln!("calibrated capacity {capacity:.0}/s; knee {knee}/s, missed at {missed}/s");
+    // Bracketed within the tolerance…
+    assert!(
+        missed > knee && (missed - knee) / knee <= 0.05 + 1e-9,
+        "{cap}"
+    );
+    // …around the calibrated capacity: below it the server keeps up (a constant schedule
+    // and a fixed service time queue little), above it the backlog grows by the excess
+    // every second, and 3 % over for a second is already 30 ms of waiting.
+    assert!(
+        knee >= 0.8 * capacity && knee <= 1.05 * capacity,
+        "knee {knee}/s against a capacity of {capacity}/s\n{}",
+        stdout(&out)
+    );
+    // Every step is a run of its own, named after its rate, with its place in the series.
+    let runs = v["runs"].as_array().expect("runs");
+    let steps: u64 = cap["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["runs"].as_u64().unwrap())
+        .sum();
+    assert_eq!(runs.len() as u64, steps);
+    for (i, r) in runs.iter().enumerate() {
+        assert_eq!(r["step"]["series"], "capacity");
+        assert_eq!(r["step"]["index"], i as u64);
+        assert!(
+            r["point"].as_str().unwrap().starts_with("capacity@"),
+            "{}",
+            r["point"]
+        );
+    }
+    // The report draws the curve.
+    let html = std::fs::read_to_string(out_dir.join("report.html")).expect("report");
+    assert!(html.contains("Latency against throughput"), "no chart");
+}
+
+#[test]
+fn bad_searches_are_refused_before_anything_runs() {
+    for (args, says) in [
+        (vec!["--slo", "throughput > 5k/s"], "the SLO limits latency"),
+        (vec!["--slo", "p99 < fast"], "p99 < fast"),
+        (vec!["--tolerance", "0.1%"], "between 1% and 50%"),
+        (
+            vec!["--start-rate", "5", "--min-probe", "10"],
+            "--min-probe (10/s) <= --start-rate (5/s)",
+        ),
+    ] {
+        let mut c = bin();
+        c.args(["capacity", "--transport", "inproc"]).args(&args);
+        let out = run(c, Duration::from_secs(30));
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    }
+}
