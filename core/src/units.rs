@@ -158,6 +158,21 @@ pub fn parse_rate(s: &str) -> Result<f64, UnitError> {
     Ok(r)
 }
 
+/// A rate as people write it, the inverse of [`parse_rate`]: `850/s`, `12.3k/s`, `1.25M/s`
+/// (three decimals at most, trailing zeros dropped).
+pub fn format_rate(r: f64) -> String {
+    let (v, unit) = if r >= 1e6 {
+        (r / 1e6, "M")
+    } else if r >= 1e3 {
+        (r / 1e3, "k")
+    } else {
+        (r, "")
+    };
+    let s = format!("{v:.3}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    format!("{s}{unit}/s")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -199,16 +199,7 @@ fn decide(
 
 /// A rate as people write it: `850/s`, `12.3k/s`, `1.25M/s`.
 pub fn rate_text(r: f64) -> String {
-    let (v, unit) = if r >= 1e6 {
-        (r / 1e6, "M")
-    } else if r >= 1e3 {
-        (r / 1e3, "k")
-    } else {
-        (r, "")
-    };
-    let s = format!("{v:.3}");
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    format!("{s}{unit}/s")
+    wirebench_core::units::format_rate(r)
 }
 
 /// The answer in words, with how far it can be trusted.

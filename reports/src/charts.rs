@@ -673,7 +673,7 @@ fn draw_latency_throughput(
     (y0, y1): (f64, f64),
 ) -> Drawn {
     // One legend row per three entries beneath the plot.
-    let entries = c.curves.len() + usize::from(c.slo.is_some()) + 1;
+    let entries = c.curves.len() + usize::from(c.slo.is_some()) + 1; // at most
     let rows = entries.div_ceil(3) as u32;
     {
         let root = SVGBackend::with_string(svg, (760, 420 + 22 * rows)).into_drawing_area();
@@ -736,10 +736,17 @@ fn draw_latency_throughput(
         if let Some((_, text)) = c.slo {
             items.push((format!("SLO {text}"), red.stroke_width(2)));
         }
-        items.push((
-            "◯ knee   ○ invalid (not joined)".into(),
-            RGBColor(120, 120, 120).stroke_width(2),
-        ));
+        let marks = [
+            (c.curves.iter().any(|k| k.knee.is_some()), "◯ knee"),
+            (
+                c.curves.iter().any(|k| !k.apart.is_empty()),
+                "○ invalid (not joined)",
+            ),
+        ];
+        let marks: Vec<&str> = marks.iter().filter(|m| m.0).map(|m| m.1).collect();
+        if !marks.is_empty() {
+            items.push((marks.join("   "), RGBColor(120, 120, 120).stroke_width(2)));
+        }
         for (row, chunk) in items.chunks(3).enumerate() {
             legend_below(&strip, chunk, 10 + 22 * row as i32)?;
         }

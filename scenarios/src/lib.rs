@@ -4,6 +4,7 @@ pub mod conformance;
 pub mod faultplan;
 pub mod faultspec;
 pub mod load;
+pub mod steps;
 pub mod suite;
 pub mod threshold;
 pub mod units;

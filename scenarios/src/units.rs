@@ -3,5 +3,5 @@
 //! project, defined in `wirebench_core::units` (policy tables parse with it too).
 
 pub use wirebench_core::units::{
-    UnitError, format_duration, parse_duration, parse_rate, parse_size,
+    UnitError, format_duration, format_rate, parse_duration, parse_rate, parse_size,
 };

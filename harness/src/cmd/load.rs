@@ -10,8 +10,9 @@ use wirebench_tls::TlsMode;
 
 use anyhow::Result;
 use wirebench_core::{Capability, Method, Transport};
-use wirebench_reports::results::{Results, RunFailure, RunRecord, SuiteRecord};
+use wirebench_reports::results::{Results, RunFailure, RunRecord, StepInfo, SuiteRecord};
 use wirebench_scenarios::load::{Length, LoadSpec, Mode, Schedule, Stall};
+use wirebench_scenarios::steps::{Knob, Steps, expand, is_range};
 use wirebench_scenarios::suite::ValiditySpec;
 use wirebench_scenarios::units::{parse_duration, parse_rate, parse_size};
 
@@ -26,7 +27,7 @@ use crate::cmd::side_by_side;
 use crate::exit::bad_input;
 use crate::run::events::{EventBus, RunEvent, StepResult};
 use crate::run::{executor, reporters};
-use crate::runner::{RunContext, run_point};
+use crate::runner::{PlacedServer, RunContext, run_on, run_point};
 use crate::{environment, interrupt};
 
 pub(crate) fn method(s: &str) -> Result<Method, String> {
@@ -69,15 +70,22 @@ pub struct Args {
     #[arg(long, default_value = "tcp")]
     pub transport: String,
     /// Open loop: requests per second in total (e.g. 5000, 2.5k). Latency is measured from
-    /// each request's intended start.
-    #[arg(long, allow_hyphen_values = true, value_parser = parse_rate)]
-    pub rate: Option<f64>,
+    /// each request's intended start. A range (1k..20k) with --step runs one step per rate.
+    #[arg(long, allow_hyphen_values = true, value_parser = rate_level)]
+    pub rate: Option<Level>,
     /// Closed loop: calls in flight in total, each waiting for its answer. Without --rate or
-    /// --concurrency the loop is closed with 1 call in flight.
-    #[arg(long, value_parser = positive)]
-    pub concurrency: Option<u32>,
-    /// Measured time (e.g. 10s, 500ms); the default when --requests is not given is 5s.
-    #[arg(long, allow_hyphen_values = true, value_parser = parse_duration, conflicts_with = "requests")]
+    /// --concurrency the loop is closed with 1 call in flight. A range (1..64) with --step
+    /// runs one step per concurrency.
+    #[arg(long, value_parser = concurrency_level)]
+    pub concurrency: Option<Level>,
+    /// With a --rate or --concurrency range: the spacing of the steps, added (5k, 8) or
+    /// multiplied (x2). Every step runs on the same server, with its own warm-up, and is a
+    /// run of its own (named POINT@VALUE) with its own summary and verdict.
+    #[arg(long, value_name = "STEP")]
+    pub step: Option<String>,
+    /// Measured time (e.g. 10s, 500ms), of each step when stepping (--every says the same);
+    /// the default when --requests is not given is 5s.
+    #[arg(long, visible_alias = "every", allow_hyphen_values = true, value_parser = parse_duration, conflicts_with = "requests")]
     pub duration: Option<Duration>,
     /// Measure this many calls instead of a duration.
     #[arg(long, value_parser = positive_u64)]
@@ -164,16 +172,75 @@ pub struct Args {
     pub thresholds: Vec<wirebench_scenarios::threshold::Threshold>,
 }
 
+/// A `--rate` or `--concurrency`: one value, or a range to step through.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Level {
+    /// One value.
+    One(f64),
+    /// `FROM..TO`, read with `--step` (see [`wirebench_scenarios::steps`]).
+    Range(String),
+}
+
+impl Level {
+    /// The value, or a range's first.
+    fn first(&self, knob: Knob) -> f64 {
+        match self {
+            Level::One(v) => *v,
+            Level::Range(r) => Steps::parse(knob, r, Some("x2")).map_or(1.0, |s| s.from),
+        }
+    }
+}
+
+fn rate_level(s: &str) -> Result<Level, String> {
+    if is_range(s) {
+        Ok(Level::Range(s.to_owned()))
+    } else {
+        parse_rate(s).map(Level::One).map_err(|e| e.to_string())
+    }
+}
+
+fn concurrency_level(s: &str) -> Result<Level, String> {
+    if is_range(s) {
+        Ok(Level::Range(s.to_owned()))
+    } else {
+        positive(s).map(|n| Level::One(f64::from(n)))
+    }
+}
+
 impl Args {
+    /// The stepped schedule, when --rate or --concurrency is a range.
+    fn steps(&self) -> Result<Option<Steps>> {
+        let (knob, range) = match (&self.rate, &self.concurrency) {
+            (Some(Level::Range(r)), _) => (Knob::Rate, r),
+            (_, Some(Level::Range(r))) => (Knob::Concurrency, r),
+            _ => {
+                return match &self.step {
+                    Some(s) => Err(bad_input(format!(
+                        "--step {s}: steps need a range to step through (--rate 1k..20k or \
+                         --concurrency 1..64)"
+                    ))),
+                    None => Ok(None),
+                };
+            }
+        };
+        let flag = match knob {
+            Knob::Rate => "--rate",
+            Knob::Concurrency => "--concurrency",
+        };
+        Steps::parse(knob, range, self.step.as_deref())
+            .map(Some)
+            .map_err(|e| bad_input(format!("{flag} {e}")))
+    }
+
     fn spec(&self) -> LoadSpec {
-        let mode = match (self.rate, self.concurrency) {
+        let mode = match (&self.rate, &self.concurrency) {
             (Some(rate), _) => Mode::Open {
-                rate,
+                rate: rate.first(Knob::Rate),
                 schedule: self.schedule,
                 max_in_flight: self.max_in_flight,
             },
             (None, c) => Mode::Closed {
-                concurrency: c.unwrap_or(1),
+                concurrency: c.as_ref().map_or(1, |c| c.first(Knob::Concurrency) as u32),
             },
         };
         LoadSpec {
@@ -376,8 +443,26 @@ fn validity_lines(v: &wirebench_reports::results::Validity) -> String {
 /// side (several).
 pub fn run(args: Args) -> Result<ExitCode> {
     let spec = args.spec();
+    let stepped = args.steps()?;
     let transports = chosen(&args.choice(), &spec)?;
     check_parent("--json", args.json.as_deref())?;
+    // The points to run on each transport: the one point, or its steps.
+    let points: Vec<(LoadSpec, Option<StepInfo>)> = match &stepped {
+        None => vec![(spec.clone(), None)],
+        Some(steps) => expand(&spec, steps)
+            .map_err(|e| bad_input(e.to_string()))?
+            .into_iter()
+            .map(|st| {
+                let info = StepInfo {
+                    series: st.series,
+                    knob: st.knob.name().into(),
+                    value: st.value,
+                    index: st.index,
+                };
+                (st.spec, Some(info))
+            })
+            .collect(),
+    };
     let reporters = if args.quiet {
         Vec::new()
     } else {
@@ -388,71 +473,104 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let ctx = run_context(&args.choice(), args.max_lag, &transports, live)?;
     let started = environment::now_rfc3339();
     let names: Vec<String> = transports.iter().map(|t| t.name().to_owned()).collect();
+    let eta: Duration = points.iter().map(|(p, _)| p.estimate()).sum();
     bus.emit(RunEvent::Started {
         suite: "load".into(),
         transports: names.clone(),
-        steps: transports.len(),
-        eta: spec.estimate() * transports.len() as u32,
+        steps: transports.len() * points.len(),
+        eta: eta * transports.len() as u32,
         out: args.json.clone(),
     })?;
     let interrupted = || ctx.interrupted.load(std::sync::atomic::Ordering::SeqCst);
     let mut records = Vec::new();
     let mut failures = Vec::new();
-    let single = transports.len() == 1;
-    for (index, transport) in transports.into_iter().enumerate() {
-        if interrupted() {
-            break;
-        }
+    let single = transports.len() == 1 && stepped.is_none();
+    let mut index = 0;
+    'transports: for transport in transports {
         let name = transport.name().to_owned();
-        let label = format!("{name}: {}", spec.describe());
-        bus.emit(RunEvent::StepStarted {
-            index,
-            label: label.clone(),
-            estimate: spec.estimate(),
-        })?;
-        match run_point(transport, &spec, &ctx) {
-            Ok(mut record) => {
-                record.thresholds = crate::thresholds::check(&args.thresholds, &record.summary);
-                if !single {
-                    let line = StepResult::Load {
-                        point: index,
-                        record: Box::new(record.clone()),
+        // Steps share one server, as a deployed service sees its load change; one point
+        // places its own.
+        let server = match &stepped {
+            Some(_) => match PlacedServer::start(transport, spec.tls, &ctx) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    failures.push(RunFailure {
+                        transport: name,
+                        point: spec.name.clone(),
+                        error: format!("{e:#}"),
+                    });
+                    continue;
+                }
+            },
+            None => None,
+        };
+        for (point, step) in &points {
+            if interrupted() {
+                break 'transports;
+            }
+            let label = format!("{name}: {}", point.describe());
+            bus.emit(RunEvent::StepStarted {
+                index,
+                label: label.clone(),
+                estimate: point.estimate(),
+            })?;
+            let outcome = match &server {
+                Some(s) => run_on(s, point, &ctx),
+                None => run_point(transport, point, &ctx),
+            };
+            match outcome {
+                Ok(mut record) => {
+                    record.step = step.clone();
+                    record.thresholds =
+                        crate::thresholds::check(&args.thresholds, &record.summary);
+                    if !single {
+                        let line = StepResult::Load {
+                            point: index,
+                            record: Box::new(record.clone()),
+                        };
+                        bus.emit(RunEvent::StepFinished {
+                            index,
+                            label,
+                            result: line,
+                        })?;
+                    }
+                    records.push(record);
+                }
+                // One transport's run failing is itself an input error when it is the only
+                // one; among several the others still run, and the failure is named at the
+                // end.
+                Err(e) if single => {
+                    let _ = bus.emit(RunEvent::Finished {
+                        complete: false,
+                        interrupted: interrupted(),
+                    });
+                    return Err(e);
+                }
+                Err(e) => {
+                    let failure = RunFailure {
+                        transport: name.clone(),
+                        point: point.name.clone(),
+                        error: format!("{e:#}"),
                     };
                     bus.emit(RunEvent::StepFinished {
                         index,
                         label,
-                        result: line,
+                        result: StepResult::Failed(failure.clone()),
                     })?;
+                    failures.push(failure);
+                    // A step that could not run says the server may be gone: the
+                    // transport's remaining steps would only fail the same way.
+                    if server.is_some() {
+                        continue 'transports;
+                    }
                 }
-                records.push(record);
             }
-            // One transport's run failing is itself an input error when it is the only
-            // one; among several the others still run, and the failure is named at the end.
-            Err(e) if single => {
-                let _ = bus.emit(RunEvent::Finished {
-                    complete: false,
-                    interrupted: interrupted(),
-                });
-                return Err(e);
-            }
-            Err(e) => {
-                let failure = RunFailure {
-                    transport: name,
-                    point: spec.name.clone(),
-                    error: format!("{e:#}"),
-                };
-                bus.emit(RunEvent::StepFinished {
-                    index,
-                    label,
-                    result: StepResult::Failed(failure.clone()),
-                })?;
-                failures.push(failure);
-            }
+            index += 1;
         }
     }
     // The bar goes before anything else is printed, whatever happened.
     let _ = bus.emit(RunEvent::Finished {
-        complete: records.len() + failures.len() == names.len(),
+        complete: records.len() + failures.len() == names.len() * points.len(),
         interrupted: interrupted(),
     });
     match records.as_slice() {
@@ -462,10 +580,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let breached = records.iter().any(|r| r.breaches().next().is_some());
     if let Some(path) = &args.json {
         let complete = !interrupted() && failures.is_empty();
+        let description = match &stepped {
+            Some(steps) => format!("{}; stepped: {steps}", spec.describe()),
+            None => spec.describe(),
+        };
         save_json(
             path,
             started,
-            &spec,
+            description,
             names,
             records,
             failures.clone(),
@@ -653,7 +775,7 @@ pub(crate) fn run_context(
 fn save_json(
     path: &std::path::Path,
     started: String,
-    spec: &LoadSpec,
+    description: String,
     transports: Vec<String>,
     records: Vec<RunRecord>,
     errors: Vec<RunFailure>,
@@ -665,7 +787,7 @@ fn save_json(
         environment::collect(),
         SuiteRecord {
             name: "load".into(),
-            description: spec.describe(),
+            description,
             source: "command line".into(),
             toml: String::new(),
         },

@@ -10,20 +10,29 @@ use super::load::us;
 
 /// The table, then a line per run that is not valid or breached a threshold, then the runs
 /// that failed.
+///
+/// The steps of a stepped schedule are rows too, named by transport and step.
 pub fn table(records: &[RunRecord], failures: &[RunFailure]) -> String {
     let mut out = String::new();
+    let stepped = records.iter().any(|r| r.step.is_some());
+    let name = |r: &RunRecord| match &r.step {
+        Some(_) => format!("{} {}", r.transport, r.point),
+        None => r.transport.clone(),
+    };
     if let Some(first) = records.first() {
         let p = &first.params;
         let _ = writeln!(
             out,
-            "\n{} {} loop, {} B{}, {:.1} s measured per transport",
+            "\n{} {} loop, {} B{}, {:.1} s measured per {}",
             p.method,
             p.mode,
             p.payload_bytes,
             p.rate
+                .filter(|_| !stepped)
                 .map(|r| format!(", offered {r:.0}/s"))
                 .unwrap_or_default(),
             p.duration_s.unwrap_or(first.summary.elapsed_s),
+            if stepped { "step" } else { "transport" },
         );
     }
     // The best p50 among the runs that can be trusted is the yardstick of the ratio column;
@@ -35,7 +44,7 @@ pub fn table(records: &[RunRecord], failures: &[RunFailure]) -> String {
         .filter(|&ns| ns > 0)
         .min();
     let header = [
-        "transport",
+        if stepped { "step" } else { "transport" },
         "calls/s",
         "p50",
         "p90",
@@ -62,7 +71,7 @@ pub fn table(records: &[RunRecord], failures: &[RunFailure]) -> String {
             verdict.push_str(", threshold BREACHED");
         }
         rows.push([
-            r.transport.clone(),
+            name(r),
             format!("{:.0}", s.throughput_per_s),
             us(l.p50_ns),
             us(l.p90_ns),
@@ -133,7 +142,7 @@ pub fn table(records: &[RunRecord], failures: &[RunFailure]) -> String {
             let _ = writeln!(
                 out,
                 "  {} {}: {}",
-                r.transport,
+                name(r),
                 r.validity.label(),
                 r.validity.why()
             );
@@ -144,14 +153,18 @@ pub fn table(records: &[RunRecord], failures: &[RunFailure]) -> String {
             let _ = writeln!(
                 out,
                 "  {}: {} of {} due requests NEVER SENT (in no percentile above)",
-                r.transport, o.unsent, o.due
+                name(r),
+                o.unsent,
+                o.due
             );
         }
         for b in r.breaches() {
             let _ = writeln!(
                 out,
                 "  {}: threshold {} BREACHED (measured {})",
-                r.transport, b.threshold, b.measured
+                name(r),
+                b.threshold,
+                b.measured
             );
         }
     }
