@@ -70,8 +70,9 @@ type Flag = (
 );
 
 const FLAGS: &[Flag] = &[
-    (Kind::Rate, &["load"], "--rate", |c| {
-        load(c).rate.unwrap_or(-1.0)
+    (Kind::Rate, &["load"], "--rate", |c| match load(c).rate {
+        Some(wirebench::cmd::load::Level::One(r)) => r,
+        _ => -1.0,
     }),
     (Kind::Size, &["load"], "--payload", |c| {
         load(c).payload as f64

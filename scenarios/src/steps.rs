@@ -125,12 +125,7 @@ impl Steps {
                 },
             }),
         };
-        let s = Steps {
-            knob,
-            from,
-            to,
-            by,
-        };
+        let s = Steps { knob, from, to, by };
         let n = s.values().len();
         if n > MAX_STEPS {
             return Err(bad(format!(
@@ -179,11 +174,9 @@ impl fmt::Display for Steps {
     }
 }
 
-/// One step of a stepped point: its spec (named `SERIES@VALUE`) and its place.
+/// A step's place in its series.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Step {
-    /// The step's load point.
-    pub spec: LoadSpec,
+pub struct Place {
     /// The stepped point's name.
     pub series: String,
     /// What was stepped.
@@ -192,6 +185,15 @@ pub struct Step {
     pub value: f64,
     /// Its position, from 0.
     pub index: u32,
+}
+
+/// One step of a stepped point: its spec (named `SERIES@VALUE`) and its place.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    /// The step's load point.
+    pub spec: LoadSpec,
+    /// Where it stands in the series.
+    pub place: Place,
 }
 
 /// The steps of `spec` (whose loop must be the knob's: open for a rate, closed for
@@ -225,10 +227,12 @@ pub fn expand(spec: &LoadSpec, steps: &Steps) -> Result<Vec<Step>, BadSteps> {
             s.name = format!("{}@{}", spec.name, steps.knob.label(value));
             Step {
                 spec: s,
-                series: spec.name.clone(),
-                knob: steps.knob,
-                value,
-                index: i as u32,
+                place: Place {
+                    series: spec.name.clone(),
+                    knob: steps.knob,
+                    value,
+                    index: i as u32,
+                },
             }
         })
         .collect())
@@ -285,7 +289,7 @@ mod tests {
         let steps = expand(&spec, &s).unwrap();
         let names: Vec<&str> = steps.iter().map(|s| s.spec.name.as_str()).collect();
         assert_eq!(names, ["ramp@1k/s", "ramp@1.5k/s", "ramp@2k/s"]);
-        assert_eq!(steps[2].index, 2);
+        assert_eq!(steps[2].place.index, 2);
         assert!(matches!(steps[1].spec.mode, Mode::Open { rate, .. } if rate == 1500.0));
         let c = Steps::parse(Knob::Concurrency, "1..4", Some("x2")).unwrap();
         assert!(expand(&spec, &c).unwrap_err().0.contains("closed loop"));

@@ -16,6 +16,7 @@ use wirebench_core::tls::TlsMode;
 
 use crate::faultplan::{FaultPlan, Phase, PolicyChoice, ProcessFault, ProcessTarget};
 use crate::load::{Length, LoadSpec, Mode, Schedule, Stall};
+use crate::steps::{Knob, Place, Steps, expand, is_range};
 use crate::threshold::Threshold;
 use crate::units::{parse_duration, parse_rate, parse_size};
 
@@ -129,6 +130,9 @@ pub struct LoadPoint {
     /// Absolute limits every run of the point must keep (the suite's global ones, then the
     /// point's own or `[defaults]`'s); a breach fails the run command.
     pub thresholds: Vec<Threshold>,
+    /// When the point is one step of a stepped point (`rate = "1k..20k"`, `step = "5k"`):
+    /// its place in the series. A stepped point becomes one point per step.
+    pub step: Option<Place>,
 }
 
 /// The metric names a point's `gate` may list (those of `wirebench compare`).
@@ -303,8 +307,9 @@ struct PointToml {
     name: Option<String>,
     transports: Option<Vec<toml::Spanned<String>>>,
     method: Option<toml::Spanned<String>>,
-    concurrency: Option<u32>,
+    concurrency: Option<toml::Spanned<Unit>>,
     rate: Option<toml::Spanned<Unit>>,
+    step: Option<toml::Spanned<Unit>>,
     schedule: Option<toml::Spanned<String>>,
     max_in_flight: Option<u32>,
     connections: Option<u32>,
@@ -451,18 +456,31 @@ impl Suite {
         let global = thresholds(&cx, &raw.thresholds, "thresholds")?;
         let mut load = Vec::with_capacity(raw.load.len());
         for (i, p) in raw.load.iter().enumerate() {
-            let mut point = resolve_point(&cx, p, defaults, i)?;
+            let (mut point, steps) = resolve_point(&cx, p, defaults, i)?;
             point.thresholds.splice(0..0, global.iter().cloned());
-            if load
-                .iter()
-                .any(|l: &LoadPoint| l.spec.name == point.spec.name)
-            {
+            if load.iter().any(|l: &LoadPoint| {
+                l.step.as_ref().map_or(&l.spec.name, |s| &s.series) == &point.spec.name
+            }) {
                 return Err(cx.err(
                     p.span(),
                     format!("load point name {:?} is used twice", point.spec.name),
                 ));
             }
-            load.push(point);
+            match steps {
+                None => load.push(point),
+                // A stepped point is one point per step, each named after its value.
+                Some(st) => {
+                    let expanded =
+                        expand(&point.spec, &st).map_err(|e| cx.err(p.span(), e.to_string()))?;
+                    for step in expanded {
+                        load.push(LoadPoint {
+                            spec: step.spec,
+                            step: Some(step.place),
+                            ..point.clone()
+                        });
+                    }
+                }
+            }
         }
         let mut faults: Vec<FaultPlan> = Vec::with_capacity(raw.fault.len());
         for f in &raw.fault {
@@ -559,7 +577,13 @@ fn resolve_fault(cx: &Ctx<'_>, f: &toml::Spanned<FaultToml>) -> Result<FaultPlan
                 .into(),
         ));
     }
-    let mut point = resolve_point(cx, &f.load, &PointToml::default(), 0)?;
+    let (mut point, steps) = resolve_point(cx, &f.load, &PointToml::default(), 0)?;
+    if steps.is_some() {
+        return Err(at(
+            span.clone(),
+            "a fault plan's load is one level, not a range (its phases are its steps)".into(),
+        ));
+    }
     point.spec.name.clone_from(&name);
     if f.phases.is_empty() {
         return Err(at(span, "expected at least one phase".into()));
@@ -677,12 +701,13 @@ fn resolve_fault(cx: &Ctx<'_>, f: &toml::Spanned<FaultToml>) -> Result<FaultPlan
     })
 }
 
+/// A suite's load point, and its steps when it is stepped (the caller expands them).
 fn resolve_point(
     cx: &Ctx<'_>,
     p: &toml::Spanned<PointToml>,
     d: &PointToml,
     index: usize,
-) -> Result<LoadPoint, SuiteError> {
+) -> Result<(LoadPoint, Option<Steps>), SuiteError> {
     let span = p.span();
     let p = p.get_ref();
     let name = pick!(p, d, name).unwrap_or_else(|| format!("load-{}", index + 1));
@@ -707,9 +732,28 @@ fn resolve_point(
     // A point's own `rate` or `concurrency` decides its loop; defaults fill in only when the
     // point has neither.
     let (rate, concurrency) = if p.rate.is_some() || p.concurrency.is_some() {
-        (p.rate.clone(), p.concurrency)
+        (p.rate.clone(), p.concurrency.clone())
     } else {
-        (d.rate.clone(), d.concurrency)
+        (d.rate.clone(), d.concurrency.clone())
+    };
+    let step = pick!(p, d, step);
+    let step_text = step.as_ref().map(|s| s.get_ref().text());
+    let mut steps = None;
+    // A range (`1k..20k`, `1..64`) is stepped: read with `step`, the loop's first value is
+    // the range's.
+    let mut stepped = |v: &toml::Spanned<Unit>, knob: Knob| -> Result<Option<f64>, SuiteError> {
+        let text = v.get_ref().text();
+        if !is_range(&text) {
+            return Ok(None);
+        }
+        let st = Steps::parse(knob, &text, step_text.as_deref()).map_err(|e| {
+            cx.err(
+                v.span(),
+                format!("load point {name:?}: {} {e}", knob.name()),
+            )
+        })?;
+        steps = Some(st);
+        Ok(Some(st.from))
     };
     let mode = match (rate, concurrency) {
         (Some(_), Some(_)) => {
@@ -718,7 +762,10 @@ fn resolve_point(
             ));
         }
         (Some(r), None) => {
-            let rate = cx.rate(&r, "rate")?;
+            let rate = match stepped(&r, Knob::Rate)? {
+                Some(first) => first,
+                None => cx.rate(&r, "rate")?,
+            };
             let schedule = match pick!(p, d, schedule) {
                 None => Schedule::Poisson,
                 Some(s) => Schedule::parse(s.get_ref()).ok_or_else(|| {
@@ -737,11 +784,38 @@ fn resolve_point(
                 max_in_flight: pick!(p, d, max_in_flight).unwrap_or(1024),
             }
         }
-        (None, Some(c)) => Mode::Closed { concurrency: c },
+        (None, Some(c)) => {
+            let concurrency = match stepped(&c, Knob::Concurrency)? {
+                Some(first) => first as u32,
+                None => match c.get_ref() {
+                    Unit::Int(n) if *n > 0 && *n <= i64::from(u32::MAX) => *n as u32,
+                    other => {
+                        return Err(cx.err(
+                            c.span(),
+                            format!(
+                                "load point {name:?}: concurrency {:?}: expected a positive \
+                                 whole number, or a range to step through (\"1..64\")",
+                                other.text()
+                            ),
+                        ));
+                    }
+                },
+            };
+            Mode::Closed { concurrency }
+        }
         (None, None) => Mode::Closed {
             concurrency: connections,
         },
     };
+    if let (None, Some(s)) = (&steps, &step) {
+        return Err(cx.err(
+            s.span(),
+            format!(
+                "load point {name:?}: step needs a range to step through (rate = \"1k..20k\" \
+                 or concurrency = \"1..64\")"
+            ),
+        ));
+    }
     // A point's own length wins; `[defaults]` fills in only when it has none.
     let length = match (&p.duration, p.requests) {
         (Some(_), Some(_)) => {
@@ -825,13 +899,17 @@ fn resolve_point(
         Some(list) => self::thresholds(cx, &list, &format!("load point {name:?}: thresholds"))?,
         None => Vec::new(),
     };
-    Ok(LoadPoint {
-        spec,
-        transports: names(&pick!(p, d, transports)),
-        repeat,
-        gate,
-        thresholds,
-    })
+    Ok((
+        LoadPoint {
+            spec,
+            transports: names(&pick!(p, d, transports)),
+            repeat,
+            gate,
+            thresholds,
+            step: None,
+        },
+        steps,
+    ))
 }
 
 /// Parses a `thresholds` list, each error at its own line.
@@ -897,6 +975,60 @@ requests = 50
 
     fn err(text: &str) -> String {
         Suite::parse(text, "bad.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn stepped_points_become_one_point_per_step() {
+        let s = Suite::parse(
+            r#"
+name = "t"
+[[load]]
+name = "ramp"
+rate = "1k..3k"
+step = "1k"
+duration = "1s"
+[[load]]
+name = "fan"
+concurrency = "1..4"
+step = "x2"
+"#,
+            "t.toml",
+        )
+        .unwrap();
+        let names: Vec<&str> = s.load.iter().map(|p| p.spec.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "ramp@1k/s",
+                "ramp@2k/s",
+                "ramp@3k/s",
+                "fan@1",
+                "fan@2",
+                "fan@4"
+            ]
+        );
+        let third = s.load[2].step.as_ref().unwrap();
+        assert_eq!((third.series.as_str(), third.index), ("ramp", 2));
+        assert!(matches!(s.load[2].spec.mode, Mode::Open { rate, .. } if rate == 3000.0));
+        assert_eq!(s.load[5].spec.mode, Mode::Closed { concurrency: 4 });
+        assert_eq!(
+            s.load[5].spec.length,
+            Length::Duration(Duration::from_secs(5))
+        );
+        // Errors name the line and what is wrong.
+        let e = err("name = \"x\"\n[[load]]\nrate = 5\nstep = \"1k\"\n");
+        assert!(
+            e.contains("bad.toml:4") && e.contains("step needs a range"),
+            "{e}"
+        );
+        let e = err("name = \"x\"\n[[load]]\nrate = \"5k..1k\"\nstep = \"1k\"\n");
+        assert!(e.contains("bad.toml:3") && e.contains("must rise"), "{e}");
+        let e = err("name = \"x\"\n[[load]]\nconcurrency = \"many\"\n");
+        assert!(e.contains("positive whole number"), "{e}");
+        let e = err(
+            "name = \"x\"\n[[load]]\nname = \"r\"\nrate = \"1k..2k\"\nstep = \"1k\"\n[[load]]\nname = \"r\"\nrate = 5\n",
+        );
+        assert!(e.contains("used twice"), "{e}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use anyhow::Result;
 use wirebench_core::{Capability, Method, Transport};
 use wirebench_reports::results::{Results, RunFailure, RunRecord, StepInfo, SuiteRecord};
 use wirebench_scenarios::load::{Length, LoadSpec, Mode, Schedule, Stall};
-use wirebench_scenarios::steps::{Knob, Steps, expand, is_range};
+use wirebench_scenarios::steps::{Knob, Place, Steps, expand, is_range};
 use wirebench_scenarios::suite::ValiditySpec;
 use wirebench_scenarios::units::{parse_duration, parse_rate, parse_size};
 
@@ -170,6 +170,16 @@ pub struct Args {
     /// `throughput > 4500/s`, `cpu-server < 20us`. A breach exits 1.
     #[arg(long = "threshold", value_name = "LIMIT", value_parser = super::run::parse_threshold)]
     pub thresholds: Vec<wirebench_scenarios::threshold::Threshold>,
+}
+
+/// A step's place as `results.json` records it.
+pub(crate) fn step_info(p: &Place) -> StepInfo {
+    StepInfo {
+        series: p.series.clone(),
+        knob: p.knob.name().into(),
+        value: p.value,
+        index: p.index,
+    }
 }
 
 /// A `--rate` or `--concurrency`: one value, or a range to step through.
@@ -452,15 +462,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Some(steps) => expand(&spec, steps)
             .map_err(|e| bad_input(e.to_string()))?
             .into_iter()
-            .map(|st| {
-                let info = StepInfo {
-                    series: st.series,
-                    knob: st.knob.name().into(),
-                    value: st.value,
-                    index: st.index,
-                };
-                (st.spec, Some(info))
-            })
+            .map(|st| (st.spec, Some(step_info(&st.place))))
             .collect(),
     };
     let reporters = if args.quiet {
@@ -521,8 +523,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             match outcome {
                 Ok(mut record) => {
                     record.step = step.clone();
-                    record.thresholds =
-                        crate::thresholds::check(&args.thresholds, &record.summary);
+                    record.thresholds = crate::thresholds::check(&args.thresholds, &record.summary);
                     if !single {
                         let line = StepResult::Load {
                             point: index,

@@ -125,9 +125,11 @@ impl Executor<'_> {
                 repeats,
                 gate,
                 thresholds,
+                step,
             } => match run_point(*transport, spec, self.ctx) {
                 Ok(mut record) => {
                     record.gate = gate.clone();
+                    record.step = step.as_ref().map(crate::cmd::load::step_info);
                     record.thresholds = crate::thresholds::check(thresholds, &record.summary);
                     self.p50s[*point].push(record.summary.latency.p50_ns as f64 / 1e3);
                     StepResult::Load {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use wirebench_core::Transport;
 use wirebench_scenarios::faultplan::{FaultPlan, PolicyChoice};
 use wirebench_scenarios::load::LoadSpec;
+use wirebench_scenarios::steps::Place;
 use wirebench_scenarios::suite::{FloorSpec, Suite};
 use wirebench_scenarios::threshold::Threshold;
 use wirebench_transports::AnyTransport;
@@ -46,6 +47,8 @@ pub enum Step {
         gate: Option<Vec<String>>,
         /// The absolute limits its runs are held to.
         thresholds: Vec<Threshold>,
+        /// Its place in a stepped point's series.
+        step: Option<Place>,
     },
     /// A load point the transport cannot run, with why (recorded as skipped, never run).
     Unsupported {
@@ -199,6 +202,7 @@ fn load_steps(
                     repeats: *repeats,
                     gate: p.gate.clone(),
                     thresholds: p.thresholds.clone(),
+                    step: p.step.clone(),
                 },
             });
         }
