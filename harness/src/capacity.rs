@@ -7,37 +7,21 @@
 //! The search is pure: it asks a probe for a verdict at a rate, so it is tested here without
 //! a network, and `wirebench capacity` gives it a probe that runs a load point.
 
-use wirebench_reports::results::{CapacityRecord, CapacityStep};
+use std::sync::atomic::Ordering;
 
-/// How to search.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct SearchSpec {
-    /// The first rate tried, requests/s.
-    pub start: f64,
-    /// The lowest rate the search may try.
-    pub floor: f64,
-    /// The highest rate the search may try.
-    pub ceiling: f64,
-    /// Growth (and shrink) factor of the exponential phase.
-    pub factor: f64,
-    /// Bisect until the bracket `(missed - met) / met` is at most this.
-    pub tolerance: f64,
-    /// Extra runs of a step whose measure lies within noise of the SLO (majority decides).
-    pub repeats: u32,
-}
+use wirebench_core::Transport;
+use wirebench_reports::results::{
+    CapacityRecord, CapacityStep, RunFailure, RunRecord, SloLine, StepInfo,
+};
+use wirebench_scenarios::capacity::CapacityPoint;
+pub use wirebench_scenarios::capacity::SearchSpec;
+use wirebench_scenarios::threshold::{Measure, Threshold};
+use wirebench_transports::AnyTransport;
 
-impl Default for SearchSpec {
-    fn default() -> SearchSpec {
-        SearchSpec {
-            start: 1000.0,
-            floor: 10.0,
-            ceiling: 1e7,
-            factor: 2.0,
-            tolerance: 0.05,
-            repeats: 2,
-        }
-    }
-}
+use crate::runner::{PlacedServer, RunContext, run_on};
+
+/// A step whose SLO measure lies within this share of the limit is run again.
+const NEAR: f64 = 0.1;
 
 /// A probe's verdict on one run at one rate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,6 +87,7 @@ pub fn search(
         verdict: String::new(),
         steps: Vec::new(),
         slo_line: None,
+        min_rate_per_s: None,
     };
     let mut met: Option<f64> = None;
     let mut missed: Option<f64> = None;
@@ -248,6 +233,170 @@ fn verdict_text(r: &CapacityRecord) -> String {
         ),
         _ => "no step was decided".to_owned(),
     }
+}
+
+/// What searching one transport gave.
+#[derive(Debug)]
+pub struct Searched {
+    /// The knee and every step's verdict.
+    pub record: CapacityRecord,
+    /// Every step's run, in the order run.
+    pub runs: Vec<RunRecord>,
+    /// The step (or the server) that could not run, which ended the search.
+    pub failure: Option<RunFailure>,
+}
+
+/// Searches `point` on `transport`: places its server once and runs the steps on it, each a
+/// run of its own. `each` is told of every step as it finishes (to print it, or save the
+/// results so far); an error from it ends the search as a failure.
+pub fn search_transport(
+    point: &CapacityPoint,
+    transport: AnyTransport,
+    ctx: &RunContext,
+    mut each: impl FnMut(&RunRecord, &Probe) -> anyhow::Result<()>,
+) -> Searched {
+    let name = transport.name();
+    let texts: Vec<String> = point.slo.iter().map(|t| t.text.clone()).collect();
+    let fail = |e: &anyhow::Error| RunFailure {
+        transport: name.to_owned(),
+        point: point.name.clone(),
+        error: format!("{e:#}"),
+    };
+    let server = match PlacedServer::start(transport, point.spec.tls, ctx) {
+        Ok(s) => s,
+        Err(e) => {
+            return Searched {
+                record: CapacityRecord {
+                    transport: name.to_owned(),
+                    series: point.name.clone(),
+                    slo: texts,
+                    outcome: "failed".into(),
+                    tolerance: point.search.tolerance,
+                    verdict: format!("the server could not start: {e:#}"),
+                    ..CapacityRecord::default()
+                },
+                runs: Vec::new(),
+                failure: Some(fail(&e)),
+            };
+        }
+    };
+    let mut failure: Option<anyhow::Error> = None;
+    let mut runs = Vec::new();
+    let mut record = search(&point.search, name, &point.name, &texts, |rate, attempt| {
+        if ctx.interrupted.load(Ordering::SeqCst) {
+            return None;
+        }
+        let mut step = point.step(rate);
+        if attempt > 0 {
+            step.name = format!("{}#{}", step.name, attempt + 1);
+        }
+        // A different seed per attempt: a repeat is a new draw of the schedule.
+        step.seed = point.spec.seed.wrapping_add(u64::from(attempt));
+        let mut run = match run_on(&server, &step, ctx) {
+            Ok(r) => r,
+            Err(e) => {
+                failure = Some(e);
+                return None;
+            }
+        };
+        run.step = Some(StepInfo {
+            series: point.name.clone(),
+            knob: "rate".into(),
+            value: rate,
+            index: runs.len() as u32,
+        });
+        // The SLO's outcomes decide the step; they are not the run's thresholds (a step that
+        // misses is how a search finds its knee, not a breach that fails the command).
+        let outcomes = crate::thresholds::check(&point.slo, &run.summary);
+        let probe = judge(&run, &point.slo, &outcomes);
+        if let Err(e) = each(&run, &probe) {
+            failure = Some(e);
+            return None;
+        }
+        runs.push(run);
+        Some(probe)
+    });
+    record.min_rate_per_s = point.min_rate;
+    record.slo_line = point.slo.iter().find_map(|t| match t.measure {
+        Measure::Latency(q) => Some(SloLine {
+            quantile: q.name().to_owned(),
+            limit_ns: t.limit as u64,
+        }),
+        _ => None,
+    });
+    if let Some(e) = &failure {
+        record.outcome = "failed".into();
+        record.verdict = format!("a step could not run: {e:#}");
+    }
+    Searched {
+        record,
+        runs,
+        failure: failure.as_ref().map(fail),
+    }
+}
+
+/// A step's verdict: unjudged when the run is invalid (the tool's or the host's fault), missed
+/// when the rate was not sustained or an SLO limit broke, else met.
+pub fn judge(
+    run: &RunRecord,
+    slo: &[Threshold],
+    outcomes: &[wirebench_reports::results::ThresholdOutcome],
+) -> Probe {
+    let v = &run.validity;
+    let point = run.point.clone();
+    if !v.reasons.is_empty() {
+        return Probe {
+            point,
+            verdict: Verdict::Unjudged,
+            why: v.reasons.join("; "),
+            near: false,
+        };
+    }
+    if let Some(u) = &v.unsustained {
+        return Probe {
+            point,
+            verdict: Verdict::Missed,
+            why: format!("not sustained: {u}"),
+            near: false,
+        };
+    }
+    let near = slo.iter().any(|t| {
+        crate::thresholds::measured(t.measure, &run.summary)
+            .is_some_and(|m| t.limit > 0.0 && (m - t.limit).abs() / t.limit < NEAR)
+    });
+    let text = |o: &wirebench_reports::results::ThresholdOutcome| {
+        format!("{}: {}", o.threshold, o.measured)
+    };
+    let broke: Vec<String> = outcomes.iter().filter(|o| !o.passed).map(text).collect();
+    Probe {
+        point,
+        verdict: if broke.is_empty() {
+            Verdict::Met
+        } else {
+            Verdict::Missed
+        },
+        why: if broke.is_empty() {
+            outcomes.iter().map(text).collect::<Vec<_>>().join(", ")
+        } else {
+            format!("broke {}", broke.join(", "))
+        },
+        near,
+    }
+}
+
+/// Whether a capacity record's knee fell below its minimum rate, and how to say so.
+pub fn below_min(c: &CapacityRecord) -> Option<String> {
+    let min = c.min_rate_per_s?;
+    if c.knee_per_s.is_some_and(|k| k >= min) {
+        return None;
+    }
+    Some(format!(
+        "{} {}: knee {} below the minimum {}",
+        c.transport,
+        c.series,
+        c.knee_per_s.map_or("not found".into(), rate_text),
+        rate_text(min)
+    ))
 }
 
 #[cfg(test)]

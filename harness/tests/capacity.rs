@@ -62,7 +62,8 @@ fn the_search_finds_a_known_capacity_and_min_rate_gates_on_it() {
         stderr(&out)
     );
     assert!(
-        stderr(&out).contains("below --min-rate 1M/s: inproc"),
+        stderr(&out).contains("capacity below --min-rate: inproc capacity: knee")
+            && stderr(&out).contains("below the minimum 1M/s"),
         "{}",
         stderr(&out)
     );
@@ -124,5 +125,77 @@ fn bad_searches_are_refused_before_anything_runs() {
         let out = run(c, Duration::from_secs(30));
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
         assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    }
+}
+
+/// A suite's `[[capacity]]` entry runs under `wirebench run`: its steps and knee land in
+/// results.json, the report draws them, and its `min_rate` gates the command.
+#[test]
+fn a_suite_runs_its_capacity_entries_and_gates_on_min_rate() {
+    let dir = temp_dir("capacity-suite");
+    let suite = |min_rate: &str| {
+        format!(
+            r#"
+name = "cap"
+transports = ["inproc"]
+[conformance]
+enabled = false
+[floor]
+enabled = false
+[[capacity]]
+name = "knee"
+slo = ["p99 < 20ms"]
+start_rate = "500"
+max_rate = "4k"
+tolerance = "10%"
+every = "500ms"
+warmup = "200ms"
+schedule = "constant"
+max_in_flight = 8
+min_rate = "{min_rate}"
+load = {{ server_delay = "2ms", connections = 1 }}
+"#
+        )
+    };
+    for (min_rate, code) in [("100", 0), ("1M", 1)] {
+        let file = dir.join(format!("cap-{code}.toml"));
+        std::fs::write(&file, suite(min_rate)).expect("test setup");
+        let out_dir = dir.join(format!("out-{code}"));
+        let mut c = bin();
+        c.args(["run", "--suite"])
+            .arg(&file)
+            .arg("--out")
+            .arg(&out_dir);
+        let out = run(c, Duration::from_secs(300));
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "min_rate {min_rate}: {}\n{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        let v = json(&out_dir.join("results.json"));
+        let cap = &v["capacity"][0];
+        assert_eq!(
+            (cap["series"].as_str(), cap["transport"].as_str()),
+            (Some("knee"), Some("inproc"))
+        );
+        assert_eq!(cap["outcome"], "found", "{cap}");
+        assert!(
+            v["runs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["step"]["series"] == "knee")
+        );
+        if code == 1 {
+            assert!(
+                stderr(&out).contains("below the minimum 1M/s"),
+                "{}",
+                stderr(&out)
+            );
+        }
+        let html = std::fs::read_to_string(out_dir.join("report.html")).expect("report");
+        assert!(html.contains("Latency against throughput") && html.contains("knee"));
     }
 }

@@ -779,6 +779,9 @@ pub struct CapacityRecord {
     /// The SLO's first latency limit, which the report's chart plots and draws across.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slo_line: Option<SloLine>,
+    /// The knee the search must reach (`--min-rate`, `min_rate`): below it the command fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_rate_per_s: Option<f64>,
 }
 
 /// A latency limit of an SLO: which percentile, and its limit.

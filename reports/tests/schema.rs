@@ -165,13 +165,18 @@ fn full() -> Results {
             measured: "1.20 ms".into(),
             passed: false,
         }],
-        step: Some(StepInfo {
-            series: "p".into(),
-            knob: "rate".into(),
-            value: 100.0,
-            index: 0,
-        }),
+        step: None,
     });
+    // One step of a capacity search: a run of its own, with its place in the series.
+    let mut stepped = r.runs[0].clone();
+    stepped.point = "p@100/s".into();
+    stepped.step = Some(StepInfo {
+        series: "p".into(),
+        knob: "rate".into(),
+        value: 100.0,
+        index: 0,
+    });
+    r.runs.push(stepped);
     r.capacity.push(CapacityRecord {
         transport: "tcp".into(),
         series: "p".into(),
@@ -193,6 +198,7 @@ fn full() -> Results {
             quantile: "p99".into(),
             limit_ns: 2_000_000,
         }),
+        min_rate_per_s: Some(50.0),
     });
     let run0 = r.runs[0].clone();
     let phase =
@@ -351,6 +357,10 @@ fn html_report_is_self_contained() {
     assert!(md.contains("| p | tcp |"), "{md}");
     assert!(html.contains("Fault runs") && html.contains("tcp + policy"));
     assert!(md.contains("| reset | tcp + policy | fault |"), "{md}");
+    // The capacity search is drawn as a curve with its knee, not as a point of its own.
+    assert!(html.contains("Latency against throughput") && html.contains("knee"));
+    assert!(!md.contains("| p@100/s |"), "{md}");
+    assert!(md.contains("## Capacity"), "{md}");
 }
 
 /// The checked-in history schema accepts what `wirebench history` writes (with a spread, a

@@ -1,5 +1,6 @@
 //! wirebench scenarios: conformance cases, load profiles, fault plans and suites.
 
+pub mod capacity;
 pub mod conformance;
 pub mod faultplan;
 pub mod faultspec;

@@ -14,6 +14,7 @@ use thiserror::Error;
 use wirebench_core::Method;
 use wirebench_core::tls::TlsMode;
 
+use crate::capacity::{CapacityPoint, SearchSpec};
 use crate::faultplan::{FaultPlan, Phase, PolicyChoice, ProcessFault, ProcessTarget};
 use crate::load::{Length, LoadSpec, Mode, Schedule, Stall};
 use crate::steps::{Knob, Place, Steps, expand, is_range};
@@ -173,6 +174,8 @@ pub struct Suite {
     pub load: Vec<LoadPoint>,
     /// The fault plans (`[[fault]]`), in order.
     pub faults: Vec<FaultPlan>,
+    /// The capacity searches (`[[capacity]]`), in order.
+    pub capacity: Vec<CapacityPoint>,
     /// Every transport name the file writes (top level, points, plans), where it is written:
     /// the harness knows which names exist and reports an unknown one at its line.
     pub transport_names: Vec<NameAt>,
@@ -217,6 +220,30 @@ struct SuiteToml {
     load: Vec<toml::Spanned<PointToml>>,
     #[serde(default)]
     fault: Vec<toml::Spanned<FaultToml>>,
+    #[serde(default)]
+    capacity: Vec<toml::Spanned<CapacityToml>>,
+}
+
+/// A `[[capacity]]` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CapacityToml {
+    name: String,
+    transports: Option<Vec<toml::Spanned<String>>>,
+    #[serde(default)]
+    slo: Vec<toml::Spanned<String>>,
+    max_errors: Option<toml::Spanned<Unit>>,
+    start_rate: Option<toml::Spanned<Unit>>,
+    min_probe: Option<toml::Spanned<Unit>>,
+    max_rate: Option<toml::Spanned<Unit>>,
+    tolerance: Option<toml::Spanned<Unit>>,
+    repeats: Option<u32>,
+    every: Option<toml::Spanned<Unit>>,
+    warmup: Option<toml::Spanned<Unit>>,
+    schedule: Option<toml::Spanned<String>>,
+    max_in_flight: Option<u32>,
+    min_rate: Option<toml::Spanned<Unit>>,
+    load: Option<toml::Spanned<PointToml>>,
 }
 
 /// A `[[fault]]` entry as written.
@@ -445,10 +472,14 @@ impl Suite {
             }
             validity.max_client_busy = v;
         }
-        if raw.load.is_empty() && raw.fault.is_empty() && !raw.conformance.enabled {
+        if raw.load.is_empty()
+            && raw.fault.is_empty()
+            && raw.capacity.is_empty()
+            && !raw.conformance.enabled
+        {
             return Err(cx.err(
                 0..0,
-                "the suite does nothing: expected at least one [[load]] point, [[fault]] plan \
+                "the suite does nothing: expected at least one [[load]] point, [[capacity]] search, [[fault]] plan \
                  or conformance",
             ));
         }
@@ -493,11 +524,27 @@ impl Suite {
             }
             faults.push(plan);
         }
+        let mut capacity: Vec<CapacityPoint> = Vec::with_capacity(raw.capacity.len());
+        for c in &raw.capacity {
+            let point = resolve_capacity(&cx, c)?;
+            let taken = capacity.iter().any(|p| p.name == point.name)
+                || load
+                    .iter()
+                    .any(|l| l.step.as_ref().map_or(&l.spec.name, |s| &s.series) == &point.name);
+            if taken {
+                return Err(cx.err(
+                    c.span(),
+                    format!("capacity name {:?} is used twice", point.name),
+                ));
+            }
+            capacity.push(point);
+        }
         let mut transport_names = Vec::new();
         let lists = std::iter::once(&raw.transports)
             .chain(std::iter::once(&raw.defaults.transports))
             .chain(raw.load.iter().map(|p| &p.get_ref().transports))
-            .chain(raw.fault.iter().map(|f| &f.get_ref().transports));
+            .chain(raw.fault.iter().map(|f| &f.get_ref().transports))
+            .chain(raw.capacity.iter().map(|c| &c.get_ref().transports));
         for n in lists.flatten().flatten() {
             let (line, column) = line_col(text, n.span().start);
             transport_names.push(NameAt {
@@ -520,6 +567,7 @@ impl Suite {
             options: raw.options,
             load,
             faults,
+            capacity,
             transport_names,
         })
     }
@@ -536,6 +584,115 @@ impl Suite {
                 .map(FaultPlan::estimate)
                 .sum::<Duration>()
     }
+}
+
+/// A `[[capacity]]` entry: its load's shape (a `load` table without rate, concurrency or
+/// length: the search sets the rate, `every` each step's length), its SLO and its search.
+fn resolve_capacity(
+    cx: &Ctx<'_>,
+    c: &toml::Spanned<CapacityToml>,
+) -> Result<CapacityPoint, SuiteError> {
+    let span = c.span();
+    let c = c.get_ref();
+    let name = c.name.clone();
+    let at = |sp: Range<usize>, msg: String| cx.err(sp, format!("capacity {name:?}: {msg}"));
+    let default_load = toml::Spanned::new(span.clone(), PointToml::default());
+    let load = c.load.as_ref().unwrap_or(&default_load);
+    let lp = load.get_ref();
+    if lp.rate.is_some()
+        || lp.concurrency.is_some()
+        || lp.duration.is_some()
+        || lp.requests.is_some()
+        || lp.warmup.is_some()
+        || lp.step.is_some()
+        || lp.schedule.is_some()
+        || lp.max_in_flight.is_some()
+    {
+        return Err(at(
+            load.span(),
+            "its load is the shape of each call (method, payload, connections, ...): the \
+             search sets the rate, and every, warmup, schedule and max_in_flight belong to \
+             the [[capacity]] entry itself"
+                .into(),
+        ));
+    }
+    let (mut point, _) = resolve_point(cx, load, &PointToml::default(), 0)?;
+    let schedule = match &c.schedule {
+        None => Schedule::Poisson,
+        Some(s) => Schedule::parse(s.get_ref()).ok_or_else(|| {
+            at(
+                s.span(),
+                format!(
+                    "schedule {:?}: expected \"constant\" or \"poisson\"",
+                    s.get_ref()
+                ),
+            )
+        })?,
+    };
+    let rate = |v: &Option<toml::Spanned<Unit>>, what: &str, default: f64| match v {
+        Some(v) => cx.rate(v, what),
+        None => Ok(default),
+    };
+    let share = |v: &Option<toml::Spanned<Unit>>, what: &str, default: f64| match v {
+        None => Ok(default),
+        Some(v) => {
+            let text = v.get_ref().text();
+            text.trim()
+                .strip_suffix('%')
+                .and_then(|n| n.trim().parse::<f64>().ok())
+                .map(|n| n / 100.0)
+                .ok_or_else(|| {
+                    cx.err(
+                        v.span(),
+                        format!("{what}: {text:?} is not a percentage (5%)"),
+                    )
+                })
+        }
+    };
+    let defaults = SearchSpec::default();
+    let search = SearchSpec {
+        start: rate(&c.start_rate, "start_rate", defaults.start)?,
+        floor: rate(&c.min_probe, "min_probe", defaults.floor)?,
+        ceiling: rate(&c.max_rate, "max_rate", defaults.ceiling)?,
+        factor: defaults.factor,
+        tolerance: share(&c.tolerance, "tolerance", defaults.tolerance)?,
+        repeats: c.repeats.unwrap_or(defaults.repeats),
+    };
+    search.validate().map_err(|e| at(span.clone(), e))?;
+    let limits = if c.slo.is_empty() {
+        vec![Threshold::parse("p99 < 1ms").expect("a valid threshold")]
+    } else {
+        self::thresholds(cx, &c.slo, &format!("capacity {name:?}: slo"))?
+    };
+    let slo = crate::capacity::slo(&limits, share(&c.max_errors, "max_errors", 0.001)?)
+        .map_err(|e| at(span.clone(), e))?;
+    point.spec.name.clone_from(&name);
+    point.spec.length = Length::Duration(match &c.every {
+        Some(e) => cx.duration(e, "every")?,
+        None => Duration::from_secs(2),
+    });
+    point.spec.warmup = match &c.warmup {
+        Some(w) => cx.duration(w, "warmup")?,
+        None => Duration::from_millis(500),
+    };
+    crate::capacity::open_loop(
+        &mut point.spec,
+        schedule,
+        c.max_in_flight.unwrap_or(256),
+        search.start,
+    );
+    point.spec.validate().map_err(|e| at(span.clone(), e.0))?;
+    Ok(CapacityPoint {
+        name,
+        spec: point.spec,
+        slo,
+        search,
+        min_rate: match &c.min_rate {
+            Some(v) => Some(cx.rate(v, "min_rate")?),
+            None => None,
+        },
+        transports: names(&c.transports),
+    })
 }
 
 /// The per-call deadline of a fault plan when its load sets none: long enough for any
@@ -1029,6 +1186,49 @@ step = "x2"
             "name = \"x\"\n[[load]]\nname = \"r\"\nrate = \"1k..2k\"\nstep = \"1k\"\n[[load]]\nname = \"r\"\nrate = 5\n",
         );
         assert!(e.contains("used twice"), "{e}");
+    }
+
+    #[test]
+    fn capacity_entries_parse_with_defaults_and_refuse_what_is_not_theirs() {
+        let s = Suite::parse(
+            r#"
+name = "t"
+[[capacity]]
+name = "knee"
+slo = ["p99 < 2ms", "p99.9 < 10ms"]
+max_errors = "0.5%"
+tolerance = "10%"
+min_rate = "20k"
+load = { method = "bidi", payload = "1KiB", connections = 4 }
+"#,
+            "t.toml",
+        )
+        .unwrap();
+        let c = &s.capacity[0];
+        assert_eq!(c.name, "knee");
+        assert_eq!(c.slo_text(), "p99 < 2ms, p99.9 < 10ms, errors <= 0.5%");
+        assert_eq!((c.search.tolerance, c.min_rate), (0.1, Some(20_000.0)));
+        assert_eq!((c.spec.method, c.spec.payload), (Method::Bidi, 1024));
+        assert!(matches!(
+            c.spec.mode,
+            Mode::Open {
+                max_in_flight: 256,
+                ..
+            }
+        ));
+        assert_eq!(c.spec.length, Length::Duration(Duration::from_secs(2)));
+        assert_eq!(c.step(5000.0).name, "knee@5k/s");
+        let e = err("name = \"x\"\n[[capacity]]\nname = \"k\"\nload = { rate = 5 }\n");
+        assert!(
+            e.contains("bad.toml:4") && e.contains("the search sets the rate"),
+            "{e}"
+        );
+        let e = err("name = \"x\"\n[[capacity]]\nname = \"k\"\nslo = [\"throughput > 5\"]\n");
+        assert!(e.contains("limits latency"), "{e}");
+        let e = err("name = \"x\"\n[[capacity]]\nname = \"k\"\ntolerance = \"0.1%\"\n");
+        assert!(e.contains("between 1% and 50%"), "{e}");
+        let e = err("name = \"x\"\n[[capacity]]\nname = \"k\"\nmax_rate = \"5\"\n");
+        assert!(e.contains("start_rate (1k/s) <= max_rate (5/s)"), "{e}");
     }
 
     #[test]

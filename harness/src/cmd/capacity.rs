@@ -12,22 +12,18 @@ use std::time::Duration;
 use anyhow::Result;
 use wirebench_core::tls::TlsMode;
 use wirebench_core::{Method, Transport};
-use wirebench_reports::results::{Results, RunFailure, RunRecord, SloLine, StepInfo, SuiteRecord};
-use wirebench_scenarios::load::{Length, LoadSpec, Mode, Schedule};
-use wirebench_scenarios::threshold::{Measure, Op, Threshold};
+use wirebench_reports::results::{Results, SuiteRecord};
+use wirebench_scenarios::capacity::CapacityPoint;
+use wirebench_scenarios::load::{Length, LoadSpec, Schedule};
+use wirebench_scenarios::threshold::Threshold;
 use wirebench_scenarios::units::{parse_duration, parse_rate, parse_size};
-use wirebench_transports::AnyTransport;
 
 use crate::brokers::BrokerArgs;
-use crate::capacity::{Probe, SearchSpec, Verdict, rate_text, search};
+use crate::capacity::{self, SearchSpec, Verdict, rate_text};
 use crate::cmd::args::PlacementArgs;
 use crate::cmd::load::{Choice, chosen, run_context};
 use crate::environment;
 use crate::exit::{FAILED, HARNESS, INTERRUPTED, bad_input};
-use crate::runner::{PlacedServer, RunContext, run_on};
-
-/// A step whose SLO measure lies within this share of the limit is run again.
-const NEAR: f64 = 0.1;
 
 /// Arguments of `wirebench capacity`.
 #[derive(Debug, clap::Args)]
@@ -132,11 +128,6 @@ pub struct Args {
     pub out: Option<PathBuf>,
 }
 
-fn parse_share(s: &str) -> Result<f64, String> {
-    let t = Threshold::parse(&format!("errors < {s}")).map_err(|e| e.why)?;
-    Ok(t.limit)
-}
-
 fn parse_tolerance(s: &str) -> Result<f64, String> {
     let v = parse_share(s)?;
     if (0.01..=0.5).contains(&v) {
@@ -157,16 +148,28 @@ impl Args {
         }
     }
 
-    /// The step at `rate`.
-    fn spec(&self, rate: f64) -> LoadSpec {
-        LoadSpec {
-            name: String::new(),
+    /// The search the flags describe.
+    fn point(&self) -> Result<CapacityPoint> {
+        let search = SearchSpec {
+            start: self.start_rate,
+            floor: self.min_probe,
+            ceiling: self.max_rate,
+            factor: 2.0,
+            tolerance: self.tolerance,
+            repeats: self.repeats,
+        };
+        search.validate().map_err(|e| {
+            bad_input(
+                e.replace("min_probe", "--min-probe")
+                    .replace("start_rate", "--start-rate")
+                    .replace("max_rate", "--max-rate"),
+            )
+        })?;
+        let slo = wirebench_scenarios::capacity::slo(&self.slo, self.max_errors)
+            .map_err(|e| bad_input(format!("--slo: {e}")))?;
+        let mut spec = LoadSpec {
+            name: SERIES.into(),
             method: self.method,
-            mode: Mode::Open {
-                rate,
-                schedule: self.schedule,
-                max_in_flight: self.max_in_flight,
-            },
             connections: self.connections,
             workers: self.workers,
             payload: self.payload,
@@ -179,70 +182,40 @@ impl Args {
             stall: None,
             server_delay: self.server_delay,
             tls: self.tls,
-        }
-    }
-
-    /// The SLO: the latency limits given and the error share.
-    fn slo(&self) -> Result<Vec<Threshold>> {
-        let mut slo = self.slo.clone();
-        for t in &slo {
-            if !matches!(t.measure, Measure::Latency(_)) {
-                return Err(bad_input(format!(
-                    "--slo {:?}: the SLO limits latency (p50 … p99.99, max); errors have \
-                     --max-errors, and throughput is what the search finds",
-                    t.text
-                )));
-            }
-        }
-        slo.push(Threshold {
-            measure: Measure::Errors,
-            op: Op::LessOrEqual,
-            limit: self.max_errors,
-            text: format!("errors <= {}%", trim_float(self.max_errors * 100.0)),
-        });
-        Ok(slo)
-    }
-
-    fn search(&self) -> Result<SearchSpec> {
-        if !(self.min_probe > 0.0 && self.min_probe <= self.start_rate)
-            || self.start_rate > self.max_rate
-        {
-            return Err(bad_input(format!(
-                "the rates must satisfy 0 < --min-probe ({}) <= --start-rate ({}) <= \
-                 --max-rate ({})",
-                rate_text(self.min_probe),
-                rate_text(self.start_rate),
-                rate_text(self.max_rate)
-            )));
-        }
-        Ok(SearchSpec {
-            start: self.start_rate,
-            floor: self.min_probe,
-            ceiling: self.max_rate,
-            factor: 2.0,
-            tolerance: self.tolerance,
-            repeats: self.repeats,
+            ..LoadSpec::default()
+        };
+        wirebench_scenarios::capacity::open_loop(
+            &mut spec,
+            self.schedule,
+            self.max_in_flight,
+            self.start_rate,
+        );
+        Ok(CapacityPoint {
+            name: SERIES.into(),
+            spec,
+            slo,
+            search,
+            min_rate: self.min_rate,
+            transports: None,
         })
     }
 }
 
-/// `0.1` for 0.1000000000000001: a share as people wrote it.
-fn trim_float(v: f64) -> String {
-    let s = format!("{v:.6}");
-    s.trim_end_matches('0').trim_end_matches('.').to_owned()
+/// A percentage (`0.1%`) as a share (0.001).
+fn parse_share(s: &str) -> Result<f64, String> {
+    let t = Threshold::parse(&format!("errors < {s}")).map_err(|e| e.why)?;
+    Ok(t.limit)
 }
 
-/// The series name of a capacity search's steps.
+/// The series name of the command's search.
 const SERIES: &str = "capacity";
 
 /// Runs `wirebench capacity`.
 pub fn run(args: Args) -> Result<ExitCode> {
-    let slo = args.slo()?;
-    let search_spec = args.search()?;
-    let transports = chosen(&args.choice(), &args.spec(args.start_rate))?;
+    let point = args.point()?;
+    let transports = chosen(&args.choice(), &point.spec)?;
     let dir = super::run::prepare_out(args.out.clone())?;
     let ctx = run_context(&args.choice(), args.max_lag, &transports, None)?;
-    let names: Vec<String> = transports.iter().map(|t| t.name().to_owned()).collect();
     let mut results = Results::new(
         format!("wirebench {}", env!("CARGO_PKG_VERSION")),
         environment::now_rfc3339(),
@@ -251,7 +224,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             name: "capacity".into(),
             description: format!(
                 "capacity under {} ({} {}B, {} connections, steps of {} after {} warm-up)",
-                slo_text(&slo),
+                point.slo_text(),
                 args.method.name(),
                 args.payload,
                 args.connections,
@@ -262,12 +235,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
             toml: String::new(),
         },
     );
-    results.transports = names;
+    results.transports = transports.iter().map(|t| t.name().to_owned()).collect();
     let path = dir.join("results.json");
     let interrupted = || ctx.interrupted.load(Ordering::SeqCst);
     println!(
         "capacity under {} — {} transport(s), writing {}",
-        slo_text(&slo),
+        point.slo_text(),
         transports.len(),
         dir.display()
     );
@@ -275,9 +248,26 @@ pub fn run(args: Args) -> Result<ExitCode> {
         if interrupted() {
             break;
         }
-        let record = search_one(&args, *t, &slo, &search_spec, &ctx, &mut results, &path);
-        println!("{:<6} {}", t.name(), record.verdict);
-        results.capacity.push(record);
+        let name = t.name();
+        // Every step is saved as it finishes: an interruption keeps what ran.
+        let searched = capacity::search_transport(&point, *t, &ctx, |run, probe| {
+            println!(
+                "  {name:<6} {:>10}  {:<8}  {}",
+                rate_text(run.step.as_ref().map_or(0.0, |s| s.value)),
+                match probe.verdict {
+                    Verdict::Met => "met",
+                    Verdict::Missed => "missed",
+                    Verdict::Unjudged => "UNJUDGED",
+                },
+                probe.why
+            );
+            results.runs.push(run.clone());
+            results.save(&path)?;
+            Ok(())
+        });
+        println!("{name:<6} {}", searched.record.verdict);
+        results.capacity.push(searched.record);
+        results.errors.extend(searched.failure);
         results.save(&path)?;
     }
     results.interrupted = interrupted();
@@ -289,181 +279,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     println!("results: {}", path.display());
     println!("report:  {}", rendered.html.display());
     println!("summary: {}", rendered.summary.display());
-    Ok(exit_code(&results, args.min_rate))
-}
-
-/// The SLO in one line.
-fn slo_text(slo: &[Threshold]) -> String {
-    slo.iter()
-        .map(|t| t.text.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Searches one transport, adding its steps (and a failure, if one could not run) to
-/// `results`, saved after every step so an interruption keeps what ran.
-fn search_one(
-    args: &Args,
-    transport: AnyTransport,
-    slo: &[Threshold],
-    spec: &SearchSpec,
-    ctx: &RunContext,
-    results: &mut Results,
-    path: &std::path::Path,
-) -> wirebench_reports::results::CapacityRecord {
-    let name = transport.name();
-    let texts: Vec<String> = slo.iter().map(|t| t.text.clone()).collect();
-    let server = match PlacedServer::start(transport, args.tls, ctx) {
-        Ok(s) => s,
-        Err(e) => return failed(results, name, &texts, spec, &e),
-    };
-    let mut failure: Option<anyhow::Error> = None;
-    let mut index = 0u32;
-    let mut record = search(spec, name, SERIES, &texts, |rate, attempt| {
-        if ctx.interrupted.load(Ordering::SeqCst) {
-            return None;
-        }
-        let mut step = args.spec(rate);
-        step.name = match attempt {
-            0 => format!("{SERIES}@{}", rate_text(rate)),
-            n => format!("{SERIES}@{}#{}", rate_text(rate), n + 1),
-        };
-        // A different seed per attempt: a repeat is a new draw of the schedule.
-        step.seed = args.seed.wrapping_add(u64::from(attempt));
-        let mut run = match run_on(&server, &step, ctx) {
-            Ok(r) => r,
-            Err(e) => {
-                failure = Some(e);
-                return None;
-            }
-        };
-        run.step = Some(StepInfo {
-            series: SERIES.into(),
-            knob: "rate".into(),
-            value: rate,
-            index,
-        });
-        index += 1;
-        run.thresholds = crate::thresholds::check(slo, &run.summary);
-        let probe = judge(&run, slo);
-        println!(
-            "  {name:<6} {:>10}  {:<8}  {}",
-            rate_text(rate),
-            match probe.verdict {
-                Verdict::Met => "met",
-                Verdict::Missed => "missed",
-                Verdict::Unjudged => "UNJUDGED",
-            },
-            probe.why
-        );
-        results.runs.push(run);
-        if let Err(e) = results.save(path) {
-            failure = Some(e.into());
-            return None;
-        }
-        Some(probe)
-    });
-    record.slo_line = slo.iter().find_map(|t| match t.measure {
-        Measure::Latency(q) => Some(SloLine {
-            quantile: q.name().to_owned(),
-            limit_ns: t.limit as u64,
-        }),
-        _ => None,
-    });
-    if let Some(e) = failure {
-        record.outcome = "failed".into();
-        record.verdict = format!("a step could not run: {e:#}");
-        results.errors.push(RunFailure {
-            transport: name.to_owned(),
-            point: SERIES.into(),
-            error: format!("{e:#}"),
-        });
-    }
-    record
-}
-
-/// The record of a transport whose server could not start.
-fn failed(
-    results: &mut Results,
-    name: &str,
-    slo: &[String],
-    spec: &SearchSpec,
-    e: &anyhow::Error,
-) -> wirebench_reports::results::CapacityRecord {
-    results.errors.push(RunFailure {
-        transport: name.to_owned(),
-        point: SERIES.into(),
-        error: format!("{e:#}"),
-    });
-    wirebench_reports::results::CapacityRecord {
-        transport: name.to_owned(),
-        series: SERIES.into(),
-        slo: slo.to_vec(),
-        outcome: "failed".into(),
-        tolerance: spec.tolerance,
-        verdict: format!("the server could not start: {e:#}"),
-        ..Default::default()
-    }
-}
-
-/// A step's verdict: unjudged when the run is invalid (the tool's or the host's fault), missed
-/// when the rate was not sustained or an SLO limit broke, else met.
-pub fn judge(run: &RunRecord, slo: &[Threshold]) -> Probe {
-    let v = &run.validity;
-    let point = run.point.clone();
-    if !v.reasons.is_empty() {
-        return Probe {
-            point,
-            verdict: Verdict::Unjudged,
-            why: v.reasons.join("; "),
-            near: false,
-        };
-    }
-    let outcomes: Vec<String> = run
-        .thresholds
-        .iter()
-        .map(|o| format!("{}: {}", o.threshold, o.measured))
-        .collect();
-    let near = slo.iter().any(|t| {
-        crate::thresholds::measured(t.measure, &run.summary)
-            .is_some_and(|m| t.limit > 0.0 && (m - t.limit).abs() / t.limit < NEAR)
-    });
-    if let Some(u) = &v.unsustained {
-        return Probe {
-            point,
-            verdict: Verdict::Missed,
-            why: format!("not sustained: {u}"),
-            near: false,
-        };
-    }
-    let broke: Vec<&String> = run
-        .thresholds
-        .iter()
-        .zip(&outcomes)
-        .filter(|(o, _)| !o.passed)
-        .map(|(_, text)| text)
-        .collect();
-    Probe {
-        point,
-        verdict: if broke.is_empty() {
-            Verdict::Met
-        } else {
-            Verdict::Missed
-        },
-        why: if broke.is_empty() {
-            outcomes.join(", ")
-        } else {
-            format!(
-                "broke {}",
-                broke
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        },
-        near,
-    }
+    Ok(exit_code(&results))
 }
 
 /// The knees side by side.
@@ -486,7 +302,7 @@ fn knee_table(results: &Results) -> String {
 }
 
 /// 130 interrupted, 3 a step failed or a knee was not decided, 1 a knee below `min_rate`.
-fn exit_code(results: &Results, min_rate: Option<f64>) -> ExitCode {
+fn exit_code(results: &Results) -> ExitCode {
     if results.interrupted {
         return ExitCode::from(INTERRUPTED);
     }
@@ -508,27 +324,16 @@ fn exit_code(results: &Results, min_rate: Option<f64>) -> ExitCode {
         );
         return ExitCode::from(HARNESS);
     }
-    if let Some(min) = min_rate {
-        let below: Vec<String> = results
-            .capacity
-            .iter()
-            .filter(|c| c.knee_per_s.is_none_or(|k| k < min))
-            .map(|c| {
-                format!(
-                    "{} ({})",
-                    c.transport,
-                    c.knee_per_s.map_or("no rate met the SLO".into(), rate_text)
-                )
-            })
-            .collect();
-        if !below.is_empty() {
-            eprintln!(
-                "capacity below --min-rate {}: {}",
-                rate_text(min),
-                below.join(", ")
-            );
-            return ExitCode::from(FAILED);
+    let below: Vec<String> = results
+        .capacity
+        .iter()
+        .filter_map(capacity::below_min)
+        .collect();
+    if !below.is_empty() {
+        for b in below {
+            eprintln!("capacity below --min-rate: {b}");
         }
+        return ExitCode::from(FAILED);
     }
     ExitCode::SUCCESS
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Result;
 use wirebench_reports::conformance::{CaseOutcome, Verdict};
 use wirebench_reports::results::{
-    FaultRunRecord, FloorRecord, RunFailure, RunRecord, Skipped, Validity,
+    CapacityRecord, FaultRunRecord, FloorRecord, RunFailure, RunRecord, Skipped, Validity,
 };
 
 use crate::load::live::{IntervalFigures, LiveSink};
@@ -81,6 +81,13 @@ pub enum StepResult {
         /// The repeat's record.
         record: Box<RunRecord>,
     },
+    /// A capacity search ran on one transport: its knee and every step's run.
+    Capacity {
+        /// The knee and the steps' verdicts.
+        record: Box<CapacityRecord>,
+        /// Every step's run.
+        runs: Vec<RunRecord>,
+    },
     /// A fault plan ran.
     Fault(Box<FaultRunRecord>),
     /// Not run here, and why (recorded, not a failure).
@@ -148,6 +155,9 @@ impl StepResult {
                     recovered.map_or("—".into(), |ms| format!("after {ms:.0} ms")),
                     invalid(&r.validity)
                 )
+            }
+            StepResult::Capacity { record, runs } => {
+                format!("{label}: {} ({} steps)", record.verdict, runs.len())
             }
             StepResult::Skipped(s) => format!("{label}: skipped ({})", s.reason),
             StepResult::Failed(f) => format!("{label}: FAILED: {}", f.error),

@@ -148,6 +148,19 @@ impl Executor<'_> {
                     failure
                 }
             },
+            Step::Capacity { transport, point } => {
+                let searched =
+                    crate::capacity::search_transport(point, *transport, self.ctx, |_, _| Ok(()));
+                match searched.failure {
+                    // No step ran: a failure like any step's.
+                    Some(f) if searched.runs.is_empty() => StepResult::Failed(f),
+                    // What ran is kept; the failure is in the record's verdict.
+                    _ => StepResult::Capacity {
+                        record: Box::new(searched.record),
+                        runs: searched.runs,
+                    },
+                }
+            }
             Step::Fault {
                 transport,
                 plan,

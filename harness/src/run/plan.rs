@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use wirebench_core::Transport;
+use wirebench_scenarios::capacity::CapacityPoint;
 use wirebench_scenarios::faultplan::{FaultPlan, PolicyChoice};
 use wirebench_scenarios::load::LoadSpec;
 use wirebench_scenarios::steps::Place;
@@ -58,6 +59,13 @@ pub enum Step {
         point: String,
         /// Why not.
         reason: String,
+    },
+    /// One capacity search against one transport (its steps run on one server).
+    Capacity {
+        /// The transport.
+        transport: AnyTransport,
+        /// The search.
+        point: Box<CapacityPoint>,
     },
     /// One fault plan against one transport, without or with its policy.
     Fault {
@@ -130,6 +138,7 @@ impl Plan {
             }
         }
         let points = load_steps(suite, transports, sel, &mut steps);
+        capacity_steps(suite, transports, &mut steps);
         if !sel.no_faults {
             fault_steps(suite, transports, &mut steps);
         }
@@ -208,6 +217,40 @@ fn load_steps(
         }
     }
     points.len()
+}
+
+/// The capacity searches' steps: each against each of its transports that can run its load.
+fn capacity_steps(suite: &Suite, transports: &[AnyTransport], steps: &mut Vec<PlannedStep>) {
+    for c in &suite.capacity {
+        for t in transports {
+            if c.transports
+                .as_ref()
+                .is_some_and(|l| !l.iter().any(|n| n == t.name()))
+            {
+                continue;
+            }
+            if let Some((cap, reason)) = t.capabilities().first_missing(&c.spec.needs()) {
+                steps.push(PlannedStep {
+                    label: format!("{} {}", t.name(), c.name),
+                    estimate: Duration::ZERO,
+                    step: Step::Unsupported {
+                        transport: *t,
+                        point: c.name.clone(),
+                        reason: format!("{} does not support {}: {reason}", t.name(), cap.name()),
+                    },
+                });
+                continue;
+            }
+            steps.push(PlannedStep {
+                label: format!("{} {} (capacity under {})", t.name(), c.name, c.slo_text()),
+                estimate: c.estimate(),
+                step: Step::Capacity {
+                    transport: *t,
+                    point: Box::new(c.clone()),
+                },
+            });
+        }
+    }
 }
 
 /// The fault plans' steps: each plan against each of its transports, without and/or with

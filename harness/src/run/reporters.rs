@@ -234,6 +234,8 @@ struct SinkState {
     first_slot: usize,
     /// Each plan point's repeats so far.
     repeats: Vec<Vec<RunRecord>>,
+    /// The capacity searches' step runs, kept after the folded load records.
+    steps: Vec<RunRecord>,
     rendered: Option<Rendered>,
 }
 
@@ -254,6 +256,7 @@ impl ResultsSink {
             dir: dir.to_owned(),
             state: Mutex::new(SinkState {
                 first_slot: results.runs.len(),
+                steps: Vec::new(),
                 results,
                 repeats: vec![Vec::new(); points],
                 rendered: None,
@@ -302,6 +305,12 @@ impl ResultsSink {
                     )
                 })
             })
+            .chain(
+                s.results
+                    .capacity
+                    .iter()
+                    .filter_map(crate::capacity::below_min),
+            )
             .collect()
     }
 
@@ -322,6 +331,12 @@ impl ResultsSink {
                         .iter()
                         .filter_map(|d| RunRecord::from_repeats(d.clone())),
                 );
+                r.runs.extend(s.steps.iter().cloned());
+            }
+            StepResult::Capacity { record, runs } => {
+                s.steps.extend(runs.iter().cloned());
+                r.runs.extend(runs.iter().cloned());
+                r.capacity.push((**record).clone());
             }
             StepResult::Fault(f) => r.fault_runs.push((**f).clone()),
             StepResult::Skipped(k) => r.skipped.push(k.clone()),
