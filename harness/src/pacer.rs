@@ -29,6 +29,8 @@ impl AsRawFd for Fd {
 /// A one-shot timer of the current worker's runtime.
 pub struct Pacer {
     fd: AsyncFd<Fd>,
+    /// Never arm the timer: yield to the runtime until each due time (`Pacing::Spin`).
+    spin: bool,
 }
 
 impl std::fmt::Debug for Pacer {
@@ -54,7 +56,16 @@ impl Pacer {
         // `unsafe`, so the safe, deprecated constructor is used knowingly.
         #[allow(deprecated)]
         let fd = AsyncFd::new(Fd(fd))?;
-        Ok(Pacer { fd })
+        Ok(Pacer { fd, spin: false })
+    }
+
+    /// A pacer that never sleeps: it yields to the runtime (which keeps polling I/O) until
+    /// each due time. The host's timer wake-up latency leaves the lag, and the thread stays
+    /// on its CPU the whole time.
+    pub fn spinning() -> std::io::Result<Pacer> {
+        let mut p = Pacer::new()?;
+        p.spin = true;
+        Ok(p)
     }
 
     /// Returns at `at` or just after it.
@@ -65,7 +76,7 @@ impl Pacer {
                 return Ok(());
             }
             let left = at - now;
-            if left <= SPIN_WINDOW {
+            if self.spin || left <= SPIN_WINDOW {
                 tokio::task::yield_now().await;
                 continue;
             }
@@ -112,6 +123,10 @@ mod tests {
                     .unwrap();
                 assert!(Instant::now() >= at);
             }
+            let p = Pacer::spinning().unwrap();
+            let at = Instant::now() + Duration::from_micros(300);
+            p.sleep_until(at).await.unwrap();
+            assert!(Instant::now() >= at);
         });
     }
 }

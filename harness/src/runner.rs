@@ -19,7 +19,7 @@ use wirebench_reports::results::{
     IntervalRecord, OfferedLoad, ProcessUsage, RunHistograms, RunParams, RunRecord, RunSummary,
     ServerInfo, Validity, WireTotals,
 };
-use wirebench_scenarios::load::{Length, LoadSpec, Mode};
+use wirebench_scenarios::load::{Length, LoadSpec, Mode, Pacing};
 use wirebench_scenarios::suite::ValiditySpec;
 use wirebench_tls::{TlsMaterial, TlsMode};
 use wirebench_transports::AnyTransport;
@@ -403,6 +403,7 @@ pub fn params(spec: &LoadSpec, pin: Pin, transport: &str, ctx: &RunContext) -> R
             .cloned()
             .unwrap_or_default(),
         tls: spec.tls.name().into(),
+        pacing: rate.map(|_| spec.pacing.name().to_owned()),
     }
 }
 
@@ -805,9 +806,17 @@ pub fn judge(
             ));
         }
         (Some(lag), None) => reasons.push(format!(
-            "generator lag p99 {} exceeds {}: the load generator fell behind its schedule",
+            "generator lag p99 {} exceeds {}: the load generator fell behind its schedule{}",
             us(lag.p99_ns),
-            us(ctx.validity.max_lag_p99.as_nanos() as u64)
+            us(ctx.validity.max_lag_p99.as_nanos() as u64),
+            match spec.pacing {
+                // Sleeping between requests leaves the host's timer wake-ups in the lag.
+                Pacing::Sleep =>
+                    " (if its CPU was not saturated, the host's timer wake-ups \
+                                  were late: --pacing spin never sleeps and keeps the \
+                                  schedule to microseconds, for a whole CPU per worker)",
+                Pacing::Spin => "",
+            }
         )),
         (None, Some(why)) => notes.push(format!(
             "{why}; the schedule held, but latencies may include that interference"

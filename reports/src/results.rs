@@ -484,6 +484,9 @@ pub struct RunParams {
     /// TLS between client and server: `none`, `tls` or `mtls` (files without it: `none`).
     #[serde(default = "plaintext")]
     pub tls: String,
+    /// Open loop: how the generator waited for due times, `sleep` or `spin` (additive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pacing: Option<String>,
 }
 
 fn plaintext() -> String {

@@ -16,7 +16,7 @@ use wirebench_core::tls::TlsMode;
 
 use crate::capacity::{CapacityPoint, SearchSpec};
 use crate::faultplan::{FaultPlan, Phase, PolicyChoice, ProcessFault, ProcessTarget};
-use crate::load::{Length, LoadSpec, Mode, Schedule, Stall};
+use crate::load::{Length, LoadSpec, Mode, Pacing, Schedule, Stall};
 use crate::steps::{Knob, Place, Steps, expand, is_range};
 use crate::threshold::Threshold;
 use crate::units::{parse_duration, parse_rate, parse_size};
@@ -355,6 +355,7 @@ struct PointToml {
     stall_for: Option<toml::Spanned<Unit>>,
     server_delay: Option<toml::Spanned<Unit>>,
     tls: Option<toml::Spanned<String>>,
+    pacing: Option<toml::Spanned<String>>,
     thresholds: Option<Vec<toml::Spanned<String>>>,
 }
 
@@ -1032,6 +1033,18 @@ fn resolve_point(
                 .map_err(|e: wirebench_core::tls::UnknownTlsMode| {
                     cx.err(t.span(), format!("load point {name:?}: tls: {e}"))
                 })?,
+        },
+        pacing: match pick!(p, d, pacing) {
+            None => Pacing::Sleep,
+            Some(v) => Pacing::parse(v.get_ref()).ok_or_else(|| {
+                cx.err(
+                    v.span(),
+                    format!(
+                        "load point {name:?}: pacing {:?}: expected \"sleep\" or \"spin\"",
+                        v.get_ref()
+                    ),
+                )
+            })?,
         },
     };
     spec.validate().map_err(|e| at(e.0))?;

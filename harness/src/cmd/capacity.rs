@@ -14,7 +14,7 @@ use wirebench_core::tls::TlsMode;
 use wirebench_core::{Method, Transport};
 use wirebench_reports::results::{Results, SuiteRecord};
 use wirebench_scenarios::capacity::CapacityPoint;
-use wirebench_scenarios::load::{Length, LoadSpec, Schedule};
+use wirebench_scenarios::load::{Length, LoadSpec, Pacing, Schedule};
 use wirebench_scenarios::threshold::Threshold;
 use wirebench_scenarios::units::{parse_duration, parse_rate, parse_size};
 
@@ -96,6 +96,9 @@ pub struct Args {
     /// How starts are spaced, constant or poisson.
     #[arg(long, default_value = "poisson", value_parser = super::load::schedule)]
     pub schedule: Schedule,
+    /// How to wait for each due time: sleep or spin (see `wirebench load --help`).
+    #[arg(long, default_value = "sleep", value_parser = super::load::pacing)]
+    pub pacing: Pacing,
     /// Calls in flight at most; a due request waits for a free caller and the wait counts.
     #[arg(long, default_value_t = 256, value_parser = super::load::positive)]
     pub max_in_flight: u32,
@@ -182,6 +185,7 @@ impl Args {
             stall: None,
             server_delay: self.server_delay,
             tls: self.tls,
+            pacing: self.pacing,
             ..LoadSpec::default()
         };
         wirebench_scenarios::capacity::open_loop(

@@ -22,7 +22,7 @@ use wirebench_core::{
     Transport, TransportError, WireBytes, pattern,
 };
 use wirebench_policy::{self, TransportConnector};
-use wirebench_scenarios::load::{LoadSpec, Mode, Schedule};
+use wirebench_scenarios::load::{LoadSpec, Mode, Pacing, Schedule};
 use wirebench_transports::AnyTransport;
 use wirebench_transports::registry::AnyConnection;
 
@@ -631,7 +631,10 @@ async fn dispatcher<C: Connection>(
     pool: Rc<Pool>,
     drain: Duration,
 ) -> std::io::Result<()> {
-    let pacer = Pacer::new()?;
+    let pacer = match sh.spec.pacing {
+        Pacing::Sleep => Pacer::new()?,
+        Pacing::Spin => Pacer::spinning()?,
+    };
     pool.advance(&sh);
     loop {
         let Some(intended) = pool.pending(&sh, Instant::now()) else {
