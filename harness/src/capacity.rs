@@ -425,7 +425,10 @@ mod tests {
     #[test]
     fn brackets_the_knee_within_the_tolerance() {
         for knee in [37.0, 850.0, 4321.0, 77_000.0, 2.5e6] {
-            let spec = SearchSpec::default();
+            let spec = SearchSpec {
+                ceiling: 1e7,
+                ..SearchSpec::default()
+            };
             let r = search(
                 &spec,
                 "t",

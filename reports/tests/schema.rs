@@ -94,6 +94,7 @@ fn full() -> Results {
             client_options: BTreeMap::from([("k".into(), "v".into())]),
             server_options: BTreeMap::new(),
             tls: "mtls".into(),
+            pacing: Some("spin".into()),
         },
         server: ServerInfo {
             placement: "child".into(),
