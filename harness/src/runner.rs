@@ -574,7 +574,78 @@ pub fn run_on(server: &PlacedServer, spec: &LoadSpec, ctx: &RunContext) -> Resul
         gate: None,
         thresholds: Vec::new(),
         step: None,
+        stages: match (&spec.ramp, &spec.mode) {
+            (Some(ramp), Mode::Open { rate, .. }) => {
+                stage_records(ramp, *rate, &m.phases, ctx.validity.max_lag_p99)
+            }
+            _ => Vec::new(),
+        },
     })
+}
+
+/// Each stage of a ramp summarised on its own, from the recorder's phases (one per stage):
+/// what was due, sent, completed, its latency and lag, and its verdict — INVALID when the
+/// generator's lag p99 was over `max_lag`, UNSUSTAINED when fewer than
+/// [`SUSTAINED_SHARE`] of its due requests completed.
+fn stage_records(
+    ramp: &wirebench_scenarios::load::Ramp,
+    rate: f64,
+    phases: &[load::recorder::PhaseRecord],
+    max_lag: Duration,
+) -> Vec<wirebench_reports::results::StageRecord> {
+    ramp.segments(rate)
+        .iter()
+        .zip(phases)
+        .enumerate()
+        .map(|(i, (seg, p))| {
+            let completed: u64 = p.status.iter().sum();
+            let errors = completed - p.status[Code::Ok.as_u32() as usize];
+            let due = p.sent + p.unsent;
+            let secs = seg.length.as_secs_f64();
+            let lag = summarize(&p.lag);
+            let (verdict, why) = if lag.count > 0 && lag.p99_ns > max_lag.as_nanos() as u64 {
+                (
+                    "INVALID",
+                    format!(
+                        "generator lag p99 {} over {}",
+                        us(lag.p99_ns),
+                        us(max_lag.as_nanos() as u64)
+                    ),
+                )
+            } else if (completed as f64) < SUSTAINED_SHARE * due as f64 {
+                (
+                    "UNSUSTAINED",
+                    format!(
+                        "{completed} of {due} due requests completed ({} never sent)",
+                        p.unsent
+                    ),
+                )
+            } else {
+                ("valid", String::new())
+            };
+            wirebench_reports::results::StageRecord {
+                index: i as u32,
+                start_s: seg.start.as_secs_f64(),
+                duration_s: secs,
+                rate_from: seg.from,
+                rate_to: seg.to,
+                due,
+                sent: p.sent,
+                unsent: p.unsent,
+                completed,
+                errors,
+                achieved_per_s: if secs > 0.0 {
+                    completed as f64 / secs
+                } else {
+                    0.0
+                },
+                latency: summarize(&p.latency),
+                generator_lag: lag,
+                verdict: verdict.into(),
+                why,
+            }
+        })
+        .collect()
 }
 
 /// The saved series of a run whose intervals are `length` long.
@@ -630,6 +701,14 @@ fn offered_load(
         let _ = all.add(w);
         summarize(&all)
     });
+    // A ramp offers its stages' mean rate.
+    let rate = match &spec.ramp {
+        Some(r) => {
+            let segs = r.segments(rate);
+            segs.iter().map(|s| s.due()).sum::<f64>() / r.total().as_secs_f64().max(1e-9)
+        }
+        None => rate,
+    };
     Some(OfferedLoad {
         rate_per_s: rate,
         due: m.sent + m.unsent,

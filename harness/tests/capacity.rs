@@ -2,7 +2,8 @@
 //! server and at most 8 calls are in flight, so it carries 8 / (2 ms + the timer's rounding)
 //! calls a second and no more. A closed loop of 8 measures that rate first (the timer's
 //! rounding is the machine's); the search must then find it within its tolerance, and
-//! `--min-rate` above it must fail the command.
+//! `--min-rate` above it must fail the command. A ramp's stages are judged one by one against
+//! the same kind of server.
 
 mod common;
 
@@ -198,4 +199,44 @@ load = {{ server_delay = "2ms", connections = 1 }}
         let html = std::fs::read_to_string(out_dir.join("report.html")).expect("report");
         assert!(html.contains("Latency against throughput") && html.contains("knee"));
     }
+}
+
+/// A ramp of stages is one run whose stages are judged on their own: 400/s is within what a
+/// server of 4 calls in flight and 2 ms a call carries (about 1.6k/s), 8k/s is far beyond it.
+#[test]
+fn each_stage_of_a_ramp_has_its_own_verdict() {
+    let dir = temp_dir("ramp-stages");
+    let path = dir.join("ramp.json");
+    let mut c = bin();
+    c.args(["load", "--transport", "inproc", "--stages", "400:1s,8k:1s"])
+        .args(["--ramp", "step", "--schedule", "constant"])
+        .args([
+            "--server-delay",
+            "2ms",
+            "--max-in-flight",
+            "4",
+            "--warmup",
+            "200ms",
+        ])
+        .args(["--quiet", "--json"])
+        .arg(&path);
+    let out = run(c, Duration::from_secs(60));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = json(&path);
+    let stages = v["runs"][0]["stages"].as_array().expect("stages");
+    assert_eq!(stages.len(), 2, "{stages:?}");
+    let (a, b) = (&stages[0], &stages[1]);
+    assert_eq!(
+        (a["rate_from"].as_f64(), a["rate_to"].as_f64()),
+        (Some(400.0), Some(400.0))
+    );
+    // The schedule made due what the stage's rate says, and all of the slow stage was sent.
+    assert!((a["due"].as_u64().unwrap() as i64 - 400).abs() <= 2, "{a}");
+    assert!((b["due"].as_u64().unwrap() as i64 - 8000).abs() <= 2, "{b}");
+    assert_eq!(a["verdict"], "valid", "{a}");
+    assert_eq!(a["unsent"], 0, "{a}");
+    assert_eq!(b["verdict"], "UNSUSTAINED", "{b}");
+    assert!(b["achieved_per_s"].as_f64().unwrap() < 4000.0, "{b}");
+    // The run as a whole did not sustain its offered rate either.
+    assert_eq!(v["runs"][0]["validity"]["valid"], false);
 }

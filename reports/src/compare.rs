@@ -1044,6 +1044,7 @@ mod tests {
             gate: None,
             thresholds: Vec::new(),
             step: None,
+            stages: Vec::new(),
         }
     }
 

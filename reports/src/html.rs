@@ -442,6 +442,53 @@ fn mib(b: Option<u64>) -> String {
     b.map_or("?".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0))
 }
 
+/// A ramped run's stages, each summarised on its own (requests charged to the stage they were
+/// due in).
+fn stages_table(out: &mut String, r: &RunRecord) {
+    if r.stages.is_empty() {
+        return;
+    }
+    out.push_str(
+        "<div class=\"scroll\"><table><thead><tr><th class=\"l\">stage</th><th>offered</th>\
+         <th>due</th><th>never sent</th><th>achieved</th><th>errors</th><th>p50</th><th>p99</th>\
+         <th>lag p99</th><th class=\"l\">verdict</th></tr></thead><tbody>",
+    );
+    for st in &r.stages {
+        let offered = if st.rate_from == st.rate_to {
+            rate(st.rate_to)
+        } else {
+            format!("{} → {}", rate(st.rate_from), rate(st.rate_to))
+        };
+        let verdict = if st.why.is_empty() {
+            st.verdict.clone()
+        } else {
+            format!("{}: {}", st.verdict, st.why)
+        };
+        let _ = write!(
+            out,
+            "<tr{}><td class=\"l\">{} ({:.1}–{:.1} s)</td><td>{offered}</td><td>{}</td><td>{}</td>\
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"l\">{}</td></tr>",
+            if st.verdict == "valid" {
+                ""
+            } else {
+                " class=\"invalid\""
+            },
+            st.index + 1,
+            st.start_s,
+            st.start_s + st.duration_s,
+            st.due,
+            st.unsent,
+            rate(st.achieved_per_s),
+            st.errors,
+            dur(st.latency.p50_ns),
+            dur(st.latency.p99_ns),
+            dur(st.generator_lag.p99_ns),
+            escape(&verdict)
+        );
+    }
+    out.push_str("</tbody></table></div>");
+}
+
 fn run_details(out: &mut String, r: &RunRecord, ts: &[String]) {
     let s = &r.summary;
     let _ = write!(
@@ -465,7 +512,9 @@ fn run_details(out: &mut String, r: &RunRecord, ts: &[String]) {
     if let Some(l) = &s.message_latency {
         latency_row(out, "per message", l);
     }
-    out.push_str("</tbody></table></div><dl>");
+    out.push_str("</tbody></table></div>");
+    stages_table(out, r);
+    out.push_str("<dl>");
     let mut dd = |k: &str, v: String| {
         let _ = write!(out, "<dt>{}</dt><dd>{}</dd>", escape(k), v);
     };

@@ -736,6 +736,45 @@ pub struct RunRecord {
     /// it belongs to and what was stepped (additive; absent for a fixed point).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<StepInfo>,
+    /// A ramped open loop (`stages`): each stage summarised on its own, the requests charged to
+    /// the stage they were due in (additive; empty otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageRecord>,
+}
+
+/// One stage of a ramped open loop.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageRecord {
+    /// Position, from 0.
+    pub index: u32,
+    /// Start, seconds into the measured time.
+    pub start_s: f64,
+    /// Length, seconds.
+    pub duration_s: f64,
+    /// The rate at its start, requests/s.
+    pub rate_from: f64,
+    /// The rate at its end.
+    pub rate_to: f64,
+    /// Requests the schedule made due in it.
+    pub due: u64,
+    /// Of which were sent.
+    pub sent: u64,
+    /// Due but never sent.
+    pub unsent: u64,
+    /// Calls sent in it that completed (any status).
+    pub completed: u64,
+    /// Of which failed.
+    pub errors: u64,
+    /// Completed calls per second of the stage.
+    pub achieved_per_s: f64,
+    /// Latency of its successful calls, from their intended start.
+    pub latency: LatencySummary,
+    /// The generator's lag over its requests.
+    pub generator_lag: LatencySummary,
+    /// `valid`, `UNSUSTAINED` or `INVALID`.
+    pub verdict: String,
+    /// Why, when not valid.
+    pub why: String,
 }
 
 /// A run's place in a stepped schedule (`--rate 1k..20k --step 5k`) or a capacity search.

@@ -167,6 +167,23 @@ fn full() -> Results {
             passed: false,
         }],
         step: None,
+        stages: vec![StageRecord {
+            index: 0,
+            start_s: 0.0,
+            duration_s: 1.0,
+            rate_from: 0.0,
+            rate_to: 100.0,
+            due: 50,
+            sent: 49,
+            unsent: 1,
+            completed: 49,
+            errors: 0,
+            achieved_per_s: 49.0,
+            latency: lat,
+            generator_lag: lat,
+            verdict: "UNSUSTAINED".into(),
+            why: "1 due request never sent".into(),
+        }],
     });
     // One step of a capacity search: a run of its own, with its place in the series.
     let mut stepped = r.runs[0].clone();

@@ -114,6 +114,143 @@ pub struct LoadSpec {
     pub tls: TlsMode,
     /// How an open loop waits for each request's due time.
     pub pacing: Pacing,
+    /// An open loop whose rate changes over the run: its stages (`None`: the rate holds).
+    pub ramp: Option<Ramp>,
+}
+
+/// An open loop's rate over the measured time, in stages (k6's ramping arrival rate). Each
+/// stage is a target rate and how long the stage lasts; the run's `rate` is where the first
+/// linear stage starts. The run is recorded whole, and each stage is summarised on its own
+/// (the requests *due* in it: latency, lag, sent, never sent, and its verdict).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ramp {
+    /// Linear (from the previous stage's rate to this one's) or step (this rate throughout).
+    pub shape: RampShape,
+    /// The stages, in order.
+    pub stages: Vec<Stage>,
+}
+
+/// How the rate moves within a stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RampShape {
+    /// From the previous stage's rate (the first: the run's `rate`) to the stage's, evenly.
+    Linear,
+    /// The stage's rate throughout.
+    Step,
+}
+
+impl RampShape {
+    /// `linear` or `step`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RampShape::Linear => "linear",
+            RampShape::Step => "step",
+        }
+    }
+
+    /// Parses `linear` or `step`.
+    pub fn parse(s: &str) -> Option<RampShape> {
+        match s {
+            "linear" => Some(RampShape::Linear),
+            "step" => Some(RampShape::Step),
+            _ => None,
+        }
+    }
+}
+
+/// One stage of a ramp.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Stage {
+    /// The target rate, requests/s (0 allowed: a pause, or a ramp down to nothing).
+    pub rate: f64,
+    /// How long the stage lasts.
+    pub over: Duration,
+}
+
+/// A stretch of a ramp where the rate moves linearly from `from` to `to`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Segment {
+    /// Its start, from the start of the measured time.
+    pub start: Duration,
+    /// How long it lasts.
+    pub length: Duration,
+    /// The rate at its start, requests/s.
+    pub from: f64,
+    /// The rate at its end.
+    pub to: f64,
+}
+
+impl Segment {
+    /// Requests due over the whole segment.
+    pub fn due(&self) -> f64 {
+        (self.from + self.to) / 2.0 * self.length.as_secs_f64()
+    }
+}
+
+/// The most stages a ramp may have.
+pub const MAX_STAGES: usize = 100;
+
+impl Ramp {
+    /// The measured time: every stage's length.
+    pub fn total(&self) -> Duration {
+        self.stages.iter().map(|s| s.over).sum()
+    }
+
+    /// The rate over time, starting at `start_rate`: one segment per stage.
+    pub fn segments(&self, start_rate: f64) -> Vec<Segment> {
+        let mut at = Duration::ZERO;
+        let mut prev = start_rate;
+        self.stages
+            .iter()
+            .map(|s| {
+                let seg = Segment {
+                    start: at,
+                    length: s.over,
+                    from: match self.shape {
+                        RampShape::Linear => prev,
+                        RampShape::Step => s.rate,
+                    },
+                    to: s.rate,
+                };
+                at += s.over;
+                prev = s.rate;
+                seg
+            })
+            .collect()
+    }
+
+    /// Parses `RATE:OVER,RATE:OVER,...` (`1k:10s,20k:30s,20k:1m`).
+    pub fn parse_stages(text: &str) -> Result<Vec<Stage>, String> {
+        text.split(',')
+            .map(|part| {
+                let (rate, over) = part.split_once(':').ok_or_else(|| {
+                    format!("stage {part:?}: expected RATE:DURATION (e.g. 5k:10s)")
+                })?;
+                let rate = match rate.trim() {
+                    "0" => 0.0,
+                    r => crate::units::parse_rate(r).map_err(|e| format!("stage {part:?}: {e}"))?,
+                };
+                let over = crate::units::parse_duration(over.trim())
+                    .map_err(|e| format!("stage {part:?}: {e}"))?;
+                Ok(Stage { rate, over })
+            })
+            .collect()
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.stages.is_empty() || self.stages.len() > MAX_STAGES {
+            return Err(format!("a ramp has 1 to {MAX_STAGES} stages"));
+        }
+        for (i, s) in self.stages.iter().enumerate() {
+            if !s.rate.is_finite() || s.rate < 0.0 {
+                return Err(format!("stage {}: the rate must be 0 or more", i + 1));
+            }
+            if s.over.is_zero() {
+                return Err(format!("stage {}: it must last some time", i + 1));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// How an open loop waits for each request's due time.
@@ -167,6 +304,7 @@ impl Default for LoadSpec {
             stall: None,
             server_delay: Duration::ZERO,
             pacing: Pacing::Sleep,
+            ramp: None,
             tls: TlsMode::None,
         }
     }
@@ -260,6 +398,22 @@ impl LoadSpec {
                         self.workers
                     )));
                 }
+            }
+        }
+        if let Some(ramp) = &self.ramp {
+            ramp.validate().map_err(InvalidLoad)?;
+            if !matches!(self.mode, Mode::Open { .. }) {
+                return Err(InvalidLoad(
+                    "stages ramp an open loop's rate: give a rate, not a concurrency".into(),
+                ));
+            }
+            if self.length != Length::Duration(ramp.total()) {
+                return Err(InvalidLoad(
+                    "a ramp's measured time is its stages' total: no duration or requests".into(),
+                ));
+            }
+            if self.stall.is_some() {
+                return Err(InvalidLoad("a ramp has no stall".into()));
             }
         }
         match self.length {

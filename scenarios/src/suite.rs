@@ -16,7 +16,7 @@ use wirebench_core::tls::TlsMode;
 
 use crate::capacity::{CapacityPoint, SearchSpec};
 use crate::faultplan::{FaultPlan, Phase, PolicyChoice, ProcessFault, ProcessTarget};
-use crate::load::{Length, LoadSpec, Mode, Pacing, Schedule, Stall};
+use crate::load::{Length, LoadSpec, Mode, Pacing, Ramp, RampShape, Schedule, Stage, Stall};
 use crate::steps::{Knob, Place, Steps, expand, is_range};
 use crate::threshold::Threshold;
 use crate::units::{parse_duration, parse_rate, parse_size};
@@ -356,7 +356,17 @@ struct PointToml {
     server_delay: Option<toml::Spanned<Unit>>,
     tls: Option<toml::Spanned<String>>,
     pacing: Option<toml::Spanned<String>>,
+    stages: Option<toml::Spanned<Vec<StageToml>>>,
+    ramp: Option<toml::Spanned<String>>,
     thresholds: Option<Vec<toml::Spanned<String>>>,
+}
+
+/// One `stages` entry as written: `{ rate = "5k", over = "10s" }`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StageToml {
+    rate: toml::Spanned<Unit>,
+    over: toml::Spanned<Unit>,
 }
 
 macro_rules! pick {
@@ -995,6 +1005,49 @@ fn resolve_point(
         (None, None) => None,
         _ => return Err(at("stall_at and stall_for go together".into())),
     };
+    let ramp = match pick!(p, d, stages) {
+        None => {
+            if let Some(r) = pick!(p, d, ramp) {
+                return Err(cx.err(r.span(), format!("load point {name:?}: ramp needs stages")));
+            }
+            None
+        }
+        Some(st) => {
+            if p.duration.is_some() || p.requests.is_some() {
+                return Err(at(
+                    "has stages and a duration or requests: a ramp lasts its stages".into(),
+                ));
+            }
+            let shape = match pick!(p, d, ramp) {
+                None => RampShape::Linear,
+                Some(r) => RampShape::parse(r.get_ref()).ok_or_else(|| {
+                    cx.err(
+                        r.span(),
+                        format!(
+                            "load point {name:?}: ramp {:?}: expected \"linear\" or \"step\"",
+                            r.get_ref()
+                        ),
+                    )
+                })?,
+            };
+            let mut stages = Vec::new();
+            for stage in st.get_ref() {
+                let rate = match stage.rate.get_ref() {
+                    Unit::Int(0) => 0.0,
+                    _ => cx.rate(&stage.rate, "stages.rate")?,
+                };
+                stages.push(Stage {
+                    rate,
+                    over: cx.duration(&stage.over, "stages.over")?,
+                });
+            }
+            Some(Ramp { shape, stages })
+        }
+    };
+    let length = match &ramp {
+        Some(r) => Length::Duration(r.total()),
+        None => length,
+    };
     let spec = LoadSpec {
         name: name.clone(),
         method,
@@ -1046,6 +1099,7 @@ fn resolve_point(
                 )
             })?,
         },
+        ramp,
     };
     spec.validate().map_err(|e| at(e.0))?;
     let repeat = pick!(p, d, repeat).unwrap_or(1);
@@ -1242,6 +1296,39 @@ load = { method = "bidi", payload = "1KiB", connections = 4 }
         assert!(e.contains("between 1% and 50%"), "{e}");
         let e = err("name = \"x\"\n[[capacity]]\nname = \"k\"\nmax_rate = \"5\"\n");
         assert!(e.contains("start_rate (1k/s) <= max_rate (5/s)"), "{e}");
+    }
+
+    #[test]
+    fn ramps_parse_their_stages_and_last_as_long_as_them() {
+        let s = Suite::parse(
+            r#"
+name = "t"
+[[load]]
+name = "ramp"
+rate = "1k"
+stages = [{ rate = "10k", over = "5s" }, { rate = 0, over = "1s" }]
+"#,
+            "t.toml",
+        )
+        .unwrap();
+        let spec = &s.load[0].spec;
+        let ramp = spec.ramp.as_ref().unwrap();
+        assert_eq!(ramp.shape, RampShape::Linear);
+        assert_eq!(ramp.stages[1].rate, 0.0);
+        assert_eq!(spec.length, Length::Duration(Duration::from_secs(6)));
+        let segs = ramp.segments(1000.0);
+        assert_eq!((segs[0].from, segs[0].to), (1000.0, 10_000.0));
+        assert_eq!(segs[0].due(), 27_500.0);
+        let e = err(
+            "name = \"x\"\n[[load]]\nrate = 5\nduration = \"1s\"\nstages = [{ rate = 5, over = \"1s\" }]\n",
+        );
+        assert!(e.contains("a ramp lasts its stages"), "{e}");
+        let e = err(
+            "name = \"x\"\n[[load]]\nconcurrency = 1\nstages = [{ rate = 5, over = \"1s\" }]\n",
+        );
+        assert!(e.contains("give a rate"), "{e}");
+        let e = err("name = \"x\"\n[[load]]\nrate = 5\nramp = \"step\"\n");
+        assert!(e.contains("ramp needs stages"), "{e}");
     }
 
     #[test]

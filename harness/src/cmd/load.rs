@@ -11,7 +11,9 @@ use wirebench_tls::TlsMode;
 use anyhow::Result;
 use wirebench_core::{Capability, Method, Transport};
 use wirebench_reports::results::{Results, RunFailure, RunRecord, StepInfo, SuiteRecord};
-use wirebench_scenarios::load::{Length, LoadSpec, Mode, Pacing, Schedule, Stall};
+use wirebench_scenarios::load::{
+    Length, LoadSpec, Mode, Pacing, Ramp, RampShape, Schedule, Stage, Stall,
+};
 use wirebench_scenarios::steps::{Knob, Place, Steps, expand, is_range};
 use wirebench_scenarios::suite::ValiditySpec;
 use wirebench_scenarios::units::{parse_duration, parse_rate, parse_size};
@@ -33,6 +35,19 @@ use crate::{environment, interrupt};
 pub(crate) fn method(s: &str) -> Result<Method, String> {
     Method::parse(s)
         .ok_or_else(|| format!("{s:?}: expected unary, server-stream, client-stream or bidi"))
+}
+
+/// `--stages` as given: one value holding every stage (clap would read a bare `Vec` as a
+/// repeatable flag).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stages(pub Vec<Stage>);
+
+fn stages(s: &str) -> Result<Stages, String> {
+    Ramp::parse_stages(s).map(Stages)
+}
+
+fn ramp_shape(s: &str) -> Result<RampShape, String> {
+    RampShape::parse(s).ok_or_else(|| format!("{s:?}: expected linear or step"))
 }
 
 pub(crate) fn pacing(s: &str) -> Result<Pacing, String> {
@@ -87,6 +102,15 @@ pub struct Args {
     /// run of its own (named POINT@VALUE) with its own summary and verdict.
     #[arg(long, value_name = "STEP")]
     pub step: Option<String>,
+    /// Open loop: a ramp of stages, RATE:DURATION each (`1k:5s,20k:30s,20k:1m`), run as one
+    /// point whose rate moves through them (see --ramp); each stage is summarised on its own.
+    /// The measured time is the stages' total. A linear ramp starts at --rate (default: the
+    /// first stage's rate).
+    #[arg(long, value_name = "STAGES", value_parser = stages, conflicts_with_all = ["concurrency", "duration", "requests", "step"])]
+    pub stages: Option<Stages>,
+    /// How the rate moves within a stage: linear (from the previous stage's rate) or step.
+    #[arg(long, default_value = "linear", value_parser = ramp_shape, requires = "stages")]
+    pub ramp: RampShape,
     /// Measured time (e.g. 10s, 500ms), of each step when stepping (--every says the same);
     /// the default when --requests is not given is 5s.
     #[arg(long, visible_alias = "every", allow_hyphen_values = true, value_parser = parse_duration, conflicts_with = "requests")]
@@ -253,13 +277,22 @@ impl Args {
     }
 
     fn spec(&self) -> LoadSpec {
-        let mode = match (&self.rate, &self.concurrency) {
-            (Some(rate), _) => Mode::Open {
+        let ramp = self.stages.as_ref().map(|stages| Ramp {
+            shape: self.ramp,
+            stages: stages.0.clone(),
+        });
+        let mode = match (&self.rate, &self.concurrency, &ramp) {
+            (Some(rate), _, _) => Mode::Open {
                 rate: rate.first(Knob::Rate),
                 schedule: self.schedule,
                 max_in_flight: self.max_in_flight,
             },
-            (None, c) => Mode::Closed {
+            (None, _, Some(r)) => Mode::Open {
+                rate: r.stages[0].rate,
+                schedule: self.schedule,
+                max_in_flight: self.max_in_flight,
+            },
+            (None, c, None) => Mode::Closed {
                 concurrency: c.as_ref().map_or(1, |c| c.first(Knob::Concurrency) as u32),
             },
         };
@@ -273,9 +306,10 @@ impl Args {
             response_size: self.response_size,
             messages: self.messages,
             warmup: self.warmup,
-            length: match (self.requests, self.duration) {
-                (Some(n), _) => Length::Requests(n),
-                (None, d) => Length::Duration(d.unwrap_or(Duration::from_secs(5))),
+            length: match (&ramp, self.requests, self.duration) {
+                (Some(r), _, _) => Length::Duration(r.total()),
+                (None, Some(n), _) => Length::Requests(n),
+                (None, None, d) => Length::Duration(d.unwrap_or(Duration::from_secs(5))),
             },
             seed: self.seed,
             timeout: self.timeout,
@@ -286,6 +320,7 @@ impl Args {
             server_delay: self.server_delay,
             tls: self.tls,
             pacing: self.pacing,
+            ramp,
         }
     }
 }

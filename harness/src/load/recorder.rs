@@ -62,6 +62,10 @@ pub struct PhaseRecord {
     pub first_error: Option<Duration>,
     /// First successful call to complete in the phase (offset from the measured start).
     pub first_ok: Option<Duration>,
+    /// Open loop: the generator's lag of the requests sent in the phase.
+    pub lag: Histogram<u64>,
+    /// Open loop: requests due in the phase but never sent.
+    pub unsent: u64,
 }
 
 impl PhaseRecord {
@@ -73,6 +77,8 @@ impl PhaseRecord {
             status: [0; 17],
             first_error: None,
             first_ok: None,
+            lag: latency_histogram(),
+            unsent: 0,
         }
     }
 
@@ -84,6 +90,8 @@ impl PhaseRecord {
         }
         self.first_error = min_opt(self.first_error, o.first_error);
         self.first_ok = min_opt(self.first_ok, o.first_ok);
+        let _ = self.lag.add(&o.lag);
+        self.unsent += o.unsent;
     }
 }
 
@@ -205,9 +213,17 @@ impl Recorder {
         }
     }
 
-    /// A measured request was due but never sent; it had waited `waited` when the run closed.
-    pub fn never_sent(&mut self, waited: Duration) {
+    /// A measured request intended at `intended` was due but never sent; it had waited
+    /// `waited` when the run closed.
+    pub fn never_sent(&mut self, intended: Instant, waited: Duration) {
         self.unsent += 1;
+        if !self.phases.is_empty() {
+            let i = phase_of(
+                &self.phases,
+                intended.saturating_duration_since(self.measure_start),
+            );
+            self.phases[i].unsent += 1;
+        }
         if let Some(h) = &mut self.unsent_wait {
             h.saturating_record(Self::ns(waited));
         }
@@ -272,8 +288,15 @@ impl Recorder {
         }
     }
 
-    /// Records the generator's lag for one request.
-    pub fn lag(&mut self, lag: Duration) {
+    /// Records the generator's lag for one request intended at `intended`.
+    pub fn lag(&mut self, intended: Instant, lag: Duration) {
+        if !self.phases.is_empty() {
+            let i = phase_of(
+                &self.phases,
+                intended.saturating_duration_since(self.measure_start),
+            );
+            self.phases[i].lag.saturating_record(Self::ns(lag));
+        }
         if let Some(h) = &mut self.lag {
             h.saturating_record(Self::ns(lag));
         }
@@ -489,7 +512,7 @@ mod tests {
                 done,
             );
             b.call(Duration::from_micros(7), None, Code::Unavailable, done);
-            a.lag(Duration::from_nanos(i));
+            a.lag(done, Duration::from_nanos(i));
         }
         let m = merge(vec![a, b]);
         assert_eq!(m.latency.len(), 6000);

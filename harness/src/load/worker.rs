@@ -566,7 +566,7 @@ impl Pool {
                 if !admitted {
                     left = left.map(|l| l - 1);
                 }
-                rec.never_sent(until - t);
+                rec.never_sent(t, until - t);
             }
             t = self.t0 + self.starts.borrow_mut().next_offset();
             admitted = false;
@@ -604,9 +604,10 @@ async fn open_caller<C: Connection>(sh: Rc<Shared<C>>, pool: Rc<Pool>, me: usize
         loop {
             let start = Instant::now();
             if t.measured {
-                sh.rec
-                    .borrow_mut()
-                    .lag(start.saturating_duration_since(t.intended.max(t.ready)));
+                sh.rec.borrow_mut().lag(
+                    t.intended,
+                    start.saturating_duration_since(t.intended.max(t.ready)),
+                );
             }
             let r = call_slot(&sh, conn, t.measured, t.stall).await;
             let done = Instant::now();
@@ -773,6 +774,10 @@ fn shared<C: Connection>(
         Recorder::new(start.measure_start, open_loop, streams).with_live(plan.live.clone());
     if let Some(f) = &fault {
         recorder = recorder.with_phases(f.interval, &f.phases);
+    } else if let Some(r) = &spec.ramp {
+        // A ramp's stages are phases: each request is charged to the stage it was due in.
+        let starts: Vec<Duration> = r.segments(0.0).iter().map(|s| s.start).collect();
+        recorder = recorder.with_phases(super::recorder::INTERVAL, &starts);
     }
     Rc::new(Shared {
         spec: spec.clone(),
@@ -827,8 +832,14 @@ async fn open_loop<C: Connection>(
             .collect(),
         free: RefCell::new((0..callers).map(|i| (i, start.t0)).collect()),
         freed: Notify::new(),
-        starts: RefCell::new(Starts::new(
+        starts: RefCell::new(Starts::ramped(
             schedule,
+            &plan
+                .spec
+                .ramp
+                .as_ref()
+                .map(|r| ramp_from_start(r, rate, start))
+                .unwrap_or_default(),
             rate,
             plan.index,
             plan.workers,
@@ -858,6 +869,28 @@ async fn open_loop<C: Connection>(
         s.go.notify_one();
     }
     incomplete
+}
+
+/// A ramp's segments as offsets from the schedule's origin (the start of the warm-up): the
+/// warm-up runs at the ramp's starting rate, and the stages begin with the measured time.
+fn ramp_from_start(
+    ramp: &wirebench_scenarios::load::Ramp,
+    rate: f64,
+    start: &Start,
+) -> Vec<wirebench_scenarios::load::Segment> {
+    let warmup = start.measure_start.saturating_duration_since(start.t0);
+    let mut segs = vec![wirebench_scenarios::load::Segment {
+        start: Duration::ZERO,
+        length: warmup,
+        from: rate,
+        to: rate,
+    }];
+    segs.extend(ramp.segments(rate).into_iter().map(|mut s| {
+        s.start += warmup;
+        s
+    }));
+    segs.retain(|s| !s.length.is_zero());
+    segs
 }
 
 /// The worker thread's busy fraction and the bytes on the wire since the measured start.
