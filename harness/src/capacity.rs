@@ -91,16 +91,52 @@ pub fn search(
     };
     let mut met: Option<f64> = None;
     let mut missed: Option<f64> = None;
-    let mut rate = round_rate(spec.start.clamp(spec.floor, spec.ceiling));
+    let start = round_rate(spec.start.clamp(spec.floor, spec.ceiling));
+    let mut rate = start;
+    // A miss at the first rate is checked once against the next rate up: on a small VM a low
+    // rate leaves the CPUs idle, and waking them on every hop can break a tight SLO that a
+    // busier rate keeps. The knee is the highest rate that meets the SLO, so the search
+    // climbs from there, and the verdict says the start missed.
+    let mut low_miss: Option<f64> = None;
+    let mut checking_low = false;
+    let mut skipped: Option<f64> = None;
+    let mut skipping = false;
     let outcome = loop {
         let Some(v) = decide(spec, rate, &mut probe, &mut record.steps) else {
             break "interrupted";
         };
         match v {
+            // Below any miss, an unjudged step is checked one rate up: an idle generator at a
+            // low rate can lag for the host's wake-ups, and a busier one keep its schedule. If
+            // the rate above meets the SLO, the knee is above both and the unjudged step was
+            // never a candidate; if not, the search stops there.
+            Verdict::Unjudged if missed.is_none() && !skipping && rate < spec.ceiling => {
+                skipped = Some(rate);
+                skipping = true;
+                rate = round_rate((rate * spec.factor).min(spec.ceiling));
+                continue;
+            }
             Verdict::Unjudged => break "generator-limited",
-            Verdict::Met => met = Some(rate),
+            Verdict::Met => {
+                if checking_low {
+                    low_miss = missed.take();
+                }
+                met = Some(rate);
+            }
+            Verdict::Missed if rate == start && met.is_none() && start < spec.ceiling => {
+                missed = Some(rate);
+                checking_low = true;
+                rate = round_rate((start * spec.factor).min(spec.ceiling));
+                continue;
+            }
+            Verdict::Missed if checking_low => {
+                // Missed above too: the start's miss stands, and the search goes down from it.
+                missed = Some(start);
+            }
             Verdict::Missed => missed = Some(rate),
         }
+        checking_low = false;
+        skipping = false;
         let next = match (met, missed) {
             (Some(lo), Some(hi)) => {
                 if (hi - lo) / lo <= spec.tolerance {
@@ -125,6 +161,21 @@ pub fn search(
     record.missed_per_s = missed;
     record.bracket = met.zip(missed).map(|(lo, hi)| (hi - lo) / lo);
     record.verdict = verdict_text(&record);
+    if let (Some(rate), Some(knee)) = (skipped, met)
+        && knee > rate
+    {
+        record.verdict.push_str(&format!(
+            "; the step at {} could not be judged (the generator lagged), and a higher rate \
+             met the SLO",
+            rate_text(rate)
+        ));
+    }
+    if let Some(low) = low_miss {
+        record.verdict.push_str(&format!(
+            "; the SLO also broke at {}, a lower rate (an idle host's wake-ups at low rates)",
+            rate_text(low)
+        ));
+    }
     record
 }
 
@@ -442,6 +493,72 @@ mod tests {
             assert!((hi - lo) / lo <= spec.tolerance, "{knee}: [{lo}, {hi}]");
             assert!(r.steps.len() < 25, "{}", r.steps.len());
         }
+    }
+
+    #[test]
+    fn an_unjudged_low_step_below_a_met_one_is_passed_over() {
+        // The generator lags at 2k/s only; everything else meets up to 50k/s.
+        let probe = |rate: f64, _| {
+            Some(Probe {
+                point: format!("p@{rate}"),
+                verdict: if rate == 2000.0 {
+                    Verdict::Unjudged
+                } else if rate < 50_000.0 {
+                    Verdict::Met
+                } else {
+                    Verdict::Missed
+                },
+                why: String::new(),
+                near: false,
+            })
+        };
+        let r = search(&SearchSpec::default(), "t", "s", &[], probe);
+        assert_eq!(r.outcome, "found", "{}", r.verdict);
+        assert!(r.knee_per_s.unwrap() >= 47_500.0, "{:?}", r.knee_per_s);
+        assert!(
+            r.verdict.contains("2k/s could not be judged"),
+            "{}",
+            r.verdict
+        );
+    }
+
+    #[test]
+    fn a_miss_at_the_start_is_checked_one_rate_up() {
+        // Misses at 1k/s (low-rate tail), meets from 2k/s up to 30k/s.
+        let probe = |rate: f64, _| {
+            Some(Probe {
+                point: format!("p@{rate}"),
+                verdict: if (2000.0..30_000.0).contains(&rate) {
+                    Verdict::Met
+                } else {
+                    Verdict::Missed
+                },
+                why: String::new(),
+                near: false,
+            })
+        };
+        let r = search(
+            &SearchSpec::default(),
+            "t",
+            "s",
+            &["p99 < 1ms".into()],
+            probe,
+        );
+        assert_eq!(r.outcome, "found", "{}", r.verdict);
+        let knee = r.knee_per_s.unwrap();
+        assert!((28_000.0..30_000.0).contains(&knee), "{knee}");
+        assert!(r.verdict.contains("also broke at 1k/s"), "{}", r.verdict);
+        // Missing at the start and one up: the search goes down from the start.
+        let r = search(
+            &SearchSpec::default(),
+            "t",
+            "s",
+            &[],
+            system(400.0, f64::MAX),
+        );
+        assert_eq!(r.outcome, "found");
+        assert!(r.knee_per_s.unwrap() < 400.0 && r.missed_per_s.unwrap() >= 400.0);
+        assert!(!r.verdict.contains("also broke"), "{}", r.verdict);
     }
 
     #[test]
