@@ -35,6 +35,18 @@ pub struct PlacementArgs {
     pub server_threads: Option<u32>,
 }
 
+/// A transport's knobs from the command line (`load`, `capacity`): they belong to one
+/// transport, so commands refuse them with several.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct KnobArgs {
+    /// A client option KEY=VALUE for the transport (repeatable).
+    #[arg(long = "option", value_name = "KEY=VALUE")]
+    pub options: Vec<String>,
+    /// A server option KEY=VALUE for the transport (repeatable).
+    #[arg(long = "server-option", value_name = "KEY=VALUE")]
+    pub server_options: Vec<String>,
+}
+
 /// TLS from certificate files (`conformance`, `serve`).
 #[derive(Clone, Debug, clap::Args)]
 pub struct TlsArgs {

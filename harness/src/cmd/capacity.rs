@@ -20,7 +20,7 @@ use wirebench_scenarios::units::{parse_duration, parse_rate, parse_size};
 
 use crate::brokers::BrokerArgs;
 use crate::capacity::{self, SearchSpec, Verdict, rate_text};
-use crate::cmd::args::PlacementArgs;
+use crate::cmd::args::{KnobArgs, PlacementArgs};
 use crate::cmd::load::{Choice, chosen, run_context};
 use crate::environment;
 use crate::exit::{FAILED, HARNESS, INTERRUPTED, bad_input};
@@ -119,12 +119,9 @@ pub struct Args {
     /// Where servers come from and where processes run.
     #[command(flatten)]
     pub placement: PlacementArgs,
-    /// A client option KEY=VALUE for the transport (repeatable).
-    #[arg(long = "option", value_name = "KEY=VALUE")]
-    pub options: Vec<String>,
-    /// A server option KEY=VALUE for the transport (repeatable).
-    #[arg(long = "server-option", value_name = "KEY=VALUE")]
-    pub server_options: Vec<String>,
+    /// The transport's client and server options.
+    #[command(flatten)]
+    pub knobs: KnobArgs,
     /// Brokers for broker transports.
     #[command(flatten)]
     pub brokers: BrokerArgs,
@@ -147,8 +144,8 @@ impl Args {
         Choice {
             list: &self.transport,
             placement: &self.placement,
-            options: &self.options,
-            server_options: &self.server_options,
+            options: &self.knobs.options,
+            server_options: &self.knobs.server_options,
             brokers: &self.brokers,
         }
     }

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use wirebench_transports::AnyTransport;
 
 use crate::brokers::{Availability, BrokerArgs, availability};
-use crate::cmd::args::PlacementArgs;
+use crate::cmd::args::{KnobArgs, PlacementArgs};
 use crate::cmd::serve::parse_options;
 use crate::cmd::side_by_side;
 use crate::exit::bad_input;
@@ -177,12 +177,9 @@ pub struct Args {
     /// Where the server comes from and where processes run.
     #[command(flatten)]
     pub placement: PlacementArgs,
-    /// A client option KEY=VALUE for the transport (repeatable).
-    #[arg(long = "option", value_name = "KEY=VALUE")]
-    pub options: Vec<String>,
-    /// A server option KEY=VALUE for the transport (repeatable).
-    #[arg(long = "server-option", value_name = "KEY=VALUE")]
-    pub server_options: Vec<String>,
+    /// The transport's client and server options.
+    #[command(flatten)]
+    pub knobs: KnobArgs,
     /// Mark the run invalid when the generator's lag p99 exceeds this.
     #[arg(long, default_value = "1ms", allow_hyphen_values = true, value_parser = parse_duration)]
     pub max_lag: Duration,
@@ -770,8 +767,8 @@ impl Args {
         Choice {
             list: &self.transport,
             placement: &self.placement,
-            options: &self.options,
-            server_options: &self.server_options,
+            options: &self.knobs.options,
+            server_options: &self.knobs.server_options,
             brokers: &self.brokers,
         }
     }

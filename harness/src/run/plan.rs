@@ -168,22 +168,11 @@ fn load_steps(
     let mut points = Vec::new();
     for t in transports {
         for p in &suite.load {
-            if p.transports
-                .as_ref()
-                .is_some_and(|l| !l.iter().any(|n| n == t.name()))
-            {
+            if !selects(p.transports.as_ref(), t) {
                 continue;
             }
-            if let Some((cap, reason)) = t.capabilities().first_missing(&p.spec.needs()) {
-                steps.push(PlannedStep {
-                    label: format!("{} {}", t.name(), p.spec.name),
-                    estimate: Duration::ZERO,
-                    step: Step::Unsupported {
-                        transport: *t,
-                        point: p.spec.name.clone(),
-                        reason: format!("{} does not support {}: {reason}", t.name(), cap.name()),
-                    },
-                });
+            if let Some(unsupported) = unsupported(t, &p.spec.name, &p.spec) {
+                steps.push(unsupported);
                 continue;
             }
             points.push((*t, p, sel.repeat.unwrap_or(p.repeat)));
@@ -219,26 +208,34 @@ fn load_steps(
     points.len()
 }
 
+/// Whether a point's transport list (`None`: all selected) names `t`.
+fn selects(list: Option<&Vec<String>>, t: &AnyTransport) -> bool {
+    list.is_none_or(|l| l.iter().any(|n| n == t.name()))
+}
+
+/// The step recording that `t` cannot run the load `spec` of point `name`, if it cannot.
+fn unsupported(t: &AnyTransport, name: &str, spec: &LoadSpec) -> Option<PlannedStep> {
+    let (cap, reason) = t.capabilities().first_missing(&spec.needs())?;
+    Some(PlannedStep {
+        label: format!("{} {name}", t.name()),
+        estimate: Duration::ZERO,
+        step: Step::Unsupported {
+            transport: *t,
+            point: name.to_owned(),
+            reason: format!("{} does not support {}: {reason}", t.name(), cap.name()),
+        },
+    })
+}
+
 /// The capacity searches' steps: each against each of its transports that can run its load.
 fn capacity_steps(suite: &Suite, transports: &[AnyTransport], steps: &mut Vec<PlannedStep>) {
     for c in &suite.capacity {
         for t in transports {
-            if c.transports
-                .as_ref()
-                .is_some_and(|l| !l.iter().any(|n| n == t.name()))
-            {
+            if !selects(c.transports.as_ref(), t) {
                 continue;
             }
-            if let Some((cap, reason)) = t.capabilities().first_missing(&c.spec.needs()) {
-                steps.push(PlannedStep {
-                    label: format!("{} {}", t.name(), c.name),
-                    estimate: Duration::ZERO,
-                    step: Step::Unsupported {
-                        transport: *t,
-                        point: c.name.clone(),
-                        reason: format!("{} does not support {}: {reason}", t.name(), cap.name()),
-                    },
-                });
+            if let Some(unsupported) = unsupported(t, &c.name, &c.spec) {
+                steps.push(unsupported);
                 continue;
             }
             steps.push(PlannedStep {
@@ -258,11 +255,7 @@ fn capacity_steps(suite: &Suite, transports: &[AnyTransport], steps: &mut Vec<Pl
 fn fault_steps(suite: &Suite, transports: &[AnyTransport], steps: &mut Vec<PlannedStep>) {
     for fp in &suite.faults {
         for t in transports {
-            if fp
-                .transports
-                .as_ref()
-                .is_some_and(|l| !l.iter().any(|n| n == t.name()))
-            {
+            if !selects(fp.transports.as_ref(), t) {
                 continue;
             }
             let variants: Vec<Option<&toml::Table>> = match &fp.policy {
