@@ -618,12 +618,14 @@ fn resolve_capacity(
         || lp.step.is_some()
         || lp.schedule.is_some()
         || lp.max_in_flight.is_some()
+        || lp.stages.is_some()
+        || lp.ramp.is_some()
     {
         return Err(at(
             load.span(),
             "its load is the shape of each call (method, payload, connections, ...): the \
-             search sets the rate, and every, warmup, schedule and max_in_flight belong to \
-             the [[capacity]] entry itself"
+             search sets the rate (no stages), and every, warmup, schedule and \
+             max_in_flight belong to the [[capacity]] entry itself"
                 .into(),
         ));
     }
@@ -746,10 +748,12 @@ fn resolve_fault(cx: &Ctx<'_>, f: &toml::Spanned<FaultToml>) -> Result<FaultPlan
         ));
     }
     let (mut point, steps) = resolve_point(cx, &f.load, &PointToml::default(), 0)?;
-    if steps.is_some() {
+    if steps.is_some() || point.spec.ramp.is_some() {
         return Err(at(
             span.clone(),
-            "a fault plan's load is one level, not a range (its phases are its steps)".into(),
+            "a fault plan's load is one level, not a range or a ramp (its phases are its \
+             steps)"
+                .into(),
         ));
     }
     point.spec.name.clone_from(&name);
