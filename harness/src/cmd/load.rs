@@ -538,6 +538,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let server = match &stepped {
             Some(_) => match PlacedServer::start(transport, spec.tls, &ctx) {
                 Ok(s) => Some(s),
+                // As for one point: the only transport failing is the command's error (bad
+                // input keeps its exit code 2).
+                Err(e) if names.len() == 1 => {
+                    let _ = bus.emit(RunEvent::Finished {
+                        complete: false,
+                        interrupted: interrupted(),
+                    });
+                    return Err(e);
+                }
                 Err(e) => {
                     failures.push(RunFailure {
                         transport: name,
