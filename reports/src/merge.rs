@@ -1,5 +1,5 @@
 //! Several results files as one: `wirebench report a.json b.json` renders them in one report.
-//! Runs, cases and fault runs are kept as they are; only names that would collide (the same
+//! Runs, cases, fault runs and capacity searches are kept as they are; only names that would collide (the same
 //! transport and point from two files) get their file's label, so nothing is silently
 //! overwritten or averaged, and a merge of files from different machines says so.
 
@@ -40,9 +40,11 @@ pub fn merge(parts: Vec<Part>) -> Option<Results> {
     // point on different transports keep one point, side by side.
     let mut clashing_points: Vec<String> = Vec::new();
     {
+        // Stepped runs are relabelled by their series below, never by their point.
         let runs = count(&|r| {
             r.runs
                 .iter()
+                .filter(|x| x.step.is_none())
                 .map(|x| format!("{}\u{0}{}", x.point, x.transport))
                 .collect()
         });
@@ -65,6 +67,15 @@ pub fn merge(parts: Vec<Part>) -> Option<Results> {
             .map(|x| format!("{}/{}/{}", x.transport, x.plan, x.policy))
             .collect()
     });
+    // A series (steps, a capacity search) is relabelled as a whole when two files stepped it:
+    // its runs, its steps' names and its knees stay together per file.
+    let series = count(&|r| {
+        r.runs
+            .iter()
+            .filter_map(|x| x.step.as_ref().map(|s| s.series.clone()))
+            .chain(r.capacity.iter().map(|c| c.series.clone()))
+            .collect()
+    });
     let clash = |seen: &BTreeMap<String, usize>, k: String| seen.get(&k).is_some_and(|&n| n > 1);
 
     let mut parts = parts.into_iter();
@@ -73,6 +84,7 @@ pub fn merge(parts: Vec<Part>) -> Option<Results> {
     out.runs.clear();
     out.conformance.clear();
     out.fault_runs.clear();
+    out.capacity.clear();
     out.skipped.clear();
     out.errors.clear();
     out.transports.clear();
@@ -104,11 +116,27 @@ pub fn merge(parts: Vec<Part>) -> Option<Results> {
         };
         out.complete &= r.complete;
         out.interrupted |= r.interrupted;
+        let relabel = |name: &str| format!("{name} ({label})");
         for mut x in r.runs {
-            if clashing_points.contains(&x.point) {
-                x.point = format!("{} ({label})", x.point);
+            match &mut x.step {
+                Some(step) if clash(&series, step.series.clone()) => {
+                    step.series = relabel(&step.series);
+                    x.point = relabel(&x.point);
+                }
+                Some(_) => {}
+                None if clashing_points.contains(&x.point) => x.point = relabel(&x.point),
+                None => {}
             }
             out.runs.push(x);
+        }
+        for mut x in r.capacity {
+            if clash(&series, x.series.clone()) {
+                x.series = relabel(&x.series);
+                for step in &mut x.steps {
+                    step.point = relabel(&step.point);
+                }
+            }
+            out.capacity.push(x);
         }
         for mut x in r.conformance {
             if clash(&cases, format!("{}/{}", x.transport, x.case)) {
@@ -212,6 +240,69 @@ mod tests {
             });
         }
         r
+    }
+
+    /// A capacity search of tcp in `results`: steps at `rates`, the knee the first.
+    fn searched(label_cpu: &str, rates: &[f64]) -> Results {
+        use crate::results::{CapacityRecord, CapacityStep, StepInfo};
+        let mut r = results("capacity", label_cpu, &[]);
+        let mut steps = Vec::new();
+        for (i, rate) in rates.iter().enumerate() {
+            let point = format!("capacity@{rate}");
+            r.runs.push(RunRecord {
+                transport: "tcp".into(),
+                point: point.clone(),
+                step: Some(StepInfo {
+                    series: "capacity".into(),
+                    knob: "rate".into(),
+                    value: *rate,
+                    index: i as u32,
+                }),
+                ..RunRecord::default()
+            });
+            steps.push(CapacityStep {
+                rate_per_s: *rate,
+                point,
+                verdict: "met".into(),
+                why: String::new(),
+                runs: 1,
+            });
+        }
+        r.capacity.push(CapacityRecord {
+            transport: "tcp".into(),
+            series: "capacity".into(),
+            knee_per_s: rates.first().copied(),
+            steps,
+            ..CapacityRecord::default()
+        });
+        r
+    }
+
+    #[test]
+    fn two_searches_of_one_series_stay_apart_with_their_knees() {
+        let merged = merge(vec![
+            Part {
+                label: "a".into(),
+                results: searched("X", &[1000.0, 2000.0]),
+            },
+            Part {
+                label: "b".into(),
+                results: searched("X", &[1000.0, 4000.0]),
+            },
+        ])
+        .unwrap();
+        assert_eq!(merged.capacity.len(), 2);
+        for (c, label) in merged.capacity.iter().zip(["a", "b"]) {
+            let series = format!("capacity ({label})");
+            assert_eq!(c.series, series);
+            // Every step the record names is a run of that series, under its new name.
+            for st in &c.steps {
+                let run = merged.runs.iter().find(|r| r.point == st.point);
+                let run = run.unwrap_or_else(|| panic!("no run {}", st.point));
+                assert_eq!(run.step.as_ref().unwrap().series, series);
+            }
+        }
+        assert_eq!(crate::curves::series(&merged).len(), 2);
     }
 
     #[test]

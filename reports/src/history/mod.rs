@@ -238,7 +238,7 @@ impl History {
                     .find(|r| r.machine == machine)
                     .map(|r| r.id.clone())
                     .unwrap_or_default();
-                changes(base, &base_id, results, cfg)
+                changes(base, &base_id, &results.without_steps(), cfg)
             }
             None => Vec::new(),
         };
@@ -251,7 +251,8 @@ impl History {
             machine: machine.clone(),
             complete: results.complete,
             source: source.to_owned(),
-            points: results.runs.iter().map(figures).collect(),
+            // A stepped series is a curve, not points to trend one by one.
+            points: results.without_steps().runs.iter().map(figures).collect(),
             changes,
         });
         self.latest.insert(machine, comparable(results));
@@ -262,7 +263,8 @@ impl History {
 /// What compare needs of a run and nothing more: no whole-run histograms, no conformance, no
 /// fault runs, no suite text.
 fn comparable(r: &Results) -> Results {
-    let mut r = r.clone();
+    let mut r = r.without_steps().into_owned();
+    r.capacity.clear();
     for run in &mut r.runs {
         run.histograms = RunHistograms::default();
     }
