@@ -18,24 +18,28 @@ fn json(path: &std::path::Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).expect("written")).expect("JSON")
 }
 
-/// The closed-loop throughput of 8 callers on the delaying server: its capacity.
-fn calibrate(dir: &std::path::Path) -> f64 {
-    let path = dir.join("closed.json");
+/// `wirebench load --transport inproc ARGS --quiet --json DIR/NAME`, which must succeed: its
+/// results.
+fn load_json(dir: &std::path::Path, name: &str, args: &[&str]) -> serde_json::Value {
+    let path = dir.join(name);
     let mut c = bin();
-    c.args(["load", "--transport", "inproc", "--concurrency", IN_FLIGHT])
-        .args([
-            "--server-delay",
-            DELAY,
-            "--duration",
-            "2s",
-            "--warmup",
-            "300ms",
-        ])
+    c.args(["load", "--transport", "inproc"])
+        .args(args)
         .args(["--quiet", "--json"])
         .arg(&path);
     let out = run(c, Duration::from_secs(60));
     assert!(out.status.success(), "{}", stderr(&out));
-    json(&path)["runs"][0]["summary"]["throughput_per_s"]
+    json(&path)
+}
+
+/// The closed-loop throughput of 8 callers on the delaying server: its capacity.
+fn calibrate(dir: &std::path::Path) -> f64 {
+    let args = ["--concurrency", IN_FLIGHT, "--server-delay", DELAY];
+    load_json(
+        dir,
+        "closed.json",
+        &[&args[..], &["--duration", "2s", "--warmup", "300ms"]].concat(),
+    )["runs"][0]["summary"]["throughput_per_s"]
         .as_f64()
         .expect("throughput")
 }
@@ -206,23 +210,24 @@ load = {{ server_delay = "2ms", connections = 1 }}
 #[test]
 fn each_stage_of_a_ramp_has_its_own_verdict() {
     let dir = temp_dir("ramp-stages");
-    let path = dir.join("ramp.json");
-    let mut c = bin();
-    c.args(["load", "--transport", "inproc", "--stages", "400:1s,8k:1s"])
-        .args(["--ramp", "step", "--schedule", "constant"])
-        .args([
+    let v = load_json(
+        &dir,
+        "ramp.json",
+        &[
+            "--stages",
+            "400:1s,8k:1s",
+            "--ramp",
+            "step",
+            "--schedule",
+            "constant",
             "--server-delay",
             "2ms",
             "--max-in-flight",
             "4",
             "--warmup",
             "200ms",
-        ])
-        .args(["--quiet", "--json"])
-        .arg(&path);
-    let out = run(c, Duration::from_secs(60));
-    assert!(out.status.success(), "{}", stderr(&out));
-    let v = json(&path);
+        ],
+    );
     let stages = v["runs"][0]["stages"].as_array().expect("stages");
     assert_eq!(stages.len(), 2, "{stages:?}");
     let (a, b) = (&stages[0], &stages[1]);

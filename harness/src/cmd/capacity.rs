@@ -141,13 +141,7 @@ fn parse_tolerance(s: &str) -> Result<f64, String> {
 
 impl Args {
     fn choice(&self) -> Choice<'_> {
-        Choice {
-            list: &self.transport,
-            placement: &self.placement,
-            options: &self.knobs.options,
-            server_options: &self.knobs.server_options,
-            brokers: &self.brokers,
-        }
+        Choice::of(&self.transport, &self.placement, &self.knobs, &self.brokers)
     }
 
     /// The search the flags describe.

@@ -674,6 +674,24 @@ pub(crate) struct Choice<'a> {
     pub brokers: &'a BrokerArgs,
 }
 
+impl<'a> Choice<'a> {
+    /// The choice a command's flags make.
+    pub fn of(
+        list: &'a str,
+        placement: &'a PlacementArgs,
+        knobs: &'a KnobArgs,
+        brokers: &'a BrokerArgs,
+    ) -> Choice<'a> {
+        Choice {
+            list,
+            placement,
+            options: &knobs.options,
+            server_options: &knobs.server_options,
+            brokers,
+        }
+    }
+}
+
 /// The transports named by `--transport`, each checked against the point before anything
 /// runs. `all` keeps the ones that can run here and says why the others cannot.
 pub(crate) fn chosen(c: &Choice<'_>, spec: &LoadSpec) -> Result<Vec<AnyTransport>> {
@@ -773,13 +791,7 @@ pub(crate) fn check_parent(flag: &str, path: Option<&std::path::Path>) -> Result
 
 impl Args {
     fn choice(&self) -> Choice<'_> {
-        Choice {
-            list: &self.transport,
-            placement: &self.placement,
-            options: &self.knobs.options,
-            server_options: &self.knobs.server_options,
-            brokers: &self.brokers,
-        }
+        Choice::of(&self.transport, &self.placement, &self.knobs, &self.brokers)
     }
 }
 
