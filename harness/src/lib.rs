@@ -19,4 +19,5 @@ pub mod procfs;
 pub mod proxy;
 pub mod run;
 pub mod runner;
+pub mod shard;
 pub mod thresholds;

@@ -404,6 +404,7 @@ pub fn params(spec: &LoadSpec, pin: Pin, transport: &str, ctx: &RunContext) -> R
             .unwrap_or_default(),
         tls: spec.tls.name().into(),
         pacing: rate.map(|_| spec.pacing.name().to_owned()),
+        shard: None,
     }
 }
 

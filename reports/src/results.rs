@@ -487,6 +487,23 @@ pub struct RunParams {
     /// Open loop: how the generator waited for due times, `sleep` or `spin` (additive).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pacing: Option<String>,
+    /// When this generator ran one shard of a run shared by several (additive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardParams>,
+}
+
+/// One generator's share of a run made by several.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardParams {
+    /// Its index, when one of `count` equal shards.
+    pub index: Option<u32>,
+    /// How many equal shards.
+    pub count: Option<u32>,
+    /// Its segment of the whole, `FROM:TO` as exact fractions (`1/3:2/3`).
+    pub segment: String,
+    /// Where the index came from: `--shard-index`, `JOB_COMPLETION_INDEX`, `SLURM_PROCID`,
+    /// `NOMAD_ALLOC_INDEX` or `--execution-segment`.
+    pub source: String,
 }
 
 fn plaintext() -> String {

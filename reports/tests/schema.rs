@@ -95,6 +95,12 @@ fn full() -> Results {
             server_options: BTreeMap::new(),
             tls: "mtls".into(),
             pacing: Some("spin".into()),
+            shard: Some(ShardParams {
+                index: Some(1),
+                count: Some(3),
+                segment: "1/3:2/3".into(),
+                source: "SLURM_PROCID".into(),
+            }),
         },
         server: ServerInfo {
             placement: "child".into(),

@@ -30,6 +30,7 @@ use crate::exit::bad_input;
 use crate::run::events::{EventBus, RunEvent, StepResult};
 use crate::run::{executor, reporters};
 use crate::runner::{PlacedServer, RunContext, run_on, run_point};
+use crate::shard::Shard;
 use crate::{environment, interrupt};
 
 pub(crate) fn method(s: &str) -> Result<Method, String> {
@@ -197,6 +198,19 @@ pub struct Args {
     /// scripts, and to measure what the live view costs).
     #[arg(long, conflicts_with = "plain")]
     pub quiet: bool,
+    /// This generator is shard I of --shard-count equal shards of the run: it takes its
+    /// exact share of the rate, connections and calls in flight (integer shares that add up
+    /// to the whole) and a seed of its own. Absent, the index comes from JOB_COMPLETION_INDEX
+    /// (Kubernetes Indexed Job), SLURM_PROCID or NOMAD_ALLOC_INDEX when --shard-count is given.
+    #[arg(long, value_name = "I")]
+    pub shard_index: Option<u32>,
+    /// How many equal shards make the run (explicit: never guessed from the environment).
+    #[arg(long, value_name = "N")]
+    pub shard_count: Option<u32>,
+    /// k6's form of a shard: this generator's segment of the whole, FROM:TO as fractions
+    /// (`0:1/3`, `1/3:2/3`, `0.5:1`).
+    #[arg(long, value_name = "FROM:TO")]
+    pub execution_segment: Option<String>,
     /// An absolute limit the run must keep (repeatable): `p99 < 1ms`, `errors < 0.1%`,
     /// `throughput > 4500/s`, `cpu-server < 20us`. A breach exits 1.
     #[arg(long = "threshold", value_name = "LIMIT", value_parser = super::run::parse_threshold)]
@@ -508,6 +522,21 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .map(|st| (st.spec, Some(step_info(&st.place))))
             .collect(),
     };
+    // A shard runs its share of every point (each step of a schedule included).
+    let shard = Shard::resolve(
+        args.shard_index,
+        args.shard_count,
+        args.execution_segment.as_deref(),
+        |v| std::env::var(v).ok(),
+    )
+    .map_err(bad_input)?;
+    let points = match &shard {
+        None => points,
+        Some(sh) => points
+            .into_iter()
+            .map(|(p, step)| Ok((sh.apply(&p).map_err(bad_input)?, step)))
+            .collect::<Result<Vec<_>>>()?,
+    };
     let reporters = if args.quiet {
         Vec::new()
     } else {
@@ -575,6 +604,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             match outcome {
                 Ok(mut record) => {
                     record.step = step.clone();
+                    record.params.shard = shard.as_ref().map(Shard::params);
                     record.thresholds = crate::thresholds::check(&args.thresholds, &record.summary);
                     if !single {
                         let line = StepResult::Load {

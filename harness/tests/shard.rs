@@ -1,0 +1,105 @@
+//! Shards of one run: three `load` processes told their index the way engines tell it (here
+//! Slurm's `SLURM_PROCID`), each running its exact share. Their rates, connections and calls
+//! in flight add up to the whole, each records which shard it was, and a bad shard is refused
+//! before anything runs.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{bin, run, stderr, temp_dir};
+
+#[test]
+fn three_shards_take_shares_that_add_up_to_the_whole() {
+    let dir = temp_dir("shards");
+    let mut rates = 0.0;
+    let mut connections = 0;
+    let mut due = 0;
+    for i in 0..3 {
+        let path = dir.join(format!("shard-{i}.json"));
+        let mut c = bin();
+        c.env("SLURM_PROCID", i.to_string())
+            .args(["load", "--transport", "inproc", "--shard-count", "3"])
+            .args([
+                "--rate",
+                "900",
+                "--schedule",
+                "constant",
+                "--connections",
+                "4",
+            ])
+            .args(["--duration", "1s", "--warmup", "100ms", "--quiet", "--json"])
+            .arg(&path);
+        let out = run(c, Duration::from_secs(60));
+        assert!(out.status.success(), "shard {i}: {}", stderr(&out));
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("written")).expect("JSON");
+        let p = &v["runs"][0]["params"];
+        assert_eq!(p["shard"]["source"], "SLURM_PROCID", "{p}");
+        assert_eq!(p["shard"]["index"], i, "{p}");
+        assert_eq!(
+            p["shard"]["segment"],
+            format!("{i}/3:{}/3", i + 1)
+                .replace("0/3", "0")
+                .replace("3/3", "1")
+        );
+        rates += p["rate"].as_f64().expect("rate");
+        connections += p["connections"].as_u64().expect("connections");
+        due += v["runs"][0]["summary"]["offered"]["due"]
+            .as_u64()
+            .expect("due");
+    }
+    assert!((rates - 900.0).abs() < 1e-9, "{rates}");
+    assert_eq!(connections, 4);
+    // A constant schedule of 300/s for 1 s on each shard: 900 due in all.
+    assert!((due as i64 - 900).abs() <= 3, "{due}");
+}
+
+#[test]
+fn a_shard_that_cannot_be_is_refused_with_why() {
+    for (env, args, says) in [
+        (
+            None,
+            vec!["--shard-count", "3"],
+            "none of JOB_COMPLETION_INDEX",
+        ),
+        (
+            Some(("JOB_COMPLETION_INDEX", "7")),
+            vec!["--shard-count", "3"],
+            "shard index 7 (from JOB_COMPLETION_INDEX) is not below --shard-count 3",
+        ),
+        (None, vec!["--shard-index", "1"], "needs --shard-count"),
+        (
+            None,
+            vec![
+                "--shard-index",
+                "0",
+                "--shard-count",
+                "3",
+                "--rate",
+                "1k",
+                "--connections",
+                "2",
+            ],
+            "connections 2 cannot be split to shard 0 of 3",
+        ),
+        (
+            None,
+            vec!["--execution-segment", "2/3:1/3"],
+            "the segment must be non-empty",
+        ),
+    ] {
+        let mut c = bin();
+        for v in ["JOB_COMPLETION_INDEX", "SLURM_PROCID", "NOMAD_ALLOC_INDEX"] {
+            c.env_remove(v);
+        }
+        if let Some((k, v)) = env {
+            c.env(k, v);
+        }
+        c.args(["load", "--transport", "inproc", "--duration", "100ms"])
+            .args(&args);
+        let out = run(c, Duration::from_secs(30));
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    }
+}
