@@ -61,6 +61,10 @@ pub enum Command {
     )]
     Capacity(Box<cmd::capacity::Args>),
     #[command(
+        about = "Merge the shards of one run (load --shard-count N) exactly into the run they made"
+    )]
+    Merge(cmd::merge::Args),
+    #[command(
         about = "Run the fault proxy in front of any TCP or UDP service (latency, loss, resets, ...)"
     )]
     Proxy(cmd::proxy::Args),
@@ -124,6 +128,7 @@ pub fn main() -> ExitCode {
         Command::Serve(a) => cmd::serve::run(a),
         Command::Load(a) => cmd::load::run(*a),
         Command::Capacity(a) => cmd::capacity::run(*a),
+        Command::Merge(a) => cmd::merge::run(a),
         Command::Proxy(a) => cmd::proxy::run(a),
     };
     match result {

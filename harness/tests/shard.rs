@@ -53,6 +53,47 @@ fn three_shards_take_shares_that_add_up_to_the_whole() {
     assert_eq!(connections, 4);
     // A constant schedule of 300/s for 1 s on each shard: 900 due in all.
     assert!((due as i64 - 900).abs() <= 3, "{due}");
+
+    // Merged: the sum of the shards' calls, the whole rate, one run.
+    let merge = |files: &[usize], extra: &[&str], out: &str| {
+        let mut c = bin();
+        c.args(["merge", "--expect-shards", "3", "--out"])
+            .arg(dir.join(out))
+            .args(extra);
+        for i in files {
+            c.arg(dir.join(format!("shard-{i}.json")));
+        }
+        run(c, Duration::from_secs(60))
+    };
+    let out = merge(&[0, 1, 2], &[], "all");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("all/results.json")).expect("written"))
+            .expect("JSON");
+    let m = &v["runs"][0];
+    assert_eq!(v["runs"].as_array().unwrap().len(), 1);
+    assert_eq!(m["params"]["rate"].as_f64(), Some(900.0));
+    assert_eq!(m["params"]["connections"], 4);
+    assert!(m["params"]["shard"].is_null());
+    assert_eq!(m["summary"]["offered"]["due"].as_u64(), Some(due));
+    assert!(dir.join("all/report.html").exists());
+    // One shard lost: named, exit 3; merged anyway only when asked, and marked degraded.
+    let out = merge(&[0, 2], &[], "part");
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("inproc/load: shard 1 of 3"),
+        "{}",
+        stderr(&out)
+    );
+    let out = merge(&[0, 2], &["--allow-partial"], "partial");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("partial/results.json")).expect("written"))
+            .expect("JSON");
+    let why = v["runs"][0]["validity"]["reasons"][0]
+        .as_str()
+        .unwrap_or_default();
+    assert!(why.contains("degraded: shard(s) [1] of 3 missing"), "{why}");
 }
 
 #[test]

@@ -15,6 +15,7 @@ pub mod markdown;
 pub mod merge;
 pub mod results;
 pub mod setup;
+pub mod shards;
 
 use std::path::{Path, PathBuf};
 

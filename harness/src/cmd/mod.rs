@@ -7,6 +7,7 @@ pub mod conformance;
 pub mod floor;
 pub mod history;
 pub mod load;
+pub mod merge;
 pub mod proxy;
 pub mod report;
 pub mod run;
