@@ -62,6 +62,8 @@ pub struct RunContext {
     pub tls: Arc<OnceLock<Result<RunTls, String>>>,
     /// Where a running point's interval figures go (a progress display).
     pub live: Option<Arc<dyn LiveSink>>,
+    /// A coordinated start for the next point, and its grace (`--start-at`).
+    pub start_at: Option<(std::time::SystemTime, Duration)>,
 }
 
 /// A throwaway CA with server and client certificates for one run, and the same as PEM files
@@ -121,6 +123,7 @@ impl Default for RunContext {
             server_listen: BTreeMap::new(),
             tls: Arc::default(),
             live: None,
+            start_at: None,
         }
     }
 }
@@ -497,6 +500,7 @@ pub fn run_on(server: &PlacedServer, spec: &LoadSpec, ctx: &RunContext) -> Resul
         cpus: ctx.pin.cpus().map(|(c, _)| vec![c]),
         interrupted: ctx.interrupted.clone(),
         live: ctx.live.clone(),
+        start_at: ctx.start_at,
         ..EngineOptions::default()
     };
     let mut acct = Accounting::new(me, server_pid);
@@ -509,6 +513,7 @@ pub fn run_on(server: &PlacedServer, spec: &LoadSpec, ctx: &RunContext) -> Resul
             return Err(bad_input(format!("{e} (is the --target server running?)")));
         }
         Err(LoadError::Invalid(e)) => return Err(bad_input(e.to_string())),
+        Err(LoadError::Late(e)) => return Err(anyhow::Error::new(crate::exit::LateStart(e))),
         Err(e) => return Err(anyhow!(e)),
     };
     let client_peak = procfs::peak_rss(me);
@@ -531,6 +536,7 @@ pub fn run_on(server: &PlacedServer, spec: &LoadSpec, ctx: &RunContext) -> Resul
         },
         &server_cpus,
     );
+    summary.start_skew_ms = outcome.start_skew_ms;
     if summary.bytes.is_none() {
         // Said, not left blank: the transport's declared reason, or (when it declares that it
         // counts them yet gave none) that this is a defect.
@@ -763,6 +769,7 @@ fn run_summary(
         None,
     );
     RunSummary {
+        start_skew_ms: None,
         elapsed_s: elapsed,
         calls,
         ok,

@@ -144,3 +144,69 @@ fn a_shard_that_cannot_be_is_refused_with_why() {
         assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
     }
 }
+
+/// Shards start together at a wall-clock time: on time, the run waits for it and records a
+/// skew of zero; missed by more than the grace, the shard exits 75 without running.
+#[test]
+fn a_coordinated_start_is_kept_or_refused() {
+    let dir = temp_dir("start-at");
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let path = dir.join("on-time.json");
+    let at = now_ms() + 1500;
+    let started = std::time::Instant::now();
+    let mut c = bin();
+    c.args([
+        "load",
+        "--transport",
+        "inproc",
+        "--rate",
+        "200",
+        "--duration",
+        "300ms",
+    ])
+    .args([
+        "--warmup",
+        "0s",
+        "--quiet",
+        "--start-at",
+        &at.to_string(),
+        "--json",
+    ])
+    .arg(&path);
+    let out = run(c, Duration::from_secs(60));
+    assert!(out.status.success(), "{}", stderr(&out));
+    // It waited for the start (the process itself starts in far less than 1.5 s).
+    assert!(
+        started.elapsed() >= Duration::from_millis(1400),
+        "{:?}",
+        started.elapsed()
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("written")).expect("JSON");
+    assert_eq!(v["runs"][0]["summary"]["start_skew_ms"].as_f64(), Some(0.0));
+
+    let mut c = bin();
+    let late = now_ms() - 10_000;
+    c.args([
+        "load",
+        "--transport",
+        "inproc",
+        "--rate",
+        "200",
+        "--duration",
+        "300ms",
+    ])
+    .args(["--quiet", "--start-at", &late.to_string()]);
+    let out = run(c, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("beyond the grace of 1000 ms"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -598,6 +598,10 @@ pub struct RunSummary {
     /// bytes were counted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_not_measured: Option<String>,
+    /// With a coordinated start (`--start-at`): how far from it the run began, ms on this
+    /// host's real-time clock (0: on time; positive: late, within the grace) (additive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_skew_ms: Option<f64>,
     /// What the rest of the host did during the measured phase (additive; Linux only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<HostLoad>,

@@ -384,6 +384,18 @@ fn merge_point(
             "degraded: shard(s) {missing:?} of {expect} missing, so this is part of the run{offered}"
         ));
     }
+    let skews: Vec<f64> = all().filter_map(|r| r.summary.start_skew_ms).collect();
+    m.summary.start_skew_ms = skews.iter().copied().reduce(f64::max);
+    if !skews.is_empty() {
+        v.notes.push(format!(
+            "coordinated start: the shards began {} ms after it (each on its own clock)",
+            skews
+                .iter()
+                .map(|s| format!("{s:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     v.unsustained = (!unsustained.is_empty()).then(|| unsustained.join("; "));
     v.valid = v.reasons.is_empty() && v.unsustained.is_none();
 

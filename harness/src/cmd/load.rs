@@ -38,6 +38,18 @@ pub(crate) fn method(s: &str) -> Result<Method, String> {
         .ok_or_else(|| format!("{s:?}: expected unary, server-stream, client-stream or bidi"))
 }
 
+/// `--start-at`: RFC 3339 (UTC) or unix milliseconds.
+fn start_time(s: &str) -> Result<std::time::SystemTime, String> {
+    let t = s.trim();
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        let ms: u64 = t.parse().map_err(|e| format!("{t:?}: {e}"))?;
+        return Ok(std::time::UNIX_EPOCH + Duration::from_millis(ms));
+    }
+    humantime::parse_rfc3339_weak(t).map_err(|e| {
+        format!("{t:?}: expected RFC 3339 in UTC (2026-12-08T10:00:00Z) or unix milliseconds: {e}")
+    })
+}
+
 /// `--stages` as given: one value holding every stage (clap would read a bare `Vec` as a
 /// repeatable flag).
 #[derive(Clone, Debug, PartialEq)]
@@ -211,6 +223,14 @@ pub struct Args {
     /// (`0:1/3`, `1/3:2/3`, `0.5:1`).
     #[arg(long, value_name = "FROM:TO")]
     pub execution_segment: Option<String>,
+    /// A coordinated start: the warm-up begins at this wall-clock time (RFC 3339 in UTC,
+    /// `2026-12-08T10:00:00Z`, or unix milliseconds), so shards started apart run together.
+    /// Missed by more than --start-grace, the command exits 75 without running.
+    #[arg(long, value_name = "TIME", value_parser = start_time)]
+    pub start_at: Option<std::time::SystemTime>,
+    /// How late --start-at may be met (the start skew is recorded either way).
+    #[arg(long, default_value = "1s", allow_hyphen_values = true, value_parser = parse_duration, requires = "start_at")]
+    pub start_grace: Duration,
     /// An absolute limit the run must keep (repeatable): `p99 < 1ms`, `errors < 0.1%`,
     /// `throughput > 4500/s`, `cpu-server < 20us`. A breach exits 1.
     #[arg(long = "threshold", value_name = "LIMIT", value_parser = super::run::parse_threshold)]
@@ -597,6 +617,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 label: label.clone(),
                 estimate: point.estimate(),
             })?;
+            // The coordinated start is the first point's; the others follow it.
+            let mut ctx = ctx.clone();
+            if index == 0 {
+                ctx.start_at = args.start_at.map(|at| (at, args.start_grace));
+            }
             let outcome = match &server {
                 Some(s) => run_on(s, point, &ctx),
                 None => run_point(transport, point, &ctx),
@@ -863,6 +888,7 @@ pub(crate) fn run_context(
             .collect(),
         tls: Default::default(),
         live,
+        start_at: None,
     })
 }
 

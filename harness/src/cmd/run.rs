@@ -351,6 +351,7 @@ fn run_context(
             .collect(),
         tls: Default::default(),
         live: Some(executor::live(bus)),
+        start_at: None,
     }
 }
 

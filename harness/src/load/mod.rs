@@ -35,6 +35,9 @@ pub enum LoadError {
     /// A worker failed or panicked.
     #[error("load worker failed: {0}")]
     Worker(String),
+    /// The coordinated start was missed by more than its grace: nothing ran.
+    #[error("{0}")]
+    Late(String),
 }
 
 /// What to load.
@@ -61,6 +64,9 @@ pub struct EngineOptions {
     pub fault: Option<FaultMode>,
     /// Where the live figures of each finished interval go while the run goes on.
     pub live: Option<Arc<dyn live::LiveSink>>,
+    /// A coordinated start (wall clock) and how late it may be met: the warm-up starts then,
+    /// or the run does not start at all.
+    pub start_at: Option<(std::time::SystemTime, Duration)>,
 }
 
 impl std::fmt::Debug for dyn live::LiveSink {
@@ -77,6 +83,7 @@ impl Default for EngineOptions {
             drain: Duration::from_secs(5),
             fault: None,
             live: None,
+            start_at: None,
         }
     }
 }
@@ -128,6 +135,8 @@ pub struct Outcome {
     /// The measured time: from the start of the measured phase to the last answer (at least
     /// the asked duration in a duration run).
     pub elapsed: Duration,
+    /// With a coordinated start: how far from it the warm-up began, ms (positive: late).
+    pub start_skew_ms: Option<f64>,
 }
 
 fn split(total: u64, parts: u32, i: u32) -> u64 {
@@ -150,8 +159,31 @@ pub fn run(
         workers.abandon();
         return Err(LoadError::Connect(e));
     }
-    // Give every worker a moment to be waiting before the common start.
-    let t0 = Instant::now() + Duration::from_millis(5);
+    // Give every worker a moment to be waiting before the common start; with a coordinated
+    // start, that start (on the wall clock, which every shard shares), or nothing if it was
+    // missed by more than its grace.
+    let soon = Instant::now() + Duration::from_millis(5);
+    let (t0, start_skew_ms) = match opts.start_at {
+        None => (soon, None),
+        Some((at, grace)) => {
+            let (now_wall, now) = (std::time::SystemTime::now(), Instant::now());
+            match at.duration_since(now_wall) {
+                Ok(ahead) => (now + ahead, Some(0.0)),
+                Err(late) if late.duration() <= grace => {
+                    (soon, Some(late.duration().as_secs_f64() * 1e3 + 5.0))
+                }
+                Err(late) => {
+                    workers.abandon();
+                    return Err(LoadError::Late(format!(
+                        "the coordinated start was {:.0} ms ago, beyond the grace of {:.0} ms: \
+                         not running late (a late shard skews the whole run's offered load)",
+                        late.duration().as_secs_f64() * 1e3,
+                        grace.as_secs_f64() * 1e3
+                    )));
+                }
+            }
+        }
+    };
     let measure_start = t0 + spec.warmup;
     let end = match spec.length {
         Length::Duration(d) => Some(measure_start + d),
@@ -187,7 +219,9 @@ pub fn run(
     if let Some(f) = feed {
         f.finish();
     }
-    Ok(combine(outputs?, measure_start, end))
+    let mut outcome = combine(outputs?, measure_start, end);
+    outcome.start_skew_ms = start_skew_ms;
+    Ok(outcome)
 }
 
 /// The worker threads of a run, connecting.
@@ -337,5 +371,6 @@ fn combine(
         wire,
         worker_busy,
         client_cpus,
+        start_skew_ms: None,
     }
 }
