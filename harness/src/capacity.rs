@@ -233,10 +233,8 @@ fn decide(
     Some(verdict)
 }
 
-/// A rate as people write it: `850/s`, `12.3k/s`, `1.25M/s`.
-pub fn rate_text(r: f64) -> String {
-    wirebench_core::units::format_rate(r)
-}
+/// A rate as people write it: `850/s`, `12.3k/s`, `1.25M/s` (the project's one rate format).
+pub use wirebench_core::units::format_rate as rate_text;
 
 /// The answer in words, with how far it can be trusted.
 fn verdict_text(r: &CapacityRecord) -> String {

@@ -9,14 +9,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{bin, run, stderr, stdout, temp_dir};
+use common::{bin, read_json, run, stderr, stdout, temp_dir};
 
 const DELAY: &str = "2ms";
 const IN_FLIGHT: &str = "8";
-
-fn json(path: &std::path::Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).expect("written")).expect("JSON")
-}
 
 /// `wirebench load --transport inproc ARGS --quiet --json DIR/NAME`, which must succeed: its
 /// results.
@@ -29,7 +25,7 @@ fn load_json(dir: &std::path::Path, name: &str, args: &[&str]) -> serde_json::Va
         .arg(&path);
     let out = run(c, Duration::from_secs(60));
     assert!(out.status.success(), "{}", stderr(&out));
-    json(&path)
+    read_json(&path)
 }
 
 /// The closed-loop throughput of 8 callers on the delaying server: its capacity.
@@ -72,7 +68,7 @@ fn the_search_finds_a_known_capacity_and_min_rate_gates_on_it() {
         "{}",
         stderr(&out)
     );
-    let v = json(&out_dir.join("results.json"));
+    let v = read_json(&out_dir.join("results.json"));
     let cap = &v["capacity"][0];
     assert_eq!(cap["outcome"], "found", "{cap}");
     let knee = cap["knee_per_s"].as_f64().expect("knee");
@@ -179,7 +175,7 @@ load = {{ server_delay = "2ms", connections = 1 }}
             stdout(&out),
             stderr(&out)
         );
-        let v = json(&out_dir.join("results.json"));
+        let v = read_json(&out_dir.join("results.json"));
         let cap = &v["capacity"][0];
         assert_eq!(
             (cap["series"].as_str(), cap["transport"].as_str()),

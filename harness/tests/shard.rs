@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{bin, run, stderr, temp_dir};
+use common::{bin, read_json, run, stderr, temp_dir};
 
 #[test]
 fn three_shards_take_shares_that_add_up_to_the_whole() {
@@ -32,8 +32,7 @@ fn three_shards_take_shares_that_add_up_to_the_whole() {
             .arg(&path);
         let out = run(c, Duration::from_secs(60));
         assert!(out.status.success(), "shard {i}: {}", stderr(&out));
-        let v: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&path).expect("written")).expect("JSON");
+        let v: serde_json::Value = read_json(&path);
         let p = &v["runs"][0]["params"];
         assert_eq!(p["shard"]["source"], "SLURM_PROCID", "{p}");
         assert_eq!(p["shard"]["index"], i, "{p}");
@@ -67,9 +66,7 @@ fn three_shards_take_shares_that_add_up_to_the_whole() {
     };
     let out = merge(&[0, 1, 2], &[], "all");
     assert!(out.status.success(), "{}", stderr(&out));
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("all/results.json")).expect("written"))
-            .expect("JSON");
+    let v: serde_json::Value = read_json(&dir.join("all/results.json"));
     let m = &v["runs"][0];
     assert_eq!(v["runs"].as_array().unwrap().len(), 1);
     assert_eq!(m["params"]["rate"].as_f64(), Some(900.0));
@@ -87,9 +84,7 @@ fn three_shards_take_shares_that_add_up_to_the_whole() {
     );
     let out = merge(&[0, 2], &["--allow-partial"], "partial");
     assert!(out.status.success(), "{}", stderr(&out));
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("partial/results.json")).expect("written"))
-            .expect("JSON");
+    let v: serde_json::Value = read_json(&dir.join("partial/results.json"));
     let why = v["runs"][0]["validity"]["reasons"][0]
         .as_str()
         .unwrap_or_default();
@@ -156,28 +151,24 @@ fn a_coordinated_start_is_kept_or_refused() {
             .unwrap()
             .as_millis() as u64
     };
+    // A short open loop starting at `at` (unix ms).
+    let at_start = |at: u64| {
+        let mut c = bin();
+        c.args(["load", "--transport", "inproc", "--rate", "200"])
+            .args([
+                "--duration",
+                "300ms",
+                "--quiet",
+                "--start-at",
+                &at.to_string(),
+            ]);
+        c
+    };
     let path = dir.join("on-time.json");
     let at = now_ms() + 1500;
     let started = std::time::Instant::now();
-    let mut c = bin();
-    c.args([
-        "load",
-        "--transport",
-        "inproc",
-        "--rate",
-        "200",
-        "--duration",
-        "300ms",
-    ])
-    .args([
-        "--warmup",
-        "0s",
-        "--quiet",
-        "--start-at",
-        &at.to_string(),
-        "--json",
-    ])
-    .arg(&path);
+    let mut c = at_start(at);
+    c.args(["--warmup", "0s", "--json"]).arg(&path);
     let out = run(c, Duration::from_secs(60));
     assert!(out.status.success(), "{}", stderr(&out));
     // It waited for the start (the process itself starts in far less than 1.5 s).
@@ -186,22 +177,10 @@ fn a_coordinated_start_is_kept_or_refused() {
         "{:?}",
         started.elapsed()
     );
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).expect("written")).expect("JSON");
+    let v: serde_json::Value = read_json(&path);
     assert_eq!(v["runs"][0]["summary"]["start_skew_ms"].as_f64(), Some(0.0));
 
-    let mut c = bin();
-    let late = now_ms() - 10_000;
-    c.args([
-        "load",
-        "--transport",
-        "inproc",
-        "--rate",
-        "200",
-        "--duration",
-        "300ms",
-    ])
-    .args(["--quiet", "--start-at", &late.to_string()]);
+    let c = at_start(now_ms() - 10_000);
     let out = run(c, Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
     assert!(

@@ -49,6 +49,11 @@ pub fn temp_dir(name: &str) -> PathBuf {
     d
 }
 
+/// A JSON file the binary wrote (a results file), which must exist and parse.
+pub fn read_json(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).expect("written")).expect("JSON")
+}
+
 /// Standard error as text.
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
